@@ -6,6 +6,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 build_dir="${1:-$KILN_ROOT/build}"
 shift || true
 launcher=()
+# ccache with paths relative to the checkout, so a fresh clone elsewhere still hits.
+export CCACHE_BASEDIR="$KILN_ROOT" CCACHE_NOHASHDIR=1
 command -v ccache >/dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_C_COMPILER_LAUNCHER=ccache)
 if [ ! -f "$build_dir/build.ninja" ]; then
   log "configuring $build_dir"
