@@ -1,0 +1,169 @@
+#!/usr/bin/env python3
+"""kiln bench vs llama.cpp (llama-cpp-python) on the same GGUF files, same threads, same prompt
+and generation lengths, in one run; prints a markdown table with the ratios.
+
+    python3 bench/compare_llamacpp.py [--kiln build/bin/kiln] [-p 512] [-n 128] [-t 2] [-r 3]
+        [--model FILE ...] [--prepare]
+
+Both sides measure the same things as llama-bench: pp = one batch of -p random tokens from an
+empty context; tg = -n tokens decoded one at a time from an empty context; mean ± sd over -r
+repetitions after a warm-up. llama.cpp is driven through llama-cpp-python's low-level API
+(llama_decode), so Python adds a few microseconds per token, not a logits copy.
+
+Models by default: models/SmolLM2-135M-Instruct-Q4_K_M.gguf (tools/fetch_model.sh makes it with
+kiln quantize) and models/synth-tinyllama-1.1b-Q4_K_M.gguf, which --prepare makes when missing
+(kiln synth --preset tinyllama-1.1b --type F16, then kiln quantize ... Q4_K_M; ~2.2 GB of
+temporary disk, 0.7 GB kept).
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import math
+import os
+import pathlib
+import platform
+import random
+import subprocess
+import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+MODELS = REPO / "models"
+DEFAULT_MODELS = [
+    MODELS / "SmolLM2-135M-Instruct-Q4_K_M.gguf",
+    MODELS / "synth-tinyllama-1.1b-Q4_K_M.gguf",
+]
+
+
+def prepare(kiln: str) -> None:
+    smol = MODELS / "SmolLM2-135M-Instruct-Q4_K_M.gguf"
+    src = MODELS / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not smol.exists() and src.exists():
+        subprocess.run([kiln, "quantize", str(src), str(smol), "Q4_K_M"], check=True)
+    tiny = MODELS / "synth-tinyllama-1.1b-Q4_K_M.gguf"
+    if not tiny.exists():
+        f16 = MODELS / "synth-tinyllama-1.1b-F16.gguf"
+        vocab = REPO / "tests/data/vocab/ggml-vocab-llama-spm.gguf"
+        print(f"making {tiny} (kiln synth + kiln quantize)", file=sys.stderr)
+        subprocess.run([kiln, "synth", "--preset", "tinyllama-1.1b", "--type", "F16", "--vocab-from",
+                        str(vocab), "--out", str(f16)], check=True)
+        subprocess.run([kiln, "quantize", str(f16), str(tiny), "Q4_K_M"], check=True)
+        f16.unlink()
+
+
+def mean_sd(xs):
+    m = sum(xs) / len(xs)
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+    return m, sd
+
+
+def bench_kiln(kiln, model, p, n, t, r):
+    out = subprocess.run([kiln, "bench", "-m", str(model), "-p", str(p), "-n", str(n), "-t", str(t),
+                          "-r", str(r), "--json"], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+def bench_llamacpp(model, p, n, t, r):
+    import llama_cpp as L
+
+    L.llama_backend_init()
+    mparams = L.llama_model_default_params()
+    lm = L.llama_model_load_from_file(str(model).encode(), mparams)
+    if not lm:
+        raise RuntimeError(f"llama.cpp could not load {model}")
+    cparams = L.llama_context_default_params()
+    cparams.n_ctx = max(p, n) + 16
+    cparams.n_batch = max(p, 1)
+    cparams.n_ubatch = max(p, 1)
+    cparams.n_threads = t
+    cparams.n_threads_batch = t
+    ctx = L.llama_init_from_model(lm, cparams)
+    vocab = L.llama_model_get_vocab(lm)
+    n_vocab = L.llama_vocab_n_tokens(vocab)
+    mem = L.llama_get_memory(ctx)
+    rng = random.Random(42)
+
+    def decode(tokens):
+        arr = (L.llama_token * len(tokens))(*tokens)
+        if L.llama_decode(ctx, L.llama_batch_get_one(arr, len(tokens))) != 0:
+            raise RuntimeError("llama_decode failed")
+
+    def run_pp():
+        L.llama_memory_clear(mem, True)
+        toks = [rng.randrange(n_vocab) for _ in range(p)]
+        t0 = time.perf_counter()
+        decode(toks)
+        L.llama_synchronize(ctx)
+        return p / (time.perf_counter() - t0)
+
+    def run_tg():
+        L.llama_memory_clear(mem, True)
+        toks = [rng.randrange(n_vocab) for _ in range(n)]
+        t0 = time.perf_counter()
+        for tok in toks:
+            decode([tok])
+        L.llama_synchronize(ctx)
+        return n / (time.perf_counter() - t0)
+
+    res = {}
+    if p:
+        run_pp()
+        res["pp"] = mean_sd([run_pp() for _ in range(r)])
+    if n:
+        run_tg()
+        res["tg"] = mean_sd([run_tg() for _ in range(r)])
+    L.llama_free(ctx)
+    L.llama_model_free(lm)
+    return res
+
+
+def cpu_name():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--kiln", default=str(REPO / "build/bin/kiln"))
+    ap.add_argument("--model", action="append", help="GGUF file (repeatable)")
+    ap.add_argument("-p", type=int, default=512)
+    ap.add_argument("-n", type=int, default=128)
+    ap.add_argument("-t", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("-r", type=int, default=3)
+    ap.add_argument("--prepare", action="store_true", help="make missing benchmark models first")
+    args = ap.parse_args(argv)
+    if args.prepare:
+        prepare(args.kiln)
+    models = [pathlib.Path(m) for m in (args.model or DEFAULT_MODELS)]
+
+    import llama_cpp
+    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs; threads {args.t}; "
+          f"llama-cpp-python {llama_cpp.__version__}; pp{args.p} tg{args.n}, {args.r} repetitions\n")
+    print("| model | kiln pp t/s | llama.cpp pp t/s | pp ratio | kiln tg t/s | llama.cpp tg t/s "
+          "| tg ratio | kiln tg / bandwidth bound | kiln peak RSS |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for model in models:
+        if not model.exists():
+            print(f"| {model.name} | missing (run with --prepare) |||||||", flush=True)
+            continue
+        k = bench_kiln(args.kiln, model, args.p, args.n, args.t, args.r)
+        ll = bench_llamacpp(model, args.p, args.n, args.t, args.r)
+        pp_ratio = k["pp_tps"] / ll["pp"][0] if args.p else float("nan")
+        tg_ratio = k["tg_tps"] / ll["tg"][0] if args.n else float("nan")
+        print(f"| {model.name} | {k['pp_tps']:.1f} ± {k['pp_tps_sd']:.1f} | {ll['pp'][0]:.1f} ± "
+              f"{ll['pp'][1]:.1f} | {pp_ratio:.2f}x | {k['tg_tps']:.1f} ± {k['tg_tps_sd']:.1f} | "
+              f"{ll['tg'][0]:.1f} ± {ll['tg'][1]:.1f} | {tg_ratio:.2f}x | "
+              f"{100 * k['bandwidth_fraction']:.0f}% | {k['peak_rss_bytes'] / 2**20:.0f} MiB |",
+              flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+#!/usr/bin/env python3
+"""Load test for `kiln serve`: real HTTP over loopback, asyncio clients, bounded.
+
+Starts `kiln serve` on a free port (or uses --url), then measures
+  1. one client alone: generation tokens/s of a streamed chat completion
+     (tokens after the first / time after the first), next to `kiln bench` tg;
+  2. N concurrent streaming clients (default 8): aggregate generated tokens/s;
+  3. time to first token (p50/p99) over every request, and the error count.
+
+Every request forces exactly --max-tokens tokens (end-of-turn tokens get a
+-100 logit bias) at temperature 0, so runs are comparable.
+
+  python3 bench/server_load.py --kiln build/bin/kiln -m models/SmolLM2-135M-Instruct.Q4_1.gguf
+"""
+import argparse
+import asyncio
+import json
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+PROMPTS = ["Tell me a story about a dragon.", "Explain how rain forms.",
+           "Write a poem about the sea.", "Describe a busy city street.",
+           "What makes a good friend?", "Explain photosynthesis simply.",
+           "Describe your favourite meal.", "How do airplanes fly?"]
+
+
+async def stream_chat(host, port, model, prompt, max_tokens, end_tokens):
+    """One streamed chat completion; returns (ttft, t_done, token_times, completion_tokens)."""
+    body = json.dumps({
+        "model": model, "messages": [{"role": "user", "content": prompt}],
+        "stream": True, "stream_options": {"include_usage": True},
+        "max_tokens": max_tokens, "temperature": 0,
+        "logit_bias": {str(t): -100 for t in end_tokens},
+    }).encode()
+    t0 = time.perf_counter()
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: bench\r\n"
+                 b"Content-Type: application/json\r\nConnection: close\r\n"
+                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    await writer.drain()
+    status = (await reader.readline()).decode()
+    if " 200 " not in status:
+        raise RuntimeError("HTTP status " + status.strip())
+    while (await reader.readline()) not in (b"\r\n", b""):
+        pass  # headers
+    token_times, usage, buf = [], None, b""
+    while True:
+        size_line = await reader.readline()  # chunked transfer encoding
+        if not size_line:
+            break
+        size = int(size_line.strip() or b"0", 16)
+        if size == 0:
+            break
+        buf += await reader.readexactly(size)
+        await reader.readexactly(2)
+        while b"\n\n" in buf:
+            event, buf = buf.split(b"\n\n", 1)
+            data = event.decode()[len("data: "):]
+            if data == "[DONE]":
+                continue
+            chunk = json.loads(data)
+            if "error" in chunk:
+                raise RuntimeError(chunk["error"]["message"])
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+            for c in chunk.get("choices", []):
+                if c["delta"].get("content"):
+                    token_times.append(time.perf_counter() - t0)
+    writer.close()
+    if usage is None or not token_times:
+        raise RuntimeError("stream ended without content or usage")
+    return token_times[0], time.perf_counter() - t0, token_times, usage["completion_tokens"]
+
+
+def gen_rate(results):
+    """Tokens/s after each stream's first token, summed over concurrent streams' union window."""
+    tokens = sum(r[3] - 1 for r in results)
+    start = min(r[0] for r in results)
+    end = max(r[2][-1] for r in results)
+    return tokens / (end - start)
+
+
+async def run_concurrent(args, host, port, model, n, end_tokens):
+    t0 = time.perf_counter()
+    tasks = [stream_chat(host, port, model, PROMPTS[i % len(PROMPTS)], args.max_tokens, end_tokens)
+             for i in range(n)]
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    wall = time.perf_counter() - t0
+    ok = [r for r in results if not isinstance(r, BaseException)]
+    errors = [r for r in results if isinstance(r, BaseException)]
+    return ok, errors, wall
+
+
+def kiln_bench_tg(kiln, model, n, threads):
+    out = subprocess.run([kiln, "bench", "-m", model, "-p", "0", "-n", str(n), "-r", "3",
+                          "-t", str(threads), "--json"], capture_output=True, text=True, check=True)
+    return float(json.loads(out.stdout)["tg_tps"])
+
+
+def percentile(values, q):
+    values = sorted(values)
+    k = (len(values) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--kiln", default="build/bin/kiln")
+    ap.add_argument("-m", "--model", default="models/SmolLM2-135M-Instruct.Q4_1.gguf")
+    ap.add_argument("--url", help="use a running server (http://127.0.0.1:PORT) instead")
+    ap.add_argument("-t", "--threads", type=int, default=2)
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--single-runs", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=2, help="rounds of --clients concurrent requests")
+    ap.add_argument("--no-kiln-bench", action="store_true")
+    args = ap.parse_args()
+
+    proc = None
+    if args.url:
+        m = re.match(r"http://([^:/]+):(\d+)", args.url)
+        host, port = m.group(1), int(m.group(2))
+    else:
+        log = tempfile.NamedTemporaryFile("w+", suffix=".log")
+        proc = subprocess.Popen([args.kiln, "serve", "-m", args.model, "--port", "0",
+                                 "--parallel", str(args.clients), "-t", str(args.threads),
+                                 "-c", "512"], stdout=log, stderr=subprocess.STDOUT)
+        host, port = "127.0.0.1", None
+        deadline = time.time() + 60
+        while port is None and time.time() < deadline:
+            log.seek(0)
+            found = re.search(r"listening on http://127\.0\.0\.1:(\d+)", log.read())
+            port = int(found.group(1)) if found else None
+            time.sleep(0.05)
+    try:
+        base = f"http://{host}:{port}"
+        for _ in range(600):
+            try:
+                if urllib.request.urlopen(base + "/health").status == 200:
+                    break
+            except Exception:
+                time.sleep(0.1)
+        model = json.load(urllib.request.urlopen(base + "/v1/models"))["data"][0]["id"]
+        end_tokens = [0, 1, 2]  # SmolLM2: <|endoftext|>, <|im_start|>, <|im_end|>
+
+        single = []
+        for i in range(args.single_runs):
+            ok, errors, _ = asyncio.run(run_concurrent(args, host, port, model, 1, end_tokens))
+            if errors:
+                raise errors[0]
+            single.extend(ok)
+        one_rate = statistics.median(gen_rate([r]) for r in single)
+
+        conc_rates, ttfts, n_errors, n_ok = [], [r[0] for r in single], 0, len(single)
+        for _ in range(args.rounds):
+            ok, errors, _ = asyncio.run(run_concurrent(args, host, port, model, args.clients,
+                                                       end_tokens))
+            n_errors += len(errors)
+            n_ok += len(ok)
+            for e in errors:
+                print("error:", e, file=sys.stderr)
+            if ok:
+                conc_rates.append(gen_rate(ok))
+                ttfts.extend(r[0] for r in ok)
+        agg = statistics.median(conc_rates) if conc_rates else 0.0
+        tg = None if args.no_kiln_bench or args.url else kiln_bench_tg(
+            args.kiln, args.model, args.max_tokens, args.threads)
+
+        print(f"model: {model}; {args.max_tokens} tokens per request, temperature 0")
+        if tg is not None:
+            print(f"kiln bench tg{args.max_tokens}:            {tg:.1f} tokens/s "
+                  f"(server single stream: {one_rate / tg:.0%} of it)")
+        print(f"1 stream through the server:   {one_rate:.1f} tokens/s (median of {len(single)})")
+        print(f"{args.clients} concurrent streams:         {agg:.1f} tokens/s aggregate "
+              f"({agg / one_rate:.2f}x one stream)")
+        print(f"time to first token:           p50 {1000 * percentile(ttfts, 0.5):.0f} ms, "
+              f"p99 {1000 * percentile(ttfts, 0.99):.0f} ms over {len(ttfts)} requests")
+        print(f"requests: {n_ok} ok, {n_errors} errors")
+        return 0 if n_errors == 0 else 1
+    finally:
+        if proc:
+            proc.terminate()
+            proc.wait(timeout=15)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+// kiln bench: prompt-processing and generation speed of the forward pass, like
+// llama-bench's pp/tg tests: pp runs a random prompt of -p tokens as one
+// batch from an empty context; tg generates -n tokens one at a time from an
+// empty context. Reports mean ± sd over -r repetitions after one warm-up, the
+// peak RSS, and generation speed as a fraction of the memory-bandwidth bound
+// (weight bytes per token / read bandwidth measured here, on the same threads).
+#include <immintrin.h>
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cli/command.h"
+#include "engine/cuda/any_engine.h"
+#include "engine/engine.h"
+#include "kernels/thread_pool.h"
+
+namespace kiln::cli {
+namespace {
+
+constexpr const char* kUsage =
+    "usage: kiln bench -m MODEL.gguf [-p 512] [-n 128] [-t N] [-r 5] [--device D] [--json]\n"
+    "\n"
+    "Measures prompt processing (pp: -p random tokens in one batch) and generation\n"
+    "(tg: -n tokens one at a time), both from an empty context, in tokens/s.\n"
+    "\n"
+    "options:\n"
+    "  -m, --model FILE   GGUF model\n"
+    "  -p, --n-prompt N   prompt tokens (512; 0 skips pp)\n"
+    "  -n, --n-gen N      generated tokens (128; 0 skips tg)\n"
+    "  -t, --threads N    threads (default: physical cores)\n"
+    "  -r, --repetitions N  timed repetitions after one warm-up (5)\n"
+    "  --kv-type T        KV cache type: f16 (default), f32, q8_0\n"
+    "  --device D         cpu (default) or cuda; on cuda the bound is the weights and KV\n"
+    "                     read per token against the device-to-device copy bandwidth\n"
+    "  --json             print one JSON object instead of the table\n";
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+struct Stats {
+  double mean = 0, sd = 0;
+};
+
+Stats stats(const std::vector<double>& v) {
+  Stats s;
+  if (v.empty()) return s;
+  for (double x : v) s.mean += x;
+  s.mean /= double(v.size());
+  if (v.size() > 1) {
+    for (double x : v) s.sd += (x - s.mean) * (x - s.mean);
+    s.sd = std::sqrt(s.sd / double(v.size() - 1));
+  }
+  return s;
+}
+
+size_t peak_rss_bytes() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<size_t>(u.ru_maxrss) * 1024;  // Linux reports KiB
+}
+
+// Read bandwidth in bytes/s: every thread sums its slice of a buffer much
+// larger than the caches; best of a few passes.
+double measure_read_bandwidth(ThreadPool& pool) {
+  const size_t bytes = size_t{512} << 20;
+  const size_t n = bytes / sizeof(float);
+  std::vector<float> buf(n, 1.0f);
+  std::vector<float> sink(static_cast<size_t>(pool.size()) * 16);
+  double best = 0;
+  for (int pass = 0; pass < 5; ++pass) {
+    const auto t0 = Clock::now();
+    pool.run([&](int ti, int nt) {
+      const size_t per = (n / 64 + static_cast<size_t>(nt) - 1) / static_cast<size_t>(nt) * 64;
+      const size_t begin = std::min(n, per * static_cast<size_t>(ti));
+      const size_t end = std::min(n, begin + per);
+      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+      for (size_t i = begin; i + 32 <= end; i += 32) {
+        a0 = _mm256_add_ps(a0, _mm256_loadu_ps(&buf[i]));
+        a1 = _mm256_add_ps(a1, _mm256_loadu_ps(&buf[i + 8]));
+        a2 = _mm256_add_ps(a2, _mm256_loadu_ps(&buf[i + 16]));
+        a3 = _mm256_add_ps(a3, _mm256_loadu_ps(&buf[i + 24]));
+      }
+      _mm256_storeu_ps(&sink[static_cast<size_t>(ti) * 16],
+                       _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    });
+    best = std::max(best, double(bytes) / seconds_since(t0));
+  }
+  return best;
+}
+
+int run_bench(Args args) {
+  std::string model_path;
+  size_t n_prompt = 512, n_gen = 128, reps = 5;
+  int threads = 0;
+  bool json = false;
+  GgmlType kv_type = GgmlType::F16;
+  DeviceKind device = DeviceKind::kCpu;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string_view a = args[i];
+    if (is_help_flag(a)) {
+      std::fputs(kUsage, stdout);
+      return 0;
+    } else if (a == "-m" || a == "--model") {
+      model_path = option_value(args, i);
+    } else if (a == "-p" || a == "--n-prompt") {
+      n_prompt = static_cast<size_t>(parse_int_option(a, option_value(args, i), 0, 1 << 20));
+    } else if (a == "-n" || a == "--n-gen") {
+      n_gen = static_cast<size_t>(parse_int_option(a, option_value(args, i), 0, 1 << 20));
+    } else if (a == "-t" || a == "--threads") {
+      threads = static_cast<int>(parse_int_option(a, option_value(args, i), 1, 1024));
+    } else if (a == "-r" || a == "--repetitions") {
+      reps = static_cast<size_t>(parse_int_option(a, option_value(args, i), 1, 1000));
+    } else if (a == "--kv-type") {
+      kv_type = parse_kv_cache_type(option_value(args, i));
+    } else if (a == "--device") {
+      device = parse_device(option_value(args, i));
+    } else if (a == "--json") {
+      json = true;
+    } else {
+      throw std::invalid_argument("unknown option '" + std::string(a) +
+                                  "' (see kiln bench --help)");
+    }
+  }
+  if (model_path.empty()) throw std::invalid_argument("-m MODEL.gguf is required");
+
+  const Model model = Model::load(model_path);
+  const ModelConfig& c = model.config();
+  EngineOptions o;
+  o.n_threads = threads;
+  o.kv_type = kv_type;
+  o.n_ctx = std::max<size_t>(n_prompt + 1, n_gen + 1);
+  o.max_batch = std::max<size_t>(1, std::min<size_t>(n_prompt, 512));
+  AnyEngine engine(model, o, device);
+
+  std::mt19937 rng(42);
+  auto random_tokens = [&](size_t n) {
+    std::vector<int32_t> t(n);
+    for (auto& v : t) v = static_cast<int32_t>(rng() % c.n_vocab);
+    return t;
+  };
+
+  auto run_pp = [&]() {
+    engine.clear(0);
+    const auto tokens = random_tokens(n_prompt);
+    const auto t0 = Clock::now();
+    engine.eval(0, tokens, false);
+    return double(n_prompt) / seconds_since(t0);
+  };
+  auto run_tg = [&]() {
+    engine.clear(0);
+    const auto tokens = random_tokens(n_gen);
+    Batch batch;
+    batch.entries.reserve(1);
+    const auto t0 = Clock::now();
+    for (size_t i = 0; i < n_gen; ++i) {
+      batch.clear();
+      batch.add(0, static_cast<int32_t>(i), tokens[i], true);
+      engine.forward(batch);
+    }
+    return double(n_gen) / seconds_since(t0);
+  };
+
+  std::vector<double> pp, tg;
+  if (n_prompt > 0) {
+    run_pp();  // warm-up: page in the weights, spin up the pool
+    for (size_t r = 0; r < reps; ++r) pp.push_back(run_pp());
+  }
+  if (n_gen > 0) {
+    run_tg();
+    for (size_t r = 0; r < reps; ++r) tg.push_back(run_tg());
+  }
+  const size_t rss = peak_rss_bytes();  // before the bandwidth buffer
+  double bandwidth = 0;
+  size_t bytes_per_token = model.weights().bytes_per_token();
+  int n_threads = 0;
+  std::string device_name = "cpu";
+  if (Engine* cpu = engine.cpu()) {
+    bandwidth = measure_read_bandwidth(cpu->thread_pool());
+    n_threads = cpu->n_threads();
+  }
+#if defined(KILN_HAVE_CUDA) && KILN_HAVE_CUDA
+  if (CudaEngine* gpu = engine.cuda()) {
+    // Device memory bandwidth; per token also the KV rows read, at the run's mean length.
+    bandwidth = gpu->measure_copy_bandwidth();
+    bytes_per_token += gpu->kv_bytes_read((n_gen + 1) / 2);
+    device_name = gpu->device_name();
+  }
+#endif
+  const Stats pps = stats(pp), tgs = stats(tg);
+  const double bound_tps = bandwidth / double(bytes_per_token);
+  const double fraction = tg.empty() ? 0.0 : tgs.mean / bound_tps;
+  const std::string name = std::filesystem::path(model_path).filename().string();
+
+  if (json) {
+    std::printf(
+        "{\"model\": \"%s\", \"device\": \"%s\", \"threads\": %d, \"n_prompt\": %zu, \"n_gen\": "
+        "%zu, "
+        "\"repetitions\": %zu, \"pp_tps\": %.3f, \"pp_tps_sd\": %.3f, \"tg_tps\": %.3f, "
+        "\"tg_tps_sd\": %.3f, \"peak_rss_bytes\": %zu, \"read_bandwidth_bytes_per_s\": %.0f, "
+        "\"weight_bytes_per_token\": %zu, \"bandwidth_bound_tps\": %.3f, "
+        "\"bandwidth_fraction\": %.4f}\n",
+        name.c_str(), device_name.c_str(), n_threads, n_prompt, n_gen, reps, pps.mean, pps.sd,
+        tgs.mean, tgs.sd, rss, bandwidth, bytes_per_token, bound_tps, fraction);
+  } else {
+    std::printf("model: %s (%s)\ndevice: %s, threads: %d, repetitions: %zu\n", name.c_str(),
+                c.describe().c_str(), device_name.c_str(), n_threads, reps);
+    if (!pp.empty()) std::printf("pp%-6zu %10.2f ± %.2f tokens/s\n", n_prompt, pps.mean, pps.sd);
+    if (!tg.empty()) std::printf("tg%-6zu %10.2f ± %.2f tokens/s\n", n_gen, tgs.mean, tgs.sd);
+    std::printf("peak RSS: %.1f MiB\n", double(rss) / (1 << 20));
+    std::printf("read bandwidth: %.2f GB/s, weights per token: %.1f MiB -> bound %.1f tokens/s",
+                bandwidth / 1e9, double(bytes_per_token) / (1 << 20), bound_tps);
+    if (!tg.empty()) std::printf(", tg at %.0f%% of it", 100.0 * fraction);
+    std::printf("\n");
+  }
+  return 0;
+}
+
+const Command kBench("bench", "measure prompt and generation speed (tokens/s)", run_bench);
+
+}  // namespace
+}  // namespace kiln::cli

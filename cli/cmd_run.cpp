@@ -1,0 +1,185 @@
+// kiln run: generate a completion for one prompt, streamed to stdout; prompt
+// and generation speed go to stderr.
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cli/command.h"
+#include "engine/cuda/any_engine.h"
+#include "engine/engine.h"
+#include "sampler/sampler.h"
+#include "tokenizer/chat_template.h"
+#include "tokenizer/tokenizer.h"
+
+namespace kiln::cli {
+namespace {
+
+constexpr const char* kUsage =
+    "usage: kiln run -m MODEL.gguf -p PROMPT [options]\n"
+    "\n"
+    "Streams the model's continuation of PROMPT to stdout.\n"
+    "\n"
+    "options:\n"
+    "  -m, --model FILE     GGUF model\n"
+    "  -p, --prompt TEXT    the prompt\n"
+    "  -n, --n-predict N    tokens to generate at most (128)\n"
+    "  --temp F             sampling temperature; 0 is greedy (0.8)\n"
+    "  --seed N             random seed (default: from the clock)\n"
+    "  -t, --threads N      threads (default: physical cores)\n"
+    "  -c, --ctx-size N     context size (default: the model's, at most 4096)\n"
+    "  --kv-type T          KV cache type: f16 (default), f32, q8_0\n"
+    "  --device D           where the model runs: cpu (default) or cuda\n"
+    "  --chat               apply the model's chat template to the prompt as one user\n"
+    "                       message, and stop at the end of the turn\n"
+    "  --ignore-eos         keep generating past end-of-generation tokens\n"
+    "  --ids-out FILE       write the prompt ids (line 1) and generated ids (line 2)\n";
+
+using Clock = std::chrono::steady_clock;
+
+int run_run(Args args) {
+  std::string model_path, prompt, ids_out;
+  bool have_prompt = false, chat = false, ignore_eos = false;
+  size_t n_predict = 128, n_ctx = 0;
+  int threads = 0;
+  float temperature = 0.8f;
+  uint64_t seed = static_cast<uint64_t>(Clock::now().time_since_epoch().count());
+  GgmlType kv_type = GgmlType::F16;
+  DeviceKind device = DeviceKind::kCpu;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string_view a = args[i];
+    if (is_help_flag(a)) {
+      std::fputs(kUsage, stdout);
+      return 0;
+    } else if (a == "-m" || a == "--model") {
+      model_path = option_value(args, i);
+    } else if (a == "-p" || a == "--prompt") {
+      prompt = option_value(args, i);
+      have_prompt = true;
+    } else if (a == "-n" || a == "--n-predict") {
+      n_predict = static_cast<size_t>(parse_int_option(a, option_value(args, i), 0, 1 << 24));
+    } else if (a == "--temp") {
+      const std::string v(option_value(args, i));
+      size_t used = 0;
+      try {
+        temperature = std::stof(v, &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      if (used != v.size() || !(temperature >= 0.0f)) {
+        throw std::invalid_argument("--temp expects a number >= 0, got '" + v + "'");
+      }
+    } else if (a == "--seed") {
+      seed = static_cast<uint64_t>(parse_int_option(a, option_value(args, i), 0, LONG_MAX));
+    } else if (a == "-t" || a == "--threads") {
+      threads = static_cast<int>(parse_int_option(a, option_value(args, i), 1, 1024));
+    } else if (a == "-c" || a == "--ctx-size") {
+      n_ctx = static_cast<size_t>(parse_int_option(a, option_value(args, i), 1, 1 << 24));
+    } else if (a == "--kv-type") {
+      kv_type = parse_kv_cache_type(option_value(args, i));
+    } else if (a == "--device") {
+      device = parse_device(option_value(args, i));
+    } else if (a == "--chat") {
+      chat = true;
+    } else if (a == "--ids-out") {
+      ids_out = option_value(args, i);
+    } else if (a == "--ignore-eos") {
+      ignore_eos = true;
+    } else {
+      throw std::invalid_argument("unknown option '" + std::string(a) + "' (see kiln run --help)");
+    }
+  }
+  if (model_path.empty()) throw std::invalid_argument("-m MODEL.gguf is required");
+  if (!have_prompt) throw std::invalid_argument("-p PROMPT is required");
+
+  const Model model = Model::load(model_path);
+  const Tokenizer tokenizer = Tokenizer::from_gguf(model.file());
+  std::vector<TokenId> tokens;
+  if (chat) {
+    const ChatTemplate tmpl = ChatTemplate::from_gguf(model.file());
+    ChatMessage user;
+    user.role = "user";
+    user.content = prompt;
+    const auto bos = tokenizer.bos() >= 0 ? tokenizer.token_piece(tokenizer.bos()) : "";
+    const auto eos = tokenizer.eos() >= 0 ? tokenizer.token_piece(tokenizer.eos()) : "";
+    const auto segments = tmpl.render(std::span(&user, 1), /*add_generation_prompt=*/true,
+                                      nlohmann::ordered_json::object(), bos, eos);
+    // The template writes BOS itself where the model wants one.
+    tokens = tokenizer.encode_segments(segments, /*add_special=*/false);
+  } else {
+    tokens = tokenizer.encode(prompt, /*add_special=*/true, /*parse_special=*/true);
+  }
+  if (tokens.empty()) throw std::invalid_argument("the prompt tokenizes to nothing");
+
+  EngineOptions o;
+  o.n_ctx = default_context_length(model.config(), n_ctx);
+  o.n_threads = threads;
+  o.kv_type = kv_type;
+  o.max_batch = std::min<size_t>(512, tokens.size());
+  if (tokens.size() + n_predict > o.n_ctx) {
+    throw std::invalid_argument("the prompt (" + std::to_string(tokens.size()) + " tokens) plus " +
+                                std::to_string(n_predict) +
+                                " tokens to generate do not fit the context size " +
+                                std::to_string(o.n_ctx) + " (raise -c or lower -n)");
+  }
+  AnyEngine engine(model, o, device);
+  SamplingParams sp;
+  sp.temperature = temperature;
+  Sampler sampler(sp);
+  Rng rng(seed);
+  StreamingDetokenizer detok(tokenizer);
+
+  // Prompt.
+  const auto t0 = Clock::now();
+  auto logits = engine.eval(0, tokens, false);
+  const double prompt_s = std::chrono::duration<double>(Clock::now() - t0).count();
+
+  // Generation: sample, print, feed back.
+  const auto t1 = Clock::now();
+  size_t generated = 0;
+  std::vector<TokenId> generated_ids;
+  generated_ids.reserve(n_predict);
+  Batch batch;
+  batch.entries.reserve(1);
+  for (; generated < n_predict; ++generated) {
+    const TokenId next = sampler.sample(logits, rng.uniform());
+    if (!ignore_eos && tokenizer.is_eog(next)) break;
+    generated_ids.push_back(next);
+    const std::string text = detok.push(next);
+    std::fwrite(text.data(), 1, text.size(), stdout);
+    std::fflush(stdout);
+    if (generated + 1 == n_predict) {
+      ++generated;
+      break;  // the last token needs no forward
+    }
+    batch.clear();
+    batch.add(0, static_cast<int32_t>(engine.seq_length(0)), next, true);
+    logits = engine.forward(batch);
+  }
+  const std::string rest = detok.flush();
+  std::fwrite(rest.data(), 1, rest.size(), stdout);
+  std::fputc('\n', stdout);
+  std::fflush(stdout);
+  const double gen_s = std::chrono::duration<double>(Clock::now() - t1).count();
+  if (!ids_out.empty()) {
+    std::ofstream f(ids_out);
+    for (size_t i = 0; i < tokens.size(); ++i) f << (i ? " " : "") << tokens[i];
+    f << "\n";
+    for (size_t i = 0; i < generated_ids.size(); ++i) f << (i ? " " : "") << generated_ids[i];
+    f << "\n";
+    if (!f) throw std::runtime_error("failed writing '" + ids_out + "'");
+  }
+  std::fprintf(stderr, "\nprompt: %zu tokens in %.2f s (%.1f tokens/s)\n", tokens.size(), prompt_s,
+               double(tokens.size()) / prompt_s);
+  std::fprintf(stderr, "generation: %zu tokens in %.2f s (%.1f tokens/s)\n", generated, gen_s,
+               generated > 0 ? double(generated) / gen_s : 0.0);
+  return 0;
+}
+
+const Command kRun("run", "generate text from a prompt (streams to stdout)", run_run);
+
+}  // namespace
+}  // namespace kiln::cli

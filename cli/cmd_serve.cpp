@@ -1,0 +1,108 @@
+// kiln serve: the OpenAI-compatible HTTP server.
+#include <pthread.h>
+
+#include <atomic>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <thread>
+
+#include "cli/command.h"
+#include "engine/kv_cache.h"
+#include "server/http_server.h"
+
+namespace kiln::cli {
+namespace {
+
+constexpr const char* kUsage =
+    "usage: kiln serve -m MODEL.gguf [options]\n"
+    "\n"
+    "Serves the model over an OpenAI-compatible HTTP API:\n"
+    "  POST /v1/chat/completions, POST /v1/completions, GET /v1/models,\n"
+    "  GET /v1/models/{id}, GET /health, GET /metrics (Prometheus).\n"
+    "\n"
+    "options:\n"
+    "  -m, --model FILE       GGUF model\n"
+    "  --host ADDR            address to bind (127.0.0.1; 0.0.0.0 exposes the server)\n"
+    "  --port N               port (11434; 0 picks a free one)\n"
+    "  -t, --threads N        engine threads (default: physical cores)\n"
+    "  -c, --ctx-size N       context size of each sequence (default: the model's, at most 4096)\n"
+    "  --parallel N           sequences decoded together in one batch (4)\n"
+    "  --alias NAME           model id clients use (default: general.name, else the file stem)\n"
+    "  --api-key KEY          require 'Authorization: Bearer KEY' (all but /health)\n"
+    "  --chat-template NAME   use a built-in chat template instead of the model's\n"
+    "  --kv-type T            KV cache type: f16 (default), f32, q8_0\n";
+
+int run_serve(Args args) {
+  server::ServerOptions o;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string_view a = args[i];
+    if (is_help_flag(a)) {
+      std::fputs(kUsage, stdout);
+      return 0;
+    } else if (a == "-m" || a == "--model") {
+      o.model_path = option_value(args, i);
+    } else if (a == "--host") {
+      o.host = option_value(args, i);
+    } else if (a == "--port") {
+      o.port = static_cast<int>(parse_int_option(a, option_value(args, i), 0, 65535));
+    } else if (a == "-t" || a == "--threads") {
+      o.n_threads = static_cast<int>(parse_int_option(a, option_value(args, i), 1, 1024));
+    } else if (a == "-c" || a == "--ctx-size") {
+      o.n_ctx = static_cast<size_t>(parse_int_option(a, option_value(args, i), 16, 1 << 20));
+    } else if (a == "--parallel" || a == "-np") {
+      o.parallel = static_cast<size_t>(parse_int_option(a, option_value(args, i), 1, 256));
+    } else if (a == "--alias") {
+      o.alias = option_value(args, i);
+    } else if (a == "--api-key") {
+      o.api_key = option_value(args, i);
+      if (o.api_key.empty()) throw std::invalid_argument("--api-key must not be empty");
+    } else if (a == "--chat-template") {
+      o.chat_template = option_value(args, i);
+    } else if (a == "--kv-type") {
+      o.kv_type = parse_kv_cache_type(option_value(args, i));
+    } else {
+      throw std::invalid_argument("unknown option '" + std::string(a) +
+                                  "' (see kiln serve --help)");
+    }
+  }
+  if (o.model_path.empty()) throw std::invalid_argument("-m MODEL.gguf is required");
+
+  // A client that disconnects must not kill the server with SIGPIPE.
+  std::signal(SIGPIPE, SIG_IGN);
+  // SIGINT/SIGTERM are taken by one thread (blocked everywhere else, so
+  // every thread started from here inherits the mask).
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  server::HttpServer server(o);
+  const int port = server.start();
+  std::fprintf(stderr, "kiln serve: listening on http://%s:%d (model loading; /health is 503)\n",
+               o.host.c_str(), port);
+  std::atomic<bool> loaded{false};
+  std::thread signal_waiter([&] {
+    int sig = 0;
+    sigwait(&stop_signals, &sig);
+    if (!loaded.load()) std::_Exit(128 + sig);  // nothing to wind down yet
+    std::fprintf(stderr, "kiln serve: shutting down\n");
+    server.stop();
+  });
+  signal_waiter.detach();
+  server.load_model([](std::string_view line) {
+    std::fprintf(stderr, "kiln serve: %.*s\n", static_cast<int>(line.size()), line.data());
+  });
+  loaded = true;
+  std::fprintf(stderr, "kiln serve: ready: http://%s:%d/v1 (model id '%s')\n", o.host.c_str(), port,
+               server.model_id().c_str());
+  server.wait();
+  return 0;
+}
+
+const Command kServe("serve", "serve a model over an OpenAI-compatible HTTP API", run_serve);
+
+}  // namespace
+}  // namespace kiln::cli

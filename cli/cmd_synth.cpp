@@ -1,0 +1,288 @@
+// kiln synth: writes a Llama-architecture GGUF with random weights and a real
+// vocabulary copied from another GGUF. Used for tests (tiny shapes in every
+// weight type) and benchmarks (a TinyLlama-1.1B-shaped model we can ship
+// without shipping weights).
+//
+// Tensors are generated row by row inside the writer's fill callbacks, each
+// from its own seed, so memory stays at one tensor and the output does not
+// depend on the order the writer asks for them.
+#include <cmath>
+#include <cstdio>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "cli/command.h"
+#include "gguf/gguf.h"
+#include "gguf/writer.h"
+#include "kernels/quantize.h"
+
+namespace kiln::cli {
+namespace {
+
+struct SynthOptions {
+  std::string out;
+  std::string vocab_from;
+  size_t dim = 2048;
+  size_t layers = 22;
+  size_t heads = 32;
+  size_t kv_heads = 4;
+  size_t ffn = 5632;
+  size_t ctx = 2048;
+  float rope_base = 10000.0f;
+  float rms_eps = 1e-5f;
+  GgmlType type = GgmlType::F16;
+  bool tied = false;
+  bool rope_freqs = false;
+  uint64_t seed = 1;
+};
+
+struct Preset {
+  std::string_view name;
+  size_t dim, layers, heads, kv_heads, ffn, ctx;
+  float rope_base;
+  bool tied, rope_freqs;
+};
+
+// Shapes of public models (hyperparameters only; the weights are random).
+constexpr Preset kPresets[] = {
+    {"tinyllama-1.1b", 2048, 22, 32, 4, 5632, 2048, 10000.0f, false, false},
+    {"smollm2-135m", 576, 30, 9, 3, 1536, 8192, 100000.0f, true, false},
+    {"llama-3.2-1b", 2048, 16, 32, 8, 8192, 131072, 500000.0f, true, true},
+    {"tiny", 64, 2, 4, 2, 128, 256, 10000.0f, false, false},
+};
+
+constexpr const char* kUsage =
+    "usage: kiln synth --out FILE.gguf --vocab-from OTHER.gguf [options]\n"
+    "\n"
+    "Writes a Llama model with random weights (scaled so activations stay finite)\n"
+    "and the vocabulary/tokenizer metadata of OTHER.gguf.\n"
+    "\n"
+    "options:\n"
+    "  --preset NAME     tinyllama-1.1b (default shape), smollm2-135m, llama-3.2-1b, tiny\n"
+    "  --dim N           embedding width (default 2048)\n"
+    "  --layers N        transformer blocks (22)\n"
+    "  --heads N         query heads (32)\n"
+    "  --kv-heads N      key/value heads (4)\n"
+    "  --ffn N           feed-forward width (5632)\n"
+    "  --ctx N           training context length written to the metadata (2048)\n"
+    "  --rope-base F     RoPE frequency base (10000)\n"
+    "  --type T          weight type of the matrices: F32, F16 (default), BF16, Q8_0, Q4_0,\n"
+    "                    Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K (norms stay F32)\n"
+    "  --tied            no output tensor: logits use token_embd\n"
+    "  --rope-freqs      add a rope_freqs tensor (Llama 3 style frequency factors)\n"
+    "  --seed N          random seed (1)\n";
+
+// splitmix64: a good 64-bit mix for seeding each tensor and row independently.
+uint64_t mix(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+// Fills `row` with uniform values of the given mean and standard deviation.
+void random_row(uint64_t seed, float mean, float stddev, std::span<float> row) {
+  uint64_t state = mix(seed);
+  const float half_width = stddev * std::sqrt(3.0f);
+  for (float& v : row) {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;  // LCG, top bits used
+    const float u = static_cast<float>(state >> 40) * 0x1p-24f;       // [0, 1)
+    v = mean + (2.0f * u - 1.0f) * half_width;
+  }
+}
+
+class Synthesizer {
+ public:
+  explicit Synthesizer(const SynthOptions& o) : o_(o) {}
+
+  // A matrix (rows, cols): W ~ U with std 1/sqrt(cols) so W x keeps unit scale.
+  void add_matrix(gguf::Writer& w, const std::string& name, size_t rows, size_t cols, GgmlType type,
+                  float stddev_scale = 1.0f) {
+    if (cols % traits(type).block_elements != 0) {
+      throw std::invalid_argument(
+          "tensor '" + name + "' has rows of " + std::to_string(cols) +
+          " elements, not a multiple of the " + std::string(type_name(type)) + " block size " +
+          std::to_string(traits(type).block_elements) + " (choose other shapes or another --type)");
+    }
+    const uint64_t seed = mix(o_.seed ^ mix(tensor_index_++));
+    const float stddev = stddev_scale / std::sqrt(static_cast<float>(cols));
+    w.add_tensor(name, type, {cols, rows}, [=](std::span<std::byte> out) {
+      std::vector<float> row(cols);
+      const size_t rb = row_bytes(type, cols);
+      for (size_t r = 0; r < rows; ++r) {
+        random_row(seed + r, 0.0f, stddev, row);
+        kernels::quantize_row(type, row, out.subspan(r * rb, rb));
+      }
+    });
+  }
+
+  // A norm weight (n,), F32, around 1.
+  void add_norm(gguf::Writer& w, const std::string& name, size_t n) {
+    const uint64_t seed = mix(o_.seed ^ mix(tensor_index_++));
+    w.add_tensor(name, GgmlType::F32, {n}, [=](std::span<std::byte> out) {
+      random_row(seed, 1.0f, 0.1f, {reinterpret_cast<float*>(out.data()), n});
+    });
+  }
+
+ private:
+  const SynthOptions& o_;
+  uint64_t tensor_index_ = 0;
+};
+
+void synthesize(const SynthOptions& o) {
+  if (o.out.empty()) throw std::invalid_argument("--out is required");
+  if (o.vocab_from.empty()) throw std::invalid_argument("--vocab-from is required");
+  if (o.heads == 0 || o.kv_heads == 0 || o.heads % o.kv_heads != 0) {
+    throw std::invalid_argument("--heads " + std::to_string(o.heads) +
+                                " must be a positive multiple of --kv-heads " +
+                                std::to_string(o.kv_heads));
+  }
+  if (o.dim % o.heads != 0 || (o.dim / o.heads) % 2 != 0) {
+    throw std::invalid_argument("--dim " + std::to_string(o.dim) + " must split into --heads " +
+                                std::to_string(o.heads) + " heads of even width");
+  }
+  if (!kernels::can_quantize(o.type)) {
+    throw std::invalid_argument("--type " + std::string(type_name(o.type)) + " cannot be written");
+  }
+  const gguf::File vocab = gguf::File::open(o.vocab_from);
+  if (!vocab.has("tokenizer.ggml.tokens")) {
+    throw std::invalid_argument(o.vocab_from + " has no tokenizer.ggml.tokens");
+  }
+  const size_t n_vocab = vocab.get_array("tokenizer.ggml.tokens").count;
+  const size_t head_dim = o.dim / o.heads;
+  const size_t kv_dim = head_dim * o.kv_heads;
+
+  gguf::Writer w;
+  w.set("general.architecture", gguf::MetaValue::string("llama"));
+  w.set("general.name", gguf::MetaValue::string("kiln-synth"));
+  w.set("general.alignment", gguf::MetaValue::u32(32));
+  w.set("llama.context_length", gguf::MetaValue::u32(static_cast<uint32_t>(o.ctx)));
+  w.set("llama.embedding_length", gguf::MetaValue::u32(static_cast<uint32_t>(o.dim)));
+  w.set("llama.block_count", gguf::MetaValue::u32(static_cast<uint32_t>(o.layers)));
+  w.set("llama.feed_forward_length", gguf::MetaValue::u32(static_cast<uint32_t>(o.ffn)));
+  w.set("llama.attention.head_count", gguf::MetaValue::u32(static_cast<uint32_t>(o.heads)));
+  w.set("llama.attention.head_count_kv", gguf::MetaValue::u32(static_cast<uint32_t>(o.kv_heads)));
+  w.set("llama.rope.dimension_count", gguf::MetaValue::u32(static_cast<uint32_t>(head_dim)));
+  w.set("llama.rope.freq_base", gguf::MetaValue::f32(o.rope_base));
+  w.set("llama.attention.layer_norm_rms_epsilon", gguf::MetaValue::f32(o.rms_eps));
+  w.set("llama.vocab_size", gguf::MetaValue::u32(static_cast<uint32_t>(n_vocab)));
+  for (const auto& [key, value] : vocab.metadata()) {
+    if (key.starts_with("tokenizer.")) w.set(std::string(key), gguf::MetaValue::from(value));
+  }
+
+  Synthesizer s(o);
+  // Embedding rows at unit scale per element / sqrt(dim): norms follow, and a
+  // tied output then gives logits of order one.
+  s.add_matrix(w, "token_embd.weight", n_vocab, o.dim, o.type);
+  if (o.rope_freqs) {
+    // Llama 3 style: factor 1 for high frequencies rising to 8 for the lowest.
+    const size_t half = head_dim / 2;
+    w.add_tensor("rope_freqs.weight", GgmlType::F32, {half}, [half](std::span<std::byte> out) {
+      auto* f = reinterpret_cast<float*>(out.data());
+      for (size_t i = 0; i < half; ++i) {
+        f[i] =
+            1.0f + 7.0f * static_cast<float>(i) / static_cast<float>(std::max<size_t>(1, half - 1));
+      }
+    });
+  }
+  for (size_t l = 0; l < o.layers; ++l) {
+    const std::string p = "blk." + std::to_string(l) + ".";
+    s.add_norm(w, p + "attn_norm.weight", o.dim);
+    // Q and K a little larger than unit so attention is not uniform.
+    s.add_matrix(w, p + "attn_q.weight", o.dim, o.dim, o.type, 2.0f);
+    s.add_matrix(w, p + "attn_k.weight", kv_dim, o.dim, o.type, 2.0f);
+    s.add_matrix(w, p + "attn_v.weight", kv_dim, o.dim, o.type);
+    s.add_matrix(w, p + "attn_output.weight", o.dim, o.dim, o.type);
+    s.add_norm(w, p + "ffn_norm.weight", o.dim);
+    s.add_matrix(w, p + "ffn_gate.weight", o.ffn, o.dim, o.type);
+    s.add_matrix(w, p + "ffn_up.weight", o.ffn, o.dim, o.type);
+    s.add_matrix(w, p + "ffn_down.weight", o.dim, o.ffn, o.type);
+  }
+  s.add_norm(w, "output_norm.weight", o.dim);
+  if (!o.tied) {
+    // Logits of order a few units: peaked enough to have a clear top-1.
+    s.add_matrix(w, "output.weight", n_vocab, o.dim, o.type, 3.0f);
+  }
+  w.write(o.out);
+}
+
+int run_synth(Args args) {
+  SynthOptions o;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string_view a = args[i];
+    auto count = [&](size_t max) {
+      return static_cast<size_t>(
+          parse_int_option(a, option_value(args, i), 1, static_cast<long>(max)));
+    };
+    if (is_help_flag(a)) {
+      std::fputs(kUsage, stdout);
+      return 0;
+    } else if (a == "--out" || a == "-o") {
+      o.out = option_value(args, i);
+    } else if (a == "--vocab-from") {
+      o.vocab_from = option_value(args, i);
+    } else if (a == "--preset") {
+      const std::string_view name = option_value(args, i);
+      const Preset* found = nullptr;
+      for (const auto& p : kPresets) {
+        if (p.name == name) found = &p;
+      }
+      if (found == nullptr) {
+        throw std::invalid_argument("unknown preset '" + std::string(name) +
+                                    "' (tinyllama-1.1b, smollm2-135m, llama-3.2-1b, tiny)");
+      }
+      o.dim = found->dim;
+      o.layers = found->layers;
+      o.heads = found->heads;
+      o.kv_heads = found->kv_heads;
+      o.ffn = found->ffn;
+      o.ctx = found->ctx;
+      o.rope_base = found->rope_base;
+      o.tied = found->tied;
+      o.rope_freqs = found->rope_freqs;
+    } else if (a == "--dim") {
+      o.dim = count(1 << 16);
+    } else if (a == "--layers") {
+      o.layers = count(1024);
+    } else if (a == "--heads") {
+      o.heads = count(1024);
+    } else if (a == "--kv-heads") {
+      o.kv_heads = count(1024);
+    } else if (a == "--ffn") {
+      o.ffn = count(1 << 18);
+    } else if (a == "--ctx") {
+      o.ctx = count(1 << 24);
+    } else if (a == "--rope-base") {
+      const std::string v(option_value(args, i));
+      try {
+        o.rope_base = std::stof(v);
+      } catch (const std::exception&) {
+        throw std::invalid_argument("--rope-base expects a number, got '" + v + "'");
+      }
+    } else if (a == "--type") {
+      const std::string_view t = option_value(args, i);
+      const auto type = parse_type_name(t);
+      if (!type) throw std::invalid_argument("--type: unknown type '" + std::string(t) + "'");
+      o.type = *type;
+    } else if (a == "--tied") {
+      o.tied = true;
+    } else if (a == "--rope-freqs") {
+      o.rope_freqs = true;
+    } else if (a == "--seed") {
+      o.seed = static_cast<uint64_t>(parse_int_option(a, option_value(args, i), 0, LONG_MAX));
+    } else {
+      throw std::invalid_argument("unknown option '" + std::string(a) +
+                                  "' (see kiln synth --help)");
+    }
+  }
+  synthesize(o);
+  std::fprintf(stderr, "kiln synth: wrote %s\n", o.out.c_str());
+  return 0;
+}
+
+const Command kSynth("synth", "write a Llama model with random weights (tests, benchmarks)",
+                     run_synth);
+
+}  // namespace
+}  // namespace kiln::cli

@@ -1,0 +1,123 @@
+// The CPU forward pass of a Llama model over a batch of (sequence, position,
+// token) entries, with a per-sequence KV cache.
+//
+// One Engine is one inference context: it owns the KV cache, the thread pool
+// and every activation buffer, all allocated in the constructor (sized by
+// max_batch and n_ctx), so forward() never allocates. The same call runs a
+// whole prompt of one sequence (prefill, matmul with m = n tokens) or one new
+// token for each of several sequences (batched decode for the server).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "engine/kv_cache.h"
+#include "engine/model.h"
+
+namespace kiln {
+
+class ThreadPool;
+
+struct BatchEntry {
+  int32_t seq = 0;            // sequence id == KV cache slot, in [0, n_seq)
+  int32_t pos = 0;            // position in the sequence; must be its next free position
+  int32_t token = 0;          // token id, in [0, n_vocab)
+  bool wants_logits = false;  // produce a logits row for this entry
+};
+
+struct Batch {
+  std::vector<BatchEntry> entries;
+
+  void add(int32_t seq, int32_t pos, int32_t token, bool wants_logits) {
+    entries.push_back({seq, pos, token, wants_logits});
+  }
+  void clear() { entries.clear(); }
+  size_t size() const { return entries.size(); }
+  bool empty() const { return entries.empty(); }
+};
+
+struct EngineOptions {
+  size_t n_ctx = 0;        // positions per sequence; 0: the model's context length, at most 4096
+  size_t n_seq = 1;        // sequences (KV slots) that can be live at once
+  size_t max_batch = 512;  // most entries in one forward call
+  int n_threads = 0;       // 0: default_thread_count()
+  GgmlType kv_type = GgmlType::F16;  // F16, F32 or Q8_0
+};
+
+class Engine {
+ public:
+  // The model must outlive the engine.
+  Engine(const Model& model, const EngineOptions& options);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Runs one batch. Returns the logits of the entries that want them, in batch
+  // order, as rows of n_vocab floats (view valid until the next call). Throws
+  // std::invalid_argument for a bad entry (unknown sequence, token out of
+  // range, a position that is not the sequence's next one, a full context,
+  // too many entries) before touching any state.
+  std::span<const float> forward(const Batch& batch);
+
+  // Row k of the last forward's logits (k-th entry that wanted logits).
+  std::span<const float> logits_row(size_t k) const;
+
+  const Model& model() const { return model_; }
+  const ModelConfig& config() const { return model_.config(); }
+  size_t n_ctx() const { return kv_.n_ctx(); }
+  size_t n_seq() const { return kv_.n_seq(); }
+  size_t max_batch() const { return max_batch_; }
+  int n_threads() const { return n_threads_; }
+  KvCache& kv_cache() { return kv_; }
+  const KvCache& kv_cache() const { return kv_; }
+  ThreadPool& thread_pool() { return *pool_; }
+
+  // Sequence management (server slots, prompt-prefix reuse).
+  size_t seq_length(size_t seq) const { return kv_.length(seq); }
+  void clear(size_t seq) { kv_.clear(seq); }
+  void truncate(size_t seq, size_t pos) { kv_.truncate(seq, pos); }
+
+  // Evaluates `tokens` for one sequence from its current length on, in chunks
+  // of max_batch. Returns the logits of the last token, or of every token
+  // (rows in order) when all_logits is set; then the view lives in `out`.
+  std::span<const float> eval(size_t seq, std::span<const int32_t> tokens, bool all_logits,
+                              std::vector<float>* out = nullptr);
+
+ private:
+  void validate(const Batch& batch);
+  void attention(size_t layer, size_t n);
+
+  const Model& model_;
+  size_t max_batch_;
+  int n_threads_;
+  std::unique_ptr<ThreadPool> pool_;
+  KvCache kv_;
+
+  // Activations, row-major (max_batch, width).
+  std::vector<float> x_;         // (B, dim) residual stream
+  std::vector<float> xb_;        // (B, dim) normed input of a sub-layer / its output
+  std::vector<float> q_;         // (B, q_dim)
+  std::vector<float> k_;         // (B, kv_dim)
+  std::vector<float> v_;         // (B, kv_dim)
+  std::vector<float> att_;       // (B, q_dim) attention output
+  std::vector<float> gate_;      // (B, ffn_dim)
+  std::vector<float> up_;        // (B, ffn_dim)
+  std::vector<float> rope_cos_;  // (B, rope_dim/2)
+  std::vector<float> rope_sin_;  // (B, rope_dim/2)
+  std::vector<float> scores_;    // (n_threads, n_ctx) attention weights per worker
+  std::vector<float> kv_row_;    // (n_threads, kv_dim) staging for quantized cache rows
+  std::vector<float> logits_;    // (B, n_vocab)
+  std::vector<std::byte> matmul_scratch_;
+  std::vector<int32_t> logit_rows_;  // batch indices of entries that want logits
+  std::vector<size_t> next_pos_;     // (n_seq) validation scratch
+  size_t n_logits_ = 0;
+  const BatchEntry* entries_ = nullptr;  // batch of the running forward (for attention workers)
+};
+
+// Context size for `requested` (0: model default) capped by the model's own.
+size_t default_context_length(const ModelConfig& config, size_t requested);
+
+}  // namespace kiln

@@ -1,0 +1,320 @@
+// Attention over the F16 KV cache, the CUDA twin of Engine::attention:
+//   out[i, h] = softmax(q[i, h] . K[seq_i, 0..pos_i, g]^T / sqrt(head_dim)) V[seq_i, 0..pos_i, g]
+// with the KV group g = h / (n_heads / n_kv_heads) (GQA).
+//
+// Decode uses flash-decoding: each (query, head) has its positions cut into chunks of
+// kAttentionSplitPositions, one block per chunk writes (max, sum of exp, unnormalised
+// weighted V), and a reduce kernel merges the chunks. Prefill of one sequence uses a
+// flash-attention tile kernel: 16 queries share each 32-key tile of K and V in shared
+// memory, every warp keeps an online softmax (running max and sum) per query, and the
+// causal mask is the query's own position.
+#include <stdexcept>
+#include <string>
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/launch.h"
+
+namespace kiln::cuda {
+
+namespace {
+
+constexpr int kSplitThreads = 128;
+constexpr int kSplitWarps = kSplitThreads / kWarpSize;
+constexpr int kMaxHeadDim = 256;
+constexpr int kMaxDimsPerLane = kMaxHeadDim / kWarpSize;
+
+size_t n_splits(size_t n_ctx) {
+  return (n_ctx + kAttentionSplitPositions - 1) / kAttentionSplitPositions;
+}
+
+// Block (query-head qh, chunk split). Partial record: [max, sum, acc[head_dim]].
+__global__ void __launch_bounds__(kSplitThreads)
+    attention_split_kernel(const float* q, const uint16_t* k_cache, const uint16_t* v_cache,
+                           const int32_t* seq, const int32_t* pos, int n_heads, int n_kv_heads,
+                           int head_dim, int n_ctx, int splits, float scale, float* scratch) {
+  extern __shared__ float smem[];
+  float* qs = smem;                                    // (head_dim,) q * scale
+  float* scores = qs + head_dim;                       // (chunk,)
+  float* partial = scores + kAttentionSplitPositions;  // (warps, head_dim)
+  __shared__ float red[32];
+
+  const int qh = blockIdx.x, split = blockIdx.y;
+  const int i = qh / n_heads, h = qh % n_heads;
+  const int n_pos = pos[i] + 1;
+  const int start = split * static_cast<int>(kAttentionSplitPositions);
+  if (start >= n_pos) return;  // this chunk is past the query's position: the reduce skips it
+  const int end = min(start + static_cast<int>(kAttentionSplitPositions), n_pos);
+  const int g = h / (n_heads / n_kv_heads), kv_dim = n_kv_heads * head_dim;
+  const size_t base =
+      static_cast<size_t>(seq[i]) * n_ctx * kv_dim + static_cast<size_t>(g) * head_dim;
+  const uint16_t* k_base = k_cache + base;
+  const uint16_t* v_base = v_cache + base;
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  const int q_dim = n_heads * head_dim;
+
+  for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+    qs[d] = q[static_cast<size_t>(i) * q_dim + h * head_dim + d] * scale;
+  }
+  __syncthreads();
+
+  // Scores: a warp per position, lanes across the head dimensions.
+  for (int p = start + warp; p < end; p += kSplitWarps) {
+    const uint16_t* k = k_base + static_cast<size_t>(p) * kv_dim;
+    float s = 0.0f;
+    for (int d = lane; d < head_dim; d += kWarpSize) s += qs[d] * half_bits_to_float(k[d]);
+    s = warp_sum(s);
+    if (lane == 0) scores[p - start] = s;
+  }
+  __syncthreads();
+
+  float max = -INFINITY;
+  for (int p = threadIdx.x; p < end - start; p += blockDim.x) max = fmaxf(max, scores[p]);
+  max = block_max(max, red);
+  float sum = 0.0f;
+  for (int p = threadIdx.x; p < end - start; p += blockDim.x) {
+    const float e = expf(scores[p] - max);
+    scores[p] = e;
+    sum += e;
+  }
+  sum = block_sum(sum, red);  // begins with a barrier: the scores are all written
+
+  // Weighted V: each warp sums its positions, lanes across dims; then warps are merged.
+  float acc[kMaxDimsPerLane];
+#pragma unroll
+  for (int j = 0; j < kMaxDimsPerLane; ++j) acc[j] = 0.0f;
+  for (int p = start + warp; p < end; p += kSplitWarps) {
+    const uint16_t* v = v_base + static_cast<size_t>(p) * kv_dim;
+    const float w = scores[p - start];
+#pragma unroll
+    for (int j = 0; j < kMaxDimsPerLane; ++j) {
+      const int d = lane + j * kWarpSize;
+      if (d < head_dim) acc[j] += w * half_bits_to_float(v[d]);
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kMaxDimsPerLane; ++j) {
+    const int d = lane + j * kWarpSize;
+    if (d < head_dim) partial[warp * head_dim + d] = acc[j];
+  }
+  __syncthreads();
+  float* record = scratch + (static_cast<size_t>(qh) * splits + split) * (head_dim + 2);
+  if (threadIdx.x == 0) {
+    record[0] = max;
+    record[1] = sum;
+  }
+  for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+    float a = 0.0f;
+    for (int w = 0; w < kSplitWarps; ++w) a += partial[w * head_dim + d];
+    record[2 + d] = a;
+  }
+}
+
+// Block per query-head: merges the chunk records with the global max.
+__global__ void attention_reduce_kernel(const float* scratch, const int32_t* pos, int n_heads,
+                                        int head_dim, int splits, float* out) {
+  const int qh = blockIdx.x, i = qh / n_heads, h = qh % n_heads;
+  const int used = (pos[i] + 1 + static_cast<int>(kAttentionSplitPositions) - 1) /
+                   static_cast<int>(kAttentionSplitPositions);
+  const float* records = scratch + static_cast<size_t>(qh) * splits * (head_dim + 2);
+  float max = -INFINITY;
+  for (int s = 0; s < used; ++s) max = fmaxf(max, records[s * (head_dim + 2)]);
+  float total = 0.0f;
+  for (int s = 0; s < used; ++s) {
+    const float* r = records + s * (head_dim + 2);
+    total += r[1] * expf(r[0] - max);
+  }
+  const float inv = 1.0f / total;
+  float* o = out + static_cast<size_t>(i) * n_heads * head_dim + h * head_dim;
+  for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+    float a = 0.0f;
+    for (int s = 0; s < used; ++s) {
+      const float* r = records + s * (head_dim + 2);
+      a += r[2 + d] * expf(r[0] - max);
+    }
+    o[d] = a * inv;
+  }
+}
+
+constexpr int kTileQueries = 16;  // queries per block (4 per warp)
+constexpr int kTileKeys = 32;     // keys per tile: lane j scores key j
+constexpr int kTileThreads = 128;
+constexpr int kQueriesPerWarp = kTileQueries / (kTileThreads / kWarpSize);
+
+size_t tiled_smem_bytes(int head_dim) {
+  const size_t kv_row = static_cast<size_t>(head_dim) + 2;  // halves; +2 spreads banks
+  return 2 * kTileKeys * kv_row * sizeof(uint16_t) + kTileQueries * head_dim * sizeof(float);
+}
+
+// Block (query tile, head h); all queries of one sequence `seq`, positions from pos.
+__global__ void __launch_bounds__(kTileThreads)
+    attention_tiled_kernel(const float* q, const uint16_t* k_cache, const uint16_t* v_cache,
+                           int seq, const int32_t* pos, int n, int n_heads, int n_kv_heads,
+                           int head_dim, int n_ctx, float scale, float* out) {
+  extern __shared__ __align__(16) unsigned char tile_smem[];
+  const int kv_row = head_dim + 2;
+  __half* ks = reinterpret_cast<__half*>(tile_smem);              // (kTileKeys, kv_row)
+  __half* vs = ks + kTileKeys * kv_row;                           // (kTileKeys, kv_row)
+  float* qs = reinterpret_cast<float*>(vs + kTileKeys * kv_row);  // (kTileQueries, head_dim)
+
+  const int h = blockIdx.y, i0 = blockIdx.x * kTileQueries;
+  const int g = h / (n_heads / n_kv_heads), kv_dim = n_kv_heads * head_dim;
+  const int q_dim = n_heads * head_dim;
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  const int dims_per_lane = head_dim / kWarpSize;
+  const size_t base = static_cast<size_t>(seq) * n_ctx * kv_dim + static_cast<size_t>(g) * head_dim;
+
+  // Queries of the tile, scaled; the last valid one has the largest position.
+  int last_pos = 0;
+  for (int qi = 0; qi < kTileQueries; ++qi) {
+    if (i0 + qi < n) last_pos = max(last_pos, pos[i0 + qi]);
+  }
+  for (int e = threadIdx.x; e < kTileQueries * head_dim; e += blockDim.x) {
+    const int qi = e / head_dim, d = e % head_dim;
+    qs[e] = i0 + qi < n ? q[static_cast<size_t>(i0 + qi) * q_dim + h * head_dim + d] * scale : 0.0f;
+  }
+
+  int my_pos[kQueriesPerWarp];
+  float run_max[kQueriesPerWarp], run_sum[kQueriesPerWarp];
+  float acc[kQueriesPerWarp][kMaxDimsPerLane];
+#pragma unroll
+  for (int qq = 0; qq < kQueriesPerWarp; ++qq) {
+    const int i = i0 + warp * kQueriesPerWarp + qq;
+    my_pos[qq] = i < n ? pos[i] : -1;  // -1: no query, every key masked
+    run_max[qq] = -INFINITY;
+    run_sum[qq] = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kMaxDimsPerLane; ++j) acc[qq][j] = 0.0f;
+  }
+
+  for (int t0 = 0; t0 <= last_pos; t0 += kTileKeys) {
+    __syncthreads();  // the previous tile is no longer read (and qs is written, first time)
+    // K and V rows t0 .. t0 + 31; rows past last_pos are zero so masked keys add nothing.
+    for (int e = threadIdx.x; e < kTileKeys * head_dim; e += blockDim.x) {
+      const int r = e / head_dim, d = e % head_dim, p = t0 + r;
+      uint16_t kb = 0, vb = 0;
+      if (p <= last_pos) {
+        kb = k_cache[base + static_cast<size_t>(p) * kv_dim + d];
+        vb = v_cache[base + static_cast<size_t>(p) * kv_dim + d];
+      }
+      ks[r * kv_row + d] = __ushort_as_half(kb);
+      vs[r * kv_row + d] = __ushort_as_half(vb);
+    }
+    __syncthreads();
+
+#pragma unroll
+    for (int qq = 0; qq < kQueriesPerWarp; ++qq) {
+      if (t0 > my_pos[qq]) continue;  // warp-uniform: the whole tile is in this query's future
+      const float* qv = qs + (warp * kQueriesPerWarp + qq) * head_dim;
+      const __half* k = ks + lane * kv_row;
+      float s = 0.0f;
+      for (int d = 0; d < head_dim; d += 2) {
+        const float2 kf = __half22float2(*reinterpret_cast<const __half2*>(k + d));
+        s += qv[d] * kf.x + qv[d + 1] * kf.y;
+      }
+      if (t0 + lane > my_pos[qq]) s = -INFINITY;  // causal mask
+      const float new_max = fmaxf(run_max[qq], warp_max(s));
+      const float p = expf(s - new_max);
+      const float alpha = expf(run_max[qq] - new_max);  // 0 on the first tile
+      run_sum[qq] = run_sum[qq] * alpha + warp_sum(p);
+      run_max[qq] = new_max;
+#pragma unroll
+      for (int j = 0; j < kMaxDimsPerLane; ++j) {
+        if (j < dims_per_lane) {
+          float a = acc[qq][j] * alpha;
+          const int d = lane + j * kWarpSize;
+          for (int kk = 0; kk < kTileKeys; ++kk) {
+            a += __shfl_sync(0xffffffffu, p, kk) * __half2float(vs[kk * kv_row + d]);
+          }
+          acc[qq][j] = a;
+        }
+      }
+    }
+  }
+
+#pragma unroll
+  for (int qq = 0; qq < kQueriesPerWarp; ++qq) {
+    const int i = i0 + warp * kQueriesPerWarp + qq;
+    if (i >= n) continue;
+    const float inv = 1.0f / run_sum[qq];
+    float* o = out + static_cast<size_t>(i) * q_dim + h * head_dim;
+#pragma unroll
+    for (int j = 0; j < kMaxDimsPerLane; ++j) {
+      if (j < dims_per_lane) o[lane + j * kWarpSize] = acc[qq][j] * inv;
+    }
+  }
+}
+
+void check_shape(const AttentionShape& s) {
+  if (s.n_heads == 0 || s.n_kv_heads == 0 || s.n_heads % s.n_kv_heads != 0 || s.head_dim == 0 ||
+      s.head_dim > kMaxHeadDim || s.n_ctx == 0) {
+    throw std::invalid_argument(
+        "CUDA attention: unsupported shape (heads " + std::to_string(s.n_heads) + ", kv heads " +
+        std::to_string(s.n_kv_heads) + ", head dim " + std::to_string(s.head_dim) + ", at most " +
+        std::to_string(kMaxHeadDim) + ")");
+  }
+}
+
+}  // namespace
+
+size_t attention_bytes(const AttentionShape& shape, size_t n, size_t n_pos_total) {
+  const size_t q_dim = shape.n_heads * shape.head_dim, kv_dim = shape.n_kv_heads * shape.head_dim;
+  return 2 * n * q_dim * sizeof(float) + 2 * n_pos_total * kv_dim * sizeof(uint16_t);
+}
+
+size_t attention_split_scratch_floats(const AttentionShape& shape, size_t n) {
+  return n * shape.n_heads * n_splits(shape.n_ctx) * (shape.head_dim + 2);
+}
+
+void launch_attention_split(const float* q, const uint16_t* k_cache, const uint16_t* v_cache,
+                            const int32_t* seq, const int32_t* pos, size_t n,
+                            const AttentionShape& shape, float* scratch, float* out,
+                            cudaStream_t stream) {
+  check_shape(shape);
+  if (n == 0) return;
+  const size_t splits = n_splits(shape.n_ctx);
+  const float scale = 1.0f / sqrtf(static_cast<float>(shape.head_dim));
+  const size_t smem =
+      (shape.head_dim + kAttentionSplitPositions + kSplitWarps * shape.head_dim) * sizeof(float);
+  const dim3 grid(static_cast<unsigned>(n * shape.n_heads), static_cast<unsigned>(splits));
+  attention_split_kernel<<<grid, kSplitThreads, smem, stream>>>(
+      q, k_cache, v_cache, seq, pos, static_cast<int>(shape.n_heads),
+      static_cast<int>(shape.n_kv_heads), static_cast<int>(shape.head_dim),
+      static_cast<int>(shape.n_ctx), static_cast<int>(splits), scale, scratch);
+  KILN_CUDA_CHECK_LAUNCH();
+  attention_reduce_kernel<<<static_cast<unsigned>(n * shape.n_heads), 128, 0, stream>>>(
+      scratch, pos, static_cast<int>(shape.n_heads), static_cast<int>(shape.head_dim),
+      static_cast<int>(splits), out);
+  KILN_CUDA_CHECK_LAUNCH();
+}
+
+bool can_tile_attention(const AttentionShape& shape) {
+  return shape.head_dim % kWarpSize == 0 && shape.head_dim <= kMaxHeadDim;
+}
+
+void launch_attention_tiled(const float* q, const uint16_t* k_cache, const uint16_t* v_cache,
+                            int32_t seq, const int32_t* pos, size_t n, const AttentionShape& shape,
+                            float* out, cudaStream_t stream) {
+  check_shape(shape);
+  if (!can_tile_attention(shape)) {
+    throw std::invalid_argument(
+        "CUDA tiled attention needs a head dimension that is a multiple "
+        "of 32, got " +
+        std::to_string(shape.head_dim));
+  }
+  if (n == 0) return;
+  const size_t smem = tiled_smem_bytes(static_cast<int>(shape.head_dim));
+  if (smem > 48 * 1024) {
+    KILN_CUDA_CHECK(cudaFuncSetAttribute(attention_tiled_kernel,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(smem)));
+  }
+  const float scale = 1.0f / sqrtf(static_cast<float>(shape.head_dim));
+  const dim3 grid(ceil_div(n, kTileQueries), static_cast<unsigned>(shape.n_heads));
+  attention_tiled_kernel<<<grid, kTileThreads, smem, stream>>>(
+      q, k_cache, v_cache, seq, pos, static_cast<int>(n), static_cast<int>(shape.n_heads),
+      static_cast<int>(shape.n_kv_heads), static_cast<int>(shape.head_dim),
+      static_cast<int>(shape.n_ctx), scale, out);
+  KILN_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace kiln::cuda

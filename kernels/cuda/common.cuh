@@ -1,0 +1,111 @@
+// Shared pieces of every CUDA kernel: the error check, warp and block reductions, and the
+// half-precision helpers. Device code only sees plain pointers; spans stop at the host
+// launchers (kernels_cuda.h).
+#pragma once
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+namespace kiln::cuda {
+
+// Throws std::runtime_error naming the failed call, the CUDA error and the call site.
+[[noreturn]] inline void throw_cuda_error(cudaError_t err, const char* expr, const char* file,
+                                          int line) {
+  throw std::runtime_error(std::string("CUDA error: ") + cudaGetErrorString(err) + " (" +
+                           cudaGetErrorName(err) + ") in " + expr + " at " + file + ":" +
+                           std::to_string(line));
+}
+
+#define KILN_CUDA_CHECK(expr)                                                    \
+  do {                                                                           \
+    const cudaError_t kiln_cuda_err_ = (expr);                                   \
+    if (kiln_cuda_err_ != cudaSuccess) {                                         \
+      ::kiln::cuda::throw_cuda_error(kiln_cuda_err_, #expr, __FILE__, __LINE__); \
+    }                                                                            \
+  } while (0)
+
+// After a launch: reports a bad configuration (grid, shared memory) at the call site.
+#define KILN_CUDA_CHECK_LAUNCH() KILN_CUDA_CHECK(cudaGetLastError())
+
+inline constexpr int kWarpSize = 32;
+
+inline unsigned ceil_div(size_t a, size_t b) { return static_cast<unsigned>((a + b - 1) / b); }
+
+// Sum / max over the 32 lanes of a warp; every lane gets the result.
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
+    v += __shfl_xor_sync(0xffffffffu, v, offset);
+  }
+  return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  }
+  return v;
+}
+
+// Sum / max over a whole block (blockDim.x a multiple of 32, at most 1024); every thread
+// gets the result. `shared` holds 32 floats; the call begins and ends with a barrier so
+// it can be used back to back with the same scratch.
+__device__ __forceinline__ float block_sum(float v, float* shared) {
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const int n_warps = blockDim.x / kWarpSize;
+  v = warp_sum(v);
+  __syncthreads();
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  v = lane < n_warps ? shared[lane] : 0.0f;
+  return warp_sum(v);
+}
+
+__device__ __forceinline__ float block_max(float v, float* shared) {
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const int n_warps = blockDim.x / kWarpSize;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  v = lane < n_warps ? shared[lane] : -INFINITY;
+  return warp_max(v);
+}
+
+// Functions the dequantizers share between device code and host-side tests.
+#define KILN_HOST_DEVICE __host__ __device__ __forceinline__
+// `#pragma unroll` in host-device code: the host compiler would warn about it.
+#ifdef __CUDA_ARCH__
+#define KILN_UNROLL _Pragma("unroll")
+#else
+#define KILN_UNROLL
+#endif
+
+// IEEE half bits <-> float (the blocks store halves as raw uint16_t).
+KILN_HOST_DEVICE float half_bits_to_float(uint16_t bits) {
+  return __half2float(__ushort_as_half(bits));
+}
+KILN_HOST_DEVICE float float_from_bits(uint32_t bits) {
+#ifdef __CUDA_ARCH__
+  return __uint_as_float(bits);
+#else
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+#endif
+}
+__device__ __forceinline__ uint16_t float_to_half_bits(float f) {
+  return __half_as_ushort(__float2half_rn(f));
+}
+
+// A 16-bit load from a 2-byte aligned address (block fields).
+KILN_HOST_DEVICE uint16_t load_u16(const uint8_t* p) {
+  return *reinterpret_cast<const uint16_t*>(p);
+}
+
+}  // namespace kiln::cuda

@@ -1,0 +1,115 @@
+// Device-pointer launchers of the CUDA kernels: what the CUDA forward calls. Every pointer
+// here is device memory; every launch goes on `stream` and returns without waiting, so a
+// whole forward can be captured in a CUDA graph. Shapes are in the comment of each one,
+// in the same words as the CPU twins in kernels/ops.h, kernels/matmul.h, kernels/quants.h.
+//
+// This header is plain C++ (only the CUDA runtime's types), so host .cpp files and tests
+// can include it; the kernels themselves live in the .cu files of this folder.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "gguf/ggml_types.h"
+
+namespace kiln::cuda {
+
+// Weight types the CUDA matmul and dequantizer handle.
+bool has_cuda_matmul(GgmlType type);
+
+// Which matmul kernel runs: the warp-per-row matrix-vector kernel (decode, small m), the
+// tensor-core tile kernel (prefill), or the choice by m.
+enum class MatmulPath { kAuto, kMatVec, kTensorCore };
+// Largest m that kAuto sends to the matrix-vector kernel.
+inline constexpr size_t kMatVecMaxTokens = 8;
+
+// A weight matrix W (rows, cols) in device memory: rows of row_bytes(type, cols) bytes.
+struct DeviceMatrix {
+  GgmlType type;
+  const void* data;
+  size_t rows;
+  size_t cols;
+};
+
+// Y (m, rows) = X (m, cols) @ W^T. X and Y are row-major, dense. cols must be a multiple of
+// 32 (every block size divides it); throws std::invalid_argument otherwise or for a type
+// without a kernel.
+void launch_matmul(const DeviceMatrix& w, const float* x, size_t m, float* y, cudaStream_t stream,
+                   MatmulPath path = MatmulPath::kAuto);
+// Bytes one matmul call moves through memory: every weight byte once, plus x and y.
+size_t matmul_bytes(const DeviceMatrix& w, size_t m);
+// Bytes moved by the other launchers (inputs read once, outputs written once).
+size_t dequantize_rows_bytes(GgmlType type, size_t n, size_t n_rows);
+size_t rmsnorm_bytes(size_t n, size_t n_rows);
+size_t elementwise_bytes(size_t n, size_t n_arrays);  // silu_mul: 3 arrays, add: 3
+size_t rope_bytes(size_t n_rows, size_t n_heads, size_t rope_dim);
+size_t kv_append_bytes(size_t n_rows, size_t kv_dim);
+
+// out (n_rows, n) = rows of `src` (n_rows, row_bytes(type, n)) dequantized; row k of the
+// output is row row_ids[k] of src when row_ids is not null (the embedding gather: row_ids
+// are token ids), else row k.
+void launch_dequantize_rows(GgmlType type, const void* src, size_t n, const int32_t* row_ids,
+                            size_t n_rows, float* out, cudaStream_t stream);
+
+// out (n_rows, n) = x[row] / sqrt(mean(x[row]^2) + eps) * weight (n,), where x[row] is row
+// k of x, or row row_ids[k] when row_ids is not null (packing the rows that want logits).
+void launch_rmsnorm(const float* x, const float* weight, float eps, size_t n, size_t n_rows,
+                    const int32_t* row_ids, float* out, cudaStream_t stream);
+
+// x (n_rows, n) <- softmax of each row.
+void launch_softmax(float* x, size_t n, size_t n_rows, cudaStream_t stream);
+
+// out (n,) = silu(gate) * up. out may alias gate or up.
+void launch_silu_mul(const float* gate, const float* up, float* out, size_t n, cudaStream_t stream);
+
+// x (n,) += y (n,)
+void launch_add(float* x, const float* y, size_t n, cudaStream_t stream);
+
+// cos/sin (n_rows, rope_dim/2) of each row's position pos[k]:
+//   theta_i = pos * base^(-2i / rope_dim) / freq_factors[i] (freq_factors may be null).
+void launch_rope_angles(const int32_t* pos, size_t n_rows, size_t rope_dim, float freq_base,
+                        const float* freq_factors, float* cos_out, float* sin_out,
+                        cudaStream_t stream);
+
+// Rotates adjacent pairs of the first rope_dim dims of each head of x (n_rows, n_heads *
+// head_dim) by row k's angles cos/sin (n_rows, rope_dim/2).
+void launch_rope_normal(float* x, size_t n_rows, size_t n_heads, size_t head_dim, size_t rope_dim,
+                        const float* cos, const float* sin, cudaStream_t stream);
+
+// KV cache append: k and v (n_rows, kv_dim) -> F16 rows of the cache layer
+// [n_seq][n_ctx][kv_dim] at (seq[k], pos[k]).
+void launch_kv_append(const float* k, const float* v, const int32_t* seq, const int32_t* pos,
+                      size_t n_rows, size_t kv_dim, size_t n_ctx, uint16_t* k_cache,
+                      uint16_t* v_cache, cudaStream_t stream);
+
+// Attention of n queries over one layer of the F16 cache [n_seq][n_ctx][kv_dim]:
+//   out[i, h] = softmax(q[i, h] . K[seq_i, 0..pos_i, g]^T / sqrt(head_dim)) V[seq_i, 0..pos_i, g]
+// with g = h / (n_heads / n_kv_heads). q and out are (n, n_heads * head_dim).
+struct AttentionShape {
+  size_t n_heads, n_kv_heads, head_dim, n_ctx;
+};
+// Positions per block of the split (flash-decoding) kernel.
+inline constexpr size_t kAttentionSplitPositions = 256;
+// Bytes an attention call reads and writes: q and out, plus the K and V rows of every query's
+// visible positions (n_pos_total = sum over queries of pos + 1) for each KV head.
+size_t attention_bytes(const AttentionShape& shape, size_t n, size_t n_pos_total);
+// Scratch floats the split kernel needs for up to n queries.
+size_t attention_split_scratch_floats(const AttentionShape& shape, size_t n);
+// Flash-decoding: the KV range of each query is split across blocks (positions in chunks of
+// kAttentionSplitPositions), then a reduce kernel merges the partial softmaxes. Any batch.
+// The grid depends only on (n, n_ctx), not on the positions, so it can live in a graph.
+void launch_attention_split(const float* q, const uint16_t* k_cache, const uint16_t* v_cache,
+                            const int32_t* seq, const int32_t* pos, size_t n,
+                            const AttentionShape& shape, float* scratch, float* out,
+                            cudaStream_t stream);
+// Prefill: flash-attention over tiles of queries and keys with the causal mask and an online
+// softmax. All n queries must belong to one sequence (seq[0]); head_dim a multiple of 32, at
+// most 256 (can_tile_attention).
+bool can_tile_attention(const AttentionShape& shape);
+void launch_attention_tiled(const float* q, const uint16_t* k_cache, const uint16_t* v_cache,
+                            int32_t seq, const int32_t* pos, size_t n, const AttentionShape& shape,
+                            float* out, cudaStream_t stream);
+
+}  // namespace kiln::cuda

@@ -1,0 +1,241 @@
+// Element-wise and row kernels of the forward pass: dequantize / embedding gather, RMSNorm,
+// softmax, SwiGLU, residual add, RoPE and the KV cache append. Each one mirrors a CPU twin
+// in kernels/ops.h or kernels/quants.h.
+#include <stdexcept>
+#include <string>
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/dequant.cuh"
+#include "kernels/cuda/launch.h"
+
+namespace kiln::cuda {
+
+namespace {
+
+constexpr int kRowThreads = 256;   // one block per row for the row kernels
+constexpr int kFlatThreads = 256;  // element-wise kernels
+
+// Grid for `n` element-wise items, capped: the kernels loop with a grid stride.
+unsigned flat_blocks(size_t n) {
+  const size_t blocks = (n + kFlatThreads - 1) / kFlatThreads;
+  return static_cast<unsigned>(blocks < 65535 ? (blocks == 0 ? 1 : blocks) : 65535);
+}
+
+// out (n_rows, n): chunk c of row k = elements [8 c, 8 c + 8) of source row row_ids[k] (or k).
+template <GgmlType T>
+__global__ void dequantize_rows_kernel(const uint8_t* src, size_t row_bytes, int n,
+                                       const int32_t* row_ids, int n_rows, float* out) {
+  const int chunks = n / 8;
+  const size_t total = static_cast<size_t>(chunks) * n_rows;
+  for (size_t item = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; item < total;
+       item += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    const int k = static_cast<int>(item / chunks), c = static_cast<int>(item % chunks);
+    const size_t src_row = row_ids != nullptr ? static_cast<size_t>(row_ids[k]) : k;
+    float v[8];
+    dequant8<T>(src + src_row * row_bytes, 8 * c, v);
+    float* dst = out + static_cast<size_t>(k) * n + 8 * c;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) dst[j] = v[j];
+  }
+}
+
+// One block per output row: sum of squares, then scale and weight.
+__global__ void rmsnorm_kernel(const float* x, const float* weight, float eps, int n,
+                               const int32_t* row_ids, float* out) {
+  __shared__ float red[32];
+  const int k = blockIdx.x;
+  const size_t src_row = row_ids != nullptr ? static_cast<size_t>(row_ids[k]) : k;
+  const float* xr = x + src_row * n;
+  float ss = 0.0f;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) ss += xr[i] * xr[i];
+  ss = block_sum(ss, red);
+  const float scale = rsqrtf(ss / static_cast<float>(n) + eps);
+  float* o = out + static_cast<size_t>(k) * n;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) o[i] = xr[i] * scale * weight[i];
+}
+
+__global__ void softmax_kernel(float* x, int n) {
+  __shared__ float red[32];
+  float* xr = x + static_cast<size_t>(blockIdx.x) * n;
+  float max = -INFINITY;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) max = fmaxf(max, xr[i]);
+  max = block_max(max, red);
+  float sum = 0.0f;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    const float e = expf(xr[i] - max);
+    xr[i] = e;
+    sum += e;
+  }
+  sum = block_sum(sum, red);
+  const float inv = 1.0f / sum;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) xr[i] *= inv;
+}
+
+// Fused SwiGLU: out = gate / (1 + exp(-gate)) * up.
+__global__ void silu_mul_kernel(const float* gate, const float* up, float* out, size_t n) {
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    const float g = gate[i];
+    out[i] = g / (1.0f + expf(-g)) * up[i];
+  }
+}
+
+__global__ void add_kernel(float* x, const float* y, size_t n) {
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    x[i] += y[i];
+  }
+}
+
+// Angles in double, as the CPU: at positions in the thousands a float exponent loses bits.
+__global__ void rope_angles_kernel(const int32_t* pos, int n_rows, int rope_dim, float freq_base,
+                                   const float* freq_factors, float* cos_out, float* sin_out) {
+  const int half = rope_dim / 2;
+  const int total = n_rows * half;
+  for (int item = blockIdx.x * blockDim.x + threadIdx.x; item < total;
+       item += gridDim.x * blockDim.x) {
+    const int k = item / half, i = item % half;
+    double theta = static_cast<double>(pos[k]) *
+                   pow(static_cast<double>(freq_base),
+                       -2.0 * static_cast<double>(i) / static_cast<double>(rope_dim));
+    if (freq_factors != nullptr) theta /= static_cast<double>(freq_factors[i]);
+    cos_out[item] = static_cast<float>(cos(theta));
+    sin_out[item] = static_cast<float>(sin(theta));
+  }
+}
+
+// One thread per rotated pair (row k, head h, pair i): (x[2i], x[2i+1]) rotated by theta_i.
+__global__ void rope_normal_kernel(float* x, int n_rows, int n_heads, int head_dim, int rope_dim,
+                                   const float* cos, const float* sin) {
+  const int half = rope_dim / 2;
+  const int total = n_rows * n_heads * half;
+  for (int item = blockIdx.x * blockDim.x + threadIdx.x; item < total;
+       item += gridDim.x * blockDim.x) {
+    const int i = item % half, h = (item / half) % n_heads, k = item / (half * n_heads);
+    float* v = x + (static_cast<size_t>(k) * n_heads + h) * head_dim;
+    const float c = cos[k * half + i], s = sin[k * half + i];
+    const float a = v[2 * i], b = v[2 * i + 1];
+    v[2 * i] = a * c - b * s;
+    v[2 * i + 1] = a * s + b * c;
+  }
+}
+
+// Element d of row k of k and v -> F16 cache row (seq[k], pos[k]).
+__global__ void kv_append_kernel(const float* k, const float* v, const int32_t* seq,
+                                 const int32_t* pos, int n_rows, int kv_dim, int n_ctx,
+                                 uint16_t* k_cache, uint16_t* v_cache) {
+  const int total = n_rows * kv_dim;
+  for (int item = blockIdx.x * blockDim.x + threadIdx.x; item < total;
+       item += gridDim.x * blockDim.x) {
+    const int r = item / kv_dim, d = item % kv_dim;
+    const size_t dst = (static_cast<size_t>(seq[r]) * n_ctx + pos[r]) * kv_dim + d;
+    k_cache[dst] = float_to_half_bits(k[item]);
+    v_cache[dst] = float_to_half_bits(v[item]);
+  }
+}
+
+}  // namespace
+
+bool has_cuda_matmul(GgmlType type) {
+  bool ok = true;
+  try {
+    dispatch_weight_type(type, "has_cuda_matmul", [](auto) {});
+  } catch (const std::invalid_argument&) {
+    ok = false;
+  }
+  return ok;
+}
+
+void launch_dequantize_rows(GgmlType type, const void* src, size_t n, const int32_t* row_ids,
+                            size_t n_rows, float* out, cudaStream_t stream) {
+  if (n % 8 != 0 || n % traits(type).block_elements != 0) {
+    throw std::invalid_argument("dequantize_rows: row length " + std::to_string(n) +
+                                " is not a multiple of the " + std::string(type_name(type)) +
+                                " block size");
+  }
+  if (n_rows == 0) return;
+  if (reinterpret_cast<uintptr_t>(src) % 16 != 0) {
+    throw std::invalid_argument("dequantize_rows: the source rows are not 16-byte aligned");
+  }
+  const size_t rb = row_bytes(type, n);
+  dispatch_weight_type(type, "dequantize_rows", [&](auto t) {
+    dequantize_rows_kernel<decltype(t)::value>
+        <<<flat_blocks(n / 8 * n_rows), kFlatThreads, 0, stream>>>(static_cast<const uint8_t*>(src),
+                                                                   rb, static_cast<int>(n), row_ids,
+                                                                   static_cast<int>(n_rows), out);
+  });
+  KILN_CUDA_CHECK_LAUNCH();
+}
+
+void launch_rmsnorm(const float* x, const float* weight, float eps, size_t n, size_t n_rows,
+                    const int32_t* row_ids, float* out, cudaStream_t stream) {
+  if (n_rows == 0) return;
+  rmsnorm_kernel<<<static_cast<unsigned>(n_rows), kRowThreads, 0, stream>>>(
+      x, weight, eps, static_cast<int>(n), row_ids, out);
+  KILN_CUDA_CHECK_LAUNCH();
+}
+
+void launch_softmax(float* x, size_t n, size_t n_rows, cudaStream_t stream) {
+  if (n_rows == 0 || n == 0) return;
+  softmax_kernel<<<static_cast<unsigned>(n_rows), kRowThreads, 0, stream>>>(x, static_cast<int>(n));
+  KILN_CUDA_CHECK_LAUNCH();
+}
+
+void launch_silu_mul(const float* gate, const float* up, float* out, size_t n,
+                     cudaStream_t stream) {
+  if (n == 0) return;
+  silu_mul_kernel<<<flat_blocks(n), kFlatThreads, 0, stream>>>(gate, up, out, n);
+  KILN_CUDA_CHECK_LAUNCH();
+}
+
+void launch_add(float* x, const float* y, size_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  add_kernel<<<flat_blocks(n), kFlatThreads, 0, stream>>>(x, y, n);
+  KILN_CUDA_CHECK_LAUNCH();
+}
+
+void launch_rope_angles(const int32_t* pos, size_t n_rows, size_t rope_dim, float freq_base,
+                        const float* freq_factors, float* cos_out, float* sin_out,
+                        cudaStream_t stream) {
+  const size_t total = n_rows * (rope_dim / 2);
+  if (total == 0) return;
+  rope_angles_kernel<<<flat_blocks(total), kFlatThreads, 0, stream>>>(
+      pos, static_cast<int>(n_rows), static_cast<int>(rope_dim), freq_base, freq_factors, cos_out,
+      sin_out);
+  KILN_CUDA_CHECK_LAUNCH();
+}
+
+void launch_rope_normal(float* x, size_t n_rows, size_t n_heads, size_t head_dim, size_t rope_dim,
+                        const float* cos, const float* sin, cudaStream_t stream) {
+  const size_t total = n_rows * n_heads * (rope_dim / 2);
+  if (total == 0) return;
+  rope_normal_kernel<<<flat_blocks(total), kFlatThreads, 0, stream>>>(
+      x, static_cast<int>(n_rows), static_cast<int>(n_heads), static_cast<int>(head_dim),
+      static_cast<int>(rope_dim), cos, sin);
+  KILN_CUDA_CHECK_LAUNCH();
+}
+
+void launch_kv_append(const float* k, const float* v, const int32_t* seq, const int32_t* pos,
+                      size_t n_rows, size_t kv_dim, size_t n_ctx, uint16_t* k_cache,
+                      uint16_t* v_cache, cudaStream_t stream) {
+  const size_t total = n_rows * kv_dim;
+  if (total == 0) return;
+  kv_append_kernel<<<flat_blocks(total), kFlatThreads, 0, stream>>>(
+      k, v, seq, pos, static_cast<int>(n_rows), static_cast<int>(kv_dim), static_cast<int>(n_ctx),
+      k_cache, v_cache);
+  KILN_CUDA_CHECK_LAUNCH();
+}
+
+size_t dequantize_rows_bytes(GgmlType type, size_t n, size_t n_rows) {
+  return n_rows * (row_bytes(type, n) + n * sizeof(float));
+}
+size_t rmsnorm_bytes(size_t n, size_t n_rows) { return (2 * n_rows + 1) * n * sizeof(float); }
+size_t elementwise_bytes(size_t n, size_t n_arrays) { return n_arrays * n * sizeof(float); }
+size_t rope_bytes(size_t n_rows, size_t n_heads, size_t rope_dim) {
+  return n_rows * (2 * n_heads * rope_dim + rope_dim) * sizeof(float);
+}
+size_t kv_append_bytes(size_t n_rows, size_t kv_dim) {
+  return n_rows * kv_dim * 2 * (sizeof(float) + sizeof(uint16_t));
+}
+
+}  // namespace kiln::cuda

@@ -1,0 +1,139 @@
+#include "kernels/matmul.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/dot.h"
+
+namespace kiln::kernels {
+namespace {
+
+// Rows per work unit: 16 floats = one 64-byte cache line of y per token, so two threads
+// never write the same line.
+constexpr size_t kRowChunk = 16;
+// Slack so the scratch can be aligned for the activation blocks (float members).
+constexpr size_t kScratchAlign = 64;
+// Below this many activation rows the caller quantizes them alone (a pool round trip costs
+// more than quantizing a few rows).
+constexpr size_t kParallelQuantizeRows = 4;
+
+[[noreturn]] void fail(const WeightMatrix& w, const std::string& what) {
+  throw std::invalid_argument("matmul: " + std::string(type_name(w.type)) + " weight (" +
+                              std::to_string(w.rows) + " x " + std::to_string(w.cols) +
+                              "): " + what);
+}
+
+}  // namespace
+
+bool has_matmul_kernel(GgmlType type) { return dot_kernel_portable(type).fn != nullptr; }
+
+size_t matmul_scratch_bytes(GgmlType type, size_t cols, size_t m) {
+  const DotKernel kernel = dot_kernel(type);
+  if (kernel.fn == nullptr) {
+    throw std::invalid_argument("matmul_scratch_bytes: no matmul kernel for tensor type " +
+                                std::string(type_name(type)));
+  }
+  if (kernel.act == ActFormat::F32) return 0;
+  return m * act_row_bytes(kernel.act, cols) + kScratchAlign;
+}
+
+void matmul(const WeightMatrix& w, std::span<const float> x, size_t m, std::span<float> y,
+            std::span<std::byte> scratch, ThreadPool& pool) {
+  const DotKernel kernel = dot_kernel(w.type);
+  if (kernel.fn == nullptr) fail(w, "no matmul kernel for this tensor type");
+  const uint32_t block = traits(w.type).block_elements;
+  if (w.cols == 0 || w.cols % block != 0) {
+    fail(w, "cols must be a positive multiple of " + std::to_string(block));
+  }
+  const size_t w_row_bytes = row_bytes(w.type, w.cols);
+  if (w.data.size() < w.rows * w_row_bytes) {
+    fail(w, "data has " + std::to_string(w.data.size()) + " bytes, needs " +
+                std::to_string(w.rows * w_row_bytes));
+  }
+  if (x.size() < m * w.cols) {
+    fail(w, "x has " + std::to_string(x.size()) +
+                " elements, needs m * cols = " + std::to_string(m * w.cols));
+  }
+  if (y.size() < m * w.rows) {
+    fail(w, "y has " + std::to_string(y.size()) +
+                " elements, needs m * rows = " + std::to_string(m * w.rows));
+  }
+  if (m == 0 || w.rows == 0) return;
+
+  // Activation rows in the kernel's format.
+  const std::byte* act = nullptr;
+  size_t act_stride = 0;
+  if (kernel.act == ActFormat::F32) {
+    act = reinterpret_cast<const std::byte*>(x.data());
+    act_stride = w.cols * sizeof(float);
+  } else {
+    const size_t needed = matmul_scratch_bytes(w.type, w.cols, m);
+    if (scratch.size() < needed) {
+      fail(w, "scratch has " + std::to_string(scratch.size()) + " bytes, needs " +
+                  std::to_string(needed));
+    }
+    const auto address = reinterpret_cast<uintptr_t>(scratch.data());
+    const size_t pad = (kScratchAlign - address % kScratchAlign) % kScratchAlign;
+    std::byte* base = scratch.data() + pad;
+    act_stride = act_row_bytes(kernel.act, w.cols);
+    const auto quantize_rows = [&](size_t begin, size_t end) {
+      for (size_t t = begin; t < end; ++t) {
+        quantize_act_row(kernel.act, x.subspan(t * w.cols, w.cols),
+                         {base + t * act_stride, act_stride});
+      }
+    };
+    if (m < kParallelQuantizeRows || pool.size() == 1) {
+      quantize_rows(0, m);
+    } else {
+      pool.run([&](int ti, int nt) {
+        quantize_rows(m * static_cast<size_t>(ti) / static_cast<size_t>(nt),
+                      m * static_cast<size_t>(ti + 1) / static_cast<size_t>(nt));
+      });
+    }
+    act = base;
+  }
+
+  const std::byte* weights = w.data.data();
+  float* out = y.data();
+  const size_t rows = w.rows;
+  const size_t cols = w.cols;
+  const DotTileFn dot = kernel.fn;
+  // Rows are handed out in chunks (multiples of 16 rows) from a shared counter rather than
+  // split statically: when another process takes a core away from one of our threads, the
+  // others take over its share instead of waiting for it. About 8 chunks per thread keeps
+  // the counter traffic negligible.
+  const size_t n_units = (rows + kRowChunk - 1) / kRowChunk;
+  const size_t target_chunks = static_cast<size_t>(pool.size()) * 8;
+  const size_t units_per_chunk = std::max<size_t>(1, n_units / target_chunks);
+  const size_t chunk_rows = units_per_chunk * kRowChunk;
+  const size_t n_chunks = (rows + chunk_rows - 1) / chunk_rows;
+  std::atomic<size_t> next_chunk{0};
+  pool.run([&](int, int) {
+    float tile[kMaxTileTokens];
+    for (size_t c = next_chunk.fetch_add(1, std::memory_order_relaxed); c < n_chunks;
+         c = next_chunk.fetch_add(1, std::memory_order_relaxed)) {
+      const size_t chunk_begin = c * chunk_rows;
+      const size_t chunk_end = std::min(chunk_begin + chunk_rows, rows);
+      for (size_t block = chunk_begin; block < chunk_end; block += kRowChunk) {
+        const size_t block_end = std::min(block + kRowChunk, chunk_end);
+        // Tokens outer, rows inner: 16 rows of weights stay in L1/L2 while the token
+        // tiles stream past them.
+        for (size_t t0 = 0; t0 < m; t0 += kMaxTileTokens) {
+          const int nt = static_cast<int>(std::min<size_t>(kMaxTileTokens, m - t0));
+          const std::byte* act_tile = act + t0 * act_stride;
+          for (size_t r = block; r < block_end; ++r) {
+            dot(cols, weights + r * w_row_bytes, act_tile, act_stride, nt, tile);
+            for (int t = 0; t < nt; ++t) {
+              out[(t0 + static_cast<size_t>(t)) * rows + r] = tile[t];
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+}  // namespace kiln::kernels

@@ -1,0 +1,543 @@
+// AVX2/FMA dot-product kernels (x86-64).
+//
+// Integer work uses intrinsics because xsimd has no equivalent of the instructions these
+// kernels are built on:
+//   _mm256_maddubs_epi16(u8, i8): multiplies unsigned weight codes by signed activation
+//       quants and adds adjacent pairs into int16 (no overflow here: |pair| <= 2*63*127);
+//   _mm256_madd_epi16(i16, i16): multiplies int16 pairs and adds them into int32 (used to
+//       apply per-sub-block integer scales and to widen);
+//   _mm256_sign_epi8: applies the sign of one vector to another, so signed weights can go
+//       through maddubs as |w| * (a * sign(w)) (activations are never -128, so negating
+//       them is exact).
+// Float accumulation and horizontal sums use xsimd. Each kernel is a template over the
+// number of activation rows (1..4) sharing each unpacked weight block.
+//
+// Compiled only when the build targets AVX2+FMA+F16C; dot_kernel_avx2 also checks the
+// running CPU once, so a binary built with the flags but run elsewhere falls back cleanly.
+#include "kernels/dot.h"
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <xsimd/xsimd.hpp>
+
+#include "kernels/blocks.h"
+#include "kernels/f16.h"
+
+namespace kiln::kernels {
+namespace {
+
+using floatv = xsimd::batch<float, xsimd::avx2>;
+
+inline float hsum(__m256 v) { return xsimd::hadd(floatv(v)); }
+inline float hsum(__m128 v) {
+  v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+  v = _mm_add_ss(v, _mm_movehdup_ps(v));
+  return _mm_cvtss_f32(v);
+}
+
+// fp16 -> fp32 with the F16C instruction (the portable fp16_to_fp32 branches on the class).
+inline float half_to_float(half_bits h) { return _cvtsh_ss(h); }
+
+inline __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+inline __m128i load128(const void* p) { return _mm_loadu_si128(static_cast<const __m128i*>(p)); }
+
+// Sum of (signed w) * (signed a) over 32 int8 pairs, as 8 int32 lanes.
+inline __m256i dot_i8_i8(__m256i w, __m256i a) {
+  const __m256i abs_w = _mm256_sign_epi8(w, w);
+  const __m256i signed_a = _mm256_sign_epi8(a, w);
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(abs_w, signed_a), _mm256_set1_epi16(1));
+}
+// Sum of (unsigned w) * (signed a) over 32 pairs, as 8 int32 lanes.
+inline __m256i dot_u8_i8(__m256i w, __m256i a) {
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1));
+}
+
+// 16 nibbles -> 32 bytes: the low nibbles (elements 0..15) then the high ones (16..31).
+inline __m256i unpack_nibbles_32(const uint8_t* qs) {
+  const __m128i q = load128(qs);
+  const __m128i low_mask = _mm_set1_epi8(0x0F);
+  return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), low_mask),
+                          _mm_and_si128(q, low_mask));
+}
+
+// The 32 bits of a Q5 qh field -> 0x10 in byte j where bit j is set, else 0.
+inline __m256i expand_high_bits_32(const uint8_t qh_bytes[4]) {
+  uint32_t qh;
+  std::memcpy(&qh, qh_bytes, 4);
+  // Byte j picks qh byte j / 8 (shuffles are per 128-bit lane; every lane holds all of qh).
+  const __m256i spread = _mm256_shuffle_epi8(
+      _mm256_set1_epi32(static_cast<int>(qh)),
+      _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0));
+  const __m256i bit = _mm256_set1_epi64x(static_cast<int64_t>(0x8040201008040201ull));
+  const __m256i is_set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+  return _mm256_and_si256(is_set, _mm256_set1_epi8(0x10));
+}
+
+// ---- Legacy 32-element types x block_q8_act -------------------------------------------
+
+// Signed weight bytes of one legacy block, and whether its min term applies.
+template <typename Block>
+struct Legacy;
+
+template <>
+struct Legacy<block_q8_0> {
+  static __m256i weights(const block_q8_0& b) { return load256(b.qs); }
+  static constexpr bool kUnsigned = false;
+};
+template <>
+struct Legacy<block_q4_0> {
+  static __m256i weights(const block_q4_0& b) {
+    return _mm256_sub_epi8(unpack_nibbles_32(b.qs), _mm256_set1_epi8(8));
+  }
+  static constexpr bool kUnsigned = false;
+};
+template <>
+struct Legacy<block_q5_0> {
+  static __m256i weights(const block_q5_0& b) {
+    const __m256i q = _mm256_or_si256(unpack_nibbles_32(b.qs), expand_high_bits_32(b.qh));
+    return _mm256_sub_epi8(q, _mm256_set1_epi8(16));
+  }
+  static constexpr bool kUnsigned = false;
+};
+template <>
+struct Legacy<block_q4_1> {
+  static __m256i weights(const block_q4_1& b) { return unpack_nibbles_32(b.qs); }
+  static constexpr bool kUnsigned = true;  // codes 0..15, plus m * s
+};
+template <>
+struct Legacy<block_q5_1> {
+  static __m256i weights(const block_q5_1& b) {
+    return _mm256_or_si256(unpack_nibbles_32(b.qs), expand_high_bits_32(b.qh));
+  }
+  static constexpr bool kUnsigned = true;
+};
+
+// Every legacy block starts with its fp16 d (and, for Q4_1/Q5_1, m right after it): one
+// 4-byte load and one conversion give [d, m or junk, 0, 0].
+template <typename Block>
+inline __m128 block_d_m(const Block& b) {
+  uint32_t bits;
+  std::memcpy(&bits, &b, 4);
+  return _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(bits)));
+}
+
+template <typename Block, int NT>
+void dot_legacy_tile(size_t cols, const std::byte* w_row, const std::byte* act, size_t act_stride,
+                     float* out) {
+  const auto* w = reinterpret_cast<const Block*>(w_row);
+  const block_q8_act* a[NT];
+  for (int t = 0; t < NT; ++t) a[t] = reinterpret_cast<const block_q8_act*>(act + t * act_stride);
+  constexpr bool kHasMin = Legacy<Block>::kUnsigned;
+  __m256 acc[NT];
+  __m128 acc_min[NT];  // lane 1 sums m * s
+  for (int t = 0; t < NT; ++t) {
+    acc[t] = _mm256_setzero_ps();
+    acc_min[t] = _mm_setzero_ps();
+  }
+  const size_t n_blocks = cols / QK8_0;
+  for (size_t i = 0; i < n_blocks; ++i) {
+    const __m256i q = Legacy<Block>::weights(w[i]);
+    const __m128 d_m = block_d_m(w[i]);
+    for (int t = 0; t < NT; ++t) {
+      const __m256i qa = load256(a[t][i].qs);
+      const __m256i sum = kHasMin ? dot_u8_i8(q, qa) : dot_i8_i8(q, qa);
+      // [d * d_a, m * s_a] in one multiply (block_q8_act keeps d and s adjacent).
+      const __m128 a_d_s = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(&a[t][i].d)));
+      const __m128 scales = _mm_mul_ps(d_m, a_d_s);
+      acc[t] = _mm256_fmadd_ps(_mm256_broadcastss_ps(scales), _mm256_cvtepi32_ps(sum), acc[t]);
+      if constexpr (kHasMin) acc_min[t] = _mm_add_ps(acc_min[t], scales);
+    }
+  }
+  for (int t = 0; t < NT; ++t) {
+    out[t] = hsum(acc[t]);
+    if constexpr (kHasMin) out[t] += _mm_cvtss_f32(_mm_movehdup_ps(acc_min[t]));
+  }
+}
+
+// ---- Q4_K x Q8_K -----------------------------------------------------------------------
+
+// The 12 packed bytes -> 8 scales (bytes 0..7) and 8 mins (bytes 8..15), each 6 bits.
+// Same unpacking as get_scale_min_k4, four at a time in 32-bit words.
+inline __m128i unpack_q4_K_scales_mins(const uint8_t packed[12]) {
+  uint32_t in[3];
+  std::memcpy(in, packed, 12);
+  constexpr uint32_t k6 = 0x3f3f3f3f, k4 = 0x0f0f0f0f, k2 = 0x03030303;
+  uint32_t out[4];
+  out[0] = in[0] & k6;                                        // scales 0..3
+  out[1] = (in[2] & k4) | (((in[0] >> 6) & k2) << 4);         // scales 4..7
+  out[2] = in[1] & k6;                                        // mins 0..3
+  out[3] = ((in[2] >> 4) & k4) | (((in[1] >> 6) & k2) << 4);  // mins 4..7
+  return load128(out);
+}
+
+// Shuffle masks that broadcast int16 lane s (bytes 2s, 2s+1) to all 16 lanes.
+inline __m256i broadcast_word_mask(int s) {
+  const auto lo = static_cast<char>(2 * s), hi = static_cast<char>(2 * s + 1);
+  return _mm256_setr_epi8(lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo, hi,
+                          lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo, hi);
+}
+
+// Q4_K and Q5_K: 4-bit codes (plus, for Q5_K, a fifth bit from qh) with 6-bit scales and
+// mins per 32-element sub-block.
+template <typename Block, int NT>
+void dot_q45_K_tile(size_t cols, const std::byte* w_row, const std::byte* act, size_t act_stride,
+                    float* out) {
+  constexpr bool kFifthBit = std::is_same_v<Block, block_q5_K>;
+  const auto* w = reinterpret_cast<const Block*>(w_row);
+  const block_q8_K* a[NT];
+  for (int t = 0; t < NT; ++t) a[t] = reinterpret_cast<const block_q8_K*>(act + t * act_stride);
+  __m256 acc[NT];
+  __m128 acc_min[NT];
+  for (int t = 0; t < NT; ++t) {
+    acc[t] = _mm256_setzero_ps();
+    acc_min[t] = _mm_setzero_ps();
+  }
+  const __m256i low_mask = _mm256_set1_epi8(0x0F);
+  const size_t n_blocks = cols / QK_K;
+  for (size_t i = 0; i < n_blocks; ++i) {
+    const Block& b = w[i];
+    const float d = half_to_float(b.d);
+    const float dmin = half_to_float(b.dmin);
+    __m256i high_bits = _mm256_setzero_si256();
+    if constexpr (kFifthBit) high_bits = load256(b.qh);
+    const __m256i scales_mins = _mm256_cvtepu8_epi16(unpack_q4_K_scales_mins(b.scales));
+    const __m128i mins = _mm256_extracti128_si256(scales_mins, 1);
+    const __m256i scales = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(scales_mins));
+
+    __m256i sumi[NT];
+    for (int t = 0; t < NT; ++t) {
+      // Min term: sum over the 8 sub-blocks of min * (activation sum of the sub-block).
+      const __m256i bsums = load256(a[t][i].bsums);
+      const __m128i pair_sums =
+          _mm_hadd_epi16(_mm256_castsi256_si128(bsums), _mm256_extracti128_si256(bsums, 1));
+      const __m128i min_prod = _mm_madd_epi16(mins, pair_sums);
+      acc_min[t] =
+          _mm_fmadd_ps(_mm_set1_ps(dmin * a[t][i].d), _mm_cvtepi32_ps(min_prod), acc_min[t]);
+      sumi[t] = _mm256_setzero_si256();
+    }
+    for (int j = 0; j < 4; ++j) {
+      // 64 elements: sub-block 2j in the low nibbles, 2j + 1 in the high nibbles.
+      const __m256i q4 = load256(b.qs + 32 * j);
+      __m256i q_low = _mm256_and_si256(q4, low_mask);
+      __m256i q_high = _mm256_and_si256(_mm256_srli_epi16(q4, 4), low_mask);
+      if constexpr (kFifthBit) {
+        // Bit s of qh[l] is the fifth bit of element l of sub-block s (here s = 2j, 2j + 1).
+        const __m256i one = _mm256_set1_epi8(1);
+        const __m256i bit_low = _mm256_and_si256(high_bits, one);
+        const __m256i bit_high = _mm256_and_si256(_mm256_srli_epi16(high_bits, 1), one);
+        q_low = _mm256_or_si256(q_low, _mm256_slli_epi16(bit_low, 4));
+        q_high = _mm256_or_si256(q_high, _mm256_slli_epi16(bit_high, 4));
+        high_bits = _mm256_srli_epi16(high_bits, 2);
+      }
+      const __m256i scale_low = _mm256_shuffle_epi8(scales, broadcast_word_mask(2 * j));
+      const __m256i scale_high = _mm256_shuffle_epi8(scales, broadcast_word_mask(2 * j + 1));
+      for (int t = 0; t < NT; ++t) {
+        const __m256i a_low = load256(a[t][i].qs + 64 * j);
+        const __m256i a_high = load256(a[t][i].qs + 64 * j + 32);
+        const __m256i p_low = _mm256_madd_epi16(scale_low, _mm256_maddubs_epi16(q_low, a_low));
+        const __m256i p_high = _mm256_madd_epi16(scale_high, _mm256_maddubs_epi16(q_high, a_high));
+        sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(p_low, p_high));
+      }
+    }
+    for (int t = 0; t < NT; ++t) {
+      acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * a[t][i].d), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+    }
+  }
+  for (int t = 0; t < NT; ++t) out[t] = hsum(acc[t]) - hsum(acc_min[t]);
+}
+
+// ---- Q6_K x Q8_K -----------------------------------------------------------------------
+
+// Shuffle mask giving int8 scales [2g x 8, 2g + 1 x 8]: the two 16-element sub-blocks of
+// the g-th group of 32 elements.
+inline __m128i sub_block_pair_mask(int g) {
+  const auto a = static_cast<char>(2 * g), b = static_cast<char>(2 * g + 1);
+  return _mm_setr_epi8(a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b);
+}
+
+template <int NT>
+void dot_q6_K_tile(size_t cols, const std::byte* w_row, const std::byte* act, size_t act_stride,
+                   float* out) {
+  const auto* w = reinterpret_cast<const block_q6_K*>(w_row);
+  const block_q8_K* a[NT];
+  for (int t = 0; t < NT; ++t) a[t] = reinterpret_cast<const block_q8_K*>(act + t * act_stride);
+  __m256 acc[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
+  const __m256i m4 = _mm256_set1_epi8(0x0F);
+  const __m256i m2 = _mm256_set1_epi8(0x03);
+  const __m256i m2_shifted = _mm256_set1_epi8(0x0C);
+  const __m256i m2_high = _mm256_set1_epi8(0x30);
+  const size_t n_blocks = cols / QK_K;
+  for (size_t i = 0; i < n_blocks; ++i) {
+    const block_q6_K& b = w[i];
+    const float d = half_to_float(b.d);
+    const __m128i scales8 = load128(b.scales);
+    // Codes are stored as q + 32 (0..63) so they can go through maddubs unsigned; the
+    // offset comes back out as 32 * sum over sub-blocks of scale * (activation sum).
+    const __m256i scales16 = _mm256_cvtepi8_epi16(scales8);
+    __m256i sumi[NT];
+    for (int t = 0; t < NT; ++t) {
+      const __m256i offset = _mm256_madd_epi16(scales16, load256(a[t][i].bsums));
+      sumi[t] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(offset, 5));
+    }
+    for (int h = 0; h < 2; ++h) {
+      const __m256i qh = load256(b.qh + 32 * h);
+      const __m256i ql_a = load256(b.ql + 64 * h);
+      const __m256i ql_b = load256(b.ql + 64 * h + 32);
+      __m256i q[4];
+      q[0] = _mm256_or_si256(_mm256_and_si256(ql_a, m4),
+                             _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
+      q[1] = _mm256_or_si256(_mm256_and_si256(ql_b, m4),
+                             _mm256_slli_epi16(_mm256_and_si256(qh, m2_shifted), 2));
+      q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql_a, 4), m4),
+                             _mm256_and_si256(qh, m2_high));
+      q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql_b, 4), m4),
+                             _mm256_and_si256(_mm256_srli_epi16(qh, 2), m2_high));
+      for (int k = 0; k < 4; ++k) {
+        const __m256i scale =
+            _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales8, sub_block_pair_mask(4 * h + k)));
+        for (int t = 0; t < NT; ++t) {
+          const __m256i qa = load256(a[t][i].qs + 128 * h + 32 * k);
+          const __m256i p = _mm256_madd_epi16(scale, _mm256_maddubs_epi16(q[k], qa));
+          sumi[t] = _mm256_add_epi32(sumi[t], p);
+        }
+      }
+    }
+    for (int t = 0; t < NT; ++t) {
+      acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * a[t][i].d), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+    }
+  }
+  for (int t = 0; t < NT; ++t) out[t] = hsum(acc[t]);
+}
+
+// ---- IQ4_NL x block_q8_act, IQ4_XS x Q8_K -----------------------------------------------
+
+// The 16 IQ4 values in both 128-bit lanes, for a byte shuffle lookup.
+inline __m256i iq4_table() { return _mm256_broadcastsi128_si256(load128(kvalues_iq4nl)); }
+
+template <int NT>
+void dot_iq4_nl_tile(size_t cols, const std::byte* w_row, const std::byte* act, size_t act_stride,
+                     float* out) {
+  const auto* w = reinterpret_cast<const block_iq4_nl*>(w_row);
+  const block_q8_act* a[NT];
+  for (int t = 0; t < NT; ++t) a[t] = reinterpret_cast<const block_q8_act*>(act + t * act_stride);
+  __m256 acc[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
+  const __m256i table = iq4_table();
+  const size_t n_blocks = cols / QK4_NL;
+  for (size_t i = 0; i < n_blocks; ++i) {
+    const __m256i q = _mm256_shuffle_epi8(table, unpack_nibbles_32(w[i].qs));
+    const float d = half_to_float(w[i].d);
+    for (int t = 0; t < NT; ++t) {
+      const __m256i sum = dot_i8_i8(q, load256(a[t][i].qs));
+      acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * a[t][i].d), _mm256_cvtepi32_ps(sum), acc[t]);
+    }
+  }
+  for (int t = 0; t < NT; ++t) out[t] = hsum(acc[t]);
+}
+
+template <int NT>
+void dot_iq4_xs_tile(size_t cols, const std::byte* w_row, const std::byte* act, size_t act_stride,
+                     float* out) {
+  const auto* w = reinterpret_cast<const block_iq4_xs*>(w_row);
+  const block_q8_K* a[NT];
+  for (int t = 0; t < NT; ++t) a[t] = reinterpret_cast<const block_q8_K*>(act + t * act_stride);
+  __m256 acc[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
+  const __m256i table = iq4_table();
+  const size_t n_blocks = cols / QK_K;
+  for (size_t i = 0; i < n_blocks; ++i) {
+    const block_iq4_xs& b = w[i];
+    const float d = half_to_float(b.d);
+    __m256i sumi[NT];
+    for (int t = 0; t < NT; ++t) sumi[t] = _mm256_setzero_si256();
+    for (int s = 0; s < QK_K / 32; ++s) {
+      const int low = (b.scales_l[s / 2] >> (4 * (s % 2))) & 0xF;
+      const int high = (b.scales_h >> (2 * s)) & 3;
+      const __m256i scale = _mm256_set1_epi16(static_cast<int16_t>((low | (high << 4)) - 32));
+      const __m256i q = _mm256_shuffle_epi8(table, unpack_nibbles_32(b.qs + 16 * s));
+      const __m256i abs_q = _mm256_sign_epi8(q, q);
+      for (int t = 0; t < NT; ++t) {
+        const __m256i signed_a = _mm256_sign_epi8(load256(a[t][i].qs + 32 * s), q);
+        const __m256i p = _mm256_madd_epi16(scale, _mm256_maddubs_epi16(abs_q, signed_a));
+        sumi[t] = _mm256_add_epi32(sumi[t], p);
+      }
+    }
+    for (int t = 0; t < NT; ++t) {
+      acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * a[t][i].d), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+    }
+  }
+  for (int t = 0; t < NT; ++t) out[t] = hsum(acc[t]);
+}
+
+// ---- F32 / F16 x F32 (xsimd) -----------------------------------------------------------
+
+inline floatv load_weights8(const float* p) { return floatv::load_unaligned(p); }
+inline floatv load_weights8(const uint16_t* p) { return floatv(_mm256_cvtph_ps(load128(p))); }
+// bf16 is the top half of an fp32: widen to 32 bits and shift into place.
+struct Bf16 {
+  uint16_t bits;
+};
+inline floatv load_weights8(const Bf16* p) {
+  const __m256i wide = _mm256_cvtepu16_epi32(load128(p));
+  return floatv(_mm256_castsi256_ps(_mm256_slli_epi32(wide, 16)));
+}
+inline float load_weight(const Bf16* p) { return bf16_to_fp32(p->bits); }
+inline float load_weight(const float* p) { return *p; }
+inline float load_weight(const uint16_t* p) { return half_to_float(*p); }
+
+template <typename W, int NT>
+void dot_float_tile(size_t cols, const std::byte* w_row, const std::byte* act, size_t act_stride,
+                    float* out) {
+  const auto* w = reinterpret_cast<const W*>(w_row);
+  const float* a[NT];
+  for (int t = 0; t < NT; ++t) a[t] = reinterpret_cast<const float*>(act + t * act_stride);
+  // Two accumulators per row hide the FMA latency when NT is small.
+  floatv acc0[NT], acc1[NT];
+  for (int t = 0; t < NT; ++t) acc0[t] = acc1[t] = floatv(0.0f);
+  size_t j = 0;
+  for (; j + 16 <= cols; j += 16) {
+    const floatv w0 = load_weights8(w + j);
+    const floatv w1 = load_weights8(w + j + 8);
+    for (int t = 0; t < NT; ++t) {
+      acc0[t] = xsimd::fma(w0, floatv::load_unaligned(a[t] + j), acc0[t]);
+      acc1[t] = xsimd::fma(w1, floatv::load_unaligned(a[t] + j + 8), acc1[t]);
+    }
+  }
+  for (int t = 0; t < NT; ++t) {
+    float sum = xsimd::hadd(acc0[t] + acc1[t]);
+    for (size_t k = j; k < cols; ++k) sum += load_weight(w + k) * a[t][k];
+    out[t] = sum;
+  }
+}
+
+// ---- Table -----------------------------------------------------------------------------
+
+// Turns a kernel template over NT into a DotTileFn dispatching on the runtime nt.
+#define KILN_TILE_DISPATCH(NAME, ...)                                                     \
+  void NAME(size_t cols, const std::byte* w, const std::byte* act, size_t stride, int nt, \
+            float* out) {                                                                 \
+    switch (nt) {                                                                         \
+      case 1:                                                                             \
+        return __VA_ARGS__<1>(cols, w, act, stride, out);                                 \
+      case 2:                                                                             \
+        return __VA_ARGS__<2>(cols, w, act, stride, out);                                 \
+      case 3:                                                                             \
+        return __VA_ARGS__<3>(cols, w, act, stride, out);                                 \
+      default:                                                                            \
+        return __VA_ARGS__<4>(cols, w, act, stride, out);                                 \
+    }                                                                                     \
+  }
+
+template <int NT>
+void q8_0_tile(size_t c, const std::byte* w, const std::byte* a, size_t s, float* o) {
+  dot_legacy_tile<block_q8_0, NT>(c, w, a, s, o);
+}
+template <int NT>
+void q4_0_tile(size_t c, const std::byte* w, const std::byte* a, size_t s, float* o) {
+  dot_legacy_tile<block_q4_0, NT>(c, w, a, s, o);
+}
+template <int NT>
+void q4_1_tile(size_t c, const std::byte* w, const std::byte* a, size_t s, float* o) {
+  dot_legacy_tile<block_q4_1, NT>(c, w, a, s, o);
+}
+template <int NT>
+void q5_0_tile(size_t c, const std::byte* w, const std::byte* a, size_t s, float* o) {
+  dot_legacy_tile<block_q5_0, NT>(c, w, a, s, o);
+}
+template <int NT>
+void q5_1_tile(size_t c, const std::byte* w, const std::byte* a, size_t s, float* o) {
+  dot_legacy_tile<block_q5_1, NT>(c, w, a, s, o);
+}
+template <int NT>
+void q4_K_tile(size_t c, const std::byte* w, const std::byte* a, size_t s, float* o) {
+  dot_q45_K_tile<block_q4_K, NT>(c, w, a, s, o);
+}
+template <int NT>
+void q5_K_tile(size_t c, const std::byte* w, const std::byte* a, size_t s, float* o) {
+  dot_q45_K_tile<block_q5_K, NT>(c, w, a, s, o);
+}
+template <int NT>
+void f32_tile(size_t c, const std::byte* w, const std::byte* a, size_t s, float* o) {
+  dot_float_tile<float, NT>(c, w, a, s, o);
+}
+template <int NT>
+void bf16_tile(size_t c, const std::byte* w, const std::byte* a, size_t s, float* o) {
+  dot_float_tile<Bf16, NT>(c, w, a, s, o);
+}
+template <int NT>
+void f16_tile(size_t c, const std::byte* w, const std::byte* a, size_t s, float* o) {
+  dot_float_tile<uint16_t, NT>(c, w, a, s, o);
+}
+
+KILN_TILE_DISPATCH(dot_q8_0, q8_0_tile)
+KILN_TILE_DISPATCH(dot_q4_0, q4_0_tile)
+KILN_TILE_DISPATCH(dot_q4_1, q4_1_tile)
+KILN_TILE_DISPATCH(dot_q5_0, q5_0_tile)
+KILN_TILE_DISPATCH(dot_q5_1, q5_1_tile)
+KILN_TILE_DISPATCH(dot_q4_K, q4_K_tile)
+KILN_TILE_DISPATCH(dot_q5_K, q5_K_tile)
+KILN_TILE_DISPATCH(dot_iq4_nl, dot_iq4_nl_tile)
+KILN_TILE_DISPATCH(dot_iq4_xs, dot_iq4_xs_tile)
+KILN_TILE_DISPATCH(dot_q6_K, dot_q6_K_tile)
+KILN_TILE_DISPATCH(dot_f32, f32_tile)
+KILN_TILE_DISPATCH(dot_f16, f16_tile)
+KILN_TILE_DISPATCH(dot_bf16, bf16_tile)
+#undef KILN_TILE_DISPATCH
+
+bool cpu_has_avx2() {
+  static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                                __builtin_cpu_supports("f16c");
+  return supported;
+}
+
+}  // namespace
+
+DotKernel dot_kernel_avx2(GgmlType type) {
+  if (!cpu_has_avx2()) return {};
+  constexpr const char* isa = "avx2";
+  switch (type) {
+    case GgmlType::F32:
+      return {ActFormat::F32, dot_f32, isa};
+    case GgmlType::F16:
+      return {ActFormat::F32, dot_f16, isa};
+    case GgmlType::BF16:
+      return {ActFormat::F32, dot_bf16, isa};
+    case GgmlType::Q4_0:
+      return {ActFormat::Q8_act, dot_q4_0, isa};
+    case GgmlType::Q4_1:
+      return {ActFormat::Q8_act, dot_q4_1, isa};
+    case GgmlType::Q5_0:
+      return {ActFormat::Q8_act, dot_q5_0, isa};
+    case GgmlType::Q5_1:
+      return {ActFormat::Q8_act, dot_q5_1, isa};
+    case GgmlType::Q8_0:
+      return {ActFormat::Q8_act, dot_q8_0, isa};
+    case GgmlType::Q4_K:
+      return {ActFormat::Q8_K, dot_q4_K, isa};
+    case GgmlType::Q5_K:
+      return {ActFormat::Q8_K, dot_q5_K, isa};
+    case GgmlType::Q6_K:
+      return {ActFormat::Q8_K, dot_q6_K, isa};
+    case GgmlType::IQ4_NL:
+      return {ActFormat::Q8_act, dot_iq4_nl, isa};
+    case GgmlType::IQ4_XS:
+      return {ActFormat::Q8_K, dot_iq4_xs, isa};
+    default:
+      return {};
+  }
+}
+
+}  // namespace kiln::kernels
+
+#else  // no AVX2/FMA/F16C in this build: every type uses the portable kernels
+
+namespace kiln::kernels {
+DotKernel dot_kernel_avx2(GgmlType) { return {}; }
+}  // namespace kiln::kernels
+
+#endif

@@ -1,0 +1,307 @@
+#include "server/scheduler.h"
+
+#include <algorithm>
+#include <cstdio>
+
+#include "server/stop_strings.h"
+
+namespace kiln::server {
+
+bool GenerationStream::wait(std::vector<GenerationEvent>& out, std::chrono::milliseconds timeout) {
+  std::unique_lock lk(mu_);
+  cv_.wait_for(lk, timeout, [&] { return !events_.empty() || delivered_; });
+  while (!events_.empty()) {
+    out.push_back(std::move(events_.front()));
+    events_.pop_front();
+  }
+  if (ended_) delivered_ = true;
+  return delivered_;
+}
+
+void GenerationStream::push(GenerationEvent e) {
+  {
+    std::lock_guard lk(mu_);
+    if (ended_) return;
+    if (e.finish || !e.error.empty()) ended_ = true;
+    events_.push_back(std::move(e));
+  }
+  cv_.notify_all();
+}
+
+// One admitted request: its KV slot, sampler and output state.
+struct Scheduler::Sequence {
+  Sequence(Queued q, const Tokenizer& tokenizer, size_t n_vocab, uint64_t order)
+      : job(std::move(q.job)),
+        stream(std::move(q.stream)),
+        submitted(q.submitted),
+        admitted_order(order),
+        sampler(job.sampling, n_vocab),
+        rng(job.seed),
+        detokenizer(tokenizer),
+        stop(job.stop) {}
+
+  GenerationJob job;
+  std::shared_ptr<GenerationStream> stream;
+  Clock::time_point submitted;
+  Clock::time_point last_token_time;
+  uint64_t admitted_order;
+  size_t prompt_done = 0;  // prompt tokens already in the KV cache
+  size_t generated = 0;
+  TokenId last_token = -1;  // the token to feed at the next decode step
+  SequenceSampler sampler;
+  Rng rng;
+  StreamingDetokenizer detokenizer;
+  StopStringMatcher stop;
+  std::vector<TokenLogprobs> pending_logprobs;  // tokens whose text is still held back
+
+  bool decoding() const { return prompt_done == job.prompt.size(); }
+};
+
+Scheduler::Scheduler(Engine& engine, const Tokenizer& tokenizer, Metrics& metrics,
+                     SchedulerOptions options)
+    : engine_(engine),
+      tokenizer_(tokenizer),
+      metrics_(metrics),
+      options_(options),
+      n_ctx_(engine.n_ctx()),
+      n_slots_(engine.n_seq()),
+      slots_(engine.n_seq()) {
+  batch_.entries.reserve(engine.max_batch());
+  row_slots_.reserve(engine.max_batch());
+  for (size_t s = 0; s < n_slots_; ++s) engine_.clear(s);
+  update_gauges();
+  thread_ = std::thread([this] { loop(); });
+}
+
+Scheduler::~Scheduler() { shutdown(); }
+
+void Scheduler::shutdown() {
+  {
+    std::lock_guard lk(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+std::shared_ptr<GenerationStream> Scheduler::submit(GenerationJob job) {
+  if (job.prompt.empty()) throw invalid_request("the prompt is empty", "prompt");
+  if (job.prompt.size() >= n_ctx_) {
+    throw invalid_request("This model's maximum context length is " + std::to_string(n_ctx_) +
+                              " tokens. However, your prompt has " +
+                              std::to_string(job.prompt.size()) +
+                              " tokens, which leaves no room to generate.",
+                          "messages");
+  }
+  auto stream = std::make_shared<GenerationStream>();
+  stream->prompt_tokens_ = job.prompt.size();
+  {
+    std::lock_guard lk(mu_);
+    if (stopping_) throw ApiError(503, "the server is shutting down", "server_error");
+    if (queue_.size() >= options_.max_queue) {
+      throw ApiError(503, "too many requests are waiting; try again later", "server_error");
+    }
+    queue_.push_back({std::move(job), stream, Clock::now()});
+  }
+  cv_.notify_all();
+  return stream;
+}
+
+void Scheduler::loop() {
+  for (;;) {
+    {
+      std::unique_lock lk(mu_);
+      const auto busy = [&] {
+        return std::any_of(slots_.begin(), slots_.end(),
+                           [](const auto& s) { return s != nullptr; });
+      };
+      cv_.wait(lk, [&] { return stopping_ || !queue_.empty() || busy(); });
+      if (stopping_) break;
+    }
+    try {
+      step();
+    } catch (const std::exception& e) {
+      // An engine failure ends every running sequence with a server error;
+      // the server itself keeps going.
+      std::fprintf(stderr, "kiln serve: inference failed: %s\n", e.what());
+      fail_all(std::string("inference failed: ") + e.what());
+    }
+  }
+  fail_all("the server is shutting down");
+  std::lock_guard lk(mu_);
+  for (auto& q : queue_) q.stream->push({{}, {}, std::nullopt, "the server is shutting down"});
+  queue_.clear();
+}
+
+void Scheduler::admit() {
+  std::lock_guard lk(mu_);
+  for (size_t s = 0; s < slots_.size() && !queue_.empty(); ++s) {
+    if (slots_[s]) continue;
+    while (!queue_.empty()) {
+      Queued q = std::move(queue_.front());
+      queue_.pop_front();
+      if (q.stream->cancelled()) {
+        metrics_.count_cancelled();
+        q.stream->push({{}, {}, std::nullopt, "cancelled"});
+        continue;
+      }
+      engine_.clear(s);
+      slots_[s] = std::make_unique<Sequence>(std::move(q), tokenizer_, engine_.config().n_vocab,
+                                             admitted_++);
+      break;
+    }
+  }
+}
+
+void Scheduler::release(size_t slot, bool cancelled) {
+  if (cancelled) metrics_.count_cancelled();
+  engine_.clear(slot);
+  slots_[slot].reset();
+}
+
+void Scheduler::fail_all(const std::string& message) {
+  for (size_t s = 0; s < slots_.size(); ++s) {
+    if (!slots_[s]) continue;
+    slots_[s]->stream->push({{}, {}, std::nullopt, message});
+    release(s, false);
+  }
+  update_gauges();
+}
+
+void Scheduler::update_gauges() {
+  Gauges g;
+  {
+    std::lock_guard lk(mu_);
+    g.queue_depth = queue_.size();
+  }
+  for (size_t s = 0; s < slots_.size(); ++s) {
+    if (!slots_[s]) continue;
+    ++g.active_sequences;
+    g.kv_used_tokens += engine_.seq_length(s);
+  }
+  g.kv_capacity_tokens = n_slots_ * n_ctx_;
+  metrics_.set_gauges(g);
+}
+
+void Scheduler::step() {
+  admit();
+  for (size_t s = 0; s < slots_.size(); ++s) {
+    if (slots_[s] && slots_[s]->stream->cancelled()) release(s, true);
+  }
+  update_gauges();
+
+  batch_.clear();
+  row_slots_.clear();
+  // Decoding sequences first: one token each keeps their latency steady.
+  for (size_t s = 0; s < slots_.size(); ++s) {
+    const auto& seq = slots_[s];
+    if (!seq || !seq->decoding()) continue;
+    batch_.add(static_cast<int32_t>(s), static_cast<int32_t>(engine_.seq_length(s)),
+               seq->last_token, true);
+    row_slots_.push_back(s);
+  }
+  // Then prompt chunks, oldest admission first, in what room is left.
+  prefill_order_.clear();
+  for (size_t s = 0; s < slots_.size(); ++s) {
+    if (slots_[s] && !slots_[s]->decoding()) prefill_order_.push_back(s);
+  }
+  std::sort(prefill_order_.begin(), prefill_order_.end(), [&](size_t a, size_t b) {
+    return slots_[a]->admitted_order < slots_[b]->admitted_order;
+  });
+  for (size_t s : prefill_order_) {
+    Sequence& seq = *slots_[s];
+    const size_t room = engine_.max_batch() - batch_.size();
+    if (room == 0) break;
+    const size_t n = std::min(room, seq.job.prompt.size() - seq.prompt_done);
+    const size_t start = engine_.seq_length(s);
+    for (size_t i = 0; i < n; ++i) {
+      const bool last = seq.prompt_done + i + 1 == seq.job.prompt.size();
+      batch_.add(static_cast<int32_t>(s), static_cast<int32_t>(start + i),
+                 seq.job.prompt[seq.prompt_done + i], last);
+      if (last) row_slots_.push_back(s);
+    }
+    seq.prompt_done += n;
+    metrics_.add_prompt_tokens(n);
+  }
+  if (batch_.empty()) return;
+
+  engine_.forward(batch_);
+  for (size_t k = 0; k < row_slots_.size(); ++k)
+    process_token(row_slots_[k], engine_.logits_row(k));
+  update_gauges();
+}
+
+void Scheduler::process_token(size_t slot, std::span<const float> logits) {
+  Sequence& seq = *slots_[slot];
+  const auto now = Clock::now();
+  // The draw is taken every step, greedy or not, so a request's random
+  // stream depends only on its own seed and length.
+  const TokenId token = seq.sampler.sample(logits, seq.rng.uniform());
+  seq.sampler.accept(token);
+  ++seq.generated;
+  seq.stream->completion_tokens_ = seq.generated;
+  metrics_.add_generated_tokens(1);
+  if (seq.generated == 1) {
+    metrics_.observe_time_to_first_token(
+        std::chrono::duration<double>(now - seq.submitted).count());
+  } else {
+    metrics_.observe_time_per_output_token(
+        std::chrono::duration<double>(now - seq.last_token_time).count());
+  }
+  seq.last_token_time = now;
+
+  GenerationEvent ev;
+  const bool end_of_turn = !seq.job.ignore_eos && tokenizer_.is_eog(token);
+  if (seq.job.logprobs && !end_of_turn) {
+    TokenLogprobs t;
+    const float lse = log_sum_exp(logits);
+    t.token = std::string(tokenizer_.token_bytes(token));
+    t.logprob = logits[static_cast<size_t>(token)] - lse;
+    if (seq.job.top_logprobs > 0) {
+      top_logprobs(logits, seq.job.top_logprobs, lse, top_scratch_);
+      for (const auto& c : top_scratch_) {
+        t.top.emplace_back(std::string(tokenizer_.token_bytes(c.token)), c.logprob);
+      }
+    }
+    seq.pending_logprobs.push_back(std::move(t));
+  }
+
+  // Ends the text: whatever the detokenizer and the stop matcher still hold.
+  const auto finish_with = [&](FinishReason reason) {
+    auto r = seq.stop.push(seq.detokenizer.flush());
+    ev.text += r.text;
+    if (r.stopped) {
+      ev.finish = FinishReason::kStop;
+    } else {
+      ev.text += seq.stop.flush();
+      ev.finish = reason;
+    }
+  };
+
+  if (end_of_turn) {
+    finish_with(FinishReason::kStop);
+  } else {
+    auto r = seq.stop.push(seq.detokenizer.push(token));
+    ev.text = std::move(r.text);
+    if (r.stopped) {
+      ev.finish = FinishReason::kStop;
+    } else if (seq.job.max_tokens > 0 && seq.generated >= seq.job.max_tokens) {
+      finish_with(FinishReason::kLength);
+    } else if (engine_.seq_length(slot) >= n_ctx_) {
+      finish_with(FinishReason::kLength);  // no room to feed this token back
+    }
+  }
+  if (!ev.text.empty() || ev.finish) {
+    ev.logprobs = std::move(seq.pending_logprobs);
+    seq.pending_logprobs.clear();
+  }
+  const bool finished = ev.finish.has_value();
+  if (!ev.text.empty() || finished || !ev.logprobs.empty()) seq.stream->push(std::move(ev));
+  if (finished) {
+    release(slot, false);
+  } else {
+    seq.last_token = token;
+  }
+}
+
+}  // namespace kiln::server

@@ -1,0 +1,341 @@
+// Every CUDA kernel against its CPU twin (kernels/ops.h, kernels/quants.h) or, for the matmul
+// and attention, against a float64 reference computed here from the CPU dequantizer, on seeded
+// random inputs over many shapes. The host launchers surround every device output with guard
+// bytes and throw when a kernel writes past its output, so each test also checks bounds.
+// Without a GPU every test skips with "no CUDA device".
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda/kernels_cuda.h"
+#include "kernels/f16.h"
+#include "kernels/matmul.h"
+#include "kernels/ops.h"
+#include "kernels/quantize.h"
+#include "kernels/quants.h"
+#include "tests/cuda/cuda_test_util.h"
+
+namespace {
+
+using kiln::GgmlType;
+using kiln::cuda::AttentionPath;
+using kiln::cuda::AttentionShape;
+using kiln::cuda::MatmulPath;
+using kiln::cuda::testing::all_finite;
+using kiln::cuda::testing::random_floats;
+namespace kk = kiln::kernels;
+
+const GgmlType kWeightTypes[] = {GgmlType::F32,  GgmlType::F16,  GgmlType::BF16, GgmlType::Q4_0,
+                                 GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0,
+                                 GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K};
+
+// A (rows, cols) matrix of `type` quantized from seeded random floats.
+std::vector<std::byte> random_matrix(GgmlType type, size_t rows, size_t cols, uint32_t seed) {
+  const auto values = random_floats(rows * cols, seed);
+  const size_t rb = kiln::row_bytes(type, cols);
+  std::vector<std::byte> data(rows * rb);
+  for (size_t r = 0; r < rows; ++r) {
+    kk::quantize_row(type, std::span(values).subspan(r * cols, cols),
+                     std::span(data).subspan(r * rb, rb));
+  }
+  return data;
+}
+
+TEST(CudaDevice, DescriptionNamesTheDeviceOrWhyThereIsNone) {
+  const std::string d = kiln::cuda::cuda_device_description();
+  EXPECT_FALSE(d.empty());
+  if (kiln::cuda::cuda_device_count() == 0) {
+    EXPECT_NE(d.find("no CUDA device"), std::string::npos) << d;
+  }
+}
+
+TEST(CudaKernels, HasMatmulForTheDecodeTypesOnly) {
+  for (GgmlType t : kWeightTypes) EXPECT_TRUE(kiln::cuda::has_cuda_matmul(t)) << type_name(t);
+  EXPECT_FALSE(kiln::cuda::has_cuda_matmul(GgmlType::Q2_K));
+  EXPECT_FALSE(kiln::cuda::has_cuda_matmul(GgmlType::IQ4_XS));
+}
+
+class CudaDequantize : public ::testing::TestWithParam<GgmlType> {};
+
+// Runs without a GPU: the device dequantizer's code, executed on the host, against the CPU
+// reference. Every CUDA matmul and the embedding gather read weights through it.
+TEST_P(CudaDequantize, DeviceCodeOnTheHostMatchesTheCpuReference) {
+  const GgmlType type = GetParam();
+  for (size_t n : {256u, 512u, 4096u}) {
+    const auto data = random_matrix(type, 1, n, static_cast<uint32_t>(n) + 1);
+    std::vector<float> cpu(n), dev(n);
+    kk::dequantize_row(type, data, cpu);
+    kiln::cuda::dequantize_row_host(type, data, dev);
+    for (size_t i = 0; i < n; ++i) {
+      ASSERT_NEAR(dev[i], cpu[i], 1e-6f * (1.0f + std::fabs(cpu[i])))
+          << type_name(type) << " n=" << n << " i=" << i;
+    }
+  }
+}
+
+TEST_P(CudaDequantize, MatchesTheCpuReference) {
+  KILN_REQUIRE_CUDA_DEVICE();
+  const GgmlType type = GetParam();
+  for (size_t n : {256u, 512u, 4096u}) {
+    const auto data = random_matrix(type, 1, n, static_cast<uint32_t>(n));
+    std::vector<float> cpu(n), gpu(n);
+    kk::dequantize_row(type, data, cpu);
+    kiln::cuda::dequantize_row(type, data, gpu);
+    for (size_t i = 0; i < n; ++i) {
+      // Same float ops; only a fused multiply-add may round differently.
+      ASSERT_NEAR(gpu[i], cpu[i], 1e-6f * (1.0f + std::fabs(cpu[i])))
+          << type_name(type) << " n=" << n << " i=" << i;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllTypes, CudaDequantize, ::testing::ValuesIn(kWeightTypes),
+                         [](const auto& info) { return std::string(type_name(info.param)); });
+
+struct MatmulCase {
+  size_t rows, cols, m;
+};
+
+class CudaMatmul : public ::testing::TestWithParam<GgmlType> {};
+
+// Y (m, rows) = X (m, cols) @ W^T in float64 from the CPU-dequantized W. The error bound per
+// output scales with sum |w x|: float accumulation for the matrix-vector kernel, fp16
+// operands (2^-11 relative each) for the tensor-core kernel.
+TEST_P(CudaMatmul, BothPathsMatchAFloat64Reference) {
+  KILN_REQUIRE_CUDA_DEVICE();
+  const GgmlType type = GetParam();
+  const size_t block = kiln::traits(type).block_elements;
+  const MatmulCase cases[] = {{1, 256, 1},   {7, 512, 1},   {33, 256, 3},   {64, 768, 8},
+                              {130, 512, 9}, {96, 256, 17}, {65, 1024, 70}, {200, 256, 130}};
+  uint32_t seed = 1;
+  for (const auto& c : cases) {
+    const size_t cols = (c.cols + block - 1) / block * block;
+    const auto w = random_matrix(type, c.rows, cols, seed++);
+    const auto x = random_floats(c.m * cols, seed++);
+    std::vector<float> w_f(c.rows * cols);
+    const size_t rb = kiln::row_bytes(type, cols);
+    for (size_t r = 0; r < c.rows; ++r) {
+      kk::dequantize_row(type, std::span(w).subspan(r * rb, rb),
+                         std::span(w_f).subspan(r * cols, cols));
+    }
+    const kk::WeightMatrix wm{type, w, c.rows, cols};
+    for (MatmulPath path : {MatmulPath::kMatVec, MatmulPath::kTensorCore, MatmulPath::kAuto}) {
+      std::vector<float> y(c.m * c.rows);
+      kiln::cuda::matmul(wm, x, c.m, y, path);
+      ASSERT_TRUE(all_finite(y));
+      const double tol = path == MatmulPath::kTensorCore ? 3e-3 : 1e-5;
+      for (size_t t = 0; t < c.m; ++t) {
+        for (size_t r = 0; r < c.rows; ++r) {
+          double ref = 0, mag = 0;
+          for (size_t k = 0; k < cols; ++k) {
+            const double p = double(w_f[r * cols + k]) * x[t * cols + k];
+            ref += p;
+            mag += std::fabs(p);
+          }
+          ASSERT_NEAR(y[t * c.rows + r], ref, tol * mag + 1e-6)
+              << type_name(type) << " rows=" << c.rows << " cols=" << cols << " m=" << c.m
+              << " path=" << int(path) << " t=" << t << " r=" << r;
+        }
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllTypes, CudaMatmul, ::testing::ValuesIn(kWeightTypes),
+                         [](const auto& info) { return std::string(type_name(info.param)); });
+
+TEST(CudaMatmulShapes, RejectsColumnsNotAMultipleOf32) {
+  KILN_REQUIRE_CUDA_DEVICE();
+  std::vector<float> w(4 * 40), x(40), y(4);
+  const kk::WeightMatrix wm{GgmlType::F32, std::as_bytes(std::span(w)), 4, 40};
+  EXPECT_THROW(kiln::cuda::matmul(wm, x, 1, y), std::invalid_argument);
+}
+
+const size_t kRowSizes[] = {1, 7, 64, 255, 576, 2048, 4097};
+
+TEST(CudaOps, RmsnormMatchesCpu) {
+  KILN_REQUIRE_CUDA_DEVICE();
+  for (size_t n : kRowSizes) {
+    const auto x = random_floats(n, 11, 0.5f, 3.0f), w = random_floats(n, 12, 1.0f, 0.2f);
+    std::vector<float> cpu(n), gpu(n);
+    kk::rmsnorm(x, w, 1e-5f, cpu);
+    kiln::cuda::rmsnorm(x, w, 1e-5f, gpu);
+    ASSERT_TRUE(all_finite(gpu));
+    for (size_t i = 0; i < n; ++i) ASSERT_NEAR(gpu[i], cpu[i], 1e-5f * (1 + std::fabs(cpu[i])));
+  }
+}
+
+TEST(CudaOps, SoftmaxMatchesCpu) {
+  KILN_REQUIRE_CUDA_DEVICE();
+  for (size_t n : kRowSizes) {
+    auto cpu = random_floats(n, 13, 0.0f, 8.0f);
+    auto gpu = cpu;
+    kk::softmax(cpu);
+    kiln::cuda::softmax(gpu);
+    ASSERT_TRUE(all_finite(gpu));
+    for (size_t i = 0; i < n; ++i) ASSERT_NEAR(gpu[i], cpu[i], 1e-6f + 1e-5f * cpu[i]);
+  }
+}
+
+TEST(CudaOps, SiluMulAndAddMatchCpu) {
+  KILN_REQUIRE_CUDA_DEVICE();
+  for (size_t n : kRowSizes) {
+    const auto g = random_floats(n, 14, 0.0f, 4.0f), u = random_floats(n, 15);
+    std::vector<float> cpu(n), gpu(n);
+    kk::silu_mul(g, u, cpu);
+    kiln::cuda::silu_mul(g, u, gpu);
+    ASSERT_TRUE(all_finite(gpu));
+    for (size_t i = 0; i < n; ++i) ASSERT_NEAR(gpu[i], cpu[i], 1e-5f * (1 + std::fabs(cpu[i])));
+
+    auto a_cpu = random_floats(n, 16), a_gpu = a_cpu;
+    kk::add(a_cpu, u);
+    kiln::cuda::add(a_gpu, u);
+    for (size_t i = 0; i < n; ++i) ASSERT_EQ(a_gpu[i], a_cpu[i]);
+  }
+}
+
+TEST(CudaOps, RopeAnglesMatchCpuWithAndWithoutFrequencyFactors) {
+  KILN_REQUIRE_CUDA_DEVICE();
+  for (size_t rope_dim : {16u, 64u, 128u}) {
+    std::vector<float> factors(rope_dim / 2);
+    for (size_t i = 0; i < factors.size(); ++i) factors[i] = 1.0f + 0.5f * float(i);
+    for (int64_t pos : {0, 1, 17, 4095, 100000}) {
+      for (bool with_factors : {false, true}) {
+        const std::span<const float> ff =
+            with_factors ? std::span<const float>(factors) : std::span<const float>();
+        std::vector<float> c0(rope_dim / 2), s0(rope_dim / 2), c1(rope_dim / 2), s1(rope_dim / 2);
+        kk::rope_angles(pos, rope_dim, 500000.0f, ff, c0, s0);
+        kiln::cuda::rope_angles(pos, rope_dim, 500000.0f, ff, c1, s1);
+        for (size_t i = 0; i < c0.size(); ++i) {
+          ASSERT_NEAR(c1[i], c0[i], 1e-6f) << "pos " << pos << " i " << i;
+          ASSERT_NEAR(s1[i], s0[i], 1e-6f) << "pos " << pos << " i " << i;
+        }
+      }
+    }
+  }
+}
+
+TEST(CudaOps, RopeNormalMatchesCpuIncludingPartialRotation) {
+  KILN_REQUIRE_CUDA_DEVICE();
+  struct Case {
+    size_t heads, head_dim, rope_dim;
+  };
+  for (const Case& c : {Case{1, 16, 16}, Case{9, 64, 64}, Case{4, 128, 64}, Case{3, 32, 8}}) {
+    std::vector<float> cos(c.rope_dim / 2), sin(c.rope_dim / 2);
+    kk::rope_angles(123, c.rope_dim, 10000.0f, {}, cos, sin);
+    auto cpu = random_floats(c.heads * c.head_dim, 17), gpu = cpu;
+    kk::rope_normal(cpu, c.heads, c.head_dim, c.rope_dim, cos, sin);
+    kiln::cuda::rope_normal(gpu, c.heads, c.head_dim, c.rope_dim, cos, sin);
+    for (size_t i = 0; i < cpu.size(); ++i) ASSERT_NEAR(gpu[i], cpu[i], 1e-6f);
+  }
+}
+
+TEST(CudaOps, KvAppendConvertsToHalfLikeTheCpu) {
+  KILN_REQUIRE_CUDA_DEVICE();
+  auto x = random_floats(1024, 18, 0.0f, 100.0f);
+  x[0] = 1e-7f;     // subnormal half
+  x[1] = 70000.0f;  // rounds to inf
+  x[2] = -0.0f;
+  std::vector<uint16_t> gpu(x.size());
+  kiln::cuda::f32_to_f16_row(x, gpu);
+  for (size_t i = 0; i < x.size(); ++i) ASSERT_EQ(gpu[i], kk::fp32_to_fp16(x[i])) << i;
+}
+
+// Scalar float64 attention over an F16 cache (the math of Engine::attention).
+std::vector<float> reference_attention(const std::vector<float>& q, const std::vector<uint16_t>& kc,
+                                       const std::vector<uint16_t>& vc,
+                                       const std::vector<int32_t>& seq,
+                                       const std::vector<int32_t>& pos, const AttentionShape& s) {
+  const size_t n = seq.size(), hd = s.head_dim, q_dim = s.n_heads * hd, kv_dim = s.n_kv_heads * hd;
+  const size_t group = s.n_heads / s.n_kv_heads;
+  std::vector<float> out(n * q_dim);
+  for (size_t i = 0; i < n; ++i) {
+    for (size_t h = 0; h < s.n_heads; ++h) {
+      const size_t g = h / group, n_pos = static_cast<size_t>(pos[i]) + 1;
+      const size_t base = static_cast<size_t>(seq[i]) * s.n_ctx * kv_dim + g * hd;
+      std::vector<double> scores(n_pos);
+      double max = -INFINITY;
+      for (size_t p = 0; p < n_pos; ++p) {
+        double dot = 0;
+        for (size_t d = 0; d < hd; ++d) {
+          dot += double(q[i * q_dim + h * hd + d]) * kk::fp16_to_fp32(kc[base + p * kv_dim + d]);
+        }
+        scores[p] = dot / std::sqrt(double(hd));
+        max = std::max(max, scores[p]);
+      }
+      double sum = 0;
+      for (double& sc : scores) sum += (sc = std::exp(sc - max));
+      for (size_t d = 0; d < hd; ++d) {
+        double acc = 0;
+        for (size_t p = 0; p < n_pos; ++p) {
+          acc += scores[p] * kk::fp16_to_fp32(vc[base + p * kv_dim + d]);
+        }
+        out[i * q_dim + h * hd + d] = static_cast<float>(acc / sum);
+      }
+    }
+  }
+  return out;
+}
+
+struct AttentionCase {
+  size_t n_heads, n_kv_heads, head_dim, n_ctx, n_seq;
+};
+
+TEST(CudaAttention, SplitAndTiledMatchAFloat64Reference) {
+  KILN_REQUIRE_CUDA_DEVICE();
+  const AttentionCase cases[] = {{4, 2, 16, 40, 2},   {4, 2, 32, 300, 2}, {9, 3, 64, 700, 3},
+                                 {8, 8, 128, 520, 1}, {2, 1, 256, 96, 1}, {6, 2, 96, 33, 2}};
+  uint32_t seed = 100;
+  for (const auto& c : cases) {
+    const AttentionShape shape{c.n_heads, c.n_kv_heads, c.head_dim, c.n_ctx};
+    const size_t kv_dim = c.n_kv_heads * c.head_dim, q_dim = c.n_heads * c.head_dim;
+    const size_t cache = c.n_seq * c.n_ctx * kv_dim;
+    const auto kf = random_floats(cache, seed++), vf = random_floats(cache, seed++);
+    std::vector<uint16_t> kc(cache), vc(cache);
+    for (size_t i = 0; i < cache; ++i) {
+      kc[i] = kk::fp32_to_fp16(kf[i]);
+      vc[i] = kk::fp32_to_fp16(vf[i]);
+    }
+    // Decode-like: one query per sequence at scattered positions (incl. the first and last).
+    {
+      std::vector<int32_t> seq, pos;
+      for (size_t sidx = 0; sidx < c.n_seq; ++sidx) {
+        for (size_t p : {size_t{0}, c.n_ctx / 2, c.n_ctx - 1}) {
+          seq.push_back(static_cast<int32_t>(sidx));
+          pos.push_back(static_cast<int32_t>(p));
+        }
+      }
+      const auto q = random_floats(seq.size() * q_dim, seed++, 0.0f, 2.0f);
+      std::vector<float> out(q.size());
+      kiln::cuda::attention(q, kc, vc, seq, pos, shape, out, AttentionPath::kSplit);
+      ASSERT_TRUE(all_finite(out));
+      const auto ref = reference_attention(q, kc, vc, seq, pos, shape);
+      for (size_t i = 0; i < out.size(); ++i) {
+        ASSERT_NEAR(out[i], ref[i], 2e-4f) << "split, head_dim " << c.head_dim << " i " << i;
+      }
+    }
+    // Prefill-like: consecutive positions of the last sequence, from an offset.
+    {
+      const size_t n = std::min<size_t>(c.n_ctx, 70), first = c.n_ctx - n;
+      std::vector<int32_t> seq(n, static_cast<int32_t>(c.n_seq - 1)), pos(n);
+      for (size_t i = 0; i < n; ++i) pos[i] = static_cast<int32_t>(first + i);
+      const auto q = random_floats(n * q_dim, seed++, 0.0f, 2.0f);
+      const auto ref = reference_attention(q, kc, vc, seq, pos, shape);
+      for (AttentionPath path : {AttentionPath::kSplit, AttentionPath::kTiled}) {
+        if (path == AttentionPath::kTiled && !kiln::cuda::can_tile_attention(shape)) continue;
+        std::vector<float> out(q.size());
+        kiln::cuda::attention(q, kc, vc, seq, pos, shape, out, path);
+        ASSERT_TRUE(all_finite(out));
+        for (size_t i = 0; i < out.size(); ++i) {
+          ASSERT_NEAR(out[i], ref[i], 2e-4f)
+              << "path " << int(path) << ", head_dim " << c.head_dim << " i " << i;
+        }
+      }
+    }
+  }
+}
+
+}  // namespace

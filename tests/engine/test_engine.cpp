@@ -1,0 +1,471 @@
+// Engine tests on tiny models written with our GGUF writer: logits against a
+// naive float64 forward written out below (independent of the engine's
+// kernels), batching invariants, sequence management, load-time errors, and
+// that forward() never allocates.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <map>
+#include <new>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engine/engine.h"
+#include "gguf/writer.h"
+#include "tests/engine/alloc_counter.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using kiln::Batch;
+using kiln::Engine;
+using kiln::EngineOptions;
+using kiln::GgmlType;
+using kiln::Model;
+
+struct TinySpec {
+  size_t vocab = 96, dim = 64, layers = 2, heads = 4, kv_heads = 2, ffn = 96, ctx = 128;
+  size_t rope_dim = 0;  // 0: head_dim
+  float rope_base = 10000.0f, eps = 1e-5f;
+  bool tied = false, rope_freqs = false;
+  std::string arch = "llama";
+  std::string skip_tensor;       // leave this tensor out
+  std::string bad_shape_tensor;  // write this one with one row too many
+  GgmlType matrix_type = GgmlType::F32;
+};
+
+// The weights as float64, kept by the test as its own oracle input.
+using Tensors = std::map<std::string, std::vector<double>>;
+
+struct TinyModel {
+  fs::path path;
+  Tensors tensors;
+};
+
+fs::path temp_path(const std::string& name) {
+  return fs::temp_directory_path() / ("kiln_engine_test_" + std::to_string(getpid()) + "_" + name);
+}
+
+TinyModel write_tiny_model(const TinySpec& s, const std::string& file_name, uint32_t seed = 7) {
+  TinyModel m;
+  m.path = temp_path(file_name);
+  std::mt19937 rng(seed);
+  kiln::gguf::Writer w;
+  const size_t hd = s.dim / s.heads, kv = hd * s.kv_heads;
+  w.set("general.architecture", kiln::gguf::MetaValue::string(s.arch));
+  const std::string a = s.arch + ".";
+  w.set(a + "context_length", kiln::gguf::MetaValue::u32(uint32_t(s.ctx)));
+  w.set(a + "embedding_length", kiln::gguf::MetaValue::u32(uint32_t(s.dim)));
+  w.set(a + "block_count", kiln::gguf::MetaValue::u32(uint32_t(s.layers)));
+  w.set(a + "feed_forward_length", kiln::gguf::MetaValue::u32(uint32_t(s.ffn)));
+  w.set(a + "attention.head_count", kiln::gguf::MetaValue::u32(uint32_t(s.heads)));
+  w.set(a + "attention.head_count_kv", kiln::gguf::MetaValue::u32(uint32_t(s.kv_heads)));
+  if (s.rope_dim)
+    w.set(a + "rope.dimension_count", kiln::gguf::MetaValue::u32(uint32_t(s.rope_dim)));
+  w.set(a + "rope.freq_base", kiln::gguf::MetaValue::f32(s.rope_base));
+  w.set(a + "attention.layer_norm_rms_epsilon", kiln::gguf::MetaValue::f32(s.eps));
+
+  // Float32 storage that outlives write(); the oracle keeps the same values as double.
+  static std::vector<std::vector<float>> storage;
+  storage.clear();
+  storage.reserve(64);
+  auto add = [&](const std::string& name, std::vector<uint64_t> ne, double mean, double sd,
+                 GgmlType type) {
+    if (name == s.skip_tensor) return;
+    if (name == s.bad_shape_tensor) ne.back() += 1;
+    size_t n = 1;
+    for (auto v : ne) n *= v;
+    std::normal_distribution<float> dist(0.0f, 1.0f);
+    auto& data = storage.emplace_back(n);
+    auto& ref = m.tensors[name];
+    ref.resize(n);
+    for (size_t i = 0; i < n; ++i) {
+      data[i] = static_cast<float>(mean + sd * dist(rng));
+      if (type == GgmlType::F16) {  // the oracle sees exactly what the file holds
+        data[i] = static_cast<float>(static_cast<_Float16>(data[i]));
+      }
+      ref[i] = data[i];
+    }
+    if (type == GgmlType::F32) {
+      w.add_tensor(name, type, ne, std::as_bytes(std::span<const float>(data)));
+    } else {  // F16
+      w.add_tensor(name, type, ne, [src = std::span<const float>(data)](std::span<std::byte> out) {
+        auto* h = reinterpret_cast<_Float16*>(out.data());
+        for (size_t i = 0; i < src.size(); ++i) h[i] = static_cast<_Float16>(src[i]);
+      });
+    }
+  };
+  const GgmlType mt = s.matrix_type;
+  const double inv_dim = 1.0 / std::sqrt(double(s.dim));
+  add("token_embd.weight", {s.dim, s.vocab}, 0, 1.0, mt);
+  if (s.rope_freqs) {
+    const size_t half = (s.rope_dim ? s.rope_dim : hd) / 2;
+    auto& f = storage.emplace_back(half);
+    auto& ref = m.tensors["rope_freqs.weight"];
+    for (size_t i = 0; i < half; ++i) {
+      f[i] = 1.0f + float(i) * 0.75f;
+      ref.push_back(f[i]);
+    }
+    w.add_tensor("rope_freqs.weight", GgmlType::F32, {half},
+                 std::as_bytes(std::span<const float>(f)));
+  }
+  for (size_t l = 0; l < s.layers; ++l) {
+    const std::string p = "blk." + std::to_string(l) + ".";
+    add(p + "attn_norm.weight", {s.dim}, 1.0, 0.1, GgmlType::F32);
+    add(p + "attn_q.weight", {s.dim, s.dim}, 0, 2 * inv_dim, mt);
+    add(p + "attn_k.weight", {s.dim, kv}, 0, 2 * inv_dim, mt);
+    add(p + "attn_v.weight", {s.dim, kv}, 0, inv_dim, mt);
+    add(p + "attn_output.weight", {s.dim, s.dim}, 0, inv_dim, mt);
+    add(p + "ffn_norm.weight", {s.dim}, 1.0, 0.1, GgmlType::F32);
+    add(p + "ffn_gate.weight", {s.dim, s.ffn}, 0, inv_dim, mt);
+    add(p + "ffn_up.weight", {s.dim, s.ffn}, 0, inv_dim, mt);
+    add(p + "ffn_down.weight", {s.ffn, s.dim}, 0, 1.0 / std::sqrt(double(s.ffn)), mt);
+  }
+  add("output_norm.weight", {s.dim}, 1.0, 0.1, GgmlType::F32);
+  if (!s.tied) add("output.weight", {s.dim, s.vocab}, 0, 3 * inv_dim, mt);
+  w.write(m.path);
+  return m;
+}
+
+// y (rows,) = W (rows, cols) @ x (cols,), W stored row-major as GGUF [cols, rows].
+std::vector<double> matvec(const std::vector<double>& w, const std::vector<double>& x,
+                           size_t rows) {
+  const size_t cols = x.size();
+  std::vector<double> y(rows, 0.0);
+  for (size_t r = 0; r < rows; ++r) {
+    for (size_t c = 0; c < cols; ++c) y[r] += w[r * cols + c] * x[c];
+  }
+  return y;
+}
+
+std::vector<double> rmsnorm(const std::vector<double>& x, const std::vector<double>& w,
+                            double eps) {
+  double ss = 0;
+  for (double v : x) ss += v * v;
+  const double s = 1.0 / std::sqrt(ss / double(x.size()) + eps);
+  std::vector<double> out(x.size());
+  for (size_t i = 0; i < x.size(); ++i) out[i] = x[i] * s * w[i];
+  return out;
+}
+
+// The oracle: the Llama forward over one token sequence, float64, naive loops.
+// Returns logits (n_tokens, vocab).
+std::vector<std::vector<double>> reference_forward(const TinySpec& s, const Tensors& t,
+                                                   const std::vector<int32_t>& tokens) {
+  const size_t hd = s.dim / s.heads, kvd = hd * s.kv_heads, rope_dim = s.rope_dim ? s.rope_dim : hd;
+  const size_t n = tokens.size();
+  std::vector<std::vector<double>> x(n);
+  for (size_t i = 0; i < n; ++i) {
+    const auto& e = t.at("token_embd.weight");
+    x[i].assign(e.begin() + long(tokens[i] * s.dim), e.begin() + long((tokens[i] + 1) * s.dim));
+  }
+  auto rope = [&](std::vector<double>& v, size_t n_heads, size_t pos) {
+    for (size_t h = 0; h < n_heads; ++h) {
+      for (size_t i = 0; i < rope_dim / 2; ++i) {
+        double theta =
+            double(pos) * std::pow(double(s.rope_base), -2.0 * double(i) / double(rope_dim));
+        if (s.rope_freqs) theta /= t.at("rope_freqs.weight")[i];
+        const double a = v[h * hd + 2 * i], b = v[h * hd + 2 * i + 1];
+        v[h * hd + 2 * i] = a * std::cos(theta) - b * std::sin(theta);
+        v[h * hd + 2 * i + 1] = a * std::sin(theta) + b * std::cos(theta);
+      }
+    }
+  };
+  for (size_t l = 0; l < s.layers; ++l) {
+    const std::string p = "blk." + std::to_string(l) + ".";
+    std::vector<std::vector<double>> q(n), k(n), v(n);
+    for (size_t i = 0; i < n; ++i) {
+      const auto xb = rmsnorm(x[i], t.at(p + "attn_norm.weight"), s.eps);
+      q[i] = matvec(t.at(p + "attn_q.weight"), xb, s.dim);
+      k[i] = matvec(t.at(p + "attn_k.weight"), xb, kvd);
+      v[i] = matvec(t.at(p + "attn_v.weight"), xb, kvd);
+      rope(q[i], s.heads, i);
+      rope(k[i], s.kv_heads, i);
+    }
+    for (size_t i = 0; i < n; ++i) {
+      std::vector<double> att(s.dim, 0.0);
+      for (size_t h = 0; h < s.heads; ++h) {
+        const size_t g = h / (s.heads / s.kv_heads);
+        std::vector<double> sc(i + 1);
+        double mx = -1e300;
+        for (size_t j = 0; j <= i; ++j) {
+          double d = 0;
+          for (size_t e = 0; e < hd; ++e) d += q[i][h * hd + e] * k[j][g * hd + e];
+          sc[j] = d / std::sqrt(double(hd));
+          mx = std::max(mx, sc[j]);
+        }
+        double sum = 0;
+        for (double& z : sc) sum += z = std::exp(z - mx);
+        for (size_t j = 0; j <= i; ++j) {
+          for (size_t e = 0; e < hd; ++e) att[h * hd + e] += sc[j] / sum * v[j][g * hd + e];
+        }
+      }
+      const auto o = matvec(t.at(p + "attn_output.weight"), att, s.dim);
+      for (size_t e = 0; e < s.dim; ++e) x[i][e] += o[e];
+      const auto xb = rmsnorm(x[i], t.at(p + "ffn_norm.weight"), s.eps);
+      auto gate = matvec(t.at(p + "ffn_gate.weight"), xb, s.ffn);
+      const auto up = matvec(t.at(p + "ffn_up.weight"), xb, s.ffn);
+      for (size_t e = 0; e < s.ffn; ++e) gate[e] = gate[e] / (1 + std::exp(-gate[e])) * up[e];
+      const auto down = matvec(t.at(p + "ffn_down.weight"), gate, s.dim);
+      for (size_t e = 0; e < s.dim; ++e) x[i][e] += down[e];
+    }
+  }
+  std::vector<std::vector<double>> logits(n);
+  const auto& out = t.at(s.tied ? "token_embd.weight" : "output.weight");
+  for (size_t i = 0; i < n; ++i) {
+    logits[i] = matvec(out, rmsnorm(x[i], t.at("output_norm.weight"), s.eps), s.vocab);
+  }
+  return logits;
+}
+
+std::vector<int32_t> some_tokens(size_t n, size_t vocab, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<int32_t> t(n);
+  for (auto& v : t) v = int32_t(rng() % vocab);
+  return t;
+}
+
+double max_abs_diff(std::span<const float> a, const std::vector<double>& b) {
+  double m = 0;
+  for (size_t i = 0; i < b.size(); ++i) m = std::max(m, std::fabs(double(a[i]) - b[i]));
+  return m;
+}
+
+struct Variant {
+  std::string name;
+  TinySpec spec;
+  GgmlType kv;
+  double tolerance;
+};
+
+class EngineVsReference : public ::testing::TestWithParam<Variant> {};
+
+TEST_P(EngineVsReference, LogitsMatchFloat64Oracle) {
+  const Variant& v = GetParam();
+  const TinyModel tiny = write_tiny_model(v.spec, v.name + ".gguf");
+  const Model model = Model::load(tiny.path);
+  const auto tokens = some_tokens(40, v.spec.vocab, 3);
+  const auto ref = reference_forward(v.spec, tiny.tensors, tokens);
+  for (int threads : {1, 2}) {
+    EngineOptions o;
+    o.kv_type = v.kv;
+    o.n_threads = threads;
+    o.max_batch = 16;  // the 40-token prompt runs in three chunks
+    Engine engine(model, o);
+    std::vector<float> all;
+    engine.eval(0, tokens, true, &all);
+    double worst = 0;
+    for (size_t i = 0; i < tokens.size(); ++i) {
+      worst = std::max(worst, max_abs_diff({all.data() + i * v.spec.vocab, v.spec.vocab}, ref[i]));
+    }
+    EXPECT_LT(worst, v.tolerance) << v.name << " threads " << threads;
+  }
+  fs::remove(tiny.path);
+}
+
+TinySpec gqa_spec() { return {}; }
+TinySpec mha_tied_spec() {
+  TinySpec s;
+  s.kv_heads = 4;
+  s.tied = true;
+  return s;
+}
+TinySpec rope_freqs_spec() {
+  TinySpec s;
+  s.rope_freqs = true;
+  s.rope_base = 500000.0f;
+  return s;
+}
+TinySpec partial_rope_spec() {
+  TinySpec s;
+  s.rope_dim = 8;
+  s.heads = 2;
+  s.kv_heads = 1;
+  return s;
+}
+TinySpec wide_head_spec() {  // head_dim 32: what a q8_0 cache needs
+  TinySpec s;
+  s.heads = 2;
+  s.kv_heads = 1;
+  return s;
+}
+TinySpec f16_spec() {
+  TinySpec s;
+  s.matrix_type = GgmlType::F16;
+  return s;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Tiny, EngineVsReference,
+    ::testing::Values(Variant{"gqa_f32kv", gqa_spec(), GgmlType::F32, 1e-3},
+                      Variant{"mha_tied_f32kv", mha_tied_spec(), GgmlType::F32, 1e-3},
+                      Variant{"rope_freqs_f32kv", rope_freqs_spec(), GgmlType::F32, 1e-3},
+                      Variant{"partial_rope_f32kv", partial_rope_spec(), GgmlType::F32, 1e-3},
+                      Variant{"f16_weights_f32kv", f16_spec(), GgmlType::F32, 1e-3},
+                      // A lossy cache shifts logits by its rounding, so looser bounds.
+                      Variant{"gqa_f16kv", gqa_spec(), GgmlType::F16, 2e-2},
+                      Variant{"wide_head_q8kv", wide_head_spec(), GgmlType::Q8_0, 0.3}),
+    [](const auto& info) { return info.param.name; });
+
+class EngineFixture : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    tiny_ = write_tiny_model(spec_, "fixture.gguf");
+    model_ = std::make_unique<Model>(Model::load(tiny_.path));
+  }
+  void TearDown() override {
+    model_.reset();
+    fs::remove(tiny_.path);
+  }
+  TinySpec spec_;
+  TinyModel tiny_;
+  std::unique_ptr<Model> model_;
+};
+
+TEST_F(EngineFixture, BatchedDecodeOfSeveralSequencesEqualsEachAlone) {
+  const size_t n_seq = 3;
+  std::vector<std::vector<int32_t>> prompts;
+  for (size_t s = 0; s < n_seq; ++s) prompts.push_back(some_tokens(5 + 3 * s, spec_.vocab, 10 + s));
+  const auto next = some_tokens(n_seq * 4, spec_.vocab, 99);
+
+  // Alone: each sequence in its own engine, token by token.
+  std::vector<std::vector<std::vector<float>>> alone(n_seq);
+  for (size_t s = 0; s < n_seq; ++s) {
+    EngineOptions o;
+    o.kv_type = GgmlType::F32;
+    Engine e(*model_, o);
+    e.eval(0, prompts[s], false);
+    for (size_t step = 0; step < 4; ++step) {
+      const int32_t tok = next[step * n_seq + s];
+      auto l = e.eval(0, std::span(&tok, 1), false);
+      alone[s].emplace_back(l.begin(), l.end());
+    }
+  }
+
+  // Together: prompts of all sequences in one batch, then one token of each per step.
+  EngineOptions o;
+  o.kv_type = GgmlType::F32;
+  o.n_seq = n_seq;
+  o.n_threads = 2;
+  Engine e(*model_, o);
+  Batch batch;
+  for (size_t s = 0; s < n_seq; ++s) {
+    for (size_t p = 0; p < prompts[s].size(); ++p) {
+      batch.add(int32_t(s), int32_t(p), prompts[s][p], p + 1 == prompts[s].size());
+    }
+  }
+  EXPECT_EQ(e.forward(batch).size(), n_seq * spec_.vocab);
+  for (size_t step = 0; step < 4; ++step) {
+    batch.clear();
+    for (size_t s = 0; s < n_seq; ++s) {
+      batch.add(int32_t(s), int32_t(prompts[s].size() + step), next[step * n_seq + s], true);
+    }
+    e.forward(batch);
+    for (size_t s = 0; s < n_seq; ++s) {
+      const auto row = e.logits_row(s);
+      for (size_t v = 0; v < spec_.vocab; ++v) {
+        ASSERT_NEAR(row[v], alone[s][step][v], 1e-4) << "seq " << s << " step " << step;
+      }
+    }
+  }
+}
+
+TEST_F(EngineFixture, TruncateThenReevaluateGivesSameLogits) {
+  EngineOptions o;
+  o.kv_type = GgmlType::F32;
+  Engine e(*model_, o);
+  const auto tokens = some_tokens(12, spec_.vocab, 5);
+  auto first = e.eval(0, tokens, false);
+  const std::vector<float> expected(first.begin(), first.end());
+  e.truncate(0, 7);
+  EXPECT_EQ(e.seq_length(0), 7u);
+  auto again = e.eval(0, std::span(tokens).subspan(7), false);
+  for (size_t v = 0; v < spec_.vocab; ++v) ASSERT_NEAR(again[v], expected[v], 1e-5);
+  e.clear(0);
+  EXPECT_EQ(e.seq_length(0), 0u);
+  auto fresh = e.eval(0, tokens, false);
+  for (size_t v = 0; v < spec_.vocab; ++v) ASSERT_NEAR(fresh[v], expected[v], 1e-5);
+  EXPECT_THROW(e.truncate(0, 13), std::out_of_range);
+}
+
+TEST_F(EngineFixture, ForwardNeverAllocates) {
+  EngineOptions o;
+  o.n_seq = 2;
+  o.n_threads = 2;
+  o.max_batch = 8;
+  Engine e(*model_, o);
+  Batch prompt, decode;
+  for (int p = 0; p < 8; ++p) prompt.add(0, p, p, p == 7);
+  decode.add(0, 8, 3, true);
+  decode.add(1, 0, 4, true);
+  decode.entries.reserve(8);
+  const size_t before = kiln::test::allocation_count();
+  e.forward(prompt);
+  e.forward(decode);
+  EXPECT_EQ(kiln::test::allocation_count(), before) << "forward() allocated";
+}
+
+TEST_F(EngineFixture, BadBatchesAreRejectedWithoutChangingState) {
+  EngineOptions o;
+  o.n_ctx = 6;
+  o.max_batch = 4;
+  Engine e(*model_, o);
+  Batch b;
+  b.add(1, 0, 1, true);
+  EXPECT_THROW(e.forward(b), std::invalid_argument);  // no sequence 1
+  b.clear();
+  b.add(0, 1, 1, true);
+  EXPECT_THROW(e.forward(b), std::invalid_argument);  // gap: position 0 not written
+  b.clear();
+  b.add(0, 0, int32_t(spec_.vocab), true);
+  EXPECT_THROW(e.forward(b), std::invalid_argument);  // token out of range
+  b.clear();
+  for (int p = 0; p < 5; ++p) b.add(0, p, 1, false);
+  EXPECT_THROW(e.forward(b), std::invalid_argument);  // over max_batch
+  EXPECT_EQ(e.seq_length(0), 0u);
+  const auto tokens = some_tokens(6, spec_.vocab, 1);
+  e.eval(0, tokens, false);
+  EXPECT_EQ(e.seq_length(0), 6u);
+  try {
+    const int32_t one = 1;
+    e.eval(0, std::span(&one, 1), false);
+    FAIL() << "expected a context-full error";
+  } catch (const std::invalid_argument& err) {
+    EXPECT_NE(std::string(err.what()).find("context full"), std::string::npos) << err.what();
+  }
+}
+
+void expect_load_error(const TinySpec& spec, const std::string& needle) {
+  const TinyModel tiny = write_tiny_model(spec, "bad.gguf");
+  try {
+    Model::load(tiny.path);
+    ADD_FAILURE() << "expected an error mentioning '" << needle << "'";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+  }
+  fs::remove(tiny.path);
+}
+
+TEST(EngineLoad, ErrorsNameTheProblem) {
+  TinySpec s;
+  s.arch = "gpt2";
+  expect_load_error(s, "architecture 'gpt2' is not supported; kiln runs: llama");
+  s = {};
+  s.skip_tensor = "blk.1.ffn_up.weight";
+  expect_load_error(s, "missing tensor 'blk.1.ffn_up.weight'");
+  s = {};
+  s.bad_shape_tensor = "blk.0.attn_k.weight";
+  expect_load_error(s, "'blk.0.attn_k.weight' has shape [64, 33], the config expects [64, 32]");
+  s = {};
+  s.skip_tensor = "output.weight";  // absent output: tied to the embedding, not an error
+  const TinyModel tiny = write_tiny_model(s, "tied.gguf");
+  EXPECT_TRUE(Model::load(tiny.path).weights().tied_output);
+  fs::remove(tiny.path);
+}
+
+}  // namespace

@@ -1,0 +1,224 @@
+// kernels/ops: each kernel against a plain double-precision formula written
+// out here, on random inputs with lengths that exercise the SIMD tails.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <complex>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "kernels/ops.h"
+
+namespace {
+
+using kiln::kernels::axpy;
+using kiln::kernels::dot;
+
+std::vector<float> random_vector(size_t n, std::mt19937& rng, float scale = 1.0f) {
+  std::normal_distribution<float> dist(0.0f, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+// IEEE half -> double, from the definition (sign, 5-bit exponent, 10-bit mantissa).
+double half_value(uint16_t h) {
+  const int sign = (h >> 15) ? -1 : 1;
+  const int exp = (h >> 10) & 0x1f;
+  const int mant = h & 0x3ff;
+  if (exp == 0) return sign * std::ldexp(mant, -24);
+  if (exp == 31) return mant ? NAN : sign * INFINITY;
+  return sign * std::ldexp(1024 + mant, exp - 25);
+}
+
+const size_t kLengths[] = {1, 7, 8, 15, 16, 17, 33, 64, 100, 576};
+
+TEST(Ops, RmsnormMatchesFormula) {
+  std::mt19937 rng(1);
+  for (size_t n : kLengths) {
+    auto x = random_vector(n, rng, 3.0f);
+    auto w = random_vector(n, rng);
+    std::vector<float> out(n);
+    kiln::kernels::rmsnorm(x, w, 1e-5f, out);
+    double ss = 0;
+    for (float v : x) ss += double(v) * v;
+    const double scale = 1.0 / std::sqrt(ss / n + 1e-5);
+    for (size_t i = 0; i < n; ++i) EXPECT_NEAR(out[i], x[i] * scale * w[i], 1e-5) << n;
+  }
+}
+
+TEST(Ops, RmsnormInPlace) {
+  std::mt19937 rng(2);
+  auto x = random_vector(33, rng);
+  auto w = random_vector(33, rng);
+  std::vector<float> expected(33);
+  kiln::kernels::rmsnorm(x, w, 1e-6f, expected);
+  kiln::kernels::rmsnorm(x, w, 1e-6f, x);
+  EXPECT_EQ(x, expected);
+}
+
+TEST(Ops, SoftmaxMatchesFormulaAndSurvivesLargeInputs) {
+  std::mt19937 rng(3);
+  for (size_t n : kLengths) {
+    auto x = random_vector(n, rng, 5.0f);
+    x[0] = 1000.0f;  // exp(1000) overflows unless the max is subtracted
+    std::vector<double> ref(n);
+    double max = -INFINITY, sum = 0;
+    for (float v : x) max = std::max(max, double(v));
+    for (size_t i = 0; i < n; ++i) sum += ref[i] = std::exp(double(x[i]) - max);
+    kiln::kernels::softmax(x);
+    for (size_t i = 0; i < n; ++i) EXPECT_NEAR(x[i], ref[i] / sum, 1e-6) << n;
+  }
+}
+
+TEST(Ops, SiluMul) {
+  std::mt19937 rng(4);
+  for (size_t n : kLengths) {
+    auto g = random_vector(n, rng, 4.0f);
+    auto u = random_vector(n, rng);
+    std::vector<float> out(n);
+    kiln::kernels::silu_mul(g, u, out);
+    for (size_t i = 0; i < n; ++i) {
+      const double s = double(g[i]) / (1.0 + std::exp(-double(g[i])));
+      EXPECT_NEAR(out[i], s * u[i], 1e-5 * (1 + std::fabs(s * u[i])));
+    }
+  }
+}
+
+TEST(Ops, AddDotAxpy) {
+  std::mt19937 rng(5);
+  for (size_t n : kLengths) {
+    auto a = random_vector(n, rng);
+    auto b = random_vector(n, rng);
+    double ref = 0;
+    for (size_t i = 0; i < n; ++i) ref += double(a[i]) * b[i];
+    EXPECT_NEAR(dot(a, b), ref, 1e-4 * std::sqrt(double(n)));
+
+    std::vector<float> y = b;
+    axpy(0.5f, a, y);
+    for (size_t i = 0; i < n; ++i) EXPECT_NEAR(y[i], b[i] + 0.5 * a[i], 1e-6);
+
+    y = b;
+    kiln::kernels::add(y, a);
+    for (size_t i = 0; i < n; ++i) EXPECT_FLOAT_EQ(y[i], b[i] + a[i]);
+  }
+}
+
+TEST(Ops, HalfConversionsMatchDefinition) {
+  // Every finite half round-trips through float exactly.
+  std::vector<uint16_t> all;
+  for (uint32_t h = 0; h < 0x10000; ++h) {
+    if (((h >> 10) & 0x1f) != 31) all.push_back(static_cast<uint16_t>(h));
+  }
+  std::vector<float> f(all.size());
+  kiln::kernels::f16_to_f32_row(all, f);
+  for (size_t i = 0; i < all.size(); ++i) ASSERT_EQ(double(f[i]), half_value(all[i])) << all[i];
+  std::vector<uint16_t> back(all.size());
+  kiln::kernels::f32_to_f16_row(f, back);
+  for (size_t i = 0; i < all.size(); ++i) {
+    // -0 and +0 are both fine, everything else must be bit exact.
+    if (half_value(all[i]) != 0) {
+      ASSERT_EQ(back[i], all[i]);
+    }
+  }
+  // Rounding of a float between two halves goes to the nearest one.
+  std::mt19937 rng(6);
+  auto x = random_vector(1000, rng, 10.0f);
+  std::vector<uint16_t> h(x.size());
+  kiln::kernels::f32_to_f16_row(x, h);
+  for (size_t i = 0; i < x.size(); ++i) {
+    const double err = std::fabs(half_value(h[i]) - x[i]);
+    EXPECT_LE(err, std::ldexp(std::fabs(x[i]), -11) + 1e-7) << x[i];
+  }
+}
+
+TEST(Ops, HalfDotAndAxpy) {
+  std::mt19937 rng(7);
+  for (size_t n : kLengths) {
+    auto a = random_vector(n, rng);
+    auto bf = random_vector(n, rng);
+    std::vector<uint16_t> b(n);
+    kiln::kernels::f32_to_f16_row(bf, b);
+    double ref = 0;
+    for (size_t i = 0; i < n; ++i) ref += double(a[i]) * half_value(b[i]);
+    EXPECT_NEAR(kiln::kernels::dot_f16(a, b), ref, 1e-4 * std::sqrt(double(n)));
+    std::vector<float> y(n, 1.0f);
+    kiln::kernels::axpy_f16(-2.0f, b, y);
+    for (size_t i = 0; i < n; ++i) EXPECT_NEAR(y[i], 1.0 - 2.0 * half_value(b[i]), 1e-5);
+  }
+}
+
+TEST(Ops, Q8_0QuantizeDotAxpy) {
+  std::mt19937 rng(8);
+  const size_t n = 128;
+  auto x = random_vector(n, rng, 2.0f);
+  std::vector<std::byte> blocks(n / 32 * 34);
+  kiln::kernels::quantize_q8_0(x, blocks);
+  // Decode from the layout definition: fp16 scale then 32 int8 per block.
+  std::vector<double> dq(n);
+  for (size_t b = 0; b < n / 32; ++b) {
+    uint16_t d;
+    std::memcpy(&d, &blocks[b * 34], 2);
+    for (size_t j = 0; j < 32; ++j) {
+      dq[b * 32 + j] = half_value(d) * static_cast<int8_t>(blocks[b * 34 + 2 + j]);
+    }
+  }
+  for (size_t i = 0; i < n; ++i) {
+    double amax = 0;
+    for (size_t j = i / 32 * 32; j < i / 32 * 32 + 32; ++j)
+      amax = std::max(amax, double(std::fabs(x[j])));
+    EXPECT_NEAR(dq[i], x[i], amax / 127 * 0.51 + 1e-3) << i;
+  }
+  auto a = random_vector(n, rng);
+  double ref = 0;
+  for (size_t i = 0; i < n; ++i) ref += a[i] * dq[i];
+  EXPECT_NEAR(kiln::kernels::dot_q8_0(a, blocks), ref, 1e-3);
+  std::vector<float> y(n, 0.5f);
+  kiln::kernels::axpy_q8_0(3.0f, blocks, y);
+  for (size_t i = 0; i < n; ++i) EXPECT_NEAR(y[i], 0.5 + 3.0 * dq[i], 1e-4);
+}
+
+// RoPE as complex rotation: pair k of a head is multiplied by e^{i theta_k}.
+TEST(Ops, RopeNormalAndNeoxRotatePairs) {
+  std::mt19937 rng(9);
+  const size_t n_heads = 3, head_dim = 16;
+  for (size_t rope_dim : {size_t(16), size_t(8)}) {
+    for (bool with_factors : {false, true}) {
+      for (int64_t pos : {int64_t(0), int64_t(1), int64_t(37), int64_t(4000)}) {
+        std::vector<float> factors;
+        if (with_factors) {
+          for (size_t i = 0; i < rope_dim / 2; ++i) factors.push_back(1.0f + float(i));
+        }
+        std::vector<float> cos(rope_dim / 2), sin(rope_dim / 2);
+        kiln::kernels::rope_angles(pos, rope_dim, 10000.0f, factors, cos, sin);
+        auto x = random_vector(n_heads * head_dim, rng);
+        auto normal = x, neox = x;
+        kiln::kernels::rope_normal(normal, n_heads, head_dim, rope_dim, cos, sin);
+        kiln::kernels::rope_neox(neox, n_heads, head_dim, rope_dim, cos, sin);
+        for (size_t h = 0; h < n_heads; ++h) {
+          const float* v = &x[h * head_dim];
+          for (size_t k = 0; k < rope_dim / 2; ++k) {
+            double theta = double(pos) * std::pow(10000.0, -2.0 * k / double(rope_dim));
+            if (with_factors) theta /= factors[k];
+            const std::complex<double> rot = std::polar(1.0, theta);
+            const auto a = std::complex<double>(v[2 * k], v[2 * k + 1]) * rot;
+            EXPECT_NEAR(normal[h * head_dim + 2 * k], a.real(), 1e-5);
+            EXPECT_NEAR(normal[h * head_dim + 2 * k + 1], a.imag(), 1e-5);
+            const size_t half = rope_dim / 2;
+            const auto b = std::complex<double>(v[k], v[k + half]) * rot;
+            EXPECT_NEAR(neox[h * head_dim + k], b.real(), 1e-5);
+            EXPECT_NEAR(neox[h * head_dim + k + half], b.imag(), 1e-5);
+          }
+          // Dimensions past rope_dim pass through untouched.
+          for (size_t d = rope_dim; d < head_dim; ++d) {
+            EXPECT_EQ(normal[h * head_dim + d], v[d]);
+            EXPECT_EQ(neox[h * head_dim + d], v[d]);
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
