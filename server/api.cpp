@@ -192,20 +192,11 @@ void parse_common(const json& body, GenerationParams& g) {
     }
   }
   if (const json* v = find(body, "response_format")) {
-    if (!v->is_object()) throw wrong_type("response_format", "an object", *v);
-    const json* type = find(*v, "type");
-    if (!type) throw invalid_request("'response_format.type' is required", "response_format.type");
-    const std::string t = string_of(*type, "response_format.type");
-    if (t == "json_object" || t == "json_schema") {
-      throw invalid_request("response_format type '" + t + "' is not supported yet",
-                            "response_format");
-    }
-    if (t != "text") {
-      throw invalid_request(
-          "response_format type must be 'text', 'json_object' or 'json_schema', "
-          "got '" +
-              t + "'",
-          "response_format.type");
+    g.response_format = parse_response_format(*v);
+    // A stop string could end a JSON document half-way, and finish_reason
+    // "stop" promises a complete one.
+    if (g.response_format.constrained() && !g.stop.empty()) {
+      throw invalid_request("'stop' cannot be combined with a JSON response_format", "stop");
     }
   }
 }

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "sampler/chain.h"
+#include "server/structured.h"
 #include "tokenizer/chat_template.h"
 
 namespace kiln::server {
@@ -56,7 +57,8 @@ struct GenerationParams {
   bool logprobs = false;
   size_t top_logprobs = 0;  // alternatives per position (chat: 0-20, completions: 0-5)
   bool stream = false;
-  bool include_usage = false;  // stream_options.include_usage
+  bool include_usage = false;      // stream_options.include_usage
+  ResponseFormat response_format;  // json_object / json_schema: a grammar constrains sampling
 };
 
 struct ChatRequest {

@@ -16,6 +16,7 @@
 #include "server/api.h"
 #include "server/metrics.h"
 #include "server/scheduler.h"
+#include "server/structured.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
 
@@ -110,8 +111,10 @@ struct HttpServer::Impl {
                          const char* prompt_param) const;
   void chat_completions(const httplib::Request& req, httplib::Response& res);
   void completions(const httplib::Request& req, httplib::Response& res);
+  // `reasoning`: chat output is split into reasoning_content and content.
   void respond(httplib::Response& res, std::shared_ptr<GenerationStream> stream,
-               const GenerationParams& g, ResponseMeta meta, bool chat);
+               const GenerationParams& g, ResponseMeta meta, bool chat,
+               std::optional<ReasoningOptions> reasoning = std::nullopt);
 };
 
 HttpServer::HttpServer(ServerOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {
@@ -328,6 +331,7 @@ GenerationJob HttpServer::Impl::make_job(const GenerationParams& g, std::vector<
   job.stop = g.stop;
   job.logprobs = g.logprobs;
   job.top_logprobs = g.top_logprobs;
+  job.response_format = g.response_format;
   return job;
 }
 
@@ -354,9 +358,18 @@ void HttpServer::Impl::chat_completions(const httplib::Request& req, httplib::Re
     }
     // The template writes BOS itself where the model wants one.
     auto prompt = tokenizer->encode_segments(segments, /*add_special=*/false);
+    std::string prompt_text;
+    for (const auto& seg : segments) prompt_text += seg.text;
+    // A JSON response_format constrains the output from its first token, so
+    // there is no <think> block to split off.
+    std::optional<ReasoningOptions> reasoning;
+    if (!r.gen.response_format.constrained()) {
+      reasoning = reasoning_options_for(chat_template->source(), prompt_text);
+    }
     GenerationJob job = make_job(r.gen, std::move(prompt), "messages");
     t_request_log.prompt_tokens = job.prompt.size();
-    respond(res, scheduler->submit(std::move(job)), r.gen, std::move(meta), /*chat=*/true);
+    respond(res, scheduler->submit(std::move(job)), r.gen, std::move(meta), /*chat=*/true,
+            std::move(reasoning));
   } catch (const ApiError& e) {
     send_error(res, e);
   }
@@ -393,7 +406,8 @@ void HttpServer::Impl::completions(const httplib::Request& req, httplib::Respons
 }
 
 void HttpServer::Impl::respond(httplib::Response& res, std::shared_ptr<GenerationStream> stream,
-                               const GenerationParams& g, ResponseMeta meta, bool chat) {
+                               const GenerationParams& g, ResponseMeta meta, bool chat,
+                               std::optional<ReasoningOptions> reasoning) {
   using namespace std::chrono_literals;
   const auto logprobs_json = [chat](const std::vector<TokenLogprobs>& t, size_t offset) {
     return chat ? chat_logprobs_json(t) : completion_logprobs_json(t, offset);
@@ -424,9 +438,20 @@ void HttpServer::Impl::respond(httplib::Response& res, std::shared_ptr<Generatio
     }
     std::optional<json> lp;
     if (g.logprobs) lp = logprobs_json(logprobs, 0);
-    send_json(res, 200,
-              chat ? chat_completion_json(meta, text, *finish, usage, lp)
-                   : text_completion_json(meta, text, *finish, usage, lp));
+    if (!chat) {
+      send_json(res, 200, text_completion_json(meta, text, *finish, usage, lp));
+      return;
+    }
+    ChatOutputSplitter splitter(std::move(reasoning));
+    ReasoningDelta split = splitter.feed(text);
+    ReasoningDelta rest = splitter.finish();
+    split.reasoning += rest.reasoning;
+    split.content += rest.content;
+    json body = chat_completion_json(meta, split.content, *finish, usage, lp);
+    if (!split.reasoning.empty()) {
+      body["choices"][0]["message"]["reasoning_content"] = split.reasoning;
+    }
+    send_json(res, 200, body);
     return;
   }
 
@@ -437,6 +462,7 @@ void HttpServer::Impl::respond(httplib::Response& res, std::shared_ptr<Generatio
     bool started = false, done = false;
     size_t text_offset = 0;
     std::vector<GenerationEvent> events;
+    std::optional<ChatOutputSplitter> splitter;  // chat only
   };
   auto st = std::make_shared<StreamState>();
   st->stream = std::move(stream);
@@ -444,6 +470,7 @@ void HttpServer::Impl::respond(httplib::Response& res, std::shared_ptr<Generatio
   st->chat = chat;
   st->include_usage = g.include_usage;
   st->logprobs = g.logprobs;
+  if (chat) st->splitter.emplace(std::move(reasoning));
   res.set_header("Cache-Control", "no-cache");
   res.set_header("X-Accel-Buffering", "no");
   res.set_chunked_content_provider(
@@ -470,14 +497,31 @@ void HttpServer::Impl::respond(httplib::Response& res, std::shared_ptr<Generatio
             failed = true;
             continue;
           }
-          if (!ev.text.empty() || !ev.logprobs.empty()) {
+          if (st->chat) {
+            // Text the splitter holds back (a possible "</think>") comes out
+            // with a later event, or at the finish.
+            ReasoningDelta d = st->splitter->feed(ev.text);
+            if (ev.finish) {
+              ReasoningDelta rest = st->splitter->finish();
+              d.reasoning += rest.reasoning;
+              d.content += rest.content;
+            }
+            if (!d.reasoning.empty() || !d.content.empty() || !ev.logprobs.empty()) {
+              std::optional<json> lp;
+              if (st->logprobs) lp = logprobs_json(ev.logprobs, st->text_offset);
+              st->text_offset += ev.text.size();
+              json delta = json::object();
+              if (!d.reasoning.empty()) delta["reasoning_content"] = d.reasoning;
+              if (!d.content.empty() || d.reasoning.empty()) delta["content"] = d.content;
+              out +=
+                  sse_event(chat_chunk_json(st->meta, delta, std::nullopt, lp, st->include_usage));
+            }
+          } else if (!ev.text.empty() || !ev.logprobs.empty()) {
             std::optional<json> lp;
             if (st->logprobs) lp = logprobs_json(ev.logprobs, st->text_offset);
             st->text_offset += ev.text.size();
-            out += sse_event(
-                st->chat ? chat_chunk_json(st->meta, json{{"content", ev.text}}, std::nullopt, lp,
-                                           st->include_usage)
-                         : text_chunk_json(st->meta, ev.text, std::nullopt, lp, st->include_usage));
+            out +=
+                sse_event(text_chunk_json(st->meta, ev.text, std::nullopt, lp, st->include_usage));
           }
           if (ev.finish) {
             out += sse_event(st->chat ? chat_chunk_json(st->meta, json::object(), ev.finish,

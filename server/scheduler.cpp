@@ -53,6 +53,7 @@ struct Scheduler::Sequence {
   StreamingDetokenizer detokenizer;
   StopStringMatcher stop;
   std::vector<TokenLogprobs> pending_logprobs;  // tokens whose text is still held back
+  std::unique_ptr<GrammarConstraint> grammar;   // response_format, when constrained
 
   bool decoding() const { return prompt_done == job.prompt.size(); }
 };
@@ -148,6 +149,10 @@ void Scheduler::admit() {
       engine_.clear(s);
       slots_[s] = std::make_unique<Sequence>(std::move(q), tokenizer_, engine_.config().n_vocab,
                                              admitted_++);
+      if (slots_[s]->job.response_format.constrained()) {
+        if (!constraints_) constraints_.emplace(tokenizer_);
+        slots_[s]->grammar = constraints_->make(slots_[s]->job.response_format);
+      }
       break;
     }
   }
@@ -236,7 +241,25 @@ void Scheduler::process_token(size_t slot, std::span<const float> logits) {
   const auto now = Clock::now();
   // The draw is taken every step, greedy or not, so a request's random
   // stream depends only on its own seed and length.
-  const TokenId token = seq.sampler.sample(logits, seq.rng.uniform());
+  std::span<const float> row = logits;
+  if (seq.grammar) {
+    // Tokens that cannot continue the document get -inf before the chain.
+    masked_logits_.assign(logits.begin(), logits.end());
+    if (seq.grammar->compute_mask(masked_logits_) == 0) {
+      seq.stream->push({{}, {}, std::nullopt, "response_format: the grammar allows no next token"});
+      release(slot, false);
+      return;
+    }
+    row = masked_logits_;
+  }
+  const float draw = seq.rng.uniform();
+  TokenId token = seq.sampler.sample(row, draw);
+  if (seq.grammar) {
+    // The chain never picks a -inf token while a finite one is left; this
+    // keeps a bias or penalty edge case from breaking the document anyway.
+    if (!seq.grammar->is_allowed(token)) token = argmax(row);
+    seq.grammar->accept_token(token);
+  }
   seq.sampler.accept(token);
   ++seq.generated;
   seq.stream->completion_tokens_ = seq.generated;
@@ -251,7 +274,8 @@ void Scheduler::process_token(size_t slot, std::span<const float> logits) {
   seq.last_token_time = now;
 
   GenerationEvent ev;
-  const bool end_of_turn = !seq.job.ignore_eos && tokenizer_.is_eog(token);
+  // With a grammar an end-of-turn token was allowed only on a complete document.
+  const bool end_of_turn = (!seq.job.ignore_eos || seq.grammar) && tokenizer_.is_eog(token);
   if (seq.job.logprobs && !end_of_turn) {
     TokenLogprobs t;
     const float lse = log_sum_exp(logits);
@@ -285,6 +309,8 @@ void Scheduler::process_token(size_t slot, std::span<const float> logits) {
     ev.text = std::move(r.text);
     if (r.stopped) {
       ev.finish = FinishReason::kStop;
+    } else if (seq.grammar && seq.grammar->done()) {
+      finish_with(FinishReason::kStop);  // complete, and nothing may follow
     } else if (seq.job.max_tokens > 0 && seq.generated >= seq.job.max_tokens) {
       finish_with(FinishReason::kLength);
     } else if (engine_.seq_length(slot) >= n_ctx_) {

@@ -28,6 +28,7 @@
 #include "sampler/chain.h"
 #include "server/api.h"
 #include "server/metrics.h"
+#include "server/structured.h"
 #include "tokenizer/tokenizer.h"
 
 namespace kiln::server {
@@ -41,6 +42,9 @@ struct GenerationJob {
   bool logprobs = false;
   size_t top_logprobs = 0;
   bool ignore_eos = false;
+  // json_object / json_schema: tokens are masked to keep the output a valid
+  // document, and it ends (finish "stop") exactly when the document is complete.
+  ResponseFormat response_format;
 };
 
 struct GenerationEvent {
@@ -135,6 +139,8 @@ class Scheduler {
   std::vector<size_t> row_slots_;  // logits row k belongs to slots_[row_slots_[k]]
   std::vector<size_t> prefill_order_;
   std::vector<TokenLogprob> top_scratch_;
+  std::optional<ConstraintFactory> constraints_;  // built at the first constrained job
+  std::vector<float> masked_logits_;
 
   std::thread thread_;
 };

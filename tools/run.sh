@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The main job: installs what is missing, builds Release, fetches the default
-# model, and runs kiln on it. Extra arguments go to the kiln command.
+# model (and its Q4_K_M made by kiln quantize), and serves it with `kiln serve`
+# on http://127.0.0.1:11434 (OpenAI-compatible). Extra arguments go to kiln serve
+# (e.g. --port 8080 --parallel 8). Stop it with Ctrl-C.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$KILN_ROOT"
@@ -9,5 +11,6 @@ bash tools/build.sh build
 bash tools/fetch_model.sh
 model=models/SmolLM2-135M-Instruct-Q4_K_M.gguf
 [ -f "$model" ] || model=models/SmolLM2-135M-Instruct.Q4_1.gguf
-log "kiln info $model"
-exec build/bin/kiln info "$model" "$@"
+build/bin/kiln info "$model"
+log "kiln serve -m $model"
+exec build/bin/kiln serve -m "$model" "$@"

@@ -298,10 +298,9 @@ def test_bad_requests(server, model_id):
     assert status == 400 and err["param"] == "messages[0].content"
     status, err = error_of(server, {"model": "gpt-4", "messages": msgs})
     assert status == 400 and err["param"] == "model" and err["message"] == "Model 'gpt-4' not found"
-    for kind in ("json_object", "json_schema"):
-        status, err = error_of(server, {"model": model_id, "messages": msgs,
-                                        "response_format": {"type": kind}})
-        assert status == 400 and "not supported yet" in err["message"]
+    status, err = error_of(server, {"model": model_id, "messages": msgs,
+                                    "response_format": {"type": "json_schema"}})
+    assert status == 400 and err["param"] == "response_format.json_schema"
     status, err = error_of(server, {"model": model_id, "messages": msgs,
                                     "logit_bias": {"999999": 5}})
     assert status == 400 and err["param"] == "logit_bias"
