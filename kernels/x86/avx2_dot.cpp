@@ -314,6 +314,105 @@ void dot_q6_K_tile(size_t cols, const std::byte* w_row, const std::byte* act, si
   for (int t = 0; t < NT; ++t) out[t] = hsum(acc[t]);
 }
 
+// ---- Q2_K, Q3_K x Q8_K -----------------------------------------------------------------
+
+// The 12 packed Q3_K scale bytes -> 16 signed scales (6-bit code - 32), as in
+// unpack_q3_K_scales, four at a time in 32-bit words.
+inline __m128i unpack_q3_K_scales_16(const uint8_t packed[12]) {
+  uint32_t in[3];
+  std::memcpy(in, packed, 12);
+  constexpr uint32_t k4 = 0x0f0f0f0f, k2 = 0x03030303;
+  uint32_t out[4];
+  out[0] = (in[0] & k4) | ((in[2] & k2) << 4);                // scales 0..3
+  out[1] = (in[1] & k4) | (((in[2] >> 2) & k2) << 4);         // scales 4..7
+  out[2] = ((in[0] >> 4) & k4) | (((in[2] >> 4) & k2) << 4);  // scales 8..11
+  out[3] = ((in[1] >> 4) & k4) | (((in[2] >> 6) & k2) << 4);  // scales 12..15
+  return _mm_sub_epi8(load128(out), _mm_set1_epi8(32));
+}
+
+// Q2_K: 2-bit codes (0..3) with a 4-bit scale and a 4-bit min per 16-element sub-block.
+// Q3_K: the same 2-bit codes plus a third bit from hmask; a clear bit subtracts 4. Codes
+// go through maddubs unsigned as low | hbit << 2 (0..7, i.e. q + 4), and the offset comes
+// back out as 4 * sum over sub-blocks of scale * (activation sum), as in Q6_K.
+// Element 128 h + 32 p + l is bit pair p of qs[32 h + l] (and, for Q3_K, bit 4 h + p of
+// hmask[l]); each group of 32 covers the sub-blocks 2 (4 h + p) and 2 (4 h + p) + 1.
+template <typename Block, int NT>
+void dot_q23_K_tile(size_t cols, const std::byte* w_row, const std::byte* act, size_t act_stride,
+                    float* out) {
+  constexpr bool kQ3 = std::is_same_v<Block, block_q3_K>;
+  const auto* w = reinterpret_cast<const Block*>(w_row);
+  const block_q8_K* a[NT];
+  for (int t = 0; t < NT; ++t) a[t] = reinterpret_cast<const block_q8_K*>(act + t * act_stride);
+  __m256 acc[NT];
+  __m256 acc_min[NT];
+  for (int t = 0; t < NT; ++t) {
+    acc[t] = _mm256_setzero_ps();
+    acc_min[t] = _mm256_setzero_ps();
+  }
+  const __m256i m2 = _mm256_set1_epi8(0x03);
+  const __m256i one = _mm256_set1_epi8(0x01);
+  const size_t n_blocks = cols / QK_K;
+  for (size_t i = 0; i < n_blocks; ++i) {
+    const Block& b = w[i];
+    const float d = half_to_float(b.d);
+    __m128i scales8;
+    __m256i hbits = _mm256_setzero_si256();
+    __m256i sumi[NT];
+    if constexpr (kQ3) {
+      scales8 = unpack_q3_K_scales_16(b.scales);
+      hbits = load256(b.hmask);
+      const __m256i scales16 = _mm256_cvtepi8_epi16(scales8);
+      for (int t = 0; t < NT; ++t) {
+        const __m256i offset = _mm256_madd_epi16(scales16, load256(a[t][i].bsums));
+        sumi[t] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(offset, 2));
+      }
+    } else {
+      const __m128i packed = load128(b.scales);
+      const __m128i low_mask = _mm_set1_epi8(0x0F);
+      scales8 = _mm_and_si128(packed, low_mask);
+      // Min term: sum over the 16 sub-blocks of min * (activation sum of the sub-block).
+      const __m256i mins16 =
+          _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(packed, 4), low_mask));
+      const float dmin = half_to_float(b.dmin);
+      for (int t = 0; t < NT; ++t) {
+        const __m256i min_prod = _mm256_madd_epi16(mins16, load256(a[t][i].bsums));
+        acc_min[t] = _mm256_fmadd_ps(_mm256_set1_ps(dmin * a[t][i].d), _mm256_cvtepi32_ps(min_prod),
+                                     acc_min[t]);
+        sumi[t] = _mm256_setzero_si256();
+      }
+    }
+    for (int h = 0; h < 2; ++h) {
+      __m256i q2 = load256(b.qs + 32 * h);
+      for (int p = 0; p < 4; ++p) {
+        // 16-bit shifts leak bits across bytes only above the masked-off ones.
+        __m256i q = _mm256_and_si256(q2, m2);
+        q2 = _mm256_srli_epi16(q2, 2);
+        if constexpr (kQ3) {
+          q = _mm256_or_si256(q, _mm256_slli_epi16(_mm256_and_si256(hbits, one), 2));
+          hbits = _mm256_srli_epi16(hbits, 1);
+        }
+        const __m256i scale =
+            _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales8, sub_block_pair_mask(4 * h + p)));
+        for (int t = 0; t < NT; ++t) {
+          const __m256i qa = load256(a[t][i].qs + 128 * h + 32 * p);
+          const __m256i prod = _mm256_madd_epi16(scale, _mm256_maddubs_epi16(q, qa));
+          sumi[t] = _mm256_add_epi32(sumi[t], prod);
+        }
+      }
+    }
+    for (int t = 0; t < NT; ++t) {
+      acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * a[t][i].d), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+    }
+  }
+  for (int t = 0; t < NT; ++t) {
+    if constexpr (kQ3) {
+      out[t] = hsum(acc[t]);
+    } else {
+      out[t] = hsum(acc[t]) - hsum(acc_min[t]);
+    }
+  }
+}
+
 // ---- IQ4_NL x block_q8_act, IQ4_XS x Q8_K -----------------------------------------------
 
 // The 16 IQ4 values in both 128-bit lanes, for a byte shuffle lookup.
@@ -462,6 +561,14 @@ void q5_K_tile(size_t c, const std::byte* w, const std::byte* a, size_t s, float
   dot_q45_K_tile<block_q5_K, NT>(c, w, a, s, o);
 }
 template <int NT>
+void q2_K_tile(size_t c, const std::byte* w, const std::byte* a, size_t s, float* o) {
+  dot_q23_K_tile<block_q2_K, NT>(c, w, a, s, o);
+}
+template <int NT>
+void q3_K_tile(size_t c, const std::byte* w, const std::byte* a, size_t s, float* o) {
+  dot_q23_K_tile<block_q3_K, NT>(c, w, a, s, o);
+}
+template <int NT>
 void f32_tile(size_t c, const std::byte* w, const std::byte* a, size_t s, float* o) {
   dot_float_tile<float, NT>(c, w, a, s, o);
 }
@@ -479,6 +586,8 @@ KILN_TILE_DISPATCH(dot_q4_0, q4_0_tile)
 KILN_TILE_DISPATCH(dot_q4_1, q4_1_tile)
 KILN_TILE_DISPATCH(dot_q5_0, q5_0_tile)
 KILN_TILE_DISPATCH(dot_q5_1, q5_1_tile)
+KILN_TILE_DISPATCH(dot_q2_K, q2_K_tile)
+KILN_TILE_DISPATCH(dot_q3_K, q3_K_tile)
 KILN_TILE_DISPATCH(dot_q4_K, q4_K_tile)
 KILN_TILE_DISPATCH(dot_q5_K, q5_K_tile)
 KILN_TILE_DISPATCH(dot_iq4_nl, dot_iq4_nl_tile)
@@ -517,6 +626,10 @@ DotKernel dot_kernel_avx2(GgmlType type) {
       return {ActFormat::Q8_act, dot_q5_1, isa};
     case GgmlType::Q8_0:
       return {ActFormat::Q8_act, dot_q8_0, isa};
+    case GgmlType::Q2_K:
+      return {ActFormat::Q8_K, dot_q2_K, isa};
+    case GgmlType::Q3_K:
+      return {ActFormat::Q8_K, dot_q3_K, isa};
     case GgmlType::Q4_K:
       return {ActFormat::Q8_K, dot_q4_K, isa};
     case GgmlType::Q5_K:
