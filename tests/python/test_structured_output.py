@@ -10,15 +10,11 @@ to a server with 8 slots (the scheduler batches them): 1-2 minutes on 2 cores.
 """
 import concurrent.futures
 import json
-import pathlib
-import re
-import subprocess
-import time
-import urllib.request
 
 import jsonschema
 import openai
 import pytest
+from kiln_server import KilnServer
 
 MAX_TOKENS = 200
 # Recursive documents may nest until max_tokens runs out; a smaller cap keeps the run short.
@@ -125,57 +121,8 @@ SCHEMAS = [
 ]
 
 
-class Server:
-    """kiln serve on a free port; stopped (terminate, then kill) at teardown."""
-
-    def __init__(self, kiln_bin, model, tmp_path, *extra):
-        self.log_path = pathlib.Path(tmp_path) / "serve.log"
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [str(kiln_bin), "serve", "-m", str(model), "--port", "0", "-c", "1024",
-             "--parallel", str(SLOTS), "-t", "2", *extra],
-            stdout=self.log, stderr=subprocess.STDOUT)
-        try:
-            self.port = self._wait_for_port()
-            self.base = f"http://127.0.0.1:{self.port}"
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-
-    def _wait_for_port(self):
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", self.log_path.read_text())
-            if m:
-                return int(m.group(1))
-            if self.proc.poll() is not None:
-                raise RuntimeError("kiln serve exited:\n" + self.log_path.read_text())
-            time.sleep(0.05)
-        raise RuntimeError("kiln serve did not start listening")
-
-    def _wait_ready(self):
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                with urllib.request.urlopen(self.base + "/health", timeout=5) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            if self.proc.poll() is not None:
-                raise RuntimeError("kiln serve exited:\n" + self.log_path.read_text())
-            time.sleep(0.1)
-        raise RuntimeError("kiln serve did not become ready")
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
+def Server(kiln_bin, model, tmp_path, *extra):
+    return KilnServer(kiln_bin, model, tmp_path, *extra, parallel=SLOTS)
 
 
 @pytest.fixture(scope="module")
