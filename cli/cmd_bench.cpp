@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "cli/command.h"
+#include "cli/model_options.h"
 #include "engine/cuda/any_engine.h"
 #include "engine/engine.h"
 #include "kernels/thread_pool.h"
@@ -100,39 +101,21 @@ double measure_read_bandwidth(ThreadPool& pool) {
 }
 
 int run_bench(Args args) {
-  std::string model_path;
+  ModelOptions m;
   size_t n_prompt = 512, n_gen = 128, reps = 5;
-  int threads = 0;
   bool json = false;
-  GgmlType kv_type = GgmlType::F16;
-  DeviceKind device = DeviceKind::kCpu;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string_view a = args[i];
-    if (is_help_flag(a)) {
-      std::fputs(kUsage, stdout);
-      return 0;
-    } else if (a == "-m" || a == "--model") {
-      model_path = option_value(args, i);
-    } else if (a == "-p" || a == "--n-prompt") {
-      n_prompt = static_cast<size_t>(parse_int_option(a, option_value(args, i), 0, 1 << 20));
-    } else if (a == "-n" || a == "--n-gen") {
-      n_gen = static_cast<size_t>(parse_int_option(a, option_value(args, i), 0, 1 << 20));
-    } else if (a == "-t" || a == "--threads") {
-      threads = static_cast<int>(parse_int_option(a, option_value(args, i), 1, 1024));
-    } else if (a == "-r" || a == "--repetitions") {
-      reps = static_cast<size_t>(parse_int_option(a, option_value(args, i), 1, 1000));
-    } else if (a == "--kv-type") {
-      kv_type = parse_kv_cache_type(option_value(args, i));
-    } else if (a == "--device") {
-      device = parse_device(option_value(args, i));
-    } else if (a == "--json") {
-      json = true;
-    } else {
-      throw std::invalid_argument("unknown option '" + std::string(a) +
-                                  "' (see kiln bench --help)");
-    }
-  }
-  if (model_path.empty()) throw std::invalid_argument("-m MODEL.gguf is required");
+  OptionParser parser("bench", kUsage);
+  m.add_to(parser, {.ctx_size = false, .device = true});
+  parser.integer({"-p", "--n-prompt"}, n_prompt, 0, 1 << 20);
+  parser.integer({"-n", "--n-gen"}, n_gen, 0, 1 << 20);
+  parser.integer({"-r", "--repetitions"}, reps, 1, 1000);
+  parser.flag({"--json"}, json);
+  if (!parser.parse(args)) return 0;
+  m.require_model();
+  const std::string& model_path = m.model_path;
+  const int threads = m.threads;
+  const GgmlType kv_type = m.kv_type;
+  const DeviceKind device = m.device;
 
   const Model model = Model::load(model_path);
   const ModelConfig& c = model.config();

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "cli/command.h"
+#include "cli/model_options.h"
 #include "engine/engine.h"
 #include "tokenizer/tokenizer.h"
 
@@ -71,54 +72,36 @@ void write_npy(const std::string& path, std::span<const float> data, size_t rows
 }
 
 int run_logits(Args args) {
-  std::string model_path, out_path, save_tokens, prompt;
+  ModelOptions m;
+  std::string out_path, save_tokens, prompt;
   std::optional<std::string> tokens_arg;
   bool have_prompt = false;
-  size_t n_ctx = 0, batch = 512;
-  int threads = 0;
-  GgmlType kv_type = GgmlType::F16;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string_view a = args[i];
-    if (is_help_flag(a)) {
-      std::fputs(kUsage, stdout);
-      return 0;
-    } else if (a == "-m" || a == "--model") {
-      model_path = option_value(args, i);
-    } else if (a == "--prompt" || a == "-p") {
-      prompt = option_value(args, i);
-      have_prompt = true;
-    } else if (a == "--prompt-file") {
-      const std::string file(option_value(args, i));
-      std::ifstream in(file, std::ios::binary);
-      if (!in) throw std::invalid_argument("cannot read --prompt-file '" + file + "'");
-      prompt.assign(std::istreambuf_iterator<char>(in), {});
-      have_prompt = true;
-    } else if (a == "--tokens") {
-      tokens_arg = std::string(option_value(args, i));
-    } else if (a == "--out" || a == "-o") {
-      out_path = option_value(args, i);
-    } else if (a == "--save-tokens") {
-      save_tokens = option_value(args, i);
-    } else if (a == "-c" || a == "--ctx-size") {
-      n_ctx = static_cast<size_t>(parse_int_option(a, option_value(args, i), 1, 1 << 24));
-    } else if (a == "-b" || a == "--batch-size") {
-      batch = static_cast<size_t>(parse_int_option(a, option_value(args, i), 1, 1 << 16));
-    } else if (a == "-t" || a == "--threads") {
-      threads = static_cast<int>(parse_int_option(a, option_value(args, i), 1, 1024));
-    } else if (a == "--kv-type") {
-      kv_type = parse_kv_cache_type(option_value(args, i));
-    } else {
-      throw std::invalid_argument("unknown option '" + std::string(a) +
-                                  "' (see kiln logits --help)");
-    }
-  }
-  if (model_path.empty()) throw std::invalid_argument("-m MODEL.gguf is required");
+  size_t batch = 512;
+  OptionParser parser("logits", kUsage);
+  m.add_to(parser, {.ctx_size = true, .device = false});
+  parser.value({"--prompt", "-p"}, [&](auto, std::string_view v) {
+    prompt = v;
+    have_prompt = true;
+  });
+  parser.value({"--prompt-file"}, [&](auto, std::string_view v) {
+    const std::string file(v);
+    std::ifstream in(file, std::ios::binary);
+    if (!in) throw std::invalid_argument("cannot read --prompt-file '" + file + "'");
+    prompt.assign(std::istreambuf_iterator<char>(in), {});
+    have_prompt = true;
+  });
+  parser.value({"--tokens"}, [&](auto, std::string_view v) { tokens_arg = std::string(v); });
+  parser.text({"--out", "-o"}, out_path);
+  parser.text({"--save-tokens"}, save_tokens);
+  parser.integer({"-b", "--batch-size"}, batch, 1, 1 << 16);
+  if (!parser.parse(args)) return 0;
+  m.require_model();
   if (out_path.empty()) throw std::invalid_argument("--out FILE.npy is required");
   if (have_prompt == tokens_arg.has_value()) {
     throw std::invalid_argument("give exactly one of --prompt, --prompt-file or --tokens");
   }
 
-  const Model model = Model::load(model_path);
+  const Model model = Model::load(m.model_path);
   std::vector<int32_t> tokens;
   if (tokens_arg) {
     tokens = parse_token_list(*tokens_arg);
@@ -127,7 +110,7 @@ int run_logits(Args args) {
     tokens = tokenizer.encode(prompt, /*add_special=*/true, /*parse_special=*/true);
     if (tokens.empty()) throw std::invalid_argument("the prompt tokenizes to nothing");
   }
-  if (n_ctx == 0) n_ctx = tokens.size();
+  const size_t n_ctx = m.n_ctx == 0 ? tokens.size() : m.n_ctx;
   if (tokens.size() > n_ctx) {
     throw std::invalid_argument(std::to_string(tokens.size()) +
                                 " tokens do not fit the context size " + std::to_string(n_ctx) +
@@ -135,8 +118,8 @@ int run_logits(Args args) {
   }
   EngineOptions o;
   o.n_ctx = n_ctx;
-  o.n_threads = threads;
-  o.kv_type = kv_type;
+  o.n_threads = m.threads;
+  o.kv_type = m.kv_type;
   o.max_batch = std::min(batch, tokens.size());
   Engine engine(model, o);
   std::vector<float> logits;

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "cli/command.h"
+#include "cli/model_options.h"
 #include "engine/cuda/any_engine.h"
 #include "engine/engine.h"
 #include "sampler/sampler.h"
@@ -41,61 +42,40 @@ constexpr const char* kUsage =
 using Clock = std::chrono::steady_clock;
 
 int run_run(Args args) {
-  std::string model_path, prompt, ids_out;
+  ModelOptions m;
+  std::string prompt, ids_out;
   bool have_prompt = false, chat = false, ignore_eos = false;
-  size_t n_predict = 128, n_ctx = 0;
-  int threads = 0;
+  size_t n_predict = 128;
   float temperature = 0.8f;
   uint64_t seed = static_cast<uint64_t>(Clock::now().time_since_epoch().count());
-  GgmlType kv_type = GgmlType::F16;
-  DeviceKind device = DeviceKind::kCpu;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string_view a = args[i];
-    if (is_help_flag(a)) {
-      std::fputs(kUsage, stdout);
-      return 0;
-    } else if (a == "-m" || a == "--model") {
-      model_path = option_value(args, i);
-    } else if (a == "-p" || a == "--prompt") {
-      prompt = option_value(args, i);
-      have_prompt = true;
-    } else if (a == "-n" || a == "--n-predict") {
-      n_predict = static_cast<size_t>(parse_int_option(a, option_value(args, i), 0, 1 << 24));
-    } else if (a == "--temp") {
-      const std::string v(option_value(args, i));
-      size_t used = 0;
-      try {
-        temperature = std::stof(v, &used);
-      } catch (const std::exception&) {
-        used = 0;
-      }
-      if (used != v.size() || !(temperature >= 0.0f)) {
-        throw std::invalid_argument("--temp expects a number >= 0, got '" + v + "'");
-      }
-    } else if (a == "--seed") {
-      seed = static_cast<uint64_t>(parse_int_option(a, option_value(args, i), 0, LONG_MAX));
-    } else if (a == "-t" || a == "--threads") {
-      threads = static_cast<int>(parse_int_option(a, option_value(args, i), 1, 1024));
-    } else if (a == "-c" || a == "--ctx-size") {
-      n_ctx = static_cast<size_t>(parse_int_option(a, option_value(args, i), 1, 1 << 24));
-    } else if (a == "--kv-type") {
-      kv_type = parse_kv_cache_type(option_value(args, i));
-    } else if (a == "--device") {
-      device = parse_device(option_value(args, i));
-    } else if (a == "--chat") {
-      chat = true;
-    } else if (a == "--ids-out") {
-      ids_out = option_value(args, i);
-    } else if (a == "--ignore-eos") {
-      ignore_eos = true;
-    } else {
-      throw std::invalid_argument("unknown option '" + std::string(a) + "' (see kiln run --help)");
+  OptionParser parser("run", kUsage);
+  m.add_to(parser);
+  parser.value({"-p", "--prompt"}, [&](auto, std::string_view v) {
+    prompt = v;
+    have_prompt = true;
+  });
+  parser.integer({"-n", "--n-predict"}, n_predict, 0, 1 << 24);
+  parser.value({"--temp"}, [&](auto, std::string_view value) {
+    const std::string v(value);
+    size_t used = 0;
+    try {
+      temperature = std::stof(v, &used);
+    } catch (const std::exception&) {
+      used = 0;
     }
-  }
-  if (model_path.empty()) throw std::invalid_argument("-m MODEL.gguf is required");
+    if (used != v.size() || !(temperature >= 0.0f)) {
+      throw std::invalid_argument("--temp expects a number >= 0, got '" + v + "'");
+    }
+  });
+  parser.integer({"--seed"}, seed, 0, LONG_MAX);
+  parser.flag({"--chat"}, chat);
+  parser.text({"--ids-out"}, ids_out);
+  parser.flag({"--ignore-eos"}, ignore_eos);
+  if (!parser.parse(args)) return 0;
+  m.require_model();
   if (!have_prompt) throw std::invalid_argument("-p PROMPT is required");
 
-  const Model model = Model::load(model_path);
+  const Model model = Model::load(m.model_path);
   const Tokenizer tokenizer = Tokenizer::from_gguf(model.file());
   std::vector<TokenId> tokens;
   if (chat) {
@@ -115,9 +95,9 @@ int run_run(Args args) {
   if (tokens.empty()) throw std::invalid_argument("the prompt tokenizes to nothing");
 
   EngineOptions o;
-  o.n_ctx = default_context_length(model.config(), n_ctx);
-  o.n_threads = threads;
-  o.kv_type = kv_type;
+  o.n_ctx = default_context_length(model.config(), m.n_ctx);
+  o.n_threads = m.threads;
+  o.kv_type = m.kv_type;
   o.max_batch = std::min<size_t>(512, tokens.size());
   if (tokens.size() + n_predict > o.n_ctx) {
     throw std::invalid_argument("the prompt (" + std::to_string(tokens.size()) + " tokens) plus " +
@@ -125,7 +105,7 @@ int run_run(Args args) {
                                 " tokens to generate do not fit the context size " +
                                 std::to_string(o.n_ctx) + " (raise -c or lower -n)");
   }
-  AnyEngine engine(model, o, device);
+  AnyEngine engine(model, o, m.device);
   SamplingParams sp;
   sp.temperature = temperature;
   Sampler sampler(sp);

@@ -6,13 +6,30 @@
 // Tensors are generated row by row inside the writer's fill callbacks, each
 // from its own seed, so memory stays at one tensor and the output does not
 // depend on the order the writer asks for them.
+//
+// --chain makes a scripted model instead: the blocks' output projections are
+// zero, so the residual stream stays the current token's embedding, and the
+// embeddings and output rows are chosen so that each chained token's logits
+// put its successor far above everything else. Generation then follows the
+// chain whatever the sampler settings, which lets tests drive the whole
+// server (chat template, sampling, detokenization, response splitting) with
+// an exact token stream.
+#include <algorithm>
+#include <climits>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <memory>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "cli/command.h"
+#include "cli/model_options.h"
 #include "gguf/gguf.h"
 #include "gguf/writer.h"
 #include "kernels/quantize.h"
@@ -35,6 +52,9 @@ struct SynthOptions {
   bool tied = false;
   bool rope_freqs = false;
   uint64_t seed = 1;
+  std::vector<std::string> added_tokens;     // --add-token
+  std::string chat_template_file;            // replaces tokenizer.chat_template when set
+  std::vector<std::vector<int64_t>> chains;  // --chain: scripted successors
 };
 
 struct Preset {
@@ -71,7 +91,14 @@ constexpr const char* kUsage =
     "                    Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K (norms stay F32)\n"
     "  --tied            no output tensor: logits use token_embd\n"
     "  --rope-freqs      add a rope_freqs tensor (Llama 3 style frequency factors)\n"
-    "  --seed N          random seed (1)\n";
+    "  --seed N          random seed (1)\n"
+    "  --add-token TEXT  append a user-defined token to the vocabulary (repeatable;\n"
+    "                    ids follow the copied ones, in order)\n"
+    "  --chat-template FILE  store this Jinja text as tokenizer.chat_template\n"
+    "  --chain \"ID ID ...\"  scripted model (repeatable): after token ID[k] the model\n"
+    "                    predicts ID[k+1] with a margin no sampler setting overcomes;\n"
+    "                    a token may have only one successor, and the chained tokens\n"
+    "                    that have one must number at most --dim\n";
 
 // splitmix64: a good 64-bit mix for seeding each tensor and row independently.
 uint64_t mix(uint64_t x) {
@@ -99,12 +126,7 @@ class Synthesizer {
   // A matrix (rows, cols): W ~ U with std 1/sqrt(cols) so W x keeps unit scale.
   void add_matrix(gguf::Writer& w, const std::string& name, size_t rows, size_t cols, GgmlType type,
                   float stddev_scale = 1.0f) {
-    if (cols % traits(type).block_elements != 0) {
-      throw std::invalid_argument(
-          "tensor '" + name + "' has rows of " + std::to_string(cols) +
-          " elements, not a multiple of the " + std::string(type_name(type)) + " block size " +
-          std::to_string(traits(type).block_elements) + " (choose other shapes or another --type)");
-    }
+    check_row_shape(name, cols, type);
     const uint64_t seed = mix(o_.seed ^ mix(tensor_index_++));
     const float stddev = stddev_scale / std::sqrt(static_cast<float>(cols));
     w.add_tensor(name, type, {cols, rows}, [=](std::span<std::byte> out) {
@@ -117,18 +139,103 @@ class Synthesizer {
     });
   }
 
-  // A norm weight (n,), F32, around 1.
-  void add_norm(gguf::Writer& w, const std::string& name, size_t n) {
+  // A matrix (rows, cols) whose row r is written by fill(r, row) (row starts
+  // zeroed).
+  using RowFill = std::function<void(size_t, std::span<float>)>;
+  void add_matrix_rows(gguf::Writer& w, const std::string& name, size_t rows, size_t cols,
+                       GgmlType type, RowFill fill) {
+    check_row_shape(name, cols, type);
+    ++tensor_index_;  // keeps the other tensors' seeds independent of this one
+    w.add_tensor(name, type, {cols, rows}, [=](std::span<std::byte> out) {
+      std::vector<float> row(cols);
+      const size_t rb = row_bytes(type, cols);
+      for (size_t r = 0; r < rows; ++r) {
+        std::fill(row.begin(), row.end(), 0.0f);
+        fill(r, row);
+        kernels::quantize_row(type, row, out.subspan(r * rb, rb));
+      }
+    });
+  }
+
+  // A norm weight (n,), F32, around 1 (exactly 1 with `ones`).
+  void add_norm(gguf::Writer& w, const std::string& name, size_t n, bool ones = false) {
     const uint64_t seed = mix(o_.seed ^ mix(tensor_index_++));
     w.add_tensor(name, GgmlType::F32, {n}, [=](std::span<std::byte> out) {
-      random_row(seed, 1.0f, 0.1f, {reinterpret_cast<float*>(out.data()), n});
+      const std::span<float> v{reinterpret_cast<float*>(out.data()), n};
+      if (ones) {
+        std::fill(v.begin(), v.end(), 1.0f);
+      } else {
+        random_row(seed, 1.0f, 0.1f, v);
+      }
     });
+  }
+
+  static void check_row_shape(const std::string& name, size_t cols, GgmlType type) {
+    if (cols % traits(type).block_elements != 0) {
+      throw std::invalid_argument(
+          "tensor '" + name + "' has rows of " + std::to_string(cols) +
+          " elements, not a multiple of the " + std::string(type_name(type)) + " block size " +
+          std::to_string(traits(type).block_elements) + " (choose other shapes or another --type)");
+    }
   }
 
  private:
   const SynthOptions& o_;
   uint64_t tensor_index_ = 0;
 };
+
+// The scripted model of --chain: each token with a successor gets its own
+// embedding dimension (a one-hot embedding row), and the output row of the
+// successor reads that dimension.
+struct Script {
+  std::map<int64_t, int64_t> next;  // token -> successor
+  std::map<int64_t, size_t> slot;   // token with a successor -> its dimension
+
+  Script(const std::vector<std::vector<int64_t>>& chains, size_t n_vocab, size_t dim) {
+    for (const auto& chain : chains) {
+      for (size_t k = 0; k < chain.size(); ++k) {
+        if (chain[k] < 0 || static_cast<size_t>(chain[k]) >= n_vocab) {
+          throw std::invalid_argument("--chain: token id " + std::to_string(chain[k]) +
+                                      " is outside the vocabulary of " + std::to_string(n_vocab));
+        }
+        if (k + 1 == chain.size()) break;
+        auto [it, inserted] = next.emplace(chain[k], chain[k + 1]);
+        if (!inserted && it->second != chain[k + 1]) {
+          throw std::invalid_argument("--chain: token " + std::to_string(chain[k]) +
+                                      " is given two successors (" + std::to_string(it->second) +
+                                      " and " + std::to_string(chain[k + 1]) + ")");
+        }
+        if (inserted) slot.emplace(chain[k], slot.size());
+      }
+    }
+    if (slot.size() > dim) {
+      throw std::invalid_argument("--chain: " + std::to_string(slot.size()) +
+                                  " tokens with a successor need --dim of at least that (have " +
+                                  std::to_string(dim) + ")");
+    }
+  }
+};
+
+std::vector<int64_t> parse_chain(std::string_view text) {
+  std::vector<int64_t> ids;
+  std::istringstream in{std::string(text)};
+  for (std::string word; in >> word;) {
+    ids.push_back(parse_int_option("--chain", word, 0, INT32_MAX));
+  }
+  if (ids.size() < 2) {
+    throw std::invalid_argument("--chain needs at least two token ids, got '" + std::string(text) +
+                                "'");
+  }
+  return ids;
+}
+
+std::string read_text_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::invalid_argument("cannot read " + path);
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
 
 void synthesize(const SynthOptions& o) {
   if (o.out.empty()) throw std::invalid_argument("--out is required");
@@ -149,9 +256,14 @@ void synthesize(const SynthOptions& o) {
   if (!vocab.has("tokenizer.ggml.tokens")) {
     throw std::invalid_argument(o.vocab_from + " has no tokenizer.ggml.tokens");
   }
-  const size_t n_vocab = vocab.get_array("tokenizer.ggml.tokens").count;
+  const size_t n_vocab = vocab.get_array("tokenizer.ggml.tokens").count + o.added_tokens.size();
   const size_t head_dim = o.dim / o.heads;
   const size_t kv_dim = head_dim * o.kv_heads;
+  const bool scripted = !o.chains.empty();
+  if (scripted && o.tied) {
+    throw std::invalid_argument("--chain needs an output tensor (drop --tied)");
+  }
+  const auto script = std::make_shared<const Script>(o.chains, n_vocab, o.dim);
 
   gguf::Writer w;
   w.set("general.architecture", gguf::MetaValue::string("llama"));
@@ -170,11 +282,51 @@ void synthesize(const SynthOptions& o) {
   for (const auto& [key, value] : vocab.metadata()) {
     if (key.starts_with("tokenizer.")) w.set(std::string(key), gguf::MetaValue::from(value));
   }
+  if (!o.added_tokens.empty()) {
+    // New USER_DEFINED tokens after the copied ones (the tokenizer matches
+    // them anywhere in text and decodes them verbatim, as Qwen3's <think>).
+    std::vector<std::string> tokens;
+    for (std::string_view t : vocab.get_string_array("tokenizer.ggml.tokens")) {
+      tokens.emplace_back(t);
+    }
+    const size_t n_copied = tokens.size();
+    constexpr int32_t kNormal = 1, kUserDefined = 4;
+    std::vector<int32_t> types = vocab.has("tokenizer.ggml.token_type")
+                                     ? vocab.get_i32_array("tokenizer.ggml.token_type")
+                                     : std::vector<int32_t>(n_copied, kNormal);
+    types.resize(n_copied, kNormal);
+    for (const auto& t : o.added_tokens) {
+      if (std::find(tokens.begin(), tokens.end(), t) != tokens.end()) {
+        throw std::invalid_argument("--add-token '" + t + "' is already in the vocabulary");
+      }
+      tokens.push_back(t);
+      types.push_back(kUserDefined);
+    }
+    w.set("tokenizer.ggml.tokens", gguf::MetaValue::string_array(std::move(tokens)));
+    w.set("tokenizer.ggml.token_type", gguf::MetaValue::i32_array(types));
+    if (vocab.has("tokenizer.ggml.scores")) {
+      std::vector<float> scores = vocab.get_f32_array("tokenizer.ggml.scores");
+      scores.resize(n_vocab, 0.0f);
+      w.set("tokenizer.ggml.scores", gguf::MetaValue::f32_array(scores));
+    }
+  }
+  if (!o.chat_template_file.empty()) {
+    w.set("tokenizer.chat_template", gguf::MetaValue::string(read_text_file(o.chat_template_file)));
+  }
 
   Synthesizer s(o);
   // Embedding rows at unit scale per element / sqrt(dim): norms follow, and a
   // tied output then gives logits of order one.
-  s.add_matrix(w, "token_embd.weight", n_vocab, o.dim, o.type);
+  if (scripted) {
+    s.add_matrix_rows(
+        w, "token_embd.weight", n_vocab, o.dim, o.type, [script](size_t r, std::span<float> row) {
+          if (auto it = script->slot.find(static_cast<int64_t>(r)); it != script->slot.end()) {
+            row[it->second] = 1.0f;
+          }
+        });
+  } else {
+    s.add_matrix(w, "token_embd.weight", n_vocab, o.dim, o.type);
+  }
   if (o.rope_freqs) {
     // Llama 3 style: factor 1 for high frequencies rising to 8 for the lowest.
     const size_t half = head_dim / 2;
@@ -193,14 +345,35 @@ void synthesize(const SynthOptions& o) {
     s.add_matrix(w, p + "attn_q.weight", o.dim, o.dim, o.type, 2.0f);
     s.add_matrix(w, p + "attn_k.weight", kv_dim, o.dim, o.type, 2.0f);
     s.add_matrix(w, p + "attn_v.weight", kv_dim, o.dim, o.type);
-    s.add_matrix(w, p + "attn_output.weight", o.dim, o.dim, o.type);
+    if (scripted) {
+      // Zero: the blocks add nothing to the residual stream.
+      s.add_matrix_rows(w, p + "attn_output.weight", o.dim, o.dim, o.type,
+                        [](size_t, std::span<float>) {});
+    } else {
+      s.add_matrix(w, p + "attn_output.weight", o.dim, o.dim, o.type);
+    }
     s.add_norm(w, p + "ffn_norm.weight", o.dim);
     s.add_matrix(w, p + "ffn_gate.weight", o.ffn, o.dim, o.type);
     s.add_matrix(w, p + "ffn_up.weight", o.ffn, o.dim, o.type);
-    s.add_matrix(w, p + "ffn_down.weight", o.dim, o.ffn, o.type);
+    if (scripted) {
+      s.add_matrix_rows(w, p + "ffn_down.weight", o.dim, o.ffn, o.type,
+                        [](size_t, std::span<float>) {});
+    } else {
+      s.add_matrix(w, p + "ffn_down.weight", o.dim, o.ffn, o.type);
+    }
   }
-  s.add_norm(w, "output_norm.weight", o.dim);
-  if (!o.tied) {
+  s.add_norm(w, "output_norm.weight", o.dim, /*ones=*/scripted);
+  if (scripted) {
+    // The final norm scales a one-hot state to sqrt(dim), so the successor's
+    // logit is 8 sqrt(dim) (64 at dim 64) and every other logit is 0.
+    s.add_matrix_rows(w, "output.weight", n_vocab, o.dim, o.type,
+                      [script](size_t r, std::span<float> row) {
+                        for (const auto& [token, successor] : script->next) {
+                          if (static_cast<size_t>(successor) == r)
+                            row[script->slot.at(token)] = 8.0f;
+                        }
+                      });
+  } else if (!o.tied) {
     // Logits of order a few units: peaked enough to have a clear top-1.
     s.add_matrix(w, "output.weight", n_vocab, o.dim, o.type, 3.0f);
   }
@@ -209,73 +382,54 @@ void synthesize(const SynthOptions& o) {
 
 int run_synth(Args args) {
   SynthOptions o;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string_view a = args[i];
-    auto count = [&](size_t max) {
-      return static_cast<size_t>(
-          parse_int_option(a, option_value(args, i), 1, static_cast<long>(max)));
-    };
-    if (is_help_flag(a)) {
-      std::fputs(kUsage, stdout);
-      return 0;
-    } else if (a == "--out" || a == "-o") {
-      o.out = option_value(args, i);
-    } else if (a == "--vocab-from") {
-      o.vocab_from = option_value(args, i);
-    } else if (a == "--preset") {
-      const std::string_view name = option_value(args, i);
-      const Preset* found = nullptr;
-      for (const auto& p : kPresets) {
-        if (p.name == name) found = &p;
-      }
-      if (found == nullptr) {
-        throw std::invalid_argument("unknown preset '" + std::string(name) +
-                                    "' (tinyllama-1.1b, smollm2-135m, llama-3.2-1b, tiny)");
-      }
-      o.dim = found->dim;
-      o.layers = found->layers;
-      o.heads = found->heads;
-      o.kv_heads = found->kv_heads;
-      o.ffn = found->ffn;
-      o.ctx = found->ctx;
-      o.rope_base = found->rope_base;
-      o.tied = found->tied;
-      o.rope_freqs = found->rope_freqs;
-    } else if (a == "--dim") {
-      o.dim = count(1 << 16);
-    } else if (a == "--layers") {
-      o.layers = count(1024);
-    } else if (a == "--heads") {
-      o.heads = count(1024);
-    } else if (a == "--kv-heads") {
-      o.kv_heads = count(1024);
-    } else if (a == "--ffn") {
-      o.ffn = count(1 << 18);
-    } else if (a == "--ctx") {
-      o.ctx = count(1 << 24);
-    } else if (a == "--rope-base") {
-      const std::string v(option_value(args, i));
-      try {
-        o.rope_base = std::stof(v);
-      } catch (const std::exception&) {
-        throw std::invalid_argument("--rope-base expects a number, got '" + v + "'");
-      }
-    } else if (a == "--type") {
-      const std::string_view t = option_value(args, i);
-      const auto type = parse_type_name(t);
-      if (!type) throw std::invalid_argument("--type: unknown type '" + std::string(t) + "'");
-      o.type = *type;
-    } else if (a == "--tied") {
-      o.tied = true;
-    } else if (a == "--rope-freqs") {
-      o.rope_freqs = true;
-    } else if (a == "--seed") {
-      o.seed = static_cast<uint64_t>(parse_int_option(a, option_value(args, i), 0, LONG_MAX));
-    } else {
-      throw std::invalid_argument("unknown option '" + std::string(a) +
-                                  "' (see kiln synth --help)");
+  OptionParser parser("synth", kUsage);
+  parser.text({"--out", "-o"}, o.out);
+  parser.text({"--vocab-from"}, o.vocab_from);
+  parser.value({"--preset"}, [&o](auto, std::string_view name) {
+    const Preset* found = nullptr;
+    for (const auto& p : kPresets) {
+      if (p.name == name) found = &p;
     }
-  }
+    if (found == nullptr) {
+      throw std::invalid_argument("unknown preset '" + std::string(name) +
+                                  "' (tinyllama-1.1b, smollm2-135m, llama-3.2-1b, tiny)");
+    }
+    o.dim = found->dim;
+    o.layers = found->layers;
+    o.heads = found->heads;
+    o.kv_heads = found->kv_heads;
+    o.ffn = found->ffn;
+    o.ctx = found->ctx;
+    o.rope_base = found->rope_base;
+    o.tied = found->tied;
+    o.rope_freqs = found->rope_freqs;
+  });
+  parser.integer({"--dim"}, o.dim, 1, 1 << 16);
+  parser.integer({"--layers"}, o.layers, 1, 1024);
+  parser.integer({"--heads"}, o.heads, 1, 1024);
+  parser.integer({"--kv-heads"}, o.kv_heads, 1, 1024);
+  parser.integer({"--ffn"}, o.ffn, 1, 1 << 18);
+  parser.integer({"--ctx"}, o.ctx, 1, 1 << 24);
+  parser.value({"--rope-base"}, [&o](auto, std::string_view value) {
+    const std::string v(value);
+    try {
+      o.rope_base = std::stof(v);
+    } catch (const std::exception&) {
+      throw std::invalid_argument("--rope-base expects a number, got '" + v + "'");
+    }
+  });
+  parser.value({"--type"}, [&o](auto, std::string_view t) {
+    const auto type = parse_type_name(t);
+    if (!type) throw std::invalid_argument("--type: unknown type '" + std::string(t) + "'");
+    o.type = *type;
+  });
+  parser.flag({"--tied"}, o.tied);
+  parser.flag({"--rope-freqs"}, o.rope_freqs);
+  parser.value({"--add-token"}, [&o](auto, std::string_view t) { o.added_tokens.emplace_back(t); });
+  parser.text({"--chat-template"}, o.chat_template_file);
+  parser.value({"--chain"}, [&o](auto, std::string_view v) { o.chains.push_back(parse_chain(v)); });
+  parser.integer({"--seed"}, o.seed, 0, LONG_MAX);
+  if (!parser.parse(args)) return 0;
   synthesize(o);
   std::fprintf(stderr, "kiln synth: wrote %s\n", o.out.c_str());
   return 0;

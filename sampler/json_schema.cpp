@@ -495,8 +495,12 @@ class RegexParser {
 
 bool is_annotation(std::string_view k) {
   static const std::set<std::string_view> kAnnotations = {
-      "title",   "description", "$schema",    "$id",      "$comment",
-      "default", "examples",    "deprecated", "readOnly", "writeOnly"};
+      "title", "description", "$schema", "$id", "$comment", "default", "examples", "deprecated",
+      "readOnly", "writeOnly",
+      // OpenAPI's hint naming the property that tells oneOf branches apart
+      // (pydantic writes it); validators ignore it, and the branches' own
+      // const values carry the constraint.
+      "discriminator"};
   return kAnnotations.contains(k);
 }
 
@@ -967,6 +971,7 @@ class SchemaCompiler {
       for (size_t i = 0; i < list.size(); ++i) {
         alts.push_back(compile(list[i], child(path, key) + "/" + std::to_string(i)));
       }
+      if (std::string_view(key) == "oneOf") check_exclusive(list, child(path, key));
       return g_->choice(alts);
     }
     if (s.contains("allOf")) {
@@ -1000,6 +1005,246 @@ class SchemaCompiler {
     std::vector<GrammarElement> alts;
     for (const auto& t : types) alts.push_back(compile_typed(s, t, path));
     return alts.size() == 1 ? alts[0] : g_->choice(alts);
+  }
+
+  // --- oneOf exclusivity -------------------------------------------------------
+  //
+  // oneOf compiles to the same choice as anyOf, so it is only sound when no
+  // value can match two branches: then whatever branch the output follows, it
+  // matches exactly one. We prove that statically, over JSON Schema's own
+  // semantics (what a validator accepts, not only what our grammar writes),
+  // and reject the schema when we cannot. The proofs, all conservative:
+  // - the branches admit no common JSON type (integer counts as number);
+  // - one side is a finite set of values (const/enum) and none of them can
+  //   validate against the other side;
+  // - both can only be objects, and a property required by one has value
+  //   schemas that are disjoint in the two (a discriminator such as
+  //   "kind": {"const": "a"} vs {"const": "b"}, or a name the other side
+  //   forbids with additionalProperties: false).
+  // Unions inside a branch are disjoint from the other side when each of
+  // their branches is; $ref and single-entry allOf are followed.
+
+  enum TypeBits : unsigned {
+    kNullBit = 1,
+    kBoolBit = 2,
+    kObjectBit = 4,
+    kArrayBit = 8,
+    kStringBit = 16,
+    kNumberBit = 32,
+    kAnyTypeBits = 63,
+  };
+  static constexpr int kMaxProofDepth = 24;
+  mutable long proof_budget_ = 0;
+
+  static unsigned type_bit(const ojson& v) {
+    if (v.is_null()) return kNullBit;
+    if (v.is_boolean()) return kBoolBit;
+    if (v.is_object()) return kObjectBit;
+    if (v.is_array()) return kArrayBit;
+    if (v.is_string()) return kStringBit;
+    return kNumberBit;
+  }
+
+  static unsigned type_bit(const std::string& t) {
+    if (t == "null") return kNullBit;
+    if (t == "boolean") return kBoolBit;
+    if (t == "object") return kObjectBit;
+    if (t == "array") return kArrayBit;
+    if (t == "string") return kStringBit;
+    return kNumberBit;  // number, integer
+  }
+
+  static const ojson& true_schema() {
+    static const ojson t = true;
+    return t;
+  }
+
+  // Follows $ref and single-entry allOf; nullptr when a reference cannot be
+  // followed (treated as "could be anything").
+  const ojson* unwrap(const ojson& schema) const {
+    const ojson* s = &schema;
+    for (int hops = 0; hops < kMaxProofDepth; ++hops) {
+      if (!s->is_object()) return s;
+      if (const auto it = s->find("$ref"); it != s->end()) {
+        if (!it->is_string()) return nullptr;
+        const std::string ref = it->get<std::string>();
+        if (ref.empty() || ref[0] != '#') return nullptr;
+        try {
+          s = &root_.at(ojson::json_pointer(ref.substr(1)));
+        } catch (const std::exception&) {
+          return nullptr;
+        }
+        continue;
+      }
+      if (const auto it = s->find("allOf"); it != s->end() && it->is_array() && it->size() == 1) {
+        s = &(*it)[0];
+        continue;
+      }
+      return s;
+    }
+    return nullptr;
+  }
+
+  // The anyOf/oneOf list of a schema, or nullptr.
+  static const ojson* union_of(const ojson& s) {
+    for (const char* key : {"anyOf", "oneOf"}) {
+      if (const auto it = s.find(key); it != s.end() && it->is_array()) return &*it;
+    }
+    return nullptr;
+  }
+
+  // Over-approximates the JSON types of the values valid under `schema`.
+  unsigned types_admitted(const ojson& schema, int depth) const {
+    if (!spend()) return kAnyTypeBits;
+    const ojson* s = unwrap(schema);
+    if (s == nullptr || depth > kMaxProofDepth) return kAnyTypeBits;
+    if (s->is_boolean()) return s->get<bool>() ? kAnyTypeBits : 0;
+    if (!s->is_object()) return kAnyTypeBits;
+    unsigned bits = kAnyTypeBits;
+    if (const auto it = s->find("type"); it != s->end()) {
+      unsigned t = 0;
+      if (it->is_array()) {
+        for (const auto& v : *it) t |= v.is_string() ? type_bit(v.get<std::string>()) : 0;
+      } else if (it->is_string()) {
+        t = type_bit(it->get<std::string>());
+      }
+      bits &= t;
+    }
+    if (const auto it = s->find("const"); it != s->end()) bits &= type_bit(*it);
+    if (const auto it = s->find("enum"); it != s->end() && it->is_array()) {
+      unsigned t = 0;
+      for (const auto& v : *it) t |= type_bit(v);
+      bits &= t;
+    }
+    if (const ojson* list = union_of(*s)) {
+      unsigned t = 0;
+      for (const auto& branch : *list) t |= types_admitted(branch, depth + 1);
+      bits &= t;
+    }
+    return bits;
+  }
+
+  // The finite set of values a const/enum schema allows (a superset when both
+  // appear), or nullopt.
+  static std::optional<std::vector<const ojson*>> finite_values(const ojson& s) {
+    if (!s.is_object()) return std::nullopt;
+    if (const auto it = s.find("const"); it != s.end()) return std::vector<const ojson*>{&*it};
+    if (const auto it = s.find("enum"); it != s.end() && it->is_array()) {
+      std::vector<const ojson*> values;
+      for (const auto& v : *it) values.push_back(&v);
+      return values;
+    }
+    return std::nullopt;
+  }
+
+  // JSON equality as validators see it: object members in any order, 1 == 1.0.
+  static bool json_equal(const ojson& a, const ojson& b) {
+    if (a.is_structured() && b.is_structured()) {
+      // ordered_json compares members in order; the sorted json does not.
+      return nlohmann::json::parse(a.dump()) == nlohmann::json::parse(b.dump());
+    }
+    return a == b;  // scalars (numbers compare by value across int/float), or a mismatch
+  }
+
+  // The schema a member named `name` of an object must satisfy under `s`.
+  static const ojson& member_schema(const ojson& s, const std::string& name) {
+    if (const auto props = s.find("properties"); props != s.end() && props->is_object()) {
+      if (const auto it = props->find(name); it != props->end()) return *it;
+    }
+    if (const auto extra = s.find("additionalProperties"); extra != s.end()) return *extra;
+    return true_schema();
+  }
+
+  static std::vector<std::string> required_names(const ojson& s) {
+    std::vector<std::string> names;
+    if (const auto it = s.find("required"); it != s.end() && it->is_array()) {
+      for (const auto& n : *it) {
+        if (n.is_string()) names.push_back(n.get<std::string>());
+      }
+    }
+    return names;
+  }
+
+  // False only when `value` provably fails `schema`.
+  bool may_validate(const ojson& value, const ojson& schema, int depth) const {
+    if (!spend()) return true;
+    const ojson* s = unwrap(schema);
+    if (s == nullptr || depth > kMaxProofDepth) return true;
+    if (s->is_boolean()) return s->get<bool>();
+    if (!s->is_object()) return true;
+    if (!(types_admitted(*s, depth) & type_bit(value))) return false;
+    if (auto values = finite_values(*s)) {
+      if (std::none_of(values->begin(), values->end(),
+                       [&](const ojson* v) { return json_equal(*v, value); })) {
+        return false;
+      }
+    }
+    if (const ojson* list = union_of(*s)) {
+      return std::any_of(list->begin(), list->end(),
+                         [&](const ojson& b) { return may_validate(value, b, depth + 1); });
+    }
+    if (value.is_object()) {
+      for (const auto& name : required_names(*s)) {
+        if (!value.contains(name)) return false;
+      }
+      for (const auto& [name, member] : value.items()) {
+        if (!may_validate(member, member_schema(*s, name), depth + 1)) return false;
+      }
+    }
+    return true;
+  }
+
+  // True only when no value validates against both schemas.
+  bool disjoint(const ojson& a_in, const ojson& b_in, int depth) const {
+    if (depth > kMaxProofDepth || !spend()) return false;
+    const ojson* a = unwrap(a_in);
+    const ojson* b = unwrap(b_in);
+    if (a == nullptr || b == nullptr) return false;
+    const unsigned ta = types_admitted(*a, depth), tb = types_admitted(*b, depth);
+    if ((ta & tb) == 0) return true;
+    if (!a->is_object() || !b->is_object()) return false;  // `true` against something
+    for (const auto& [x, y] : {std::pair{a, b}, std::pair{b, a}}) {
+      if (const ojson* list = union_of(*x)) {
+        return std::all_of(list->begin(), list->end(),
+                           [&](const ojson& branch) { return disjoint(branch, *y, depth + 1); });
+      }
+    }
+    for (const auto& [x, y] : {std::pair{a, b}, std::pair{b, a}}) {
+      if (auto values = finite_values(*x)) {
+        return std::none_of(values->begin(), values->end(),
+                            [&](const ojson* v) { return may_validate(*v, *y, depth + 1); });
+      }
+    }
+    if ((ta & tb) != kObjectBit) return false;
+    for (const auto& [x, y] : {std::pair{a, b}, std::pair{b, a}}) {
+      for (const auto& name : required_names(*x)) {
+        if (disjoint(member_schema(*x, name), member_schema(*y, name), depth + 1)) return true;
+      }
+    }
+    return false;
+  }
+
+  // Recursive schemas can make the proofs branch exponentially (a union of
+  // references back to itself): the work is bounded, and a proof that runs
+  // out of steps fails (the schema is rejected, never accepted unproven).
+  bool spend() const { return --proof_budget_ >= 0; }
+
+  void check_exclusive(const ojson& list, const std::string& path) const {
+    const long pairs = static_cast<long>(list.size() * (list.size() - 1) / 2);
+    proof_budget_ = 100000 + 50 * pairs;
+    for (size_t i = 0; i < list.size(); ++i) {
+      for (size_t j = i + 1; j < list.size(); ++j) {
+        if (!disjoint(list[i], list[j], 0)) {
+          throw UnsupportedSchema(
+              "oneOf", path,
+              "branches " + std::to_string(i) + " and " + std::to_string(j) +
+                  " may both match one value (or are too complex to tell apart), and "
+                  "exactly-one cannot be enforced there; use "
+                  "anyOf, or make the branches provably disjoint (different types, different "
+                  "const/enum values, or a required property whose schemas are disjoint)");
+        }
+      }
+    }
   }
 
   GrammarElement compile_typed(const ojson& s, const std::string& type, const std::string& path) {

@@ -8,12 +8,12 @@
 //   prefixItems, additionalItems, minItems, maxItems, anyOf, oneOf, allOf with
 //   one subschema, $ref (local "#..." pointers, recursion allowed) with $defs /
 //   definitions, minLength, maxLength, pattern (subset below), format (date,
-//   time, date-time, uuid, email (a conservative ASCII subset), ipv4); minimum / maximum / exclusiveMinimum /
-//   exclusiveMaximum on integers (any bounds up to 1e17, compiled to digit
+//   time, date-time, uuid, email (a conservative ASCII subset), ipv4); minimum / maximum /
+//   exclusiveMinimum / exclusiveMaximum on integers (any bounds up to 1e17, compiled to digit
 //   ranges), and on numbers only "minimum": 0.
 // Ignored by design (annotations that do not constrain the value): title,
 //   description, $schema, $id, $comment, default, examples, deprecated,
-//   readOnly, writeOnly.
+//   readOnly, writeOnly, discriminator (OpenAPI's hint beside oneOf).
 //
 // Choices where JSON Schema leaves room (the generated documents are always
 // valid; the grammar accepts a subset of the valid serialisations):
@@ -25,7 +25,14 @@
 // - A `required` name missing from `properties` is declared with schema true.
 // - items absent: any values. integer: no fraction or exponent (no "1.0").
 //   Non-negative numbers ("minimum": 0) are written without a minus sign.
-// - oneOf is compiled as anyOf (exclusivity is not enforced).
+// - oneOf compiles like anyOf, and is accepted only where its branches are
+//   provably disjoint, so a value can never match two: no common JSON type
+//   (integer counts as number), const/enum values that cannot validate
+//   against the other branch, or objects with a property one branch requires
+//   whose schemas are disjoint in the two (a discriminator: "kind": {"const":
+//   "a"} vs {"const": "b"}, or a name the other forbids with
+//   additionalProperties: false). Anything else is an UnsupportedSchema
+//   naming oneOf (anyOf takes such branches).
 // - enum/const: the values' compact serialisation; a sibling `type` filters
 //   the values (and const + enum together: the values in both); other
 //   siblings are rejected.

@@ -87,6 +87,21 @@ SCHEMAS = [
          "required": ["circle"], "additionalProperties": False},
         {"type": "object", "properties": {"square": {"type": "integer"}},
          "required": ["square"], "additionalProperties": False}]}),
+    # A discriminated union (pydantic's shape): exactly one branch must match, which
+    # the const "kind" of each (required) makes decidable; "discriminator" is OpenAPI's
+    # hint beside it.
+    ("one_of_discriminated", {
+        "$defs": {
+            "cat": {"type": "object",
+                    "properties": {"kind": {"const": "cat"}, "name": STR,
+                                   "lives": {"type": "integer", "minimum": 1, "maximum": 9}},
+                    "required": ["kind", "name"], "additionalProperties": False},
+            "dog": {"type": "object",
+                    "properties": {"kind": {"const": "dog"}, "name": STR,
+                                   "good": {"type": "boolean"}},
+                    "required": ["kind", "name"]}},
+        "oneOf": [{"$ref": "#/$defs/cat"}, {"$ref": "#/$defs/dog"}],
+        "discriminator": {"propertyName": "kind"}}),
     ("prefix_items", {"type": "array",
                       "prefixItems": [STR, {"type": "integer"}, {"type": "boolean"}],
                       "items": False}),
@@ -285,6 +300,11 @@ def test_completions_endpoint(client, model_id):
     ("patternProperties", {"type": "object", "patternProperties": {"^x": {"type": "string"}}}),
     ("not", {"type": "object", "properties": {"a": {"not": {"type": "string"}}}}),
     ("multipleOf", {"type": "integer", "multipleOf": 3}),
+    # Branches that can match the same value (3 is both): exactly-one is not enforceable.
+    ("oneOf", {"oneOf": [{"type": "integer"}, {"type": "number"}]}),
+    ("oneOf", {"type": "object", "properties": {"pet": {"oneOf": [
+        {"type": "object", "properties": {"kind": {"const": "cat"}}},
+        {"type": "object", "properties": {"kind": {"const": "dog"}}}]}}}),
 ])
 def test_unsupported_keyword_is_400_naming_it(client, model_id, keyword, schema):
     with pytest.raises(openai.BadRequestError) as e:
@@ -321,8 +341,8 @@ def test_enable_thinking_reaches_a_thinking_template(kiln_bin, default_model, tm
     # The built-in Qwen3 template (SmolLM2 shares its ChatML tokens) writes an empty
     # "<think>\n\n</think>\n\n" block into the prompt when enable_thinking is false: the
     # prompt grows by those tokens. (The split of a <think> block into reasoning_content is
-    # tested on a scripted stream in tests/server/test_structured.cpp: this model never
-    # writes one.)
+    # tested end to end on a scripted token stream in test_structured_reasoning.py: this
+    # model never writes one.)
     s = Server(kiln_bin, default_model, tmp_path, "--chat-template", "qwen3")
     try:
         c = openai.OpenAI(base_url=s.base + "/v1", api_key="unused", max_retries=0, timeout=120)

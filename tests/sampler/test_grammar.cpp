@@ -300,6 +300,146 @@ TEST(JsonSchema, UnionsAnyOfOneOf) {
   EXPECT_ACCEPTS(R"({"allOf":[{"type":"integer"}]})", "5");
 }
 
+// oneOf compiles like anyOf, so it is accepted only where no value can match
+// two branches (then the output matches exactly one), and otherwise rejected
+// naming oneOf.
+TEST(JsonSchema, OneOfNeedsProvablyDisjointBranches) {
+  const std::string pets = R"({"oneOf":[
+      {"type":"object","properties":{"kind":{"const":"cat"},"lives":{"type":"integer"}},
+       "required":["kind","lives"]},
+      {"type":"object","properties":{"kind":{"const":"dog"},"good":{"type":"boolean"}},
+       "required":["kind"]}],
+      "discriminator":{"propertyName":"kind"}})";
+  EXPECT_ACCEPTS(pets, R"({"kind":"cat","lives":9})");
+  EXPECT_ACCEPTS(pets, R"({"kind":"dog","good":true})");
+  EXPECT_ACCEPTS(pets, R"({"kind":"dog"})");
+  EXPECT_REJECTS(pets, R"({"kind":"cow"})");
+  EXPECT_REJECTS(pets, R"({"kind":"cat"})");
+  EXPECT_REJECTS(pets, R"({"kind":"cat","good":true})");
+  EXPECT_REJECTS(pets, R"({"lives":9})");
+  // The same through $ref, with enum discriminators and a single-entry allOf.
+  const std::string refs = R"({"$defs":{
+      "a":{"type":"object","properties":{"t":{"enum":["x","y"]},"n":{"type":"integer"}},
+           "required":["t","n"],"additionalProperties":false},
+      "b":{"allOf":[{"type":"object","properties":{"t":{"enum":["z"]}},"required":["t"]}]}},
+      "oneOf":[{"$ref":"#/$defs/a"},{"$ref":"#/$defs/b"}]})";
+  EXPECT_ACCEPTS(refs, R"({"t":"y","n":1})");
+  EXPECT_ACCEPTS(refs, R"({"t":"z"})");
+  EXPECT_REJECTS(refs, R"({"t":"z","n":1})");
+  // Different JSON types, unions inside a branch, const values.
+  EXPECT_ACCEPTS(R"({"oneOf":[{"type":"string"},{"type":["null","boolean"]}]})", "false");
+  EXPECT_ACCEPTS(R"({"oneOf":[{"anyOf":[{"type":"string"},{"type":"null"}]},
+      {"type":"integer"}]})",
+                 "7");
+  EXPECT_ACCEPTS(R"({"oneOf":[{"const":1},{"const":2},{"enum":["1",[1]]}]})", "[1]");
+  EXPECT_ACCEPTS(R"({"oneOf":[{"const":{"k":"a"}},
+      {"type":"object","properties":{"k":{"const":"b"}}}]})",
+                 R"({"k":"b"})");
+  // A name one branch requires and the other forbids.
+  EXPECT_ACCEPTS(R"({"oneOf":[
+      {"type":"object","properties":{"a":{"type":"integer"}},"required":["a"],
+       "additionalProperties":false},
+      {"type":"object","properties":{"b":{"type":"integer"}},"required":["b"],
+       "additionalProperties":false}]})",
+                 R"({"b":2})");
+
+  auto rejected = [](const std::string& schema, const std::string& path) {
+    const UnsupportedSchema e = unsupported(schema);
+    EXPECT_EQ(e.keyword(), "oneOf") << schema;
+    EXPECT_EQ(e.path(), path) << schema;
+  };
+  // 3 is an integer and a number.
+  rejected(R"({"oneOf":[{"type":"integer"},{"type":"number"}]})", "#/oneOf");
+  rejected(R"({"oneOf":[{"type":"string"},{"type":"string","maxLength":3}]})", "#/oneOf");
+  // {} matches both: the discriminator is not required.
+  rejected(R"({"oneOf":[{"type":"object","properties":{"k":{"const":"a"}}},
+      {"type":"object","properties":{"k":{"const":"b"}}}]})",
+           "#/oneOf");
+  // Without "type", a schema of object keywords also accepts every non-object.
+  rejected(R"({"oneOf":[{"properties":{"k":{"const":"a"}},"required":["k"]},
+      {"type":"string"}]})",
+           "#/oneOf");
+  // Equal values (1 and 1.0 are the same number; members in any order).
+  rejected(R"({"oneOf":[{"enum":[1,2]},{"const":2}]})", "#/oneOf");
+  rejected(R"({"oneOf":[{"const":1},{"const":1.0}]})", "#/oneOf");
+  rejected(R"({"oneOf":[{"const":{"a":1,"b":2}},{"const":{"b":2,"a":1}}]})", "#/oneOf");
+  rejected(R"({"oneOf":[true,{"type":"null"}]})", "#/oneOf");
+  rejected(R"({"oneOf":[{"type":"null"},{"type":"boolean"},{"enum":[null,3]}]})", "#/oneOf");
+  rejected(R"({"type":"object","properties":{"x":{"oneOf":[{"type":"array"},
+      {"type":"array","maxItems":1}]}}})",
+           "#/properties/x/oneOf");
+  // Self-references make the proof branch exponentially (3^24 paths here
+  // unbounded): the work is bounded, and the unproven oneOf rejected.
+  rejected(R"({"$defs":{"n":{"type":"array","items":{"oneOf":[
+      {"$ref":"#/$defs/u"},{"$ref":"#/$defs/u"}]}},
+      "u":{"anyOf":[{"$ref":"#/$defs/u"},{"$ref":"#/$defs/u"},{"$ref":"#/$defs/n"}]}},
+      "$ref":"#/$defs/n"})",
+           "#/$defs/n/items/oneOf");
+  // anyOf takes the same overlapping branches.
+  EXPECT_ACCEPTS(R"({"anyOf":[{"type":"integer"},{"type":"number"}]})", "3");
+}
+
+// Keywords of the supported subset not covered above, each with accepted and
+// rejected documents.
+TEST(JsonSchema, MoreKeywordCombinations) {
+  // A union of types applies each type's own keywords.
+  const std::string u = R"({"type":["string","integer","array"],"maxLength":2,"minimum":0,
+      "maxItems":1,"items":{"type":"null"}})";
+  EXPECT_ACCEPTS(u, R"("ab")");
+  EXPECT_ACCEPTS(u, "5");
+  EXPECT_ACCEPTS(u, "[null]");
+  EXPECT_REJECTS(u, R"("abc")");
+  EXPECT_REJECTS(u, "-5");
+  EXPECT_REJECTS(u, "[null,null]");
+  EXPECT_REJECTS(u, "true");
+  // A required name that properties does not declare: any value, required.
+  const std::string req = R"({"type":"object","properties":{"a":{"type":"integer"}},
+      "required":["a","extra"]})";
+  EXPECT_ACCEPTS(req, R"({"a":1,"extra":[true]})");
+  EXPECT_REJECTS(req, R"({"a":1})");
+  // Property names and values with Unicode, written raw or escaped.
+  const std::string uni = R"({"type":"object","properties":{"caf\u00e9":{"const":"\u65e5"}},
+      "required":["café"]})";
+  EXPECT_ACCEPTS(uni, "{\"caf\xC3\xA9\":\"\xE6\x97\xA5\"}");
+  EXPECT_REJECTS(uni, R"({"cafe":"日"})");
+  // minItems / maxItems alone and at 0; a prefix longer than minItems.
+  EXPECT_ACCEPTS(R"({"type":"array","maxItems":0})", "[]");
+  EXPECT_REJECTS(R"({"type":"array","maxItems":0})", "[1]");
+  EXPECT_REJECTS(R"({"type":"array","minItems":1})", "[]");
+  EXPECT_ACCEPTS(R"({"type":"array","minItems":1})", R"([{}])");
+  const std::string prefix = R"({"prefixItems":[{"type":"integer"},{"type":"string"}],
+      "minItems":1,"maxItems":3})";
+  EXPECT_ACCEPTS(prefix, "[1]");
+  EXPECT_ACCEPTS(prefix, R"([1,"a",{"any":true}])");
+  EXPECT_REJECTS(prefix, "[]");
+  EXPECT_REJECTS(prefix, R"([1,"a",2,3])");
+  EXPECT_REJECTS(prefix, R"(["a"])");
+  // Mutual recursion through $defs.
+  const std::string mutual = R"({"$defs":{
+      "a":{"type":"object","properties":{"b":{"$ref":"#/$defs/b"}},"required":["b"]},
+      "b":{"anyOf":[{"type":"null"},{"type":"array","items":{"$ref":"#/$defs/a"}}]}},
+      "$ref":"#/$defs/a"})";
+  EXPECT_ACCEPTS(mutual, R"({"b":null})");
+  EXPECT_ACCEPTS(mutual, R"({"b":[{"b":null},{"b":[]}]})");
+  EXPECT_REJECTS(mutual, R"({"b":[{"b":1}]})");
+  EXPECT_REJECTS(mutual, R"({"b":[null]})");
+  // Numbers as enum and const values: their compact form.
+  EXPECT_ACCEPTS(R"({"enum":[-1.5,2e3,0]})", "-1.5");
+  EXPECT_ACCEPTS(R"({"enum":[-1.5,2e3,0]})", "2000.0");
+  EXPECT_REJECTS(R"({"enum":[-1.5,2e3,0]})", "1.5");
+  // Numbers inside documents, in every JSON form.
+  const std::string nums = R"({"type":"array","items":{"type":"number"}})";
+  EXPECT_ACCEPTS(nums, "[0,-0,1.25,-3e-7,6.02E+23,1e0]");
+  EXPECT_REJECTS(nums, "[1.e5]");
+  EXPECT_REJECTS(nums, "[+1]");
+  // format and pattern inside objects; date-time boundaries.
+  const std::string dt = R"({"type":"string","format":"date-time"})";
+  EXPECT_ACCEPTS(dt, R"("2024-02-29T00:00:00.5-12:00")");
+  EXPECT_REJECTS(dt, R"("2023-02-29T00:00:00Z")");
+  EXPECT_REJECTS(dt, R"("2024-01-01T12:60:00Z")");
+  EXPECT_REJECTS(R"({"type":"string","format":"uuid"})", R"("123e4567-e89b-12d3-a456-4266141740")");
+}
+
 TEST(JsonSchema, RefsAndRecursion) {
   const std::string tree = R"({"$ref":"#/$defs/node","$defs":{"node":{"type":"object",
       "properties":{"value":{"type":"integer"},"children":{"type":"array",
