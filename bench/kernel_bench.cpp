@@ -6,7 +6,8 @@
 // (that divided by the measured read bandwidth). Matvec weights are larger than the 32 MB
 // L3 so they stream from DRAM as in decode. Matmul benchmarks also report
 // `madds_per_second` (multiply-adds: m * rows * cols per call).
-// Threads: KILN_THREADS environment variable, default physical cores.
+// Threads: KILN_THREADS environment variable, default physical cores. KILN_ISA=avx2 (or
+// portable) measures the narrower kernels.
 #include <benchmark/benchmark.h>
 #include <immintrin.h>
 
@@ -196,7 +197,8 @@ void bench_matmul(benchmark::State& state, GgmlType type, size_t m, size_t rows,
   state.counters["madds_per_second"] = benchmark::Counter(
       static_cast<double>(m * rows * cols) * static_cast<double>(state.iterations()),
       benchmark::Counter::kIsRate);
-  state.SetLabel(dot_kernel(type).isa);
+  const GemmKernel gemm = gemm_kernel(type);
+  state.SetLabel(m >= 8 && gemm.fn != nullptr ? gemm.isa : dot_kernel(type).isa);
 }
 
 std::string lower_name(GgmlType type) {
@@ -241,6 +243,38 @@ void register_benchmarks() {
     const std::string name = lower_name(type);
     benchmark::RegisterBenchmark(("matmul/" + name + "/512tok/2048x2048").c_str(), bench_matmul,
                                  type, 512, 2048, 2048)
+        ->UseRealTime()
+        ->Unit(benchmark::kMillisecond);
+  }
+  // Prefill of 512 tokens at the real shapes (rows x cols = out x in) and weight types of
+  // the two Q4_K_M test models: SmolLM2-135M (cols 576 is not a multiple of 256, so its
+  // Q4_K_M falls back to Q5_0 / Q8_0 there) and TinyLlama-1.1B.
+  struct Shape {
+    GgmlType type;
+    size_t rows, cols;
+  };
+  const Shape prefill_shapes[] = {
+      {GgmlType::Q5_0, 576, 576},   {GgmlType::Q5_0, 192, 576},   {GgmlType::Q8_0, 192, 576},
+      {GgmlType::Q5_0, 1536, 576},  {GgmlType::Q4_K, 576, 1536},  {GgmlType::Q6_K, 576, 1536},
+      {GgmlType::Q4_K, 2048, 2048}, {GgmlType::Q4_K, 256, 2048},  {GgmlType::Q6_K, 256, 2048},
+      {GgmlType::Q4_K, 5632, 2048}, {GgmlType::Q4_K, 2048, 5632}, {GgmlType::Q6_K, 2048, 5632},
+  };
+  // Short prompts, where the GEMM panels' repacking is shared by few tokens (the threshold
+  // between them and the dot kernels; compare with KILN_ISA=avx2).
+  for (size_t m : {8, 16, 32}) {
+    for (GgmlType type : {GgmlType::Q4_K, GgmlType::Q5_0}) {
+      const std::string name =
+          "prefill/" + lower_name(type) + "/" + std::to_string(m) + "tok/2048x2048";
+      benchmark::RegisterBenchmark(name.c_str(), bench_matmul, type, m, 2048, 2048)
+          ->UseRealTime()
+          ->Unit(benchmark::kMicrosecond);
+    }
+  }
+  for (const Shape& shape : prefill_shapes) {
+    const std::string name = "prefill/" + lower_name(shape.type) + "/512tok/" +
+                             std::to_string(shape.rows) + "x" + std::to_string(shape.cols);
+    benchmark::RegisterBenchmark(name.c_str(), bench_matmul, shape.type, 512, shape.rows,
+                                 shape.cols)
         ->UseRealTime()
         ->Unit(benchmark::kMillisecond);
   }

@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -120,6 +121,8 @@ def main():
     ap.add_argument("--single-runs", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=2, help="rounds of --clients concurrent requests")
     ap.add_argument("--no-kiln-bench", action="store_true")
+    ap.add_argument("--serve-args", default="",
+                    help="more arguments for kiln serve, e.g. \"--cache-prompt --prefill-chunk 64\"")
     args = ap.parse_args()
 
     proc = None
@@ -130,7 +133,8 @@ def main():
         log = tempfile.NamedTemporaryFile("w+", suffix=".log")
         proc = subprocess.Popen([args.kiln, "serve", "-m", args.model, "--port", "0",
                                  "--parallel", str(args.clients), "-t", str(args.threads),
-                                 "-c", "512"], stdout=log, stderr=subprocess.STDOUT)
+                                 "-c", "512", *shlex.split(args.serve_args)],
+                                stdout=log, stderr=subprocess.STDOUT)
         host, port = "127.0.0.1", None
         deadline = time.time() + 60
         while port is None and time.time() < deadline:

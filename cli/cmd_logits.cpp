@@ -33,7 +33,12 @@ constexpr const char* kUsage =
     "  -c, --ctx-size N      context size (default: the number of tokens)\n"
     "  -b, --batch-size N    tokens per forward call (512)\n"
     "  -t, --threads N       threads (default: physical cores)\n"
-    "  --kv-type T           KV cache type: f16 (default), f32, q8_0\n";
+    "  --kv-type T           KV cache type: f16 (default), f32, q8_0\n"
+    "  --precise             int16 activations in the CPU matmuls (two int8 planes):\n"
+    "                        logits closer to float, somewhat slower\n"
+    "  --act-precision P     int8 (default) or int16 (as --precise)\n"
+    "  --hugepage-weights    copy the weights into 2 MiB huge pages instead of reading\n"
+    "                        the memory-mapped file\n";
 
 std::vector<int32_t> parse_token_list(std::string_view text) {
   std::vector<int32_t> ids;
@@ -120,6 +125,8 @@ int run_logits(Args args) {
   o.n_ctx = n_ctx;
   o.n_threads = m.threads;
   o.kv_type = m.kv_type;
+  o.act_precision = m.act_precision;
+  o.resident_weights = m.hugepage_weights;
   o.max_batch = std::min(batch, tokens.size());
   Engine engine(model, o);
   std::vector<float> logits;

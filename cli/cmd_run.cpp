@@ -33,6 +33,11 @@ constexpr const char* kUsage =
     "  -t, --threads N      threads (default: physical cores)\n"
     "  -c, --ctx-size N     context size (default: the model's, at most 4096)\n"
     "  --kv-type T          KV cache type: f16 (default), f32, q8_0\n"
+    "  --precise            int16 activations in the CPU matmuls (two int8 planes):\n"
+    "                       logits closer to float, somewhat slower\n"
+    "  --act-precision P    int8 (default) or int16 (as --precise)\n"
+    "  --hugepage-weights   copy the weights into 2 MiB huge pages (faster decode, the\n"
+    "                       weights then take memory twice) instead of the file mapping\n"
     "  --device D           where the model runs: cpu (default) or cuda\n"
     "  --chat               apply the model's chat template to the prompt as one user\n"
     "                       message, and stop at the end of the turn\n"
@@ -98,6 +103,8 @@ int run_run(Args args) {
   o.n_ctx = default_context_length(model.config(), m.n_ctx);
   o.n_threads = m.threads;
   o.kv_type = m.kv_type;
+  o.act_precision = m.act_precision;
+  o.resident_weights = m.hugepage_weights;
   o.max_batch = std::min<size_t>(512, tokens.size());
   if (tokens.size() + n_predict > o.n_ctx) {
     throw std::invalid_argument("the prompt (" + std::to_string(tokens.size()) + " tokens) plus " +

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "cli/command.h"
+#include "cli/model_options.h"
 #include "engine/kv_cache.h"
 #include "server/http_server.h"
 
@@ -29,10 +30,20 @@ constexpr const char* kUsage =
     "  -t, --threads N        engine threads (default: physical cores)\n"
     "  -c, --ctx-size N       context size of each sequence (default: the model's, at most 4096)\n"
     "  --parallel N           sequences decoded together in one batch (4)\n"
+    "  --prefill-chunk N      most prompt tokens per engine step (128): long prompts go in\n"
+    "                         pieces, so running streams keep getting tokens meanwhile\n"
+    "  --cache-prompt         reuse a free slot's KV cache for the prompt prefix it shares\n"
+    "                         with the new request (faster first token for shared system\n"
+    "                         prompts and multi-turn chat; greedy output may then differ\n"
+    "                         slightly from a cold run)\n"
     "  --alias NAME           model id clients use (default: general.name, else the file stem)\n"
     "  --api-key KEY          require 'Authorization: Bearer KEY' (all but /health)\n"
     "  --chat-template NAME   use a built-in chat template instead of the model's\n"
-    "  --kv-type T            KV cache type: f16 (default), f32, q8_0\n";
+    "  --kv-type T            KV cache type: f16 (default), f32, q8_0\n"
+    "  --device D             cpu (default) or cuda: the whole forward on an NVIDIA GPU\n"
+    "  --precise              int16 activations in the CPU matmuls (two int8 planes):\n"
+    "                         logits closer to float, somewhat slower\n"
+    "  --act-precision P      int8 (default) or int16 (as --precise)\n";
 
 int run_serve(Args args) {
   server::ServerOptions o;
@@ -53,6 +64,10 @@ int run_serve(Args args) {
       o.n_ctx = static_cast<size_t>(parse_int_option(a, option_value(args, i), 16, 1 << 20));
     } else if (a == "--parallel" || a == "-np") {
       o.parallel = static_cast<size_t>(parse_int_option(a, option_value(args, i), 1, 256));
+    } else if (a == "--prefill-chunk") {
+      o.prefill_chunk = static_cast<size_t>(parse_int_option(a, option_value(args, i), 1, 65536));
+    } else if (a == "--cache-prompt") {
+      o.cache_prompt = true;
     } else if (a == "--alias") {
       o.alias = option_value(args, i);
     } else if (a == "--api-key") {
@@ -60,8 +75,14 @@ int run_serve(Args args) {
       if (o.api_key.empty()) throw std::invalid_argument("--api-key must not be empty");
     } else if (a == "--chat-template") {
       o.chat_template = option_value(args, i);
+    } else if (a == "--device") {
+      o.device = parse_device(option_value(args, i));
     } else if (a == "--kv-type") {
       o.kv_type = parse_kv_cache_type(option_value(args, i));
+    } else if (a == "--precise") {
+      o.act_precision = kernels::ActPrecision::int16;
+    } else if (a == "--act-precision") {
+      o.act_precision = parse_act_precision(a, option_value(args, i));
     } else {
       throw std::invalid_argument("unknown option '" + std::string(a) +
                                   "' (see kiln serve --help)");

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <stdexcept>
+#include <string>
 
 #include "engine/kv_cache.h"
 
@@ -10,6 +11,10 @@ namespace kiln::cli {
 
 void OptionParser::flag(std::vector<std::string_view> names, bool& target) {
   options_.push_back({std::move(names), false, [&target](auto, auto) { target = true; }});
+}
+
+void OptionParser::flag(std::vector<std::string_view> names, std::function<void()> on) {
+  options_.push_back({std::move(names), false, [on = std::move(on)](auto, auto) { on(); }});
 }
 
 void OptionParser::text(std::vector<std::string_view> names, std::string& target) {
@@ -48,6 +53,18 @@ void ModelOptions::add_to(OptionParser& parser, ModelOptionSet accepts) {
   if (accepts.device) {
     parser.value({"--device"}, [this](auto, std::string_view v) { device = parse_device(v); });
   }
+  parser.flag({"--precise"}, [this] { act_precision = kernels::ActPrecision::int16; });
+  parser.flag({"--hugepage-weights"}, [this] { hugepage_weights = true; });
+  parser.value({"--act-precision"}, [this](std::string_view option, std::string_view v) {
+    act_precision = parse_act_precision(option, v);
+  });
+}
+
+kernels::ActPrecision parse_act_precision(std::string_view option, std::string_view value) {
+  if (value == "int8") return kernels::ActPrecision::int8;
+  if (value == "int16") return kernels::ActPrecision::int16;
+  throw std::invalid_argument(std::string(option) + ": expected int8 or int16, got '" +
+                              std::string(value) + "'");
 }
 
 void ModelOptions::require_model() const {

@@ -14,6 +14,7 @@
 #include "cli/command.h"
 #include "engine/cuda/any_engine.h"
 #include "gguf/ggml_types.h"
+#include "kernels/dot.h"
 
 namespace kiln::cli {
 
@@ -29,6 +30,8 @@ class OptionParser {
   using ValueHandler = std::function<void(std::string_view option, std::string_view value)>;
 
   void flag(std::vector<std::string_view> names, bool& target);
+  // A flag with an action (for flags that set something other than a bool).
+  void flag(std::vector<std::string_view> names, std::function<void()> on);
   void text(std::vector<std::string_view> names, std::string& target);
   void value(std::vector<std::string_view> names, ValueHandler on);
   // An integer in [min, max], via parse_int_option.
@@ -67,10 +70,19 @@ struct ModelOptions {
   size_t n_ctx = 0;                      // -c, --ctx-size; 0 = the command's default
   GgmlType kv_type = GgmlType::F16;      // --kv-type f16|f32|q8_0
   DeviceKind device = DeviceKind::kCpu;  // --device cpu|cuda
+  // --precise, --act-precision int8|int16: how the CPU matmuls quantize activations.
+  kernels::ActPrecision act_precision = kernels::ActPrecision::int8;
+  // --hugepage-weights: copy the weights into huge-page memory (faster decode, a second
+  // copy of the weights in memory) instead of reading the memory-mapped file.
+  bool hugepage_weights = false;
 
   void add_to(OptionParser& parser, ModelOptionSet accepts = {});
   // Throws "-m MODEL.gguf is required" when no model was given.
   void require_model() const;
 };
+
+// "int8" or "int16" (as for --act-precision); anything else throws std::invalid_argument
+// naming the option.
+kernels::ActPrecision parse_act_precision(std::string_view option, std::string_view value);
 
 }  // namespace kiln::cli

@@ -1,10 +1,20 @@
 #include "engine/engine.h"
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <array>
+#include <cerrno>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
+#include <new>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "kernels/matmul.h"
 #include "kernels/ops.h"
@@ -16,6 +26,83 @@ namespace kiln {
 namespace {
 
 constexpr size_t kDefaultContextCap = 4096;
+constexpr size_t kHugePage = size_t{2} << 20;
+constexpr size_t kPage = 4096;
+// Rows in a run of at least this many consecutive rows of one sequence (a prompt chunk) call
+// matmul() per weight, whose GEMM kernels pay off from about 8 tokens; all other rows
+// (decode: one token per sequence) go through matmul_group: one dispatch for the weights
+// that share an input, with the activations quantized once.
+constexpr size_t kGemmMinRun = 8;
+
+// Fills dst with `dst.size()` bytes of the file at `path` from `offset`, through pread so
+// the file mapping's pages are never touched (they would count in our RSS a second time).
+// False when the file cannot be read that way; the caller then copies from the mapping.
+bool read_file_range(const std::string& path, uint64_t file_size, uint64_t offset,
+                     std::span<std::byte> dst) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  struct stat st {};
+  // The same size as the mapped file, else this is not the file the model came from.
+  bool ok =
+      fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) == file_size;
+  size_t done = 0;
+  while (ok && done < dst.size()) {
+    const ssize_t got =
+        ::pread(fd, dst.data() + done, dst.size() - done, static_cast<off_t>(offset + done));
+    if (got < 0 && errno == EINTR) continue;
+    ok = got > 0;
+    if (ok) done += static_cast<size_t>(got);
+  }
+  ::close(fd);
+  return ok;
+}
+
+// A copy of the model's weights whose views point into `buffer`, which receives every
+// tensor's data (one contiguous range of the file), at the same offset within a 4 KiB page
+// as in the mapping so every view keeps its alignment.
+Weights copy_weights(const Model& model, HugePageBuffer& buffer) {
+  const gguf::File& f = model.file();
+  Weights w = model.weights();
+  const gguf::TensorInfo* first = nullptr;
+  const std::byte* end = nullptr;
+  for (const gguf::TensorInfo& t : f.tensors()) {
+    if (t.data.empty()) continue;
+    if (first == nullptr || t.data.data() < first->data.data()) first = &t;
+    end = std::max(end, t.data.data() + t.data.size());
+  }
+  if (first == nullptr) return w;
+  const std::byte* begin = first->data.data();
+  const size_t shift = reinterpret_cast<uintptr_t>(begin) % kPage;
+  const auto size = static_cast<size_t>(end - begin);
+  try {
+    buffer = HugePageBuffer(shift + size);
+  } catch (const std::bad_alloc&) {
+    return w;  // no room for a copy: read through the mapping, slower but the same bytes
+  }
+  const std::span<std::byte> dst = buffer.bytes().subspan(shift, size);
+  if (!read_file_range(f.path(), f.file_size(), f.data_offset() + first->offset, dst)) {
+    std::memcpy(dst.data(), begin, size);
+  }
+
+  const auto rebase = [&]<typename T>(std::span<const T>& s) {
+    const auto* p = reinterpret_cast<const std::byte*>(s.data());
+    if (s.empty() || p < begin || p >= end) return;
+    s = {reinterpret_cast<const T*>(dst.data() + (p - begin)), s.size()};
+  };
+  rebase(w.token_embd.data);
+  rebase(w.output.data);
+  rebase(w.output_norm);
+  rebase(w.rope_freqs);
+  for (LayerWeights& l : w.layers) {
+    rebase(l.attn_norm);
+    rebase(l.ffn_norm);
+    for (WeightView* m :
+         {&l.attn_q, &l.attn_k, &l.attn_v, &l.attn_output, &l.ffn_gate, &l.ffn_up, &l.ffn_down}) {
+      rebase(m->data);
+    }
+  }
+  return w;
+}
 
 kernels::WeightMatrix as_matrix(const WeightView& w) { return {w.type, w.data, w.rows, w.cols}; }
 
@@ -47,6 +134,50 @@ void for_each_row(ThreadPool& pool, size_t n, Fn&& fn) {
 
 }  // namespace
 
+HugePageBuffer::HugePageBuffer(size_t bytes) {
+  if (bytes == 0) return;
+  // One huge page of slack so that a 2 MiB aligned start fits in the mapping.
+  const size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+  mapping_size_ = rounded + kHugePage;
+  mapping_ =
+      mmap(nullptr, mapping_size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (mapping_ == MAP_FAILED) {
+    mapping_ = nullptr;
+    throw std::bad_alloc();
+  }
+  const auto address = reinterpret_cast<uintptr_t>(mapping_);
+  data_ = static_cast<std::byte*>(mapping_) + (kHugePage - address % kHugePage) % kHugePage;
+  size_ = bytes;
+  // Advice only: where the kernel has no huge pages to give, 4 KiB pages work the same.
+  madvise(data_, rounded, MADV_HUGEPAGE);
+#ifdef MADV_POPULATE_WRITE
+  // Fault every page in now, in one call, rather than one fault per page on first write
+  // (kernels before 5.14 reject this; the pages then fault in as they are written).
+  madvise(data_, rounded, MADV_POPULATE_WRITE);
+#endif
+}
+
+HugePageBuffer::~HugePageBuffer() {
+  if (mapping_ != nullptr) munmap(mapping_, mapping_size_);
+}
+
+HugePageBuffer::HugePageBuffer(HugePageBuffer&& other) noexcept
+    : mapping_(std::exchange(other.mapping_, nullptr)),
+      mapping_size_(std::exchange(other.mapping_size_, 0)),
+      data_(std::exchange(other.data_, nullptr)),
+      size_(std::exchange(other.size_, 0)) {}
+
+HugePageBuffer& HugePageBuffer::operator=(HugePageBuffer&& other) noexcept {
+  if (this != &other) {
+    if (mapping_ != nullptr) munmap(mapping_, mapping_size_);
+    mapping_ = std::exchange(other.mapping_, nullptr);
+    mapping_size_ = std::exchange(other.mapping_size_, 0);
+    data_ = std::exchange(other.data_, nullptr);
+    size_ = std::exchange(other.size_, 0);
+  }
+  return *this;
+}
+
 size_t default_context_length(const ModelConfig& config, size_t requested) {
   if (requested != 0) return requested;
   return std::min(config.n_ctx_train, kDefaultContextCap);
@@ -54,11 +185,13 @@ size_t default_context_length(const ModelConfig& config, size_t requested) {
 
 Engine::Engine(const Model& model, const EngineOptions& options)
     : model_(model),
+      weights_(options.resident_weights ? copy_weights(model, resident_) : model.weights()),
       max_batch_(options.max_batch),
       n_threads_(options.n_threads > 0 ? options.n_threads : default_thread_count()),
       pool_(std::make_unique<ThreadPool>(n_threads_)),
       kv_(options.kv_type, model.config().n_layers, options.n_seq,
-          default_context_length(model.config(), options.n_ctx), model.config().kv_dim()) {
+          default_context_length(model.config(), options.n_ctx), model.config().kv_dim()),
+      act_precision_(options.act_precision) {
   const ModelConfig& c = model.config();
   if (max_batch_ == 0) throw std::invalid_argument("max_batch must be at least 1");
   if (options.kv_type == GgmlType::Q8_0 && c.head_dim % 32 != 0) {
@@ -80,15 +213,16 @@ Engine::Engine(const Model& model, const EngineOptions& options)
   rope_sin_.resize(b * (c.rope_dim / 2));
   scores_.resize(static_cast<size_t>(n_threads_) * kv_.n_ctx());
   logits_.resize(b * c.n_vocab);
-  logit_rows_.reserve(b);
+  row_seq_.resize(b);
+  logit_seq_.resize(b);
   next_pos_.resize(kv_.n_seq());
 
   // One scratch buffer big enough for the largest matmul at full batch.
   size_t scratch = 0;
   auto need = [&](const WeightView& w) {
-    scratch = std::max(scratch, kernels::matmul_scratch_bytes(w.type, w.cols, b));
+    scratch = std::max(scratch, kernels::matmul_scratch_bytes(w.type, w.cols, b, act_precision_));
   };
-  const Weights& w = model.weights();
+  const Weights& w = weights_;
   for (const auto& l : w.layers) {
     for (const WeightView* m :
          {&l.attn_q, &l.attn_k, &l.attn_v, &l.attn_output, &l.ffn_gate, &l.ffn_up, &l.ffn_down}) {
@@ -96,6 +230,23 @@ Engine::Engine(const Model& model, const EngineOptions& options)
     }
   }
   need(w.output);
+  // The grouped decode path, at its largest batch (a batch of single tokens).
+  const size_t grouped = b;
+  auto need_group = [&](std::initializer_list<const WeightView*> ws) {
+    std::array<GgmlType, kernels::kMaxGroupTargets> types{};
+    size_t k = 0;
+    for (const WeightView* m : ws) types[k++] = m->type;
+    scratch =
+        std::max(scratch, kernels::matmul_group_scratch_bytes(
+                              {types.data(), k}, (*ws.begin())->cols, grouped, act_precision_));
+  };
+  for (const auto& l : w.layers) {
+    need_group({&l.attn_q, &l.attn_k, &l.attn_v});
+    need_group({&l.attn_output});
+    need_group({&l.ffn_gate, &l.ffn_up});
+    need_group({&l.ffn_down});
+  }
+  need_group({&w.output});
   matmul_scratch_.resize(scratch);
 }
 
@@ -139,7 +290,7 @@ void Engine::validate(const Batch& batch) {
 std::span<const float> Engine::forward(const Batch& batch) {
   validate(batch);
   const ModelConfig& c = config();
-  const Weights& w = model_.weights();
+  const Weights& w = weights_;
   const size_t n = batch.size();
   const size_t dim = c.dim, q_dim = c.q_dim(), kv_dim = c.kv_dim(), ffn = c.ffn_dim;
   const size_t half_rope = c.rope_dim / 2;
@@ -154,6 +305,9 @@ std::span<const float> Engine::forward(const Batch& batch) {
         static_cast<size_t>(batch.entries[i].token) * embd_row_bytes, embd_row_bytes);
     kernels::dequantize_row(w.token_embd.type, src, row(x_, i, dim));
   }
+
+  for (size_t i = 0; i < n; ++i) row_seq_[i] = batch.entries[i].seq;
+  const std::span<const int32_t> seqs(row_seq_.data(), n);
 
   // RoPE angles of each entry's position, shared by Q and K of every layer.
   for (size_t i = 0; i < n; ++i) {
@@ -170,12 +324,10 @@ std::span<const float> Engine::forward(const Batch& batch) {
     });
 
     // Projections: q (n, q_dim), k and v (n, kv_dim) = xb @ W^T.
-    kernels::matmul(as_matrix(l.attn_q), rows(xb_, n, dim), n, rows(q_, n, q_dim), matmul_scratch_,
-                    *pool_);
-    kernels::matmul(as_matrix(l.attn_k), rows(xb_, n, dim), n, rows(k_, n, kv_dim), matmul_scratch_,
-                    *pool_);
-    kernels::matmul(as_matrix(l.attn_v), rows(xb_, n, dim), n, rows(v_, n, kv_dim), matmul_scratch_,
-                    *pool_);
+    project({{as_matrix(l.attn_q), rows(q_, n, q_dim)},
+             {as_matrix(l.attn_k), rows(k_, n, kv_dim)},
+             {as_matrix(l.attn_v), rows(v_, n, kv_dim)}},
+            rows(xb_, n, dim), n, seqs);
 
     // RoPE on q and k (adjacent-pair layout: the GGUF converter permuted Q/K for it),
     // then k and v stored in the cache at (seq, pos), converted to the cache type.
@@ -210,8 +362,7 @@ std::span<const float> Engine::forward(const Batch& batch) {
     attention(layer, n);
 
     // Output projection: xb = att @ Wo^T.
-    kernels::matmul(as_matrix(l.attn_output), rows(att_, n, q_dim), n, rows(xb_, n, dim),
-                    matmul_scratch_, *pool_);
+    project({{as_matrix(l.attn_output), rows(xb_, n, dim)}}, rows(att_, n, q_dim), n, seqs);
 
     // Residual, then the FFN input: x += xb; xb = rmsnorm(x) * ffn_norm.
     for_each_row(*pool_, n, [&](size_t i) {
@@ -220,17 +371,15 @@ std::span<const float> Engine::forward(const Batch& batch) {
     });
 
     // SwiGLU: gate = silu(xb @ Wg^T) * (xb @ Wu^T).
-    kernels::matmul(as_matrix(l.ffn_gate), rows(xb_, n, dim), n, rows(gate_, n, ffn),
-                    matmul_scratch_, *pool_);
-    kernels::matmul(as_matrix(l.ffn_up), rows(xb_, n, dim), n, rows(up_, n, ffn), matmul_scratch_,
-                    *pool_);
+    project(
+        {{as_matrix(l.ffn_gate), rows(gate_, n, ffn)}, {as_matrix(l.ffn_up), rows(up_, n, ffn)}},
+        rows(xb_, n, dim), n, seqs);
     for_each_row(*pool_, n, [&](size_t i) {
       kernels::silu_mul(row(gate_, i, ffn), row(up_, i, ffn), row(gate_, i, ffn));
     });
 
     // Down projection and residual: x += gate @ Wd^T.
-    kernels::matmul(as_matrix(l.ffn_down), rows(gate_, n, ffn), n, rows(xb_, n, dim),
-                    matmul_scratch_, *pool_);
+    project({{as_matrix(l.ffn_down), rows(xb_, n, dim)}}, rows(gate_, n, ffn), n, seqs);
     kernels::add(rows(x_, n, dim), rows(xb_, n, dim));
   }
 
@@ -238,13 +387,14 @@ std::span<const float> Engine::forward(const Batch& batch) {
   for (size_t i = 0; i < n; ++i) {
     if (!batch.entries[i].wants_logits) continue;
     kernels::rmsnorm(row(x_, i, dim), w.output_norm, c.rms_eps, row(xb_, n_logits_, dim));
+    logit_seq_[n_logits_] = batch.entries[i].seq;
     ++n_logits_;
   }
 
   // Logits: (n_logits, n_vocab) = xb @ output^T.
   if (n_logits_ > 0) {
-    kernels::matmul(as_matrix(w.output), rows(xb_, n_logits_, dim), n_logits_,
-                    rows(logits_, n_logits_, c.n_vocab), matmul_scratch_, *pool_);
+    project({{as_matrix(w.output), rows(logits_, n_logits_, c.n_vocab)}}, rows(xb_, n_logits_, dim),
+            n_logits_, {logit_seq_.data(), n_logits_});
   }
 
   // The cache now holds every written position.
@@ -253,6 +403,42 @@ std::span<const float> Engine::forward(const Batch& batch) {
   }
   entries_ = nullptr;
   return {logits_.data(), n_logits_ * c.n_vocab};
+}
+
+void Engine::project(std::initializer_list<kernels::MatmulTarget> targets, std::span<const float> x,
+                     size_t n, std::span<const int32_t> row_seq) {
+  // The GEMM and the per-row kernels sum the same exact integer products but round the
+  // float scaling differently, so the path a row takes is chosen by its own run (a prompt
+  // chunk of its sequence, or a lone decode token), never by the batch's size: a sequence
+  // gets bit-identical logits alone or batched beside others (the server's greedy outputs
+  // rely on it), and a prompt chunk the same result whatever runs next to it.
+  const size_t cols = targets.begin()->w.cols;
+  const auto run_end = [&](size_t i) {
+    size_t j = i + 1;
+    while (j < n && row_seq[j] == row_seq[i]) ++j;
+    return j;
+  };
+  std::array<kernels::MatmulTarget, kernels::kMaxGroupTargets> part{};
+  for (size_t i = 0; i < n;) {
+    size_t end = run_end(i);
+    const bool gemm = end - i >= kGemmMinRun;
+    // Extend over the following runs of the same kind: one call for all of them.
+    while (end < n && (run_end(end) - end >= kGemmMinRun) == gemm) end = run_end(end);
+    const size_t m = end - i;
+    size_t k = 0;
+    for (const kernels::MatmulTarget& t : targets) {
+      part[k++] = {t.w, t.y.subspan(i * t.w.rows, m * t.w.rows)};
+    }
+    const auto xs = x.subspan(i * cols, m * cols);
+    if (gemm) {
+      for (size_t t = 0; t < k; ++t) {
+        kernels::matmul(part[t].w, xs, m, part[t].y, matmul_scratch_, *pool_, act_precision_);
+      }
+    } else {
+      kernels::matmul_group({part.data(), k}, xs, m, matmul_scratch_, *pool_, act_precision_);
+    }
+    i = end;
+  }
 }
 
 void Engine::attention(size_t layer, size_t n) {

@@ -10,12 +10,14 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <memory>
 #include <span>
 #include <vector>
 
 #include "engine/kv_cache.h"
 #include "engine/model.h"
+#include "kernels/matmul.h"
 
 namespace kiln {
 
@@ -45,6 +47,33 @@ struct EngineOptions {
   size_t max_batch = 512;  // most entries in one forward call
   int n_threads = 0;       // 0: default_thread_count()
   GgmlType kv_type = GgmlType::F16;  // F16, F32 or Q8_0
+  // Copy the weights out of the file mapping into anonymous memory backed by 2 MiB
+  // transparent huge pages (see Engine). Costs a copy of the tensor data at construction and
+  // a second home for the weights (the file's pages stay in the page cache), so it is
+  // opt-in (--hugepage-weights); by default the forward reads the memory-mapped file.
+  bool resident_weights = false;
+  // Activation quantization of the matmuls: int16 (two int8 planes) for accuracy close to
+  // float activations (issue #5) at some speed cost; int8 is the fast default.
+  kernels::ActPrecision act_precision = kernels::ActPrecision::int8;
+};
+
+// Anonymous memory, 2 MiB aligned and advised for transparent huge pages (the kernel
+// grants them when it can; the bytes are valid either way). Not zero-filled.
+class HugePageBuffer {
+ public:
+  HugePageBuffer() = default;
+  explicit HugePageBuffer(size_t bytes);
+  ~HugePageBuffer();
+  HugePageBuffer(HugePageBuffer&& other) noexcept;
+  HugePageBuffer& operator=(HugePageBuffer&& other) noexcept;
+
+  std::span<std::byte> bytes() const { return {data_, size_}; }
+
+ private:
+  void* mapping_ = nullptr;  // what mmap returned (mapping_size_ bytes)
+  size_t mapping_size_ = 0;
+  std::byte* data_ = nullptr;  // 2 MiB aligned, inside the mapping
+  size_t size_ = 0;
 };
 
 class Engine {
@@ -66,6 +95,8 @@ class Engine {
   std::span<const float> logits_row(size_t k) const;
 
   const Model& model() const { return model_; }
+  // The weights the forward reads: the model's, or their resident copy.
+  const Weights& weights() const { return weights_; }
   const ModelConfig& config() const { return model_.config(); }
   size_t n_ctx() const { return kv_.n_ctx(); }
   size_t n_seq() const { return kv_.n_seq(); }
@@ -89,12 +120,23 @@ class Engine {
  private:
   void validate(const Batch& batch);
   void attention(size_t layer, size_t n);
+  // y_i = x @ W_i^T for every target, where all the W_i read the same input x (n rows);
+  // row_seq[r] is the sequence row r belongs to (it picks the kernel path, see there).
+  void project(std::initializer_list<kernels::MatmulTarget> targets, std::span<const float> x,
+               size_t n, std::span<const int32_t> row_seq);
 
   const Model& model_;
+  // Decode streams every weight once per token. Read through the file mapping's 4 KiB
+  // pages, the TLB misses cost about 15% of the read bandwidth on the 2-core test machine
+  // (35 vs 30 GB/s for a plain streaming sum); so with resident_weights the tensor data is
+  // copied into huge pages and weights_ points there (by default, at the mapping).
+  HugePageBuffer resident_;
+  Weights weights_;
   size_t max_batch_;
   int n_threads_;
   std::unique_ptr<ThreadPool> pool_;
   KvCache kv_;
+  kernels::ActPrecision act_precision_;
 
   // Activations, row-major (max_batch, width).
   std::vector<float> x_;         // (B, dim) residual stream
@@ -111,8 +153,9 @@ class Engine {
   std::vector<float> kv_row_;    // (n_threads, kv_dim) staging for quantized cache rows
   std::vector<float> logits_;    // (B, n_vocab)
   std::vector<std::byte> matmul_scratch_;
-  std::vector<int32_t> logit_rows_;  // batch indices of entries that want logits
-  std::vector<size_t> next_pos_;     // (n_seq) validation scratch
+  std::vector<int32_t> row_seq_;    // (B) sequence of each batch row
+  std::vector<int32_t> logit_seq_;  // (B) sequence of each packed logits row
+  std::vector<size_t> next_pos_;    // (n_seq) validation scratch
   size_t n_logits_ = 0;
   const BatchEntry* entries_ = nullptr;  // batch of the running forward (for attention workers)
 };

@@ -133,6 +133,15 @@ struct block_q8_act {
   int8_t qs[QK8_0];
 };
 
+// Precise ("int16") activation rows: each activation is held as two int8 terms,
+// x ~= d q + d2 q2, where q2 quantizes the residual x - d q with its own scale
+// (d2 <= d / 254), cutting the activation rounding error by about 2^8 (issue #5). A row of
+// n elements is two rows of the int8 format back to back: n / 32 (or n / 256) blocks of
+// plane 1 (block_q8_act with d, s = d sum(q); block_q8_K with d, bsums of q), then as many of
+// plane 2 (d2 and the sums of q2). Every term of the dot products is linear in the
+// activation, so a plane is an ordinary int8 activation row: the precise dot kernels unpack
+// each weight block once for both planes, and the int8 GEMM panels can run once per plane.
+
 // The 16 values of IQ4_NL/IQ4_XS, indexed by the 4-bit code.
 inline constexpr int8_t kvalues_iq4nl[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
                                              1,    13,   25,  38,  53,  69,  89,  113};

@@ -18,7 +18,14 @@
 
 namespace kiln::kernels {
 
-enum class ActFormat { F32, Q8_act, Q8_K };
+// Q8_act2 / Q8_K2: the precise two-plane formats (block_q8_act2 / block_q8_K2).
+enum class ActFormat { F32, Q8_act, Q8_K, Q8_act2, Q8_K2 };
+
+// How finely the matmul quantizes its activations: int8 (one int8 per activation, the
+// default and the fastest) or int16 (two int8 planes, x ~= d q + d2 q2: about 2^8 times
+// less activation rounding error for about one more maddubs per weight block; issue #5).
+// Float weight types read float activations either way.
+enum class ActPrecision { int8, int16 };
 
 // Activation rows per kernel call: a weight block is unpacked once and used this many times.
 inline constexpr int kMaxTileTokens = 4;
@@ -43,9 +50,66 @@ DotKernel dot_kernel_portable(GgmlType type);
 // AVX2/FMA, or a CPU without them).
 DotKernel dot_kernel_avx2(GgmlType type);
 
+// ---- Prompt processing (many activation rows): register-tiled GEMM panels -------------
+
+// Weight rows per GEMM panel (one int32 lane of a 512-bit vector per row).
+inline constexpr int kGemmPanelRows = 16;
+
+// y[t * y_stride + r] = dot(W row r, activation row t) for r < n_rows (1..kGemmPanelRows)
+// and t < m. w: the panel's first row; rows w_row_bytes apart. act: m activation rows in
+// the paired format, act_stride bytes apart. Never allocates.
+using GemmPanelFn = void (*)(size_t cols, const std::byte* w, size_t w_row_bytes, int n_rows,
+                             const std::byte* act, size_t act_stride, size_t m, float* y,
+                             size_t y_stride);
+
+struct GemmKernel {
+  ActFormat act = ActFormat::F32;
+  GemmPanelFn fn = nullptr;  // nullptr: matmul uses the dot kernels for every m
+  const char* isa = "";
+};
+
+// The AVX-512 VNNI panel kernel, or fn == nullptr (type not covered, build without the
+// flags, or a CPU without AVX-512 F/BW/VL/VNNI). Ignores the ISA limit below.
+GemmKernel gemm_kernel_avx512(GgmlType type);
+// The GEMM panel kernel matmul uses for many activation rows, within the ISA limit.
+GemmKernel gemm_kernel(GgmlType type);
+
+// The widest instruction set the kernels may use. Starts from the KILN_ISA environment
+// variable ("portable", "avx2", "avx512"; unset: the widest the CPU has) and can be lowered
+// by tests so every path runs on one machine. Kernels the CPU lacks are never chosen.
+enum class Isa { Portable = 0, Avx2 = 1, Avx512 = 2 };
+Isa isa_limit();
+void set_isa_limit(Isa isa);
+
 // Bytes of one activation row of `cols` elements in `format`.
 size_t act_row_bytes(ActFormat format, size_t cols);
-// Quantizes one activation row into `format` (out: act_row_bytes(format, x.size()) bytes).
+// Quantizes one activation row into `format` (out: act_row_bytes(format, x.size()) bytes),
+// with the SIMD quantizer where the ISA limit allows (byte-identical to the portable one).
 void quantize_act_row(ActFormat format, std::span<const float> x, std::span<std::byte> out);
+// The reference quantizers of kernels/quants.cpp.
+void quantize_act_row_portable(ActFormat format, std::span<const float> x,
+                               std::span<std::byte> out);
+// The AVX2 quantizer; false (nothing written) where there is none for the format or CPU.
+bool quantize_act_row_avx2(ActFormat format, std::span<const float> x, std::span<std::byte> out);
+
+// ---- Precise (int16, two-plane) activations: kernels/dot_precise_portable.cpp, x86/ ----
+
+// The kernel matmul uses for `precision` on this CPU: int8 is dot_kernel(type); int16 pairs
+// the quantized types with Q8_act2/Q8_K2 (AVX2 where there is a kernel, else portable) and
+// keeps the float types on F32 activations.
+DotKernel dot_kernel(GgmlType type, ActPrecision precision);
+// The portable int16 kernels (every matmul type; the float types return their F32 kernel).
+DotKernel dot_kernel_precise_portable(GgmlType type);
+// The AVX2 int16 kernels, or fn == nullptr (type not covered, no AVX2 build or CPU).
+DotKernel dot_kernel_precise_avx2(GgmlType type);
+// The AVX2 quantizer of the two-plane formats (byte-identical to the reference ones); false
+// (nothing written) for another format, wrong sizes, or a CPU without AVX2.
+bool quantize_act_row_precise_avx2(ActFormat format, std::span<const float> x,
+                                   std::span<std::byte> out);
+// GEMM panels for int16 activations (kernels/gemm_precise.cpp): the int8 panel of the type
+// run once per plane; fn == nullptr where gemm_kernel(type) has none.
+GemmKernel gemm_kernel_precise(GgmlType type);
+// gemm_kernel(type) for int8, gemm_kernel_precise(type) for int16.
+GemmKernel gemm_kernel(GgmlType type, ActPrecision precision);
 
 }  // namespace kiln::kernels

@@ -298,11 +298,16 @@ size_t act_row_bytes(ActFormat format, size_t cols) {
       return cols / QK8_0 * sizeof(block_q8_act);
     case ActFormat::Q8_K:
       return cols / QK_K * sizeof(block_q8_K);
+    case ActFormat::Q8_act2:
+      return 2 * (cols / QK8_0) * sizeof(block_q8_act);
+    case ActFormat::Q8_K2:
+      return 2 * (cols / QK_K) * sizeof(block_q8_K);
   }
   return 0;
 }
 
-void quantize_act_row(ActFormat format, std::span<const float> x, std::span<std::byte> out) {
+void quantize_act_row_portable(ActFormat format, std::span<const float> x,
+                               std::span<std::byte> out) {
   switch (format) {
     case ActFormat::F32:
       std::memcpy(out.data(), x.data(), x.size_bytes());
@@ -312,6 +317,12 @@ void quantize_act_row(ActFormat format, std::span<const float> x, std::span<std:
           x, {reinterpret_cast<block_q8_act*>(out.data()), out.size() / sizeof(block_q8_act)});
     case ActFormat::Q8_K:
       return quantize_row_q8_K(
+          x, {reinterpret_cast<block_q8_K*>(out.data()), out.size() / sizeof(block_q8_K)});
+    case ActFormat::Q8_act2:
+      return quantize_row_q8_act2(
+          x, {reinterpret_cast<block_q8_act*>(out.data()), out.size() / sizeof(block_q8_act)});
+    case ActFormat::Q8_K2:
+      return quantize_row_q8_K2(
           x, {reinterpret_cast<block_q8_K*>(out.data()), out.size() / sizeof(block_q8_K)});
   }
 }

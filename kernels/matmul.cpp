@@ -19,6 +19,9 @@ constexpr size_t kScratchAlign = 64;
 // Below this many activation rows the caller quantizes them alone (a pool round trip costs
 // more than quantizing a few rows).
 constexpr size_t kParallelQuantizeRows = 4;
+// From this many activation rows on, a type with a GEMM panel kernel uses it: repacking a
+// 16-row panel costs about as much as a few tokens' worth of dot products.
+constexpr size_t kGemmMinTokens = 8;
 
 [[noreturn]] void fail(const WeightMatrix& w, const std::string& what) {
   throw std::invalid_argument("matmul: " + std::string(type_name(w.type)) + " weight (" +
@@ -30,8 +33,8 @@ constexpr size_t kParallelQuantizeRows = 4;
 
 bool has_matmul_kernel(GgmlType type) { return dot_kernel_portable(type).fn != nullptr; }
 
-size_t matmul_scratch_bytes(GgmlType type, size_t cols, size_t m) {
-  const DotKernel kernel = dot_kernel(type);
+size_t matmul_scratch_bytes(GgmlType type, size_t cols, size_t m, ActPrecision precision) {
+  const DotKernel kernel = dot_kernel(type, precision);
   if (kernel.fn == nullptr) {
     throw std::invalid_argument("matmul_scratch_bytes: no matmul kernel for tensor type " +
                                 std::string(type_name(type)));
@@ -41,8 +44,10 @@ size_t matmul_scratch_bytes(GgmlType type, size_t cols, size_t m) {
 }
 
 void matmul(const WeightMatrix& w, std::span<const float> x, size_t m, std::span<float> y,
-            std::span<std::byte> scratch, ThreadPool& pool) {
-  const DotKernel kernel = dot_kernel(w.type);
+            std::span<std::byte> scratch, ThreadPool& pool, ActPrecision precision) {
+  // int16: two-plane activations (Q8_act2/Q8_K2); a GEMM panel is used only where it reads
+  // the same format (gemm.act == kernel.act below), else the per-row dot path.
+  const DotKernel kernel = dot_kernel(w.type, precision);
   if (kernel.fn == nullptr) fail(w, "no matmul kernel for this tensor type");
   const uint32_t block = traits(w.type).block_elements;
   if (w.cols == 0 || w.cols % block != 0) {
@@ -70,7 +75,7 @@ void matmul(const WeightMatrix& w, std::span<const float> x, size_t m, std::span
     act = reinterpret_cast<const std::byte*>(x.data());
     act_stride = w.cols * sizeof(float);
   } else {
-    const size_t needed = matmul_scratch_bytes(w.type, w.cols, m);
+    const size_t needed = matmul_scratch_bytes(w.type, w.cols, m, precision);
     if (scratch.size() < needed) {
       fail(w, "scratch has " + std::to_string(scratch.size()) + " bytes, needs " +
                   std::to_string(needed));
@@ -101,6 +106,7 @@ void matmul(const WeightMatrix& w, std::span<const float> x, size_t m, std::span
   const size_t rows = w.rows;
   const size_t cols = w.cols;
   const DotTileFn dot = kernel.fn;
+  const GemmKernel gemm = m >= kGemmMinTokens ? gemm_kernel(w.type, precision) : GemmKernel{};
   // Rows are handed out in chunks (multiples of 16 rows) from a shared counter rather than
   // split statically: when another process takes a core away from one of our threads, the
   // others take over its share instead of waiting for it. About 8 chunks per thread keeps
@@ -119,6 +125,12 @@ void matmul(const WeightMatrix& w, std::span<const float> x, size_t m, std::span
       const size_t chunk_end = std::min(chunk_begin + chunk_rows, rows);
       for (size_t block = chunk_begin; block < chunk_end; block += kRowChunk) {
         const size_t block_end = std::min(block + kRowChunk, chunk_end);
+        if (gemm.fn != nullptr && gemm.act == kernel.act) {
+          static_assert(kRowChunk == kGemmPanelRows);
+          gemm.fn(cols, weights + block * w_row_bytes, w_row_bytes,
+                  static_cast<int>(block_end - block), act, act_stride, m, out + block, rows);
+          continue;
+        }
         // Tokens outer, rows inner: 16 rows of weights stay in L1/L2 while the token
         // tiles stream past them.
         for (size_t t0 = 0; t0 < m; t0 += kMaxTileTokens) {

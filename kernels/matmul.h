@@ -12,6 +12,7 @@
 #include <span>
 
 #include "gguf/ggml_types.h"
+#include "kernels/dot.h"
 #include "kernels/thread_pool.h"
 
 namespace kiln::kernels {
@@ -30,14 +31,48 @@ bool has_matmul_kernel(GgmlType type);
 // Scratch bytes needed to hold m activation rows of length cols quantized for this weight
 // type (0 for the float types, which read x directly). Throws std::invalid_argument for a
 // type without a kernel.
-size_t matmul_scratch_bytes(GgmlType type, size_t cols, size_t m);
+// precision: how the activations are quantized (kernels/dot.h); int16 needs more scratch.
+size_t matmul_scratch_bytes(GgmlType type, size_t cols, size_t m,
+                            ActPrecision precision = ActPrecision::int8);
 
 // Y (m, rows) = X (m, cols) @ W^T. x and y are row-major and dense (only their first m * cols
 // and m * rows elements are used); scratch has matmul_scratch_bytes(...) bytes (any
 // alignment). Never allocates. m == 1 is the decode matrix-vector case. Throws
 // std::invalid_argument (naming the type and sizes) for a type without a kernel, cols not a
 // multiple of the block size, or spans too small.
+// precision int16 uses the two-plane activation kernels (dot_kernel(type, precision), and
+// gemm_kernel(type, precision) for many rows).
 void matmul(const WeightMatrix& w, std::span<const float> x, size_t m, std::span<float> y,
-            std::span<std::byte> scratch, ThreadPool& pool);
+            std::span<std::byte> scratch, ThreadPool& pool,
+            ActPrecision precision = ActPrecision::int8);
+
+// ---- Several matmuls of one input in one dispatch (kernels/matmul_group.cpp) ----------
+
+// One product of a group: y (m, w.rows) = X (m, w.cols) @ w^T, y row-major and dense.
+struct MatmulTarget {
+  WeightMatrix w;
+  std::span<float> y;
+};
+
+// Most targets in one matmul_group call (Q, K and V of a layer are three).
+inline constexpr size_t kMaxGroupTargets = 4;
+
+// Scratch bytes matmul_group needs for weights of these types (same cols, m tokens): one
+// region per activation format the types pair with. Throws std::invalid_argument for a
+// type without a kernel or more than kMaxGroupTargets types.
+size_t matmul_group_scratch_bytes(std::span<const GgmlType> types, size_t cols, size_t m,
+                                  ActPrecision precision = ActPrecision::int8);
+
+// The matmuls that share their input X (m, cols) (Q/K/V of a layer, gate/up of the FFN) as
+// one job: X is quantized once per activation format the weights pair with, and the rows
+// of all the weights are shared out across the pool in ONE dispatch, so a thread that
+// finishes its part of one weight goes on to the next instead of waiting at a barrier per
+// matmul. Work is claimed in shrinking chunks of 16-row units (large first, single units
+// at the end) so the threads finish together. The per-row dot kernels for every m (no
+// GEMM panels): meant for decode, where m is a handful of tokens. Errors as matmul()'s,
+// thrown before any output is written; never allocates. One target is a plain matmul.
+void matmul_group(std::span<const MatmulTarget> targets, std::span<const float> x, size_t m,
+                  std::span<std::byte> scratch, ThreadPool& pool,
+                  ActPrecision precision = ActPrecision::int8);
 
 }  // namespace kiln::kernels

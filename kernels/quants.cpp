@@ -437,4 +437,107 @@ void quantize_row_q8_K(std::span<const float> x, std::span<block_q8_K> y) {
   }
 }
 
+namespace {
+
+// One block of the precise activation formats: qs/qs2 as documented in quants.h; returns
+// {d, d2}. n is 32 or 256.
+struct TwoPlaneScales {
+  float d;
+  float d2;
+};
+TwoPlaneScales quantize_two_planes(const float* v, int n, int8_t* qs, int8_t* qs2) {
+  float amax = 0.0f;
+  for (int j = 0; j < n; ++j) amax = std::max(amax, std::fabs(v[j]));
+  const float d = amax / 127.0f;
+  const float id = d != 0.0f ? 1.0f / d : 0.0f;
+  float rmax = 0.0f;
+  for (int j = 0; j < n; ++j) {
+    // Clamped: x / d may round a hair above 127 in float.
+    const int q = std::clamp(static_cast<int>(std::nearbyint(v[j] * id)), -127, 127);
+    qs[j] = static_cast<int8_t>(q);
+    // The residual with one rounding (fma), so the SIMD quantizer can match it bit for bit.
+    rmax = std::max(rmax, std::fabs(std::fma(-d, static_cast<float>(q), v[j])));
+  }
+  const float d2 = rmax / 127.0f;
+  const float id2 = d2 != 0.0f ? 1.0f / d2 : 0.0f;
+  for (int j = 0; j < n; ++j) {
+    const float r = std::fma(-d, static_cast<float>(qs[j]), v[j]);
+    qs2[j] = static_cast<int8_t>(std::clamp(static_cast<int>(std::nearbyint(r * id2)), -127, 127));
+  }
+  return {d, d2};
+}
+
+}  // namespace
+
+void quantize_row_q8_act2(std::span<const float> x, std::span<block_q8_act> y) {
+  const size_t nb = y.size() / 2;
+  check_blocks_out("quantize_row_q8_act2", x.size(), y.first(nb), QK8_0);
+  if (y.size() != 2 * nb)
+    throw_size_mismatch("quantize_row_q8_act2", y.size(), QK8_0 / 2, x.size());
+  for (size_t i = 0; i < nb; ++i) {
+    block_q8_act& p1 = y[i];
+    block_q8_act& p2 = y[nb + i];
+    const TwoPlaneScales sc = quantize_two_planes(x.data() + i * QK8_0, QK8_0, p1.qs, p2.qs);
+    int sum = 0;
+    int sum2 = 0;
+    for (int j = 0; j < QK8_0; ++j) {
+      sum += p1.qs[j];
+      sum2 += p2.qs[j];
+    }
+    p1.d = sc.d;
+    p1.s = sc.d * static_cast<float>(sum);
+    p2.d = sc.d2;
+    p2.s = sc.d2 * static_cast<float>(sum2);
+  }
+}
+
+void quantize_row_q8_K2(std::span<const float> x, std::span<block_q8_K> y) {
+  const size_t nb = y.size() / 2;
+  check_blocks_out("quantize_row_q8_K2", x.size(), y.first(nb), QK_K);
+  if (y.size() != 2 * nb) throw_size_mismatch("quantize_row_q8_K2", y.size(), QK_K / 2, x.size());
+  for (size_t i = 0; i < nb; ++i) {
+    block_q8_K& p1 = y[i];
+    block_q8_K& p2 = y[nb + i];
+    const TwoPlaneScales sc = quantize_two_planes(x.data() + i * QK_K, QK_K, p1.qs, p2.qs);
+    for (int s = 0; s < QK_K / 16; ++s) {
+      int sum = 0;
+      int sum2 = 0;
+      for (int j = 0; j < 16; ++j) {
+        sum += p1.qs[16 * s + j];
+        sum2 += p2.qs[16 * s + j];
+      }
+      p1.bsums[s] = static_cast<int16_t>(sum);
+      p2.bsums[s] = static_cast<int16_t>(sum2);
+    }
+    p1.d = sc.d;
+    p2.d = sc.d2;
+  }
+}
+
+namespace {
+
+// y = d q + d2 q2 over a two-plane row of `Block` (x: plane 1 then plane 2).
+template <typename Block, int N>
+void dequantize_two_planes(const char* what, std::span<const Block> x, std::span<float> y) {
+  const size_t nb = x.size() / 2;
+  if (x.size() != 2 * nb || nb * N != y.size())
+    throw_size_mismatch(what, x.size(), N / 2, y.size());
+  for (size_t i = 0; i < nb; ++i) {
+    for (int j = 0; j < N; ++j) {
+      y[i * N + j] = x[i].d * static_cast<float>(x[i].qs[j]) +
+                     x[nb + i].d * static_cast<float>(x[nb + i].qs[j]);
+    }
+  }
+}
+
+}  // namespace
+
+void dequantize_row_q8_act2(std::span<const block_q8_act> x, std::span<float> y) {
+  dequantize_two_planes<block_q8_act, QK8_0>("dequantize_row_q8_act2", x, y);
+}
+
+void dequantize_row_q8_K2(std::span<const block_q8_K> x, std::span<float> y) {
+  dequantize_two_planes<block_q8_K, QK_K>("dequantize_row_q8_K2", x, y);
+}
+
 }  // namespace kiln::kernels

@@ -32,6 +32,9 @@ void dequantize_row_iq4_xs(std::span<const block_iq4_xs> x, std::span<float> y);
 // Activation formats (test oracles for the dot products).
 void dequantize_row_q8_K(std::span<const block_q8_K> x, std::span<float> y);
 void dequantize_row_q8_act(std::span<const block_q8_act> x, std::span<float> y);
+// Two-plane rows (x: 2 * y.size() / block elements blocks): y = d q + d2 q2.
+void dequantize_row_q8_act2(std::span<const block_q8_act> x, std::span<float> y);
+void dequantize_row_q8_K2(std::span<const block_q8_K> x, std::span<float> y);
 
 // True where dequantize_row handles `type`.
 bool can_dequantize(GgmlType type);
@@ -50,6 +53,12 @@ void quantize_row_q8_K(std::span<const float> x, std::span<block_q8_K> y);
 // The matmul's activation format for the legacy types: d = max|x| / 127 (float),
 // q = round-half-even(x / d), s = d * sum(q).
 void quantize_row_q8_act(std::span<const float> x, std::span<block_q8_act> y);
+// The precise (two-plane) activation rows of blocks.h: y holds 2 * n / 32 (2 * n / 256)
+// blocks, plane 1 then plane 2. Plane 1: d = max|x| / 127, q = round-half-even(x / d);
+// plane 2 the same on the residual r = x - d q: d2 = max|r| / 127, q2 = round(r / d2). All
+// |q| <= 127 (the SIMD kernels negate them); s and bsums as in the int8 formats, per plane.
+void quantize_row_q8_act2(std::span<const float> x, std::span<block_q8_act> y);
+void quantize_row_q8_K2(std::span<const float> x, std::span<block_q8_K> y);
 
 // Unpacks the j-th (0..7) 6-bit scale and min of a Q4_K/Q5_K super-block.
 inline void get_scale_min_k4(int j, const uint8_t* scales, uint8_t& sc, uint8_t& m) {

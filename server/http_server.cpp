@@ -14,6 +14,7 @@
 #include "engine/engine.h"
 #include "engine/model.h"
 #include "server/api.h"
+#include "server/connection.h"
 #include "server/metrics.h"
 #include "server/scheduler.h"
 #include "server/structured.h"
@@ -25,6 +26,11 @@ namespace kiln::server {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// How long a waiting handler goes without looking at its client's socket: a
+// client that leaves during a prefill, or before a non-streamed answer, is
+// noticed this soon (plus one engine step until its slot is free).
+constexpr std::chrono::milliseconds kClientCheck{50};
 
 // What the logger prints for the request this worker thread is answering.
 struct RequestLog {
@@ -97,8 +103,8 @@ struct HttpServer::Impl {
   std::optional<Model> model;
   std::optional<Tokenizer> tokenizer;
   std::optional<ChatTemplate> chat_template;
-  std::string chat_template_error;  // why chat is unavailable, when it is
-  std::unique_ptr<Engine> engine;
+  std::string chat_template_error;    // why chat is unavailable, when it is
+  std::unique_ptr<AnyEngine> engine;  // the CPU Engine or the CudaEngine (--device)
   std::unique_ptr<Scheduler> scheduler;
   std::string model_id;
   int64_t created = unix_time();
@@ -112,8 +118,9 @@ struct HttpServer::Impl {
   void chat_completions(const httplib::Request& req, httplib::Response& res);
   void completions(const httplib::Request& req, httplib::Response& res);
   // `reasoning`: chat output is split into reasoning_content and content.
-  void respond(httplib::Response& res, std::shared_ptr<GenerationStream> stream,
-               const GenerationParams& g, ResponseMeta meta, bool chat,
+  void respond(const httplib::Request& req, httplib::Response& res,
+               std::shared_ptr<GenerationStream> stream, const GenerationParams& g,
+               ResponseMeta meta, bool chat,
                std::optional<ReasoningOptions> reasoning = std::nullopt);
 };
 
@@ -175,17 +182,32 @@ void HttpServer::load_model(const std::function<void(std::string_view)>& progres
   eo.n_ctx = default_context_length(s.model->config(), s.options.n_ctx);
   eo.n_seq = std::max<size_t>(1, s.options.parallel);
   // Room for one decode token per sequence plus a prompt chunk.
-  eo.max_batch = 256 + eo.n_seq;
+  eo.max_batch = std::max<size_t>(1, s.options.prefill_chunk) + eo.n_seq;
   eo.n_threads = s.options.n_threads;
   eo.kv_type = s.options.kv_type;
-  s.engine = std::make_unique<Engine>(*s.model, eo);
-  s.scheduler = std::make_unique<Scheduler>(*s.engine, *s.tokenizer, s.metrics);
+  eo.act_precision = s.options.act_precision;
+  s.engine = std::make_unique<AnyEngine>(*s.model, eo, s.options.device);
+  std::unique_ptr<BatchEngine> batch_engine;
+  std::string where;
+  if (Engine* cpu = s.engine->cpu()) {
+    batch_engine = std::make_unique<EngineRef<Engine>>(*cpu);
+    where = std::to_string(cpu->n_threads()) + " threads";
+  }
+#if defined(KILN_HAVE_CUDA) && KILN_HAVE_CUDA
+  if (CudaEngine* cuda = s.engine->cuda()) {
+    batch_engine = std::make_unique<EngineRef<CudaEngine>>(*cuda);
+    where = cuda->device_name();
+  }
+#endif
+  SchedulerOptions so;
+  so.prefill_chunk = std::max<size_t>(1, s.options.prefill_chunk);
+  so.reuse_prompt_prefix = s.options.cache_prompt;
+  s.scheduler = std::make_unique<Scheduler>(std::move(batch_engine), *s.tokenizer, s.metrics, so);
   const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
-  char line[256];
-  std::snprintf(line, sizeof line,
-                "model '%s' ready in %.2f s: %s; %zu slots x %zu context, %d threads",
+  char line[512];
+  std::snprintf(line, sizeof line, "model '%s' ready in %.2f s: %s; %zu slots x %zu context, %s",
                 s.model_id.c_str(), secs, s.model->config().describe().c_str(), eo.n_seq,
-                s.engine->n_ctx(), s.engine->n_threads());
+                s.engine->n_ctx(), where.c_str());
   progress(line);
   s.ready = true;
 }
@@ -368,7 +390,7 @@ void HttpServer::Impl::chat_completions(const httplib::Request& req, httplib::Re
     }
     GenerationJob job = make_job(r.gen, std::move(prompt), "messages");
     t_request_log.prompt_tokens = job.prompt.size();
-    respond(res, scheduler->submit(std::move(job)), r.gen, std::move(meta), /*chat=*/true,
+    respond(req, res, scheduler->submit(std::move(job)), r.gen, std::move(meta), /*chat=*/true,
             std::move(reasoning));
   } catch (const ApiError& e) {
     send_error(res, e);
@@ -399,16 +421,19 @@ void HttpServer::Impl::completions(const httplib::Request& req, httplib::Respons
     if (prompt.empty()) throw invalid_request("the prompt is empty", "prompt");
     GenerationJob job = make_job(r.gen, std::move(prompt), "prompt");
     t_request_log.prompt_tokens = job.prompt.size();
-    respond(res, scheduler->submit(std::move(job)), r.gen, std::move(meta), /*chat=*/false);
+    respond(req, res, scheduler->submit(std::move(job)), r.gen, std::move(meta), /*chat=*/false);
   } catch (const ApiError& e) {
     send_error(res, e);
   }
 }
 
-void HttpServer::Impl::respond(httplib::Response& res, std::shared_ptr<GenerationStream> stream,
-                               const GenerationParams& g, ResponseMeta meta, bool chat,
+void HttpServer::Impl::respond(const httplib::Request& req, httplib::Response& res,
+                               std::shared_ptr<GenerationStream> stream, const GenerationParams& g,
+                               ResponseMeta meta, bool chat,
                                std::optional<ReasoningOptions> reasoning) {
   using namespace std::chrono_literals;
+  const auto connection = std::make_shared<const ClientConnection>(
+      req.local_addr, req.local_port, req.remote_addr, req.remote_port);
   const auto logprobs_json = [chat](const std::vector<TokenLogprobs>& t, size_t offset) {
     return chat ? chat_logprobs_json(t) : completion_logprobs_json(t, offset);
   };
@@ -422,7 +447,13 @@ void HttpServer::Impl::respond(httplib::Response& res, std::shared_ptr<Generatio
     bool ended = false;
     while (!ended) {
       events.clear();
-      ended = stream->wait(events, 1000ms);
+      ended = stream->wait(events, kClientCheck);
+      if (!ended && connection->closed()) {
+        stream->cancel();  // nobody to answer: free the slot
+        res.status = 499;  // nginx's "client closed request", for the log line
+        t_request_log.completion_tokens = stream->usage().completion_tokens;
+        return;
+      }
       for (auto& ev : events) {
         text += ev.text;
         for (auto& t : ev.logprobs) logprobs.push_back(std::move(t));
@@ -475,7 +506,7 @@ void HttpServer::Impl::respond(httplib::Response& res, std::shared_ptr<Generatio
   res.set_header("X-Accel-Buffering", "no");
   res.set_chunked_content_provider(
       "text/event-stream",
-      [st, logprobs_json](size_t, httplib::DataSink& sink) {
+      [st, logprobs_json, connection](size_t, httplib::DataSink& sink) {
         if (st->done) {
           sink.done();
           return true;
@@ -489,7 +520,11 @@ void HttpServer::Impl::respond(httplib::Response& res, std::shared_ptr<Generatio
           }
         }
         st->events.clear();
-        const bool ended = st->stream->wait(st->events, 200ms);
+        const bool ended = st->stream->wait(st->events, kClientCheck);
+        if (!ended && connection->closed()) {
+          st->stream->cancel();  // the client is gone: free its slot
+          return false;
+        }
         bool failed = false;
         for (auto& ev : st->events) {
           if (!ev.error.empty()) {

@@ -12,7 +12,9 @@
 #include <string>
 #include <string_view>
 
+#include "engine/cuda/any_engine.h"
 #include "gguf/ggml_types.h"
+#include "kernels/dot.h"
 
 namespace kiln::server {
 
@@ -21,12 +23,16 @@ struct ServerOptions {
   std::string host = "127.0.0.1";
   int port = 11434;  // 0: any free port (start() returns it)
   int n_threads = 0;
-  size_t n_ctx = 0;           // per sequence; 0: the model's, at most 4096
-  size_t parallel = 4;        // sequences decoded together (KV slots)
-  std::string alias;          // model id; default general.name, else the file stem
-  std::string api_key;        // required as "Authorization: Bearer KEY" unless empty
-  std::string chat_template;  // a built-in template name; "" uses the model's
+  size_t n_ctx = 0;            // per sequence; 0: the model's, at most 4096
+  size_t parallel = 4;         // sequences decoded together (KV slots)
+  size_t prefill_chunk = 128;  // most prompt tokens per engine step (see SchedulerOptions)
+  bool cache_prompt = false;   // reuse a free slot's KV for a shared prompt prefix
+  std::string alias;           // model id; default general.name, else the file stem
+  std::string api_key;         // required as "Authorization: Bearer KEY" unless empty
+  std::string chat_template;   // a built-in template name; "" uses the model's
   GgmlType kv_type = GgmlType::F16;
+  DeviceKind device = DeviceKind::kCpu;  // cuda: the whole forward on the GPU
+  kernels::ActPrecision act_precision = kernels::ActPrecision::int8;  // --precise: int16
   size_t max_body_bytes = size_t{8} << 20;
 };
 

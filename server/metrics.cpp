@@ -66,6 +66,11 @@ void Metrics::add_prompt_tokens(size_t n) {
   std::lock_guard lk(mu_);
   prompt_tokens_ += n;
 }
+
+void Metrics::add_cached_prompt_tokens(size_t n) {
+  std::lock_guard lk(mu_);
+  cached_prompt_tokens_ += n;
+}
 void Metrics::add_generated_tokens(size_t n) {
   std::lock_guard lk(mu_);
   generated_tokens_ += n;
@@ -101,6 +106,10 @@ std::string Metrics::render() const {
   sample(out, "kiln_requests_cancelled_total", double(cancelled_));
   header(out, "kiln_prompt_tokens_total", "counter", "Prompt tokens processed.");
   sample(out, "kiln_prompt_tokens_total", double(prompt_tokens_));
+  header(out, "kiln_prompt_tokens_cached_total", "counter",
+         "Prompt tokens found in a slot's KV cache (a prefix shared with an earlier request), "
+         "so not processed again.");
+  sample(out, "kiln_prompt_tokens_cached_total", double(cached_prompt_tokens_));
   header(out, "kiln_generation_tokens_total", "counter", "Tokens generated.");
   sample(out, "kiln_generation_tokens_total", double(generated_tokens_));
   header(out, "kiln_time_to_first_token_seconds", "histogram",

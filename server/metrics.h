@@ -42,6 +42,7 @@ class Metrics {
   void count_request(int status);
   void count_cancelled();
   void add_prompt_tokens(size_t n);
+  void add_cached_prompt_tokens(size_t n);
   void add_generated_tokens(size_t n);
   void observe_time_to_first_token(double seconds);
   void observe_time_per_output_token(double seconds);
@@ -54,6 +55,7 @@ class Metrics {
   std::map<int, uint64_t> requests_by_status_;
   uint64_t cancelled_ = 0;
   uint64_t prompt_tokens_ = 0;
+  uint64_t cached_prompt_tokens_ = 0;
   uint64_t generated_tokens_ = 0;
   Histogram ttft_;
   Histogram tpot_;

@@ -58,18 +58,20 @@ struct Scheduler::Sequence {
   bool decoding() const { return prompt_done == job.prompt.size(); }
 };
 
-Scheduler::Scheduler(Engine& engine, const Tokenizer& tokenizer, Metrics& metrics,
-                     SchedulerOptions options)
-    : engine_(engine),
+Scheduler::Scheduler(std::unique_ptr<BatchEngine> engine, const Tokenizer& tokenizer,
+                     Metrics& metrics, SchedulerOptions options)
+    : engine_owner_(std::move(engine)),
+      engine_(*engine_owner_),
       tokenizer_(tokenizer),
       metrics_(metrics),
       options_(options),
-      n_ctx_(engine.n_ctx()),
-      n_slots_(engine.n_seq()),
-      slots_(engine.n_seq()) {
-  batch_.entries.reserve(engine.max_batch());
-  row_slots_.reserve(engine.max_batch());
-  for (size_t s = 0; s < n_slots_; ++s) engine_.clear(s);
+      n_ctx_(engine_.n_ctx()),
+      n_slots_(engine_.n_seq()),
+      slots_(engine_.n_seq()),
+      cached_(engine_.n_seq()) {
+  batch_.entries.reserve(engine_.max_batch());
+  row_slots_.reserve(engine_.max_batch());
+  forget_all();
   update_gauges();
   thread_ = std::thread([this] { loop(); });
 }
@@ -126,6 +128,7 @@ void Scheduler::loop() {
       // the server itself keeps going.
       std::fprintf(stderr, "kiln serve: inference failed: %s\n", e.what());
       fail_all(std::string("inference failed: ") + e.what());
+      forget_all();
     }
   }
   fail_all("the server is shutting down");
@@ -136,32 +139,64 @@ void Scheduler::loop() {
 
 void Scheduler::admit() {
   std::lock_guard lk(mu_);
-  for (size_t s = 0; s < slots_.size() && !queue_.empty(); ++s) {
-    if (slots_[s]) continue;
-    while (!queue_.empty()) {
-      Queued q = std::move(queue_.front());
+  while (!queue_.empty()) {
+    Queued& front = queue_.front();
+    if (front.stream->cancelled()) {
+      metrics_.count_cancelled();
+      front.stream->push({{}, {}, std::nullopt, "cancelled"});
       queue_.pop_front();
-      if (q.stream->cancelled()) {
-        metrics_.count_cancelled();
-        q.stream->push({{}, {}, std::nullopt, "cancelled"});
-        continue;
+      continue;
+    }
+    // The free slot whose cached tokens share the longest prefix with the
+    // prompt; among equals the one caching least, so a long cache that
+    // shares nothing with this prompt is kept for one that might.
+    const std::vector<TokenId>& prompt = front.job.prompt;
+    size_t best = slots_.size(), best_common = 0;
+    for (size_t s = 0; s < slots_.size(); ++s) {
+      if (slots_[s]) continue;
+      const auto& c = cached_[s];
+      const size_t n = std::min(c.size(), prompt.size());
+      const size_t common = static_cast<size_t>(
+          std::mismatch(c.begin(), c.begin() + static_cast<ptrdiff_t>(n), prompt.begin()).first -
+          c.begin());
+      if (best == slots_.size() || common > best_common ||
+          (common == best_common && c.size() < cached_[best].size())) {
+        best = s;
+        best_common = common;
       }
-      engine_.clear(s);
-      slots_[s] = std::make_unique<Sequence>(std::move(q), tokenizer_, engine_.config().n_vocab,
-                                             admitted_++);
-      if (slots_[s]->job.response_format.constrained()) {
-        if (!constraints_) constraints_.emplace(tokenizer_);
-        slots_[s]->grammar = constraints_->make(slots_[s]->job.response_format);
-      }
-      break;
+    }
+    if (best == slots_.size()) break;  // no free slot
+    // The last prompt token is always fed again: its logits are the first
+    // token's distribution, and the cache keeps no logits.
+    const size_t reuse =
+        options_.reuse_prompt_prefix ? std::min(best_common, prompt.size() - 1) : 0;
+    engine_.truncate(best, reuse);
+    cached_[best].resize(reuse);
+    slots_[best] =
+        std::make_unique<Sequence>(std::move(front), tokenizer_, engine_.n_vocab(), admitted_++);
+    queue_.pop_front();
+    Sequence& seq = *slots_[best];
+    seq.prompt_done = reuse;
+    metrics_.add_cached_prompt_tokens(reuse);
+    if (seq.job.response_format.constrained()) {
+      if (!constraints_) constraints_.emplace(tokenizer_);
+      seq.grammar = constraints_->make(seq.job.response_format);
     }
   }
 }
 
 void Scheduler::release(size_t slot, bool cancelled) {
   if (cancelled) metrics_.count_cancelled();
-  engine_.clear(slot);
+  // The slot's KV stays (cached_ says what it holds) for a later prompt
+  // that shares a prefix with it.
   slots_[slot].reset();
+}
+
+void Scheduler::forget_all() {
+  for (size_t s = 0; s < slots_.size(); ++s) {
+    engine_.clear(s);
+    cached_[s].clear();
+  }
 }
 
 void Scheduler::fail_all(const std::string& message) {
@@ -203,6 +238,7 @@ void Scheduler::step() {
     if (!seq || !seq->decoding()) continue;
     batch_.add(static_cast<int32_t>(s), static_cast<int32_t>(engine_.seq_length(s)),
                seq->last_token, true);
+    cached_[s].push_back(seq->last_token);
     row_slots_.push_back(s);
   }
   // Then prompt chunks, oldest admission first, in what room is left.
@@ -213,19 +249,28 @@ void Scheduler::step() {
   std::sort(prefill_order_.begin(), prefill_order_.end(), [&](size_t a, size_t b) {
     return slots_[a]->admitted_order < slots_[b]->admitted_order;
   });
+  // A prompt is always fed in the same pieces (chunk tokens, then the rest), whatever else
+  // is running: the engine picks its matmul path by the length of a sequence's run of
+  // rows, so equal pieces keep a request's logits the same alone or beside others. A
+  // piece that does not fit this step waits for the next (FIFO), never gets cut.
+  const size_t chunk = std::max<size_t>(
+      1, std::min(options_.prefill_chunk ? options_.prefill_chunk : engine_.max_batch(),
+                  engine_.max_batch() - std::min(engine_.max_batch() - 1, n_slots_)));
+  size_t prompt_budget = chunk;
   for (size_t s : prefill_order_) {
     Sequence& seq = *slots_[s];
-    const size_t room = engine_.max_batch() - batch_.size();
-    if (room == 0) break;
-    const size_t n = std::min(room, seq.job.prompt.size() - seq.prompt_done);
+    const size_t n = std::min(chunk, seq.job.prompt.size() - seq.prompt_done);
+    if (n > std::min(engine_.max_batch() - batch_.size(), prompt_budget)) break;
     const size_t start = engine_.seq_length(s);
     for (size_t i = 0; i < n; ++i) {
       const bool last = seq.prompt_done + i + 1 == seq.job.prompt.size();
       batch_.add(static_cast<int32_t>(s), static_cast<int32_t>(start + i),
                  seq.job.prompt[seq.prompt_done + i], last);
+      cached_[s].push_back(seq.job.prompt[seq.prompt_done + i]);
       if (last) row_slots_.push_back(s);
     }
     seq.prompt_done += n;
+    prompt_budget -= n;
     metrics_.add_prompt_tokens(n);
   }
   if (batch_.empty()) return;
@@ -238,6 +283,10 @@ void Scheduler::step() {
 
 void Scheduler::process_token(size_t slot, std::span<const float> logits) {
   Sequence& seq = *slots_[slot];
+  if (seq.stream->cancelled()) {
+    release(slot, true);  // the client left during the forward: drop its token
+    return;
+  }
   const auto now = Clock::now();
   // The draw is taken every step, greedy or not, so a request's random
   // stream depends only on its own seed and length.

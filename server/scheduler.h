@@ -2,9 +2,14 @@
 //
 // HTTP threads submit jobs (already tokenized) and get a GenerationStream to
 // wait on; they never touch the engine. The engine thread loops:
-//   1. admit queued jobs (FIFO) into free KV slots; drop cancelled ones;
+//   1. admit queued jobs (FIFO) into free KV slots; drop cancelled ones. A
+//      free slot still holds the KV of its last request: with
+//      reuse_prompt_prefix a new prompt goes to the free slot sharing the
+//      longest prefix with it, and that prefix is not computed again (system
+//      prompts, multi-turn chat);
 //   2. build ONE batch: one token for every decoding sequence, then prompt
-//      chunks of newly admitted sequences, up to the engine's max batch;
+//      chunks of newly admitted sequences, at most options.prefill_chunk
+//      prompt tokens and the engine's max batch in all;
 //   3. Engine::forward; for each logits row: sample, detokenize, check stop
 //      conditions, push a text delta to the request's stream.
 // Continuous batching falls out of this: sequences join and leave between
@@ -80,16 +85,66 @@ class GenerationStream {
   std::atomic<size_t> completion_tokens_{0};
 };
 
+// What the scheduler needs of an engine. The CPU Engine and the CudaEngine
+// share this batch interface without a common base; EngineRef puts either
+// behind one type (one virtual call per step is nothing next to a forward).
+class BatchEngine {
+ public:
+  virtual ~BatchEngine() = default;
+  virtual std::span<const float> forward(const Batch& batch) = 0;
+  virtual std::span<const float> logits_row(size_t k) const = 0;
+  virtual size_t seq_length(size_t seq) const = 0;
+  virtual void clear(size_t seq) = 0;
+  virtual void truncate(size_t seq, size_t pos) = 0;  // keep positions [0, pos)
+  virtual size_t n_ctx() const = 0;
+  virtual size_t n_seq() const = 0;
+  virtual size_t max_batch() const = 0;
+  virtual size_t n_vocab() const = 0;
+};
+
+// A BatchEngine over an engine it does not own (Engine or CudaEngine).
+template <class E>
+class EngineRef final : public BatchEngine {
+ public:
+  explicit EngineRef(E& engine) : e_(engine) {}
+  std::span<const float> forward(const Batch& batch) override { return e_.forward(batch); }
+  std::span<const float> logits_row(size_t k) const override { return e_.logits_row(k); }
+  size_t seq_length(size_t seq) const override { return e_.seq_length(seq); }
+  void clear(size_t seq) override { e_.clear(seq); }
+  void truncate(size_t seq, size_t pos) override { e_.truncate(seq, pos); }
+  size_t n_ctx() const override { return e_.n_ctx(); }
+  size_t n_seq() const override { return e_.n_seq(); }
+  size_t max_batch() const override { return e_.max_batch(); }
+  size_t n_vocab() const override { return e_.config().n_vocab; }
+
+ private:
+  E& e_;
+};
+
 struct SchedulerOptions {
   size_t max_queue = 1024;  // more waiting requests are refused (503)
+  // The most prompt tokens one step takes (0: what the engine's batch holds).
+  // A long prompt is fed in pieces of this size, so sequences already
+  // generating get a token between pieces instead of stalling for the whole
+  // prefill, and a client that leaves mid-prefill is noticed between them.
+  size_t prefill_chunk = 0;
+  // Reuse the KV of a free slot whose last request shares a prompt prefix
+  // (only the rest of the prompt is computed). Off by default: the engine's
+  // logits for a token can differ with the number of tokens in its forward
+  // (matmul kernels are picked by batch size), so computing a prompt's tail
+  // alone could change a greedy output against running the whole prompt.
+  bool reuse_prompt_prefix = false;
 };
 
 class Scheduler {
  public:
   // The engine, tokenizer and metrics must outlive the scheduler. Starts the
   // engine thread.
-  Scheduler(Engine& engine, const Tokenizer& tokenizer, Metrics& metrics,
+  Scheduler(std::unique_ptr<BatchEngine> engine, const Tokenizer& tokenizer, Metrics& metrics,
             SchedulerOptions options = {});
+  Scheduler(Engine& engine, const Tokenizer& tokenizer, Metrics& metrics,
+            SchedulerOptions options = {})
+      : Scheduler(std::make_unique<EngineRef<Engine>>(engine), tokenizer, metrics, options) {}
   ~Scheduler();  // shutdown()
   // Stops the engine thread; unfinished and queued streams get an error event
   // and later submits are refused (503). Idempotent.
@@ -117,11 +172,13 @@ class Scheduler {
   void step();
   void admit();
   void release(size_t slot, bool cancelled);
+  void forget_all();  // after a failed step: no slot's cached tokens can be trusted
   void fail_all(const std::string& message);
   void process_token(size_t slot, std::span<const float> logits);
   void update_gauges();
 
-  Engine& engine_;
+  std::unique_ptr<BatchEngine> engine_owner_;
+  BatchEngine& engine_;
   Tokenizer tokenizer_;
   Metrics& metrics_;
   SchedulerOptions options_;
@@ -134,6 +191,10 @@ class Scheduler {
 
   // Engine thread only.
   std::vector<std::unique_ptr<Sequence>> slots_;
+  // The tokens in each slot's KV cache, position by position (kept after a
+  // request ends, for prefix reuse); always engine_.seq_length(slot) long
+  // between steps.
+  std::vector<std::vector<TokenId>> cached_;
   uint64_t admitted_ = 0;  // admission counter: prefill goes oldest first
   Batch batch_;
   std::vector<size_t> row_slots_;  // logits row k belongs to slots_[row_slots_[k]]

@@ -514,6 +514,96 @@ void dot_float_tile(size_t cols, const std::byte* w_row, const std::byte* act, s
   }
 }
 
+// ---- Activation quantization -----------------------------------------------------------
+// Byte for byte what quantize_row_q8_K / quantize_row_q8_act (kernels/quants.cpp) write: the
+// same float operations in the same order, and _mm256_cvtps_epi32 rounds half to even as
+// nearbyint does in the default rounding mode. Prefill quantizes every activation row, and
+// the reference loops (a branchy arg-max for Q8_K) cost several percent of a prompt.
+
+inline __m256 abs_ps(__m256 v) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v); }
+inline float hmax(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_movehdup_ps(m));
+  return _mm_cvtss_f32(m);
+}
+inline int hsum_epi32(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+  return _mm_cvtsi128_si32(s);
+}
+// 32 int32 in [-127, 127] (four vectors, in order) -> 32 int8.
+inline __m256i pack_32(__m256i q0, __m256i q1, __m256i q2, __m256i q3) {
+  const __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(q0, q1), _mm256_packs_epi32(q2, q3));
+  // The packs interleave 128-bit lanes: dword k of the result holds elements of q[k % 4].
+  return _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+void quantize_q8_K(const float* x, size_t n_blocks, block_q8_K* y) {
+  for (size_t i = 0; i < n_blocks; ++i) {
+    const float* v = x + i * QK_K;
+    block_q8_K& b = y[i];
+    __m256 amax_v = _mm256_setzero_ps();
+    for (int j = 0; j < QK_K; j += 8)
+      amax_v = _mm256_max_ps(amax_v, abs_ps(_mm256_loadu_ps(v + j)));
+    const float amax = hmax(amax_v);
+    if (amax == 0.0f) {
+      b.d = 0.0f;
+      std::memset(b.qs, 0, sizeof(b.qs));
+      std::memset(b.bsums, 0, sizeof(b.bsums));
+      continue;
+    }
+    // The reference keeps the first element of largest magnitude (its sign decides).
+    float max = 0.0f;
+    const __m256 amax_b = _mm256_set1_ps(amax);
+    for (int j = 0; j < QK_K; j += 8) {
+      const int hit =
+          _mm256_movemask_ps(_mm256_cmp_ps(abs_ps(_mm256_loadu_ps(v + j)), amax_b, _CMP_EQ_OQ));
+      if (hit != 0) {
+        max = v[j + __builtin_ctz(static_cast<unsigned>(hit))];
+        break;
+      }
+    }
+    const float iscale = -127.0f / max;
+    const __m256 scale = _mm256_set1_ps(iscale);
+    const __m256i limit = _mm256_set1_epi32(127);
+    for (int j = 0; j < QK_K; j += 32) {
+      __m256i q[4];
+      for (int k = 0; k < 4; ++k) {
+        q[k] = _mm256_min_epi32(
+            limit, _mm256_cvtps_epi32(_mm256_mul_ps(scale, _mm256_loadu_ps(v + j + 8 * k))));
+      }
+      b.bsums[j / 16] = static_cast<int16_t>(hsum_epi32(_mm256_add_epi32(q[0], q[1])));
+      b.bsums[j / 16 + 1] = static_cast<int16_t>(hsum_epi32(_mm256_add_epi32(q[2], q[3])));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(b.qs + j), pack_32(q[0], q[1], q[2], q[3]));
+    }
+    b.d = 1.0f / iscale;
+  }
+}
+
+void quantize_q8_act(const float* x, size_t n_blocks, block_q8_act* y) {
+  for (size_t i = 0; i < n_blocks; ++i) {
+    const float* v = x + i * QK8_0;
+    __m256 f[4];
+    __m256 amax_v = _mm256_setzero_ps();
+    for (int k = 0; k < 4; ++k) {
+      f[k] = _mm256_loadu_ps(v + 8 * k);
+      amax_v = _mm256_max_ps(amax_v, abs_ps(f[k]));
+    }
+    const float d = hmax(amax_v) / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    const __m256 scale = _mm256_set1_ps(id);
+    __m256i q[4];
+    for (int k = 0; k < 4; ++k) q[k] = _mm256_cvtps_epi32(_mm256_mul_ps(f[k], scale));
+    const int sum =
+        hsum_epi32(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(y[i].qs), pack_32(q[0], q[1], q[2], q[3]));
+    y[i].d = d;
+    y[i].s = d * static_cast<float>(sum);
+  }
+}
+
 // ---- Table -----------------------------------------------------------------------------
 
 // Turns a kernel template over NT into a DotTileFn dispatching on the runtime nt.
@@ -606,6 +696,24 @@ bool cpu_has_avx2() {
 
 }  // namespace
 
+bool quantize_act_row_avx2(ActFormat format, std::span<const float> x, std::span<std::byte> out) {
+  if (!cpu_has_avx2()) return false;
+  switch (format) {
+    case ActFormat::Q8_act:
+      if (x.size() % QK8_0 != 0 || out.size() < x.size() / QK8_0 * sizeof(block_q8_act)) {
+        return false;  // the reference quantizer names the error
+      }
+      quantize_q8_act(x.data(), x.size() / QK8_0, reinterpret_cast<block_q8_act*>(out.data()));
+      return true;
+    case ActFormat::Q8_K:
+      if (x.size() % QK_K != 0 || out.size() < x.size() / QK_K * sizeof(block_q8_K)) return false;
+      quantize_q8_K(x.data(), x.size() / QK_K, reinterpret_cast<block_q8_K*>(out.data()));
+      return true;
+    default:
+      return false;  // F32 needs no quantizing; the precise formats have their own
+  }
+}
+
 DotKernel dot_kernel_avx2(GgmlType type) {
   if (!cpu_has_avx2()) return {};
   constexpr const char* isa = "avx2";
@@ -651,6 +759,9 @@ DotKernel dot_kernel_avx2(GgmlType type) {
 
 namespace kiln::kernels {
 DotKernel dot_kernel_avx2(GgmlType) { return {}; }
+bool quantize_act_row_avx2(ActFormat, std::span<const float>, std::span<std::byte>) {
+  return false;
+}
 }  // namespace kiln::kernels
 
 #endif

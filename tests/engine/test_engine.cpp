@@ -5,9 +5,11 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <new>
@@ -17,6 +19,7 @@
 
 #include "engine/engine.h"
 #include "gguf/writer.h"
+#include "kernels/quantize.h"
 #include "tests/engine/alloc_counter.h"
 
 namespace {
@@ -93,11 +96,16 @@ TinyModel write_tiny_model(const TinySpec& s, const std::string& file_name, uint
     }
     if (type == GgmlType::F32) {
       w.add_tensor(name, type, ne, std::as_bytes(std::span<const float>(data)));
-    } else {  // F16
+    } else if (type == GgmlType::F16) {
       w.add_tensor(name, type, ne, [src = std::span<const float>(data)](std::span<std::byte> out) {
         auto* h = reinterpret_cast<_Float16*>(out.data());
         for (size_t i = 0; i < src.size(); ++i) h[i] = static_cast<_Float16>(src[i]);
       });
+    } else {  // quantized (the float64 oracle then sees the unquantized values)
+      w.add_tensor(name, type, ne,
+                   [src = std::span<const float>(data), type](std::span<std::byte> out) {
+                     kiln::kernels::quantize_row(type, src, out);
+                   });
     }
   };
   const GgmlType mt = s.matrix_type;
@@ -252,18 +260,23 @@ TEST_P(EngineVsReference, LogitsMatchFloat64Oracle) {
   const auto tokens = some_tokens(40, v.spec.vocab, 3);
   const auto ref = reference_forward(v.spec, tiny.tensors, tokens);
   for (int threads : {1, 2}) {
-    EngineOptions o;
-    o.kv_type = v.kv;
-    o.n_threads = threads;
-    o.max_batch = 16;  // the 40-token prompt runs in three chunks
-    Engine engine(model, o);
-    std::vector<float> all;
-    engine.eval(0, tokens, true, &all);
-    double worst = 0;
-    for (size_t i = 0; i < tokens.size(); ++i) {
-      worst = std::max(worst, max_abs_diff({all.data() + i * v.spec.vocab, v.spec.vocab}, ref[i]));
+    // 16: the 40-token prompt runs in three chunks (prompt-sized batches, matmul per
+    // weight); 3 and 1: decode-sized batches (grouped projections).
+    for (size_t max_batch : {16, 3, 1}) {
+      EngineOptions o;
+      o.kv_type = v.kv;
+      o.n_threads = threads;
+      o.max_batch = max_batch;
+      Engine engine(model, o);
+      std::vector<float> all;
+      engine.eval(0, tokens, true, &all);
+      double worst = 0;
+      for (size_t i = 0; i < tokens.size(); ++i) {
+        worst =
+            std::max(worst, max_abs_diff({all.data() + i * v.spec.vocab, v.spec.vocab}, ref[i]));
+      }
+      EXPECT_LT(worst, v.tolerance) << v.name << " threads " << threads << " batch " << max_batch;
     }
-    EXPECT_LT(worst, v.tolerance) << v.name << " threads " << threads;
   }
   fs::remove(tiny.path);
 }
@@ -375,6 +388,66 @@ TEST_F(EngineFixture, BatchedDecodeOfSeveralSequencesEqualsEachAlone) {
   }
 }
 
+// The engine picks the GEMM or the per-row kernels by a sequence's own run of rows, never by
+// the batch's size. With quantized weights the two paths round differently, so this is what
+// keeps a sequence's logits bit-identical alone and beside others (the server's temperature-0
+// outputs rely on it): prompts of 12 tokens (GEMM runs) and then decode steps of 10
+// sequences at once (10 rows, but runs of one: per-row kernels, as a single token alone).
+TEST(EngineBatchInvariance, QuantizedLogitsAreBitIdenticalAloneAndBatched) {
+  TinySpec spec;
+  spec.matrix_type = GgmlType::Q8_0;
+  const TinyModel tiny = write_tiny_model(spec, "invariance.gguf");
+  const Model model = Model::load(tiny.path);
+  const size_t n_seq = 10, prompt_len = 12, steps = 3;
+  std::vector<std::vector<int32_t>> prompts;
+  for (size_t s = 0; s < n_seq; ++s) prompts.push_back(some_tokens(prompt_len, spec.vocab, 40 + s));
+  const auto next = some_tokens(n_seq * steps, spec.vocab, 7);
+
+  // Alone: one engine per sequence, the prompt in one call, then one token per call.
+  std::vector<std::vector<std::vector<float>>> alone(n_seq);
+  for (size_t s = 0; s < n_seq; ++s) {
+    EngineOptions o;
+    o.n_threads = 2;
+    Engine e(model, o);
+    auto l = e.eval(0, prompts[s], false);
+    alone[s].emplace_back(l.begin(), l.end());
+    for (size_t step = 0; step < steps; ++step) {
+      const int32_t tok = next[step * n_seq + s];
+      l = e.eval(0, std::span(&tok, 1), false);
+      alone[s].emplace_back(l.begin(), l.end());
+    }
+  }
+
+  EngineOptions o;
+  o.n_threads = 2;
+  o.n_seq = n_seq;
+  Engine e(model, o);
+  Batch batch;
+  for (size_t s = 0; s < n_seq; ++s) {
+    for (size_t p = 0; p < prompt_len; ++p) {
+      batch.add(int32_t(s), int32_t(p), prompts[s][p], p + 1 == prompt_len);
+    }
+  }
+  e.forward(batch);
+  const auto expect_same = [&](size_t s, size_t step) {
+    const auto row = e.logits_row(s);
+    const auto& want = alone[s][step];
+    ASSERT_EQ(row.size(), want.size());
+    EXPECT_EQ(std::memcmp(row.data(), want.data(), want.size() * sizeof(float)), 0)
+        << "sequence " << s << ", step " << step;
+  };
+  for (size_t s = 0; s < n_seq; ++s) expect_same(s, 0);
+  for (size_t step = 0; step < steps; ++step) {
+    batch.clear();
+    for (size_t s = 0; s < n_seq; ++s) {
+      batch.add(int32_t(s), int32_t(prompt_len + step), next[step * n_seq + s], true);
+    }
+    e.forward(batch);
+    for (size_t s = 0; s < n_seq; ++s) expect_same(s, step + 1);
+  }
+  fs::remove(tiny.path);
+}
+
 TEST_F(EngineFixture, TruncateThenReevaluateGivesSameLogits) {
   EngineOptions o;
   o.kv_type = GgmlType::F32;
@@ -391,6 +464,30 @@ TEST_F(EngineFixture, TruncateThenReevaluateGivesSameLogits) {
   auto fresh = e.eval(0, tokens, false);
   for (size_t v = 0; v < spec_.vocab; ++v) ASSERT_NEAR(fresh[v], expected[v], 1e-5);
   EXPECT_THROW(e.truncate(0, 13), std::out_of_range);
+}
+
+TEST_F(EngineFixture, ResidentWeightsAreACopyWithTheSameLogits) {
+  const auto tokens = some_tokens(12, spec_.vocab, 21);
+  std::vector<std::vector<float>> logits;
+  for (bool resident : {false, true}) {
+    EngineOptions o;
+    o.resident_weights = resident;
+    o.n_threads = 2;
+    Engine e(*model_, o);
+    const auto& mapped = model_->weights();
+    const auto& used = e.weights();
+    // Resident: every view points into the engine's own copy, not the file mapping.
+    EXPECT_EQ(used.layers[1].ffn_down.data.data() == mapped.layers[1].ffn_down.data.data(),
+              !resident);
+    EXPECT_EQ(used.output_norm.data() == mapped.output_norm.data(), !resident);
+    ASSERT_EQ(used.layers[1].ffn_down.data.size(), mapped.layers[1].ffn_down.data.size());
+    EXPECT_TRUE(
+        std::equal(used.output.data.begin(), used.output.data.end(), mapped.output.data.begin()));
+    std::vector<float> all;
+    e.eval(0, tokens, true, &all);
+    logits.push_back(all);
+  }
+  EXPECT_EQ(logits[0], logits[1]);
 }
 
 TEST_F(EngineFixture, ForwardNeverAllocates) {

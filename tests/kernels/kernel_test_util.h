@@ -128,6 +128,14 @@ inline std::vector<float> activation_as_seen(ActFormat format, std::span<const f
       dequantize_row_q8_K(
           {reinterpret_cast<const block_q8_K*>(q.data()), q.size() / sizeof(block_q8_K)}, out);
       break;
+    case ActFormat::Q8_act2:
+      dequantize_row_q8_act2(
+          {reinterpret_cast<const block_q8_act*>(q.data()), q.size() / sizeof(block_q8_act)}, out);
+      break;
+    case ActFormat::Q8_K2:
+      dequantize_row_q8_K2(
+          {reinterpret_cast<const block_q8_K*>(q.data()), q.size() / sizeof(block_q8_K)}, out);
+      break;
   }
   return out;
 }

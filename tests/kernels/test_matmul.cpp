@@ -3,6 +3,7 @@
 // dot product in double.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -179,6 +180,146 @@ TEST_P(MatmulTest, RejectsBadShapes) {
 }
 
 INSTANTIATE_TEST_SUITE_P(AllTypes, MatmulTest, ::testing::ValuesIn(kMatmulTypes), name_of);
+
+// ---- GEMM panels (prompt processing) ----------------------------------------------------
+
+// Restores the ISA limit a test lowered.
+class ScopedIsaLimit {
+ public:
+  explicit ScopedIsaLimit(Isa isa) : saved_(isa_limit()) { set_isa_limit(isa); }
+  ~ScopedIsaLimit() { set_isa_limit(saved_); }
+  ScopedIsaLimit(const ScopedIsaLimit&) = delete;
+  ScopedIsaLimit& operator=(const ScopedIsaLimit&) = delete;
+
+ private:
+  Isa saved_;
+};
+
+const GgmlType kGemmTypes[] = {GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::Q8_0,
+                               GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1};
+
+class GemmTest : public ::testing::TestWithParam<GgmlType> {};
+
+// One panel call with y rows spaced wider than the panel: the gaps and the cells after the
+// last row must keep their sentinel.
+void check_panel(const GemmKernel& kernel, GgmlType type, int n_rows, size_t cols, size_t m,
+                 std::mt19937& rng) {
+  const auto w = random_weights(type, static_cast<size_t>(n_rows), cols, rng);
+  const auto x = random_activations(m * cols, rng);
+  const size_t stride = act_row_bytes(kernel.act, cols);
+  std::vector<std::byte> act(m * stride);
+  std::vector<std::vector<float>> seen;
+  for (size_t t = 0; t < m; ++t) {
+    const auto row = std::span(x).subspan(t * cols, cols);
+    quantize_act_row(kernel.act, row, std::span(act).subspan(t * stride, stride));
+    seen.push_back(activation_as_seen(kernel.act, row));
+  }
+  constexpr float kSentinel = -5.5e6f;
+  const size_t y_stride = static_cast<size_t>(n_rows) + 3;
+  std::vector<float> y(m * y_stride + 16, kSentinel);
+  const size_t rb = row_bytes(type, cols);
+  kernel.fn(cols, w.data(), rb, n_rows, act.data(), stride, m, y.data(), y_stride);
+  std::vector<float> w_deq(cols);
+  for (int r = 0; r < n_rows; ++r) {
+    dequantize_row(type, std::span(w).subspan(static_cast<size_t>(r) * rb, rb), w_deq);
+    for (size_t t = 0; t < m; ++t) {
+      const auto ref = reference_dot(w_deq, seen[t]);
+      const float got = y[t * y_stride + static_cast<size_t>(r)];
+      ASSERT_TRUE(std::isfinite(got));
+      ASSERT_NEAR(got, ref.value, tolerance(ref))
+          << type_name(type) << " rows " << n_rows << " cols " << cols << " m " << m << " row " << r
+          << " token " << t;
+    }
+  }
+  for (size_t t = 0; t < m; ++t) {
+    for (size_t r = static_cast<size_t>(n_rows); r < y_stride; ++r) {
+      ASSERT_EQ(y[t * y_stride + r], kSentinel) << "wrote outside the panel, token " << t;
+    }
+  }
+  for (size_t i = m * y_stride; i < y.size(); ++i) ASSERT_EQ(y[i], kSentinel) << "wrote past y";
+}
+
+TEST_P(GemmTest, PanelMatchesReferenceOverAwkwardShapes) {
+  const GgmlType type = GetParam();
+  const GemmKernel kernel = gemm_kernel_avx512(type);
+  if (kernel.fn == nullptr) GTEST_SKIP() << "no AVX-512 VNNI GEMM for this type on this build/CPU";
+  EXPECT_EQ(kernel.act, dot_kernel_portable(type).act);
+  std::mt19937 rng(11);
+  const size_t block = traits(type).block_elements;
+  // The second size spans more than one repacked K chunk (1024 columns), with a remainder.
+  const size_t big = block == 256 ? 5 * 256 : 33 * 32;
+  for (size_t m = 1; m <= 17; ++m) {
+    for (int n_rows : {1, 7, 16}) check_panel(kernel, type, n_rows, block * (m % 3 + 1), m, rng);
+  }
+  check_panel(kernel, type, 16, big, 9, rng);
+  check_panel(kernel, type, 5, big, 17, rng);
+  check_panel(kernel, type, 16, big, 24, rng);
+}
+
+TEST_P(GemmTest, MatmulAgreesOnEveryIsaPath) {
+  const GgmlType type = GetParam();
+  const size_t block = traits(type).block_elements;
+  for (Isa isa : {Isa::Portable, Isa::Avx2, Isa::Avx512}) {
+    const ScopedIsaLimit limit(isa);
+    std::mt19937 rng(12);
+    for (int threads = 1; threads <= 3; ++threads) {
+      ThreadPool pool(threads);
+      for (size_t rows : {1, 17, 33, 50}) {
+        for (size_t m : {1, 8, 13, 17}) {
+          check_matmul(type, rows, block * (rows % 2 + 1), m, pool, rng);
+        }
+      }
+    }
+    ThreadPool pool(2);
+    check_matmul(type, 40, block == 256 ? 5 * 256 : 33 * 32, 20, pool, rng);
+  }
+}
+
+TEST(QuantizeAct, SimdIsByteIdenticalToReference) {
+  std::mt19937 rng(13);
+  for (ActFormat format : {ActFormat::Q8_act, ActFormat::Q8_K}) {
+    const size_t block = format == ActFormat::Q8_K ? 256 : 32;
+    for (int trial = 0; trial < 40; ++trial) {
+      const size_t cols = block * static_cast<size_t>(1 + trial % 5);
+      auto x = random_activations(cols, rng);
+      if (trial % 4 == 1) std::fill(x.begin(), x.begin() + static_cast<long>(block), 0.0f);
+      if (trial % 4 == 2) {
+        // Equal magnitudes of both signs: the first one's sign must win, as in the reference.
+        x[3] = -9.0f;
+        x[block - 2] = 9.0f;
+      }
+      if (trial % 4 == 3) {
+        for (size_t i = 0; i < cols; ++i) x[i] = std::round(x[i] * 4.0f) * 0.5f;  // halves
+      }
+      const size_t bytes = act_row_bytes(format, cols);
+      std::vector<std::byte> simd(bytes + 8, std::byte{0x5A}), ref(bytes + 8, std::byte{0x5A});
+      if (!quantize_act_row_avx2(format, x, std::span(simd).first(bytes))) {
+        GTEST_SKIP() << "no AVX2 quantizer on this build/CPU";
+      }
+      quantize_act_row_portable(format, x, std::span(ref).first(bytes));
+      ASSERT_EQ(simd, ref) << "format " << static_cast<int>(format) << " trial " << trial;
+    }
+  }
+}
+
+TEST(Gemm, IsaLimitSelectsKernels) {
+  {
+    const ScopedIsaLimit limit(Isa::Portable);
+    EXPECT_STREQ(dot_kernel(GgmlType::Q4_K).isa, "portable");
+    EXPECT_EQ(gemm_kernel(GgmlType::Q4_K).fn, nullptr);
+  }
+  {
+    const ScopedIsaLimit limit(Isa::Avx2);
+    EXPECT_EQ(gemm_kernel(GgmlType::Q4_K).fn, nullptr);
+    if (dot_kernel_avx2(GgmlType::Q4_K).fn != nullptr) {
+      EXPECT_STREQ(dot_kernel(GgmlType::Q4_K).isa, "avx2");
+    }
+  }
+  const ScopedIsaLimit limit(Isa::Avx512);
+  EXPECT_EQ(gemm_kernel(GgmlType::Q4_K).fn, gemm_kernel_avx512(GgmlType::Q4_K).fn);
+}
+
+INSTANTIATE_TEST_SUITE_P(GemmTypes, GemmTest, ::testing::ValuesIn(kGemmTypes), name_of);
 
 TEST(Matmul, UnsupportedTypeIsNamed) {
   EXPECT_FALSE(has_matmul_kernel(GgmlType::IQ2_XXS));

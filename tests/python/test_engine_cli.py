@@ -77,6 +77,26 @@ def test_logits_prompt_and_tokens_agree(kiln_bin, default_model, tmp_path):
     assert (a.argmax(-1) == b.argmax(-1)).mean() >= 0.8
 
 
+def test_logits_precise_mode(kiln_bin, default_model, tmp_path):
+    prompt = "Hello world, this is kiln. The quick brown fox jumps over the lazy dog."
+    kiln(kiln_bin, "logits", "-m", default_model, "--prompt", prompt, "--out", tmp_path / "p.npy",
+         "--save-tokens", tmp_path / "t.txt", "-t", "2", "--precise")
+    toks = (tmp_path / "t.txt").read_text().split()
+    kiln(kiln_bin, "logits", "-m", default_model, "--tokens", " ".join(toks), "--out",
+         tmp_path / "q.npy", "-b", "3", "-t", "1", "--act-precision", "int16")
+    kiln(kiln_bin, "logits", "-m", default_model, "--prompt", prompt, "--out", tmp_path / "i.npy",
+         "-t", "2", "--act-precision", "int8")
+    p, q, i = (np.load(tmp_path / f) for f in ("p.npy", "q.npy", "i.npy"))
+    # int16 activations leave next to no rounding for batch splits and thread counts to
+    # amplify (compare the 2.0 allowed for int8 in test_logits_prompt_and_tokens_agree).
+    assert np.abs(p - q).max() < 0.02
+    # And it is a different mode: the int8 activation rounding moves the logits visibly.
+    assert np.abs(p - i).max() > 0.02
+    r = kiln(kiln_bin, "logits", "-m", default_model, "--prompt", "x", "--out", tmp_path / "x.npy",
+             "--act-precision", "int4", check=False)
+    assert r.returncode == 1 and "--act-precision: expected int8 or int16" in r.stderr
+
+
 def test_logits_rejects_out_of_range_token(kiln_bin, default_model, tmp_path):
     r = kiln(kiln_bin, "logits", "-m", default_model, "--tokens", "1 99999", "--out",
              tmp_path / "x.npy", check=False)

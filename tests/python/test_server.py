@@ -276,7 +276,7 @@ PROMPTS = ["Name a color.", "Count to five.", "What is 2+2?", "Say hi in French.
            "Name a planet.", "What is the opposite of up?", "Name a fruit.", "Spell cat."]
 
 
-def test_eight_concurrent_streams_match_running_alone(client, model_id):
+def test_eight_concurrent_streams_match_running_alone(server, client, model_id):
     msgs = [[{"role": "user", "content": p}] for p in PROMPTS]
     alone = [chat(client, model_id, m, temperature=0).choices[0].message.content for m in msgs]
 
@@ -289,6 +289,8 @@ def test_eight_concurrent_streams_match_running_alone(client, model_id):
     for (text, finish), want in zip(results, alone):
         assert finish in ("stop", "length")
         assert text == want
+    # Without --cache-prompt no prompt reuses another's KV (test_server_cache.py).
+    assert server.metrics()["kiln_prompt_tokens_cached_total"] == 0
 
 
 def test_disconnected_client_frees_its_slot(server, model_id):

@@ -151,6 +151,66 @@ TEST_F(SchedulerTest, ConcurrentRequestsMatchRunningAlone) {
   }
 }
 
+TEST_F(SchedulerTest, PrefillChunkFeedsPromptsInPiecesWithoutChangingOutputs) {
+  // At most 5 prompt tokens per step: every prompt takes several steps, beside
+  // sequences already decoding, and the outputs are still those of running alone.
+  auto engine = make_engine(3, 64);
+  kiln::server::Metrics metrics;
+  kiln::server::SchedulerOptions options;
+  options.prefill_chunk = 5;
+  Scheduler scheduler(*engine, *tokenizer_, metrics, options);
+  std::vector<GenerationJob> jobs;
+  for (uint32_t i = 0; i < 5; ++i) jobs.push_back(job(4 + 13 * i, 40 + i, 6 + i));
+  std::vector<std::shared_ptr<kiln::server::GenerationStream>> streams;
+  for (const auto& j : jobs) streams.push_back(scheduler.submit(j));
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    const Result r = collect(*streams[i]);
+    EXPECT_EQ(r.error, "") << i;
+    EXPECT_EQ(r.text, reference(jobs[i])) << "request " << i;
+    EXPECT_EQ(r.usage.completion_tokens, jobs[i].max_tokens);
+  }
+}
+
+// A counter's value in the metrics text.
+double metric(const kiln::server::Metrics& m, const std::string& name) {
+  const std::string text = m.render();
+  const size_t at = text.find("\n" + name + " ");
+  if (at == std::string::npos) return -1;
+  return std::stod(text.substr(at + name.size() + 2));
+}
+
+TEST_F(SchedulerTest, PromptPrefixInAFreeSlotIsReused) {
+  // Two slots: an unrelated request keeps the other one busy at first.
+  auto engine = make_engine(2, 64);
+  kiln::server::Metrics metrics;
+  kiln::server::SchedulerOptions options;
+  options.reuse_prompt_prefix = true;
+  Scheduler scheduler(*engine, *tokenizer_, metrics, options);
+  const GenerationJob first = job(30, 7, 6);
+  GenerationJob other = job(25, 8, 5);
+  auto other_stream = scheduler.submit(other);
+  EXPECT_EQ(collect(*scheduler.submit(first)).text, reference(first));
+  EXPECT_EQ(collect(*other_stream).text, reference(other));
+  EXPECT_EQ(metric(metrics, "kiln_prompt_tokens_cached_total"), 0);
+
+  // The same 30 tokens and 12 more: the 30 come from first's slot.
+  GenerationJob longer = job(12, 9, 7);
+  longer.prompt.insert(longer.prompt.begin(), first.prompt.begin(), first.prompt.end());
+  const double processed = metric(metrics, "kiln_prompt_tokens_total");
+  EXPECT_EQ(collect(*scheduler.submit(longer)).text, reference(longer));
+  const double cached = metric(metrics, "kiln_prompt_tokens_cached_total");
+  EXPECT_GE(cached, 30);
+  EXPECT_LT(cached, double(longer.prompt.size()));
+  EXPECT_EQ(metric(metrics, "kiln_prompt_tokens_total") - processed,
+            double(longer.prompt.size()) - cached);
+
+  // A prompt met again in full: all but its last token are reused, and the
+  // output is still that of running alone.
+  EXPECT_EQ(collect(*scheduler.submit(other)).text, reference(other));
+  EXPECT_EQ(metric(metrics, "kiln_prompt_tokens_cached_total") - cached,
+            double(other.prompt.size() - 1));
+}
+
 TEST_F(SchedulerTest, StopStringEndsWithoutTheStop) {
   GenerationJob j = job(10, 3, 16);
   const std::string full = reference(j);

@@ -6,6 +6,11 @@ llama.cpp compared token by token.
     python3 tools/reference/accuracy.py -m models/SmolLM2-135M-Instruct.Q4_1.gguf
         [--kiln build/bin/kiln] [--corpus tools/reference/corpus.txt] [--threads 2]
         [--no-llamacpp] [--no-greedy] [--json OUT.json] [--workdir DIR]
+        [--kiln-args=--precise]
+
+--kiln-args: extra options for `kiln logits` and `kiln run` (one string, split like a shell
+would; write it as --kiln-args=... since it starts with a dash), e.g. the int16 activation
+mode. The reference logits are cached in --workdir, so comparing kiln modes reruns only kiln.
 
 Where greedy outputs differ, the first divergence is checked against the reference logits at
 that position: a near-tie (the two tokens' reference logits within --tie-margin) explains it.
@@ -15,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -69,10 +75,11 @@ def llamacpp_greedy(llm, prompt_ids: list[int], n: int) -> list[int]:
     return out
 
 
-def kiln_greedy(kiln: str, model: str, prompt: str, n: int, threads: int, work: pathlib.Path):
+def kiln_greedy(kiln: str, model: str, prompt: str, n: int, threads: int, work: pathlib.Path,
+                extra: list[str]):
     ids = work / "ids.txt"
     subprocess.run([kiln, "run", "-m", model, "-p", prompt, "-n", str(n), "--temp", "0", "-t",
-                    str(threads), "--ids-out", str(ids)], check=True, capture_output=True)
+                    str(threads), "--ids-out", str(ids), *extra], check=True, capture_output=True)
     lines = ids.read_text().split("\n")
     return [int(t) for t in lines[0].split()], [int(t) for t in lines[1].split()]
 
@@ -91,16 +98,21 @@ def main(argv=None) -> int:
                     help="reference logit gap (nats) under which a divergence counts as a near-tie")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--workdir", help="keep intermediate files here")
+    ap.add_argument("--kiln-args", default="",
+                    help="extra options for kiln logits/run, e.g. --kiln-args=--precise")
     args = ap.parse_args(argv)
 
     work = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="kiln_accuracy_"))
     work.mkdir(parents=True, exist_ok=True)
     results: dict = {"model": pathlib.Path(args.model).name}
+    kiln_args = shlex.split(args.kiln_args)
+    results["kiln_args"] = kiln_args
 
     # 1. kiln: tokens and logits of the corpus.
     subprocess.run([args.kiln, "logits", "-m", args.model, "--prompt-file", args.corpus, "--out",
                     str(work / "kiln.npy"), "--save-tokens", str(work / "tokens.txt"), "-t",
-                    str(args.threads), "--kv-type", args.kv_type], check=True, capture_output=True)
+                    str(args.threads), "--kv-type", args.kv_type, *kiln_args], check=True,
+                   capture_output=True)
     tokens = [int(t) for t in (work / "tokens.txt").read_text().split()]
     kiln_logits = np.load(work / "kiln.npy")
     print(f"{len(tokens)} positions of {args.corpus}", file=sys.stderr)
@@ -134,7 +146,7 @@ def main(argv=None) -> int:
         greedy = []
         for prompt in GREEDY_PROMPTS:
             prompt_ids, kiln_ids = kiln_greedy(args.kiln, args.model, prompt, args.n_greedy,
-                                               args.threads, work)
+                                               args.threads, work, kiln_args)
             llama_ids = llamacpp_greedy(llm, prompt_ids, args.n_greedy)
             n = min(len(kiln_ids), len(llama_ids))
             first = next((i for i in range(n) if kiln_ids[i] != llama_ids[i]), None)

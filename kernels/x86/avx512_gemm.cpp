@@ -1,0 +1,566 @@
+// AVX-512 VNNI GEMM panels for prompt processing (many activation rows at once).
+//
+// The dot kernels (avx2_dot.cpp) take one weight row at a time, so every unpacked weight
+// vector serves at most 4 tokens and every activation load serves one row. Here a panel of
+// 16 weight rows is first repacked, one K chunk at a time, into a layout where one 512-bit
+// vector holds 4 consecutive codes of each of the 16 rows (one int32 lane per row). Then
+//   vpdpbusd acc, weights, broadcast(4 activation bytes of token t)
+// adds 64 products (4 per row) into 16 per-row int32 sums: each weight vector is loaded once
+// for a tile of 8 tokens, and each 4-byte activation broadcast feeds 16 rows. Codes are
+// stored unsigned (0..255), with the offset or min term of each format folded back in
+// through activation sums, so vpdpbusd (u8 x s8) applies to every type:
+//   K types (Q4_K, Q5_K, Q6_K): y = d da sum_sb scale_sb (codes . a)_sb
+//                                   - dmin da sum_g min16_g bsum_g   (g: 16-element groups)
+//     Q6_K's -32 offset is a min term with min16 = 32 scale and dmin = d.
+//   legacy (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0): y = sum_blocks d da (codes . a) + c s
+//     where s = da sum(a) (block_q8_act) and c = m (Q4_1/Q5_1) or -offset d.
+// Integer sums are exact (no saturating steps), so results differ from the dot kernels only
+// by float rounding order.
+//
+// Built with AVX-512 F/BW/VL/VNNI flags for this file only; gemm_kernel_avx512 checks the
+// running CPU once and returns nothing on a CPU without them.
+#include "kernels/dot.h"
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && \
+    defined(__AVX512VNNI__) && defined(__F16C__)
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "kernels/blocks.h"
+
+namespace kiln::kernels {
+namespace {
+
+constexpr int kRows = kGemmPanelRows;  // one int32 lane per weight row
+constexpr int kTile = 8;               // tokens per register tile
+// Columns repacked at a time: the panel chunk (about 23 KB for the K types, 21 KB for the
+// legacy ones, plus 17 KB of row-major codes while packing, all on the stack) stays in L1/L2
+// while every token tile streams past it. 512 was slower and 2048 no faster (prefill
+// benchmarks, one thread).
+constexpr int kChunkCols = 1024;
+
+// Local helpers only: this file is compiled with AVX-512 flags, so an inline function it
+// shares with other files (a std:: template instantiation, say) could be the copy the linker
+// keeps and then run on a CPU without AVX-512.
+inline size_t min_size(size_t a, size_t b) { return a < b ? a : b; }
+inline float half_to_float(half_bits h) { return _cvtsh_ss(h); }
+inline __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+inline __m128i load128(const void* p) { return _mm_loadu_si128(static_cast<const __m128i*>(p)); }
+inline __m512i load512(const void* p) { return _mm512_load_si512(p); }
+inline __m512i broadcast32(const void* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm512_set1_epi32(v);
+}
+
+// Transposes 16 rows of 16 dwords (src, rows src_stride bytes apart) so that dst[j] gets
+// dword j of every row: 4 consecutive codes of each of the 16 weight rows, row r in lane r.
+inline void transpose_16x16(const uint8_t* src, size_t src_stride, uint8_t* const dst[16]) {
+  __m512i r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_si512(src + static_cast<size_t>(i) * src_stride);
+  // Within each 128-bit lane: pairs of rows, then quads (lane L of u[4k + e] then holds
+  // rows 4k..4k+3 of column 4L + e).
+  for (int k = 0; k < 8; ++k) {
+    t[2 * k] = _mm512_unpacklo_epi32(r[2 * k], r[2 * k + 1]);
+    t[2 * k + 1] = _mm512_unpackhi_epi32(r[2 * k], r[2 * k + 1]);
+  }
+  for (int k = 0; k < 4; ++k) {
+    r[4 * k] = _mm512_unpacklo_epi64(t[4 * k], t[4 * k + 2]);
+    r[4 * k + 1] = _mm512_unpackhi_epi64(t[4 * k], t[4 * k + 2]);
+    r[4 * k + 2] = _mm512_unpacklo_epi64(t[4 * k + 1], t[4 * k + 3]);
+    r[4 * k + 3] = _mm512_unpackhi_epi64(t[4 * k + 1], t[4 * k + 3]);
+  }
+  // Across lanes: gather lane L of the four row quads.
+  for (int e = 0; e < 4; ++e) {
+    const __m512i v0 = _mm512_shuffle_i32x4(r[e], r[4 + e], 0x88);
+    const __m512i v1 = _mm512_shuffle_i32x4(r[e], r[4 + e], 0xDD);
+    const __m512i w0 = _mm512_shuffle_i32x4(r[8 + e], r[12 + e], 0x88);
+    const __m512i w1 = _mm512_shuffle_i32x4(r[8 + e], r[12 + e], 0xDD);
+    _mm512_store_si512(dst[e], _mm512_shuffle_i32x4(v0, w0, 0x88));
+    _mm512_store_si512(dst[8 + e], _mm512_shuffle_i32x4(v0, w0, 0xDD));
+    _mm512_store_si512(dst[4 + e], _mm512_shuffle_i32x4(v1, w1, 0x88));
+    _mm512_store_si512(dst[12 + e], _mm512_shuffle_i32x4(v1, w1, 0xDD));
+  }
+}
+
+// 16 nibbles -> 32 codes: the low nibbles (elements 0..15) then the high ones (16..31).
+inline __m256i unpack_nibbles_32(const uint8_t* qs) {
+  const __m128i q = load128(qs);
+  const __m128i low_mask = _mm_set1_epi8(0x0F);
+  return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), low_mask),
+                          _mm_and_si128(q, low_mask));
+}
+// The 32 bits of a Q5 qh field -> 0x10 in byte j where bit j is set, else 0.
+inline __m256i expand_high_bits_32(const uint8_t qh_bytes[4]) {
+  uint32_t qh;
+  std::memcpy(&qh, qh_bytes, 4);
+  const __m256i spread = _mm256_shuffle_epi8(
+      _mm256_set1_epi32(static_cast<int>(qh)),
+      _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0));
+  const __m256i bit = _mm256_set1_epi64x(static_cast<int64_t>(0x8040201008040201ull));
+  const __m256i is_set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+  return _mm256_and_si256(is_set, _mm256_set1_epi8(0x10));
+}
+
+// ---- K types ---------------------------------------------------------------------------
+
+// One super-block of a 16-row panel.
+struct alignas(64) KPanel {
+  uint8_t codes[QK_K / 4][kRows][4];
+  int32_t scales[16][kRows];  // [sub-block][row]; 8 sub-blocks of 32 or 16 of 16
+  int32_t mins[8][kRows];     // [pair p][row]: int16 min16 of groups 2p (low), 2p + 1 (high)
+  float d[kRows];
+  float dmin[kRows];
+};
+
+inline void set_min_pairs(KPanel& p, int r, const int min16[16]) {
+  for (int i = 0; i < 8; ++i) {
+    const auto lo = static_cast<uint16_t>(static_cast<int16_t>(min16[2 * i]));
+    const auto hi = static_cast<uint16_t>(static_cast<int16_t>(min16[2 * i + 1]));
+    p.mins[i][r] = static_cast<int32_t>(lo | (static_cast<uint32_t>(hi) << 16));
+  }
+}
+
+// 6-bit scale and min of sub-block s (ggml's get_scale_min_k4).
+inline void scale_min_k4(int s, const uint8_t* q, int& scale, int& min) {
+  if (s < 4) {
+    scale = q[s] & 63;
+    min = q[s + 4] & 63;
+  } else {
+    scale = (q[s + 4] & 0xF) | ((q[s - 4] >> 6) << 4);
+    min = (q[s + 4] >> 4) | ((q[s] >> 6) << 4);
+  }
+}
+
+template <typename Block>
+struct KPack;
+
+template <>
+struct KPack<block_q4_K> {
+  static constexpr int kSubBlocks = 8;
+  static void pack(const block_q4_K& b, int r, uint8_t* codes, KPanel& p) {
+    const __m256i low_mask = _mm256_set1_epi8(0x0F);
+    for (int j = 0; j < 4; ++j) {
+      const __m256i q = load256(b.qs + 32 * j);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(codes + 64 * j), _mm256_and_si256(q, low_mask));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(codes + 64 * j + 32),
+                         _mm256_and_si256(_mm256_srli_epi16(q, 4), low_mask));
+    }
+    int min16[16];
+    for (int s = 0; s < 8; ++s) {
+      int scale, min;
+      scale_min_k4(s, b.scales, scale, min);
+      p.scales[s][r] = scale;
+      min16[2 * s] = min16[2 * s + 1] = min;
+    }
+    set_min_pairs(p, r, min16);
+    p.d[r] = half_to_float(b.d);
+    p.dmin[r] = half_to_float(b.dmin);
+  }
+};
+
+template <>
+struct KPack<block_q5_K> {
+  static constexpr int kSubBlocks = 8;
+  static void pack(const block_q5_K& b, int r, uint8_t* codes, KPanel& p) {
+    const __m256i low_mask = _mm256_set1_epi8(0x0F);
+    const __m256i one = _mm256_set1_epi8(1);
+    __m256i high_bits = load256(b.qh);
+    for (int j = 0; j < 4; ++j) {
+      // Bit s of qh[l] is the fifth bit of element l of sub-block s (here s = 2j, 2j + 1).
+      const __m256i q = load256(b.qs + 32 * j);
+      const __m256i bit_low = _mm256_slli_epi16(_mm256_and_si256(high_bits, one), 4);
+      const __m256i bit_high =
+          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(high_bits, 1), one), 4);
+      high_bits = _mm256_srli_epi16(high_bits, 2);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(codes + 64 * j),
+                         _mm256_or_si256(_mm256_and_si256(q, low_mask), bit_low));
+      _mm256_store_si256(
+          reinterpret_cast<__m256i*>(codes + 64 * j + 32),
+          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), low_mask), bit_high));
+    }
+    int min16[16];
+    for (int s = 0; s < 8; ++s) {
+      int scale, min;
+      scale_min_k4(s, b.scales, scale, min);
+      p.scales[s][r] = scale;
+      min16[2 * s] = min16[2 * s + 1] = min;
+    }
+    set_min_pairs(p, r, min16);
+    p.d[r] = half_to_float(b.d);
+    p.dmin[r] = half_to_float(b.dmin);
+  }
+};
+
+template <>
+struct KPack<block_q6_K> {
+  static constexpr int kSubBlocks = 16;
+  static void pack(const block_q6_K& b, int r, uint8_t* codes, KPanel& p) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m256i m2 = _mm256_set1_epi8(0x03);
+    const __m256i m2_shifted = _mm256_set1_epi8(0x0C);
+    const __m256i m2_high = _mm256_set1_epi8(0x30);
+    for (int h = 0; h < 2; ++h) {
+      const __m256i qh = load256(b.qh + 32 * h);
+      const __m256i ql_a = load256(b.ql + 64 * h);
+      const __m256i ql_b = load256(b.ql + 64 * h + 32);
+      const __m256i q[4] = {_mm256_or_si256(_mm256_and_si256(ql_a, m4),
+                                            _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4)),
+                            _mm256_or_si256(_mm256_and_si256(ql_b, m4),
+                                            _mm256_slli_epi16(_mm256_and_si256(qh, m2_shifted), 2)),
+                            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql_a, 4), m4),
+                                            _mm256_and_si256(qh, m2_high)),
+                            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql_b, 4), m4),
+                                            _mm256_and_si256(_mm256_srli_epi16(qh, 2), m2_high))};
+      for (int k = 0; k < 4; ++k) {
+        _mm256_store_si256(reinterpret_cast<__m256i*>(codes + 128 * h + 32 * k), q[k]);
+      }
+    }
+    // Codes are q + 32: the offset returns as a min term 32 * scale with dmin = d.
+    int min16[16];
+    for (int s = 0; s < 16; ++s) {
+      p.scales[s][r] = b.scales[s];
+      min16[s] = 32 * b.scales[s];
+    }
+    set_min_pairs(p, r, min16);
+    p.d[r] = half_to_float(b.d);
+    p.dmin[r] = p.d[r];
+  }
+};
+
+// Tile of NT tokens over nb super-blocks of a packed chunk. y: token t's 16 outputs at
+// y + t * y_stride (masked to the panel's rows); first: the chunk starts the sum.
+template <int NSB, int NT>
+void k_tile(const KPanel* panel, int nb, const std::byte* act, size_t act_stride, size_t kb0,
+            float* y, size_t y_stride, __mmask16 mask, bool first) {
+  constexpr int kGroups = QK_K / 4 / NSB;  // vpdpbusd steps per sub-block
+  const block_q8_K* a[NT];
+  for (int t = 0; t < NT; ++t) {
+    a[t] = reinterpret_cast<const block_q8_K*>(act + static_cast<size_t>(t) * act_stride) + kb0;
+  }
+  __m512 acc[NT];
+  for (int t = 0; t < NT; ++t) {
+    acc[t] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mask, y + t * y_stride);
+  }
+  for (int i = 0; i < nb; ++i) {
+    const KPanel& p = panel[i];
+    __m512i sum[NT];
+    for (int t = 0; t < NT; ++t) sum[t] = _mm512_setzero_si512();
+    for (int s = 0; s < NSB; ++s) {
+      __m512i part[NT];
+      for (int t = 0; t < NT; ++t) part[t] = _mm512_setzero_si512();
+      for (int g = 0; g < kGroups; ++g) {
+        const int group = s * kGroups + g;
+        const __m512i w = load512(p.codes[group]);
+        for (int t = 0; t < NT; ++t) {
+          part[t] = _mm512_dpbusd_epi32(part[t], w, broadcast32(a[t][i].qs + 4 * group));
+        }
+      }
+      const __m512i scale = load512(p.scales[s]);
+      for (int t = 0; t < NT; ++t) {
+        sum[t] = _mm512_add_epi32(sum[t], _mm512_mullo_epi32(part[t], scale));
+      }
+    }
+    const __m512 d = _mm512_load_ps(p.d);
+    const __m512 dmin = _mm512_load_ps(p.dmin);
+    for (int t = 0; t < NT; ++t) {
+      __m512i min_sum = _mm512_setzero_si512();
+      for (int q = 0; q < 8; ++q) {
+        min_sum =
+            _mm512_dpwssd_epi32(min_sum, load512(p.mins[q]), broadcast32(a[t][i].bsums + 2 * q));
+      }
+      const __m512 da = _mm512_set1_ps(a[t][i].d);
+      acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, da), _mm512_cvtepi32_ps(sum[t]), acc[t]);
+      acc[t] = _mm512_fnmadd_ps(_mm512_mul_ps(dmin, da), _mm512_cvtepi32_ps(min_sum), acc[t]);
+    }
+  }
+  for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * y_stride, mask, acc[t]);
+}
+
+template <typename Block>
+void k_gemm_panel(size_t cols, const std::byte* w, size_t w_row_bytes, int n_rows,
+                  const std::byte* act, size_t act_stride, size_t m, float* y, size_t y_stride) {
+  constexpr int NSB = KPack<Block>::kSubBlocks;
+  constexpr int kChunk = kChunkCols / QK_K;
+  KPanel panel[kChunk];
+  // Codes row by row first, then transposed into the panel 16 x 16 dwords at a time.
+  alignas(64) uint8_t row_codes[kRows][kChunkCols];
+  const size_t n_blocks = cols / QK_K;
+  const auto mask = static_cast<__mmask16>((1u << n_rows) - 1);
+  for (size_t kb0 = 0; kb0 < n_blocks; kb0 += kChunk) {
+    const int nb = static_cast<int>(min_size(kChunk, n_blocks - kb0));
+    if (n_rows < kRows) {
+      std::memset(static_cast<void*>(panel), 0, sizeof(KPanel) * nb);
+      for (int r = n_rows; r < kRows; ++r) std::memset(row_codes[r], 0, sizeof(row_codes[r]));
+    }
+    for (int r = 0; r < n_rows; ++r) {
+      const auto* blocks = reinterpret_cast<const Block*>(w + static_cast<size_t>(r) * w_row_bytes);
+      for (int i = 0; i < nb; ++i) {
+        KPack<Block>::pack(blocks[kb0 + i], r, row_codes[r] + i * QK_K, panel[i]);
+      }
+    }
+    for (int i = 0; i < nb; ++i) {
+      for (int q = 0; q < 4; ++q) {
+        uint8_t* dst[16];
+        for (int j = 0; j < 16; ++j) dst[j] = &panel[i].codes[16 * q + j][0][0];
+        transpose_16x16(&row_codes[0][i * QK_K + 64 * q], kChunkCols, dst);
+      }
+    }
+    const bool first = kb0 == 0;
+    size_t t0 = 0;
+    for (; t0 + kTile <= m; t0 += kTile) {
+      k_tile<NSB, kTile>(panel, nb, act + t0 * act_stride, act_stride, kb0, y + t0 * y_stride,
+                         y_stride, mask, first);
+    }
+    const std::byte* a_rest = act + t0 * act_stride;
+    float* y_rest = y + t0 * y_stride;
+    switch (m - t0) {
+      case 0:
+        break;
+      case 1:
+        k_tile<NSB, 1>(panel, nb, a_rest, act_stride, kb0, y_rest, y_stride, mask, first);
+        break;
+      case 2:
+        k_tile<NSB, 2>(panel, nb, a_rest, act_stride, kb0, y_rest, y_stride, mask, first);
+        break;
+      case 3:
+        k_tile<NSB, 3>(panel, nb, a_rest, act_stride, kb0, y_rest, y_stride, mask, first);
+        break;
+      case 4:
+        k_tile<NSB, 4>(panel, nb, a_rest, act_stride, kb0, y_rest, y_stride, mask, first);
+        break;
+      case 5:
+        k_tile<NSB, 5>(panel, nb, a_rest, act_stride, kb0, y_rest, y_stride, mask, first);
+        break;
+      case 6:
+        k_tile<NSB, 6>(panel, nb, a_rest, act_stride, kb0, y_rest, y_stride, mask, first);
+        break;
+      default:
+        k_tile<NSB, 7>(panel, nb, a_rest, act_stride, kb0, y_rest, y_stride, mask, first);
+        break;
+    }
+  }
+}
+
+// ---- Legacy 32-element types -----------------------------------------------------------
+
+struct alignas(64) LPanel {
+  uint8_t codes[QK8_0 / 4][kRows][4];
+  float d[kRows];
+  float c[kRows];  // coefficient of the activation block's s = da * sum(a)
+};
+
+template <typename Block>
+struct LPack;
+
+template <>
+struct LPack<block_q8_0> {
+  static constexpr int kOffset = 128;
+  static void pack(const block_q8_0& b, int r, uint8_t* codes, LPanel& p) {
+    _mm256_store_si256(reinterpret_cast<__m256i*>(codes),
+                       _mm256_xor_si256(load256(b.qs), _mm256_set1_epi8(-128)));  // q + 128
+    p.d[r] = half_to_float(b.d);
+    p.c[r] = -128.0f * p.d[r];
+  }
+};
+template <>
+struct LPack<block_q4_0> {
+  static constexpr int kOffset = 8;
+  static void pack(const block_q4_0& b, int r, uint8_t* codes, LPanel& p) {
+    _mm256_store_si256(reinterpret_cast<__m256i*>(codes), unpack_nibbles_32(b.qs));
+    p.d[r] = half_to_float(b.d);
+    p.c[r] = -8.0f * p.d[r];
+  }
+};
+template <>
+struct LPack<block_q4_1> {
+  static constexpr int kOffset = 0;
+  static void pack(const block_q4_1& b, int r, uint8_t* codes, LPanel& p) {
+    _mm256_store_si256(reinterpret_cast<__m256i*>(codes), unpack_nibbles_32(b.qs));
+    p.d[r] = half_to_float(b.d);
+    p.c[r] = half_to_float(b.m);
+  }
+};
+template <>
+struct LPack<block_q5_0> {
+  static constexpr int kOffset = 16;
+  static void pack(const block_q5_0& b, int r, uint8_t* codes, LPanel& p) {
+    _mm256_store_si256(reinterpret_cast<__m256i*>(codes),
+                       _mm256_or_si256(unpack_nibbles_32(b.qs), expand_high_bits_32(b.qh)));
+    p.d[r] = half_to_float(b.d);
+    p.c[r] = -16.0f * p.d[r];
+  }
+};
+template <>
+struct LPack<block_q5_1> {
+  static constexpr int kOffset = 0;
+  static void pack(const block_q5_1& b, int r, uint8_t* codes, LPanel& p) {
+    _mm256_store_si256(reinterpret_cast<__m256i*>(codes),
+                       _mm256_or_si256(unpack_nibbles_32(b.qs), expand_high_bits_32(b.qh)));
+    p.d[r] = half_to_float(b.d);
+    p.c[r] = half_to_float(b.m);
+  }
+};
+
+// kOffset: codes are q + kOffset (c = -kOffset d), so the offset folds into one FMA per
+// block as d (da sum - kOffset s); 0: a separate min term c s (Q4_1, Q5_1).
+template <int kOffset, int NT>
+void l_tile(const LPanel* panel, int nb, const std::byte* act, size_t act_stride, size_t kb0,
+            float* y, size_t y_stride, __mmask16 mask, bool first) {
+  const block_q8_act* a[NT];
+  for (int t = 0; t < NT; ++t) {
+    a[t] = reinterpret_cast<const block_q8_act*>(act + static_cast<size_t>(t) * act_stride) + kb0;
+  }
+  __m512 acc[NT];
+  for (int t = 0; t < NT; ++t) {
+    acc[t] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mask, y + t * y_stride);
+  }
+  for (int i = 0; i < nb; ++i) {
+    const LPanel& p = panel[i];
+    __m512i sum[NT];
+    for (int t = 0; t < NT; ++t) sum[t] = _mm512_setzero_si512();
+    for (int g = 0; g < QK8_0 / 4; ++g) {
+      const __m512i w = load512(p.codes[g]);
+      for (int t = 0; t < NT; ++t) {
+        sum[t] = _mm512_dpbusd_epi32(sum[t], w, broadcast32(a[t][i].qs + 4 * g));
+      }
+    }
+    const __m512 d = _mm512_load_ps(p.d);
+    if constexpr (kOffset != 0) {
+      for (int t = 0; t < NT; ++t) {
+        const __m512 inner =
+            _mm512_fmadd_ps(_mm512_set1_ps(a[t][i].d), _mm512_cvtepi32_ps(sum[t]),
+                            _mm512_set1_ps(-static_cast<float>(kOffset) * a[t][i].s));
+        acc[t] = _mm512_fmadd_ps(d, inner, acc[t]);
+      }
+    } else {
+      const __m512 c = _mm512_load_ps(p.c);
+      for (int t = 0; t < NT; ++t) {
+        const __m512 scale = _mm512_mul_ps(d, _mm512_set1_ps(a[t][i].d));
+        acc[t] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(sum[t]), acc[t]);
+        acc[t] = _mm512_fmadd_ps(c, _mm512_set1_ps(a[t][i].s), acc[t]);
+      }
+    }
+  }
+  for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * y_stride, mask, acc[t]);
+}
+
+template <typename Block>
+void l_gemm_panel(size_t cols, const std::byte* w, size_t w_row_bytes, int n_rows,
+                  const std::byte* act, size_t act_stride, size_t m, float* y, size_t y_stride) {
+  constexpr int kChunk = kChunkCols / QK8_0;
+  // One spare block: codes are transposed two blocks (64 bytes a row) at a time.
+  LPanel panel[kChunk + 1];
+  alignas(64) uint8_t row_codes[kRows][kChunkCols + 64];
+  const size_t n_blocks = cols / QK8_0;
+  const auto mask = static_cast<__mmask16>((1u << n_rows) - 1);
+  for (size_t kb0 = 0; kb0 < n_blocks; kb0 += kChunk) {
+    const int nb = static_cast<int>(min_size(kChunk, n_blocks - kb0));
+    if (n_rows < kRows) {
+      std::memset(static_cast<void*>(panel), 0, sizeof(LPanel) * nb);
+      for (int r = n_rows; r < kRows; ++r) std::memset(row_codes[r], 0, sizeof(row_codes[r]));
+    }
+    for (int r = 0; r < n_rows; ++r) {
+      const auto* blocks = reinterpret_cast<const Block*>(w + static_cast<size_t>(r) * w_row_bytes);
+      for (int i = 0; i < nb; ++i) {
+        LPack<Block>::pack(blocks[kb0 + i], r, row_codes[r] + i * QK8_0, panel[i]);
+      }
+      if (nb % 2 != 0) std::memset(row_codes[r] + nb * QK8_0, 0, QK8_0);  // the spare
+    }
+    for (int i = 0; i < nb; i += 2) {
+      uint8_t* dst[16];
+      for (int j = 0; j < 8; ++j) {
+        dst[j] = &panel[i].codes[j][0][0];
+        dst[8 + j] = &panel[i + 1].codes[j][0][0];
+      }
+      transpose_16x16(&row_codes[0][i * QK8_0], sizeof(row_codes[0]), dst);
+    }
+    const bool first = kb0 == 0;
+    size_t t0 = 0;
+    for (; t0 + kTile <= m; t0 += kTile) {
+      l_tile<LPack<Block>::kOffset, kTile>(panel, nb, act + t0 * act_stride, act_stride, kb0,
+                                           y + t0 * y_stride, y_stride, mask, first);
+    }
+    const std::byte* a_rest = act + t0 * act_stride;
+    float* y_rest = y + t0 * y_stride;
+    switch (m - t0) {
+      case 0:
+        break;
+      case 1:
+        l_tile<LPack<Block>::kOffset, 1>(panel, nb, a_rest, act_stride, kb0, y_rest, y_stride, mask,
+                                         first);
+        break;
+      case 2:
+        l_tile<LPack<Block>::kOffset, 2>(panel, nb, a_rest, act_stride, kb0, y_rest, y_stride, mask,
+                                         first);
+        break;
+      case 3:
+        l_tile<LPack<Block>::kOffset, 3>(panel, nb, a_rest, act_stride, kb0, y_rest, y_stride, mask,
+                                         first);
+        break;
+      case 4:
+        l_tile<LPack<Block>::kOffset, 4>(panel, nb, a_rest, act_stride, kb0, y_rest, y_stride, mask,
+                                         first);
+        break;
+      case 5:
+        l_tile<LPack<Block>::kOffset, 5>(panel, nb, a_rest, act_stride, kb0, y_rest, y_stride, mask,
+                                         first);
+        break;
+      case 6:
+        l_tile<LPack<Block>::kOffset, 6>(panel, nb, a_rest, act_stride, kb0, y_rest, y_stride, mask,
+                                         first);
+        break;
+      default:
+        l_tile<LPack<Block>::kOffset, 7>(panel, nb, a_rest, act_stride, kb0, y_rest, y_stride, mask,
+                                         first);
+        break;
+    }
+  }
+}
+
+bool cpu_has_avx512_vnni() {
+  static const bool supported =
+      __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
+      __builtin_cpu_supports("f16c");
+  return supported;
+}
+
+}  // namespace
+
+GemmKernel gemm_kernel_avx512(GgmlType type) {
+  if (!cpu_has_avx512_vnni()) return {};
+  constexpr const char* isa = "avx512";
+  switch (type) {
+    case GgmlType::Q4_K:
+      return {ActFormat::Q8_K, k_gemm_panel<block_q4_K>, isa};
+    case GgmlType::Q5_K:
+      return {ActFormat::Q8_K, k_gemm_panel<block_q5_K>, isa};
+    case GgmlType::Q6_K:
+      return {ActFormat::Q8_K, k_gemm_panel<block_q6_K>, isa};
+    case GgmlType::Q8_0:
+      return {ActFormat::Q8_act, l_gemm_panel<block_q8_0>, isa};
+    case GgmlType::Q4_0:
+      return {ActFormat::Q8_act, l_gemm_panel<block_q4_0>, isa};
+    case GgmlType::Q4_1:
+      return {ActFormat::Q8_act, l_gemm_panel<block_q4_1>, isa};
+    case GgmlType::Q5_0:
+      return {ActFormat::Q8_act, l_gemm_panel<block_q5_0>, isa};
+    case GgmlType::Q5_1:
+      return {ActFormat::Q8_act, l_gemm_panel<block_q5_1>, isa};
+    default:
+      return {};
+  }
+}
+
+}  // namespace kiln::kernels
+
+#else  // this build cannot compile the AVX-512 VNNI kernels: matmul keeps the dot kernels
+
+namespace kiln::kernels {
+GemmKernel gemm_kernel_avx512(GgmlType) { return {}; }
+}  // namespace kiln::kernels
+
+#endif
