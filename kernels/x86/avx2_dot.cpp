@@ -40,10 +40,7 @@ inline float hsum(__m128 v) {
 }
 
 // fp16 -> fp32 with the F16C instruction (the portable fp16_to_fp32 branches on the class).
-inline float half_to_float(half_bits h) { return _cvtsh_ss(h); }
-
-inline __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
-inline __m128i load128(const void* p) { return _mm_loadu_si128(static_cast<const __m128i*>(p)); }
+#include "kernels/x86/simd_unpack.h"
 
 // Sum of (signed w) * (signed a) over 32 int8 pairs, as 8 int32 lanes.
 inline __m256i dot_i8_i8(__m256i w, __m256i a) {
@@ -56,65 +53,7 @@ inline __m256i dot_u8_i8(__m256i w, __m256i a) {
   return _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1));
 }
 
-// 16 nibbles -> 32 bytes: the low nibbles (elements 0..15) then the high ones (16..31).
-inline __m256i unpack_nibbles_32(const uint8_t* qs) {
-  const __m128i q = load128(qs);
-  const __m128i low_mask = _mm_set1_epi8(0x0F);
-  return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), low_mask),
-                          _mm_and_si128(q, low_mask));
-}
-
-// The 32 bits of a Q5 qh field -> 0x10 in byte j where bit j is set, else 0.
-inline __m256i expand_high_bits_32(const uint8_t qh_bytes[4]) {
-  uint32_t qh;
-  std::memcpy(&qh, qh_bytes, 4);
-  // Byte j picks qh byte j / 8 (shuffles are per 128-bit lane; every lane holds all of qh).
-  const __m256i spread = _mm256_shuffle_epi8(
-      _mm256_set1_epi32(static_cast<int>(qh)),
-      _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0));
-  const __m256i bit = _mm256_set1_epi64x(static_cast<int64_t>(0x8040201008040201ull));
-  const __m256i is_set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
-  return _mm256_and_si256(is_set, _mm256_set1_epi8(0x10));
-}
-
 // ---- Legacy 32-element types x block_q8_act -------------------------------------------
-
-// Signed weight bytes of one legacy block, and whether its min term applies.
-template <typename Block>
-struct Legacy;
-
-template <>
-struct Legacy<block_q8_0> {
-  static __m256i weights(const block_q8_0& b) { return load256(b.qs); }
-  static constexpr bool kUnsigned = false;
-};
-template <>
-struct Legacy<block_q4_0> {
-  static __m256i weights(const block_q4_0& b) {
-    return _mm256_sub_epi8(unpack_nibbles_32(b.qs), _mm256_set1_epi8(8));
-  }
-  static constexpr bool kUnsigned = false;
-};
-template <>
-struct Legacy<block_q5_0> {
-  static __m256i weights(const block_q5_0& b) {
-    const __m256i q = _mm256_or_si256(unpack_nibbles_32(b.qs), expand_high_bits_32(b.qh));
-    return _mm256_sub_epi8(q, _mm256_set1_epi8(16));
-  }
-  static constexpr bool kUnsigned = false;
-};
-template <>
-struct Legacy<block_q4_1> {
-  static __m256i weights(const block_q4_1& b) { return unpack_nibbles_32(b.qs); }
-  static constexpr bool kUnsigned = true;  // codes 0..15, plus m * s
-};
-template <>
-struct Legacy<block_q5_1> {
-  static __m256i weights(const block_q5_1& b) {
-    return _mm256_or_si256(unpack_nibbles_32(b.qs), expand_high_bits_32(b.qh));
-  }
-  static constexpr bool kUnsigned = true;
-};
 
 // Every legacy block starts with its fp16 d (and, for Q4_1/Q5_1, m right after it): one
 // 4-byte load and one conversion give [d, m or junk, 0, 0].

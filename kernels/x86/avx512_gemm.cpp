@@ -45,9 +45,7 @@ constexpr int kChunkCols = 1024;
 // shares with other files (a std:: template instantiation, say) could be the copy the linker
 // keeps and then run on a CPU without AVX-512.
 inline size_t min_size(size_t a, size_t b) { return a < b ? a : b; }
-inline float half_to_float(half_bits h) { return _cvtsh_ss(h); }
-inline __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
-inline __m128i load128(const void* p) { return _mm_loadu_si128(static_cast<const __m128i*>(p)); }
+#include "kernels/x86/simd_unpack.h"
 inline __m512i load512(const void* p) { return _mm512_load_si512(p); }
 inline __m512i broadcast32(const void* p) {
   int32_t v;
@@ -83,25 +81,6 @@ inline void transpose_16x16(const uint8_t* src, size_t src_stride, uint8_t* cons
     _mm512_store_si512(dst[4 + e], _mm512_shuffle_i32x4(v1, w1, 0x88));
     _mm512_store_si512(dst[12 + e], _mm512_shuffle_i32x4(v1, w1, 0xDD));
   }
-}
-
-// 16 nibbles -> 32 codes: the low nibbles (elements 0..15) then the high ones (16..31).
-inline __m256i unpack_nibbles_32(const uint8_t* qs) {
-  const __m128i q = load128(qs);
-  const __m128i low_mask = _mm_set1_epi8(0x0F);
-  return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), low_mask),
-                          _mm_and_si128(q, low_mask));
-}
-// The 32 bits of a Q5 qh field -> 0x10 in byte j where bit j is set, else 0.
-inline __m256i expand_high_bits_32(const uint8_t qh_bytes[4]) {
-  uint32_t qh;
-  std::memcpy(&qh, qh_bytes, 4);
-  const __m256i spread = _mm256_shuffle_epi8(
-      _mm256_set1_epi32(static_cast<int>(qh)),
-      _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0));
-  const __m256i bit = _mm256_set1_epi64x(static_cast<int64_t>(0x8040201008040201ull));
-  const __m256i is_set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
-  return _mm256_and_si256(is_set, _mm256_set1_epi8(0x10));
 }
 
 // ---- K types ---------------------------------------------------------------------------
