@@ -49,6 +49,10 @@ DotKernel dot_kernel_portable(GgmlType type);
 // The AVX2 kernel, or fn == nullptr where there is none (type not covered, build without
 // AVX2/FMA, or a CPU without them).
 DotKernel dot_kernel_avx2(GgmlType type);
+// The AVX-512 VNNI kernel (x86/avx512_dot.cpp; Q4_K, Q6_K, Q5_0, Q8_0), or fn == nullptr
+// (type not covered, build without the flags, or a CPU without AVX-512 F/BW/VL/VNNI).
+// Ignores the ISA limit; dot_kernel() consults it first when the limit allows AVX-512.
+DotKernel dot_kernel_avx512(GgmlType type);
 
 // ---- Prompt processing (many activation rows): register-tiled GEMM panels -------------
 

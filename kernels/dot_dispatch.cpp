@@ -30,6 +30,10 @@ Isa isa_limit() { return isa_limit_state().load(std::memory_order_relaxed); }
 void set_isa_limit(Isa isa) { isa_limit_state().store(isa, std::memory_order_relaxed); }
 
 DotKernel dot_kernel(GgmlType type) {
+  if (isa_limit() >= Isa::Avx512) {
+    const DotKernel simd = dot_kernel_avx512(type);
+    if (simd.fn != nullptr) return simd;
+  }
   if (isa_limit() >= Isa::Avx2) {
     const DotKernel simd = dot_kernel_avx2(type);
     if (simd.fn != nullptr) return simd;

@@ -545,22 +545,6 @@ void quantize_q8_act(const float* x, size_t n_blocks, block_q8_act* y) {
 
 // ---- Table -----------------------------------------------------------------------------
 
-// Turns a kernel template over NT into a DotTileFn dispatching on the runtime nt.
-#define KILN_TILE_DISPATCH(NAME, ...)                                                     \
-  void NAME(size_t cols, const std::byte* w, const std::byte* act, size_t stride, int nt, \
-            float* out) {                                                                 \
-    switch (nt) {                                                                         \
-      case 1:                                                                             \
-        return __VA_ARGS__<1>(cols, w, act, stride, out);                                 \
-      case 2:                                                                             \
-        return __VA_ARGS__<2>(cols, w, act, stride, out);                                 \
-      case 3:                                                                             \
-        return __VA_ARGS__<3>(cols, w, act, stride, out);                                 \
-      default:                                                                            \
-        return __VA_ARGS__<4>(cols, w, act, stride, out);                                 \
-    }                                                                                     \
-  }
-
 template <int NT>
 void q8_0_tile(size_t c, const std::byte* w, const std::byte* a, size_t s, float* o) {
   dot_legacy_tile<block_q8_0, NT>(c, w, a, s, o);
@@ -625,7 +609,6 @@ KILN_TILE_DISPATCH(dot_q6_K, dot_q6_K_tile)
 KILN_TILE_DISPATCH(dot_f32, f32_tile)
 KILN_TILE_DISPATCH(dot_f16, f16_tile)
 KILN_TILE_DISPATCH(dot_bf16, bf16_tile)
-#undef KILN_TILE_DISPATCH
 
 bool cpu_has_avx2() {
   static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&

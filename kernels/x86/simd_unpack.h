@@ -1,6 +1,6 @@
-// Unpacking helpers shared by the x86 kernel files (avx2_dot.cpp, avx2_dot_precise.cpp,
-// avx512_gemm.cpp): loads, nibble and Q5 high-bit expansion, and the weight bytes of each
-// legacy 32-element block type.
+// Helpers shared by the x86 kernel files (avx2_dot.cpp, avx2_dot_precise.cpp, avx512_dot.cpp,
+// avx512_gemm.cpp): loads, nibble and Q5 high-bit expansion, the weight bytes of each legacy
+// 32-element block type, and the macro that turns a tile template into a DotTileFn.
 //
 // Include this INSIDE an unnamed namespace, after <immintrin.h> and kernels/blocks.h. Each
 // including file is compiled with its own target flags (AVX2, or AVX-512 for the GEMM), so
@@ -70,3 +70,20 @@ struct Legacy<block_q5_1> {
   }
   static constexpr bool kUnsigned = true;
 };
+
+// Turns a kernel template over NT (tokens per tile, 1..4) into a DotTileFn that dispatches
+// on the runtime nt.
+#define KILN_TILE_DISPATCH(NAME, ...)                                                     \
+  void NAME(size_t cols, const std::byte* w, const std::byte* act, size_t stride, int nt, \
+            float* out) {                                                                 \
+    switch (nt) {                                                                         \
+      case 1:                                                                             \
+        return __VA_ARGS__<1>(cols, w, act, stride, out);                                 \
+      case 2:                                                                             \
+        return __VA_ARGS__<2>(cols, w, act, stride, out);                                 \
+      case 3:                                                                             \
+        return __VA_ARGS__<3>(cols, w, act, stride, out);                                 \
+      default:                                                                            \
+        return __VA_ARGS__<4>(cols, w, act, stride, out);                                 \
+    }                                                                                     \
+  }

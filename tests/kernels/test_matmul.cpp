@@ -94,6 +94,76 @@ TEST_P(DotTest, SimdKernelPairsWithPortableFormat) {
   EXPECT_EQ(simd.act, dot_kernel_portable(GetParam()).act);
 }
 
+// The AVX-512 dot kernels against the oracle and against the portable kernel, over awkward
+// shapes (odd block counts for the legacy types, whose kernel takes two blocks per vector).
+TEST_P(DotTest, Avx512KernelMatchesReferenceAndPortable) {
+  const GgmlType type = GetParam();
+  const DotKernel simd = dot_kernel_avx512(type);
+  if (simd.fn == nullptr) GTEST_SKIP() << "no AVX-512 dot kernel for this type on this build/CPU";
+  EXPECT_EQ(simd.act, dot_kernel_portable(type).act);
+  std::mt19937 rng(21);
+  std::vector<size_t> cols_list = test_cols(type);
+  const size_t block = traits(type).block_elements;
+  for (size_t n : {1, 3, 5, 7, 33}) cols_list.push_back(block * n);
+  for (size_t cols : cols_list) check_kernel(simd, type, cols, rng);
+
+  const DotKernel portable = dot_kernel_portable(type);
+  for (size_t cols : cols_list) {
+    const auto w = random_weights(type, 1, cols, rng);
+    std::vector<float> w_deq(cols);
+    dequantize_row(type, w, w_deq);
+    const size_t stride = act_row_bytes(simd.act, cols);
+    std::vector<std::byte> act(kMaxTileTokens * stride);
+    std::vector<std::vector<float>> seen;
+    for (int t = 0; t < kMaxTileTokens; ++t) {
+      const auto x = random_activations(cols, rng);
+      quantize_act_row(simd.act, x, std::span(act).subspan(t * stride, stride));
+      seen.push_back(activation_as_seen(simd.act, x));
+    }
+    float got[kMaxTileTokens], want[kMaxTileTokens];
+    simd.fn(cols, w.data(), act.data(), stride, kMaxTileTokens, got);
+    portable.fn(cols, w.data(), act.data(), stride, kMaxTileTokens, want);
+    for (int t = 0; t < kMaxTileTokens; ++t) {
+      // Both are within tolerance of the oracle; they differ only in float rounding order.
+      EXPECT_NEAR(got[t], want[t], 2 * tolerance(reference_dot(w_deq, seen[t])))
+          << "cols " << cols << " t " << t;
+    }
+  }
+}
+
+// A token's result must not depend on the tile size or its tile mates (batch invariance):
+// every SIMD kernel gives bit-identical outputs for a token alone and in tiles of 2..4.
+TEST_P(DotTest, SimdKernelsAreTileInvariant) {
+  const GgmlType type = GetParam();
+  std::mt19937 rng(22);
+  for (const DotKernel& kernel : {dot_kernel_avx512(type), dot_kernel_avx2(type)}) {
+    if (kernel.fn == nullptr) continue;
+    for (size_t cols : test_cols(type)) {
+      const auto w = random_weights(type, 1, cols, rng);
+      const size_t stride = act_row_bytes(kernel.act, cols);
+      std::vector<std::byte> act(kMaxTileTokens * stride);
+      for (int t = 0; t < kMaxTileTokens; ++t) {
+        quantize_act_row(kernel.act, random_activations(cols, rng),
+                         std::span(act).subspan(t * stride, stride));
+      }
+      float alone[kMaxTileTokens];
+      for (int t = 0; t < kMaxTileTokens; ++t) {
+        kernel.fn(cols, w.data(), act.data() + t * stride, stride, 1, &alone[t]);
+      }
+      for (int nt = 2; nt <= kMaxTileTokens; ++nt) {
+        for (int first = 0; first + nt <= kMaxTileTokens; ++first) {
+          float tile[kMaxTileTokens];
+          kernel.fn(cols, w.data(), act.data() + first * stride, stride, nt, tile);
+          for (int t = 0; t < nt; ++t) {
+            EXPECT_EQ(tile[t], alone[first + t])
+                << kernel.isa << " cols " << cols << " nt " << nt << " token " << first + t;
+          }
+        }
+      }
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(AllTypes, DotTest, ::testing::ValuesIn(kMatmulTypes), name_of);
 
 class MatmulTest : public ::testing::TestWithParam<GgmlType> {};
@@ -317,6 +387,9 @@ TEST(Gemm, IsaLimitSelectsKernels) {
   }
   const ScopedIsaLimit limit(Isa::Avx512);
   EXPECT_EQ(gemm_kernel(GgmlType::Q4_K).fn, gemm_kernel_avx512(GgmlType::Q4_K).fn);
+  if (dot_kernel_avx512(GgmlType::Q4_K).fn != nullptr) {
+    EXPECT_STREQ(dot_kernel(GgmlType::Q4_K).isa, "avx512");
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(GemmTypes, GemmTest, ::testing::ValuesIn(kGemmTypes), name_of);
