@@ -521,28 +521,7 @@ std::span<const float> Engine::logits_row(size_t k) const {
 
 std::span<const float> Engine::eval(size_t seq, std::span<const int32_t> tokens, bool all_logits,
                                     std::vector<float>* out) {
-  if (tokens.empty()) throw std::invalid_argument("eval: no tokens");
-  if (all_logits && out == nullptr) throw std::invalid_argument("eval: all_logits needs `out`");
-  const size_t v = config().n_vocab;
-  if (all_logits) out->resize(tokens.size() * v);
-  Batch batch;
-  batch.entries.reserve(std::min(tokens.size(), max_batch_));
-  std::span<const float> last;
-  for (size_t start = 0; start < tokens.size(); start += max_batch_) {
-    const size_t count = std::min(max_batch_, tokens.size() - start);
-    batch.clear();
-    const size_t pos0 = kv_.length(seq);
-    for (size_t j = 0; j < count; ++j) {
-      const bool is_last = start + j + 1 == tokens.size();
-      batch.add(static_cast<int32_t>(seq), static_cast<int32_t>(pos0 + j), tokens[start + j],
-                all_logits || is_last);
-    }
-    last = forward(batch);
-    if (all_logits)
-      std::copy(last.begin(), last.end(), out->begin() + static_cast<long>(start * v));
-  }
-  if (all_logits) return *out;
-  return last.subspan(last.size() - v);
+  return eval_in_batches(*this, seq, kv_.length(seq), tokens, all_logits, out);
 }
 
 }  // namespace kiln

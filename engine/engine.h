@@ -8,11 +8,13 @@
 // token for each of several sequences (batched decode for the server).
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <initializer_list>
 #include <memory>
 #include <span>
+#include <stdexcept>
 #include <vector>
 
 #include "engine/kv_cache.h"
@@ -159,6 +161,36 @@ class Engine {
   size_t n_logits_ = 0;
   const BatchEntry* entries_ = nullptr;  // batch of the running forward (for attention workers)
 };
+
+// The body of eval() for any engine with forward(Batch) (the CPU Engine and the CudaEngine):
+// `tokens` of sequence `seq` from position pos0 on, in batches of max_batch; returns the last
+// token's logits, or every token's in `out` when all_logits is set.
+template <typename AnyForward>
+std::span<const float> eval_in_batches(AnyForward& engine, size_t seq, size_t pos0,
+                                       std::span<const int32_t> tokens, bool all_logits,
+                                       std::vector<float>* out) {
+  if (tokens.empty()) throw std::invalid_argument("eval: no tokens");
+  if (all_logits && out == nullptr) throw std::invalid_argument("eval: all_logits needs `out`");
+  const size_t v = engine.config().n_vocab, max_batch = engine.max_batch();
+  if (all_logits) out->resize(tokens.size() * v);
+  Batch batch;
+  batch.entries.reserve(std::min(tokens.size(), max_batch));
+  std::span<const float> last;
+  for (size_t start = 0; start < tokens.size(); start += max_batch) {
+    const size_t count = std::min(max_batch, tokens.size() - start);
+    batch.clear();
+    for (size_t j = 0; j < count; ++j) {
+      const bool is_last = start + j + 1 == tokens.size();
+      batch.add(static_cast<int32_t>(seq), static_cast<int32_t>(pos0 + start + j),
+                tokens[start + j], all_logits || is_last);
+    }
+    last = engine.forward(batch);
+    if (all_logits)
+      std::copy(last.begin(), last.end(), out->begin() + static_cast<long>(start * v));
+  }
+  if (all_logits) return *out;
+  return last.subspan(last.size() - v);
+}
 
 // Context size for `requested` (0: model default) capped by the model's own.
 size_t default_context_length(const ModelConfig& config, size_t requested);

@@ -545,70 +545,21 @@ void quantize_q8_act(const float* x, size_t n_blocks, block_q8_act* y) {
 
 // ---- Table -----------------------------------------------------------------------------
 
-template <int NT>
-void q8_0_tile(size_t c, const std::byte* w, const std::byte* a, size_t s, float* o) {
-  dot_legacy_tile<block_q8_0, NT>(c, w, a, s, o);
-}
-template <int NT>
-void q4_0_tile(size_t c, const std::byte* w, const std::byte* a, size_t s, float* o) {
-  dot_legacy_tile<block_q4_0, NT>(c, w, a, s, o);
-}
-template <int NT>
-void q4_1_tile(size_t c, const std::byte* w, const std::byte* a, size_t s, float* o) {
-  dot_legacy_tile<block_q4_1, NT>(c, w, a, s, o);
-}
-template <int NT>
-void q5_0_tile(size_t c, const std::byte* w, const std::byte* a, size_t s, float* o) {
-  dot_legacy_tile<block_q5_0, NT>(c, w, a, s, o);
-}
-template <int NT>
-void q5_1_tile(size_t c, const std::byte* w, const std::byte* a, size_t s, float* o) {
-  dot_legacy_tile<block_q5_1, NT>(c, w, a, s, o);
-}
-template <int NT>
-void q4_K_tile(size_t c, const std::byte* w, const std::byte* a, size_t s, float* o) {
-  dot_q45_K_tile<block_q4_K, NT>(c, w, a, s, o);
-}
-template <int NT>
-void q5_K_tile(size_t c, const std::byte* w, const std::byte* a, size_t s, float* o) {
-  dot_q45_K_tile<block_q5_K, NT>(c, w, a, s, o);
-}
-template <int NT>
-void q2_K_tile(size_t c, const std::byte* w, const std::byte* a, size_t s, float* o) {
-  dot_q23_K_tile<block_q2_K, NT>(c, w, a, s, o);
-}
-template <int NT>
-void q3_K_tile(size_t c, const std::byte* w, const std::byte* a, size_t s, float* o) {
-  dot_q23_K_tile<block_q3_K, NT>(c, w, a, s, o);
-}
-template <int NT>
-void f32_tile(size_t c, const std::byte* w, const std::byte* a, size_t s, float* o) {
-  dot_float_tile<float, NT>(c, w, a, s, o);
-}
-template <int NT>
-void bf16_tile(size_t c, const std::byte* w, const std::byte* a, size_t s, float* o) {
-  dot_float_tile<Bf16, NT>(c, w, a, s, o);
-}
-template <int NT>
-void f16_tile(size_t c, const std::byte* w, const std::byte* a, size_t s, float* o) {
-  dot_float_tile<uint16_t, NT>(c, w, a, s, o);
-}
-
-KILN_TILE_DISPATCH(dot_q8_0, q8_0_tile)
-KILN_TILE_DISPATCH(dot_q4_0, q4_0_tile)
-KILN_TILE_DISPATCH(dot_q4_1, q4_1_tile)
-KILN_TILE_DISPATCH(dot_q5_0, q5_0_tile)
-KILN_TILE_DISPATCH(dot_q5_1, q5_1_tile)
-KILN_TILE_DISPATCH(dot_q2_K, q2_K_tile)
-KILN_TILE_DISPATCH(dot_q3_K, q3_K_tile)
-KILN_TILE_DISPATCH(dot_q4_K, q4_K_tile)
-KILN_TILE_DISPATCH(dot_q5_K, q5_K_tile)
+KILN_TILE_DISPATCH(dot_q8_0, dot_legacy_tile, block_q8_0)
+KILN_TILE_DISPATCH(dot_q4_0, dot_legacy_tile, block_q4_0)
+KILN_TILE_DISPATCH(dot_q4_1, dot_legacy_tile, block_q4_1)
+KILN_TILE_DISPATCH(dot_q5_0, dot_legacy_tile, block_q5_0)
+KILN_TILE_DISPATCH(dot_q5_1, dot_legacy_tile, block_q5_1)
+KILN_TILE_DISPATCH(dot_q2_K, dot_q23_K_tile, block_q2_K)
+KILN_TILE_DISPATCH(dot_q3_K, dot_q23_K_tile, block_q3_K)
+KILN_TILE_DISPATCH(dot_q4_K, dot_q45_K_tile, block_q4_K)
+KILN_TILE_DISPATCH(dot_q5_K, dot_q45_K_tile, block_q5_K)
 KILN_TILE_DISPATCH(dot_iq4_nl, dot_iq4_nl_tile)
 KILN_TILE_DISPATCH(dot_iq4_xs, dot_iq4_xs_tile)
 KILN_TILE_DISPATCH(dot_q6_K, dot_q6_K_tile)
-KILN_TILE_DISPATCH(dot_f32, f32_tile)
-KILN_TILE_DISPATCH(dot_f16, f16_tile)
-KILN_TILE_DISPATCH(dot_bf16, bf16_tile)
+KILN_TILE_DISPATCH(dot_f32, dot_float_tile, float)
+KILN_TILE_DISPATCH(dot_f16, dot_float_tile, uint16_t)
+KILN_TILE_DISPATCH(dot_bf16, dot_float_tile, Bf16)
 
 bool cpu_has_avx2() {
   static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&

@@ -336,45 +336,14 @@ inline void quantize_two_planes(const float* v, int8_t* q1, int8_t* q2, int* sum
 
 // ---- Table -------------------------------------------------------------------------------
 
-template <template <int> class Kernel>
-void dispatch(size_t cols, const std::byte* w, const std::byte* act, size_t stride, int nt,
-              float* out) {
-  switch (nt) {
-    case 1:
-      return Kernel<1>::run(cols, w, act, stride, out);
-    case 2:
-      return Kernel<2>::run(cols, w, act, stride, out);
-    case 3:
-      return Kernel<3>::run(cols, w, act, stride, out);
-    default:
-      return Kernel<4>::run(cols, w, act, stride, out);
-  }
-}
-
-template <typename Block>
-struct LegacyKernel {
-  template <int NT>
-  struct K {
-    static void run(size_t c, const std::byte* w, const std::byte* a, size_t s, float* o) {
-      dot_legacy_tile<Block, NT>(c, w, a, s, o);
-    }
-  };
-};
-template <typename Block>
-struct Q45Kernel {
-  template <int NT>
-  struct K {
-    static void run(size_t c, const std::byte* w, const std::byte* a, size_t s, float* o) {
-      dot_q45_K_tile<Block, NT>(c, w, a, s, o);
-    }
-  };
-};
-template <int NT>
-struct Q6Kernel {
-  static void run(size_t c, const std::byte* w, const std::byte* a, size_t s, float* o) {
-    dot_q6_K_tile<NT>(c, w, a, s, o);
-  }
-};
+KILN_TILE_DISPATCH(dot_q4_0, dot_legacy_tile, block_q4_0)
+KILN_TILE_DISPATCH(dot_q4_1, dot_legacy_tile, block_q4_1)
+KILN_TILE_DISPATCH(dot_q5_0, dot_legacy_tile, block_q5_0)
+KILN_TILE_DISPATCH(dot_q5_1, dot_legacy_tile, block_q5_1)
+KILN_TILE_DISPATCH(dot_q8_0, dot_legacy_tile, block_q8_0)
+KILN_TILE_DISPATCH(dot_q4_K, dot_q45_K_tile, block_q4_K)
+KILN_TILE_DISPATCH(dot_q5_K, dot_q45_K_tile, block_q5_K)
+KILN_TILE_DISPATCH(dot_q6_K, dot_q6_K_tile)
 
 bool cpu_has_avx2() {
   static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
@@ -428,21 +397,21 @@ DotKernel dot_kernel_precise_avx2(GgmlType type) {
   constexpr const char* isa = "avx2";
   switch (type) {
     case GgmlType::Q4_0:
-      return {ActFormat::Q8_act2, dispatch<LegacyKernel<block_q4_0>::K>, isa};
+      return {ActFormat::Q8_act2, dot_q4_0, isa};
     case GgmlType::Q4_1:
-      return {ActFormat::Q8_act2, dispatch<LegacyKernel<block_q4_1>::K>, isa};
+      return {ActFormat::Q8_act2, dot_q4_1, isa};
     case GgmlType::Q5_0:
-      return {ActFormat::Q8_act2, dispatch<LegacyKernel<block_q5_0>::K>, isa};
+      return {ActFormat::Q8_act2, dot_q5_0, isa};
     case GgmlType::Q5_1:
-      return {ActFormat::Q8_act2, dispatch<LegacyKernel<block_q5_1>::K>, isa};
+      return {ActFormat::Q8_act2, dot_q5_1, isa};
     case GgmlType::Q8_0:
-      return {ActFormat::Q8_act2, dispatch<LegacyKernel<block_q8_0>::K>, isa};
+      return {ActFormat::Q8_act2, dot_q8_0, isa};
     case GgmlType::Q4_K:
-      return {ActFormat::Q8_K2, dispatch<Q45Kernel<block_q4_K>::K>, isa};
+      return {ActFormat::Q8_K2, dot_q4_K, isa};
     case GgmlType::Q5_K:
-      return {ActFormat::Q8_K2, dispatch<Q45Kernel<block_q5_K>::K>, isa};
+      return {ActFormat::Q8_K2, dot_q5_K, isa};
     case GgmlType::Q6_K:
-      return {ActFormat::Q8_K2, dispatch<Q6Kernel>, isa};
+      return {ActFormat::Q8_K2, dot_q6_K, isa};
     case GgmlType::F32:
     case GgmlType::F16:
     case GgmlType::BF16:

@@ -224,19 +224,10 @@ void dot_legacy_tile(size_t cols, const std::byte* w_row, const std::byte* act, 
 
 // ---- Table -----------------------------------------------------------------------------
 
-template <int NT>
-void q8_0_tile(size_t c, const std::byte* w, const std::byte* a, size_t s, float* o) {
-  dot_legacy_tile<block_q8_0, NT>(c, w, a, s, o);
-}
-template <int NT>
-void q5_0_tile(size_t c, const std::byte* w, const std::byte* a, size_t s, float* o) {
-  dot_legacy_tile<block_q5_0, NT>(c, w, a, s, o);
-}
-
 KILN_TILE_DISPATCH(dot_q4_K, dot_q4_K_tile)
 KILN_TILE_DISPATCH(dot_q6_K, dot_q6_K_tile)
-KILN_TILE_DISPATCH(dot_q5_0, q5_0_tile)
-KILN_TILE_DISPATCH(dot_q8_0, q8_0_tile)
+KILN_TILE_DISPATCH(dot_q5_0, dot_legacy_tile, block_q5_0)
+KILN_TILE_DISPATCH(dot_q8_0, dot_legacy_tile, block_q8_0)
 
 bool cpu_has_avx512_vnni() {
   static const bool supported =

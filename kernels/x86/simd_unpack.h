@@ -71,19 +71,19 @@ struct Legacy<block_q5_1> {
   static constexpr bool kUnsigned = true;
 };
 
-// Turns a kernel template over NT (tokens per tile, 1..4) into a DotTileFn that dispatches
-// on the runtime nt.
-#define KILN_TILE_DISPATCH(NAME, ...)                                                     \
+// Defines NAME, a DotTileFn running TEMPLATE<ARGS..., NT> for the runtime nt (1..4): the tile
+// templates take the token count as their last template argument so it is a constant inside.
+#define KILN_TILE_DISPATCH(NAME, TEMPLATE, ...)                                           \
   void NAME(size_t cols, const std::byte* w, const std::byte* act, size_t stride, int nt, \
             float* out) {                                                                 \
     switch (nt) {                                                                         \
       case 1:                                                                             \
-        return __VA_ARGS__<1>(cols, w, act, stride, out);                                 \
+        return TEMPLATE<__VA_ARGS__ __VA_OPT__(, ) 1>(cols, w, act, stride, out);         \
       case 2:                                                                             \
-        return __VA_ARGS__<2>(cols, w, act, stride, out);                                 \
+        return TEMPLATE<__VA_ARGS__ __VA_OPT__(, ) 2>(cols, w, act, stride, out);         \
       case 3:                                                                             \
-        return __VA_ARGS__<3>(cols, w, act, stride, out);                                 \
+        return TEMPLATE<__VA_ARGS__ __VA_OPT__(, ) 3>(cols, w, act, stride, out);         \
       default:                                                                            \
-        return __VA_ARGS__<4>(cols, w, act, stride, out);                                 \
+        return TEMPLATE<__VA_ARGS__ __VA_OPT__(, ) 4>(cols, w, act, stride, out);         \
     }                                                                                     \
   }
