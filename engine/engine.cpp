@@ -252,39 +252,43 @@ Engine::Engine(const Model& model, const EngineOptions& options)
 
 Engine::~Engine() = default;
 
-void Engine::validate(const Batch& batch) {
-  const ModelConfig& c = config();
-  if (batch.size() > max_batch_) {
+void validate_batch(const Batch& batch, size_t n_vocab, size_t max_batch, size_t n_ctx,
+                    std::span<size_t> next_pos) {
+  if (batch.size() > max_batch) {
     throw std::invalid_argument("batch of " + std::to_string(batch.size()) +
                                 " entries exceeds the context's max batch " +
-                                std::to_string(max_batch_));
+                                std::to_string(max_batch));
   }
-  for (size_t s = 0; s < next_pos_.size(); ++s) next_pos_[s] = kv_.length(s);
   for (const BatchEntry& e : batch.entries) {
-    if (e.seq < 0 || static_cast<size_t>(e.seq) >= kv_.n_seq()) {
+    if (e.seq < 0 || static_cast<size_t>(e.seq) >= next_pos.size()) {
       throw std::invalid_argument("sequence id " + std::to_string(e.seq) +
                                   " is out of range: the context has " +
-                                  std::to_string(kv_.n_seq()) + " sequences");
+                                  std::to_string(next_pos.size()) + " sequences");
     }
-    if (e.token < 0 || static_cast<size_t>(e.token) >= c.n_vocab) {
+    if (e.token < 0 || static_cast<size_t>(e.token) >= n_vocab) {
       throw std::invalid_argument("token id " + std::to_string(e.token) +
                                   " is out of range: the vocabulary has " +
-                                  std::to_string(c.n_vocab) + " tokens");
+                                  std::to_string(n_vocab) + " tokens");
     }
-    size_t& next = next_pos_[static_cast<size_t>(e.seq)];
+    size_t& next = next_pos[static_cast<size_t>(e.seq)];
     if (e.pos < 0 || static_cast<size_t>(e.pos) != next) {
       throw std::invalid_argument("sequence " + std::to_string(e.seq) + " expects position " +
                                   std::to_string(next) + ", the batch gives " +
                                   std::to_string(e.pos));
     }
-    if (next >= kv_.n_ctx()) {
+    if (next >= n_ctx) {
       throw std::invalid_argument("context full: sequence " + std::to_string(e.seq) +
                                   " already holds " + std::to_string(next) +
-                                  " positions, the context size is " + std::to_string(kv_.n_ctx()) +
+                                  " positions, the context size is " + std::to_string(n_ctx) +
                                   " (raise -c)");
     }
     ++next;
   }
+}
+
+void Engine::validate(const Batch& batch) {
+  for (size_t s = 0; s < next_pos_.size(); ++s) next_pos_[s] = kv_.length(s);
+  validate_batch(batch, config().n_vocab, max_batch_, kv_.n_ctx(), next_pos_);
 }
 
 std::span<const float> Engine::forward(const Batch& batch) {

@@ -162,6 +162,13 @@ class Engine {
   const BatchEntry* entries_ = nullptr;  // batch of the running forward (for attention workers)
 };
 
+// Checks a batch before any state changes (the CPU and CUDA engines' forward both start
+// here): at most max_batch entries; each sequence id in [0, next_pos.size()), each token in
+// [0, n_vocab), each position its sequence's next one (next_pos, advanced as entries are
+// read), and room left in n_ctx. Throws std::invalid_argument naming the entry.
+void validate_batch(const Batch& batch, size_t n_vocab, size_t max_batch, size_t n_ctx,
+                    std::span<size_t> next_pos);
+
 // The body of eval() for any engine with forward(Batch) (the CPU Engine and the CudaEngine):
 // `tokens` of sequence `seq` from position pos0 on, in batches of max_batch; returns the last
 // token's logits, or every token's in `out` when all_logits is set.

@@ -24,38 +24,8 @@ void CudaEngine::truncate(size_t seq, size_t pos) {
 }
 
 void CudaEngine::validate(const Batch& batch) {
-  const ModelConfig& c = config();
-  if (batch.size() > max_batch_) {
-    throw std::invalid_argument("batch of " + std::to_string(batch.size()) +
-                                " entries exceeds the context's max batch " +
-                                std::to_string(max_batch_));
-  }
   next_pos_ = length_;
-  for (const BatchEntry& e : batch.entries) {
-    if (e.seq < 0 || static_cast<size_t>(e.seq) >= n_seq_) {
-      throw std::invalid_argument("sequence id " + std::to_string(e.seq) +
-                                  " is out of range: the context has " + std::to_string(n_seq_) +
-                                  " sequences");
-    }
-    if (e.token < 0 || static_cast<size_t>(e.token) >= c.n_vocab) {
-      throw std::invalid_argument("token id " + std::to_string(e.token) +
-                                  " is out of range: the vocabulary has " +
-                                  std::to_string(c.n_vocab) + " tokens");
-    }
-    size_t& next = next_pos_[static_cast<size_t>(e.seq)];
-    if (e.pos < 0 || static_cast<size_t>(e.pos) != next) {
-      throw std::invalid_argument("sequence " + std::to_string(e.seq) + " expects position " +
-                                  std::to_string(next) + ", the batch gives " +
-                                  std::to_string(e.pos));
-    }
-    if (next >= n_ctx_) {
-      throw std::invalid_argument("context full: sequence " + std::to_string(e.seq) +
-                                  " already holds " + std::to_string(next) +
-                                  " positions, the context size is " + std::to_string(n_ctx_) +
-                                  " (raise -c)");
-    }
-    ++next;
-  }
+  validate_batch(batch, config().n_vocab, max_batch_, n_ctx_, next_pos_);
 }
 
 std::span<const float> CudaEngine::forward(const Batch& batch) {
