@@ -127,6 +127,7 @@ int run_logits(Args args) {
   o.kv_type = m.kv_type;
   o.act_precision = m.act_precision;
   o.resident_weights = m.hugepage_weights;
+  o.batch_gemm = m.batch_gemm;
   o.max_batch = std::min(batch, tokens.size());
   Engine engine(model, o);
   std::vector<float> logits;

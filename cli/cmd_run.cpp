@@ -105,6 +105,7 @@ int run_run(Args args) {
   o.kv_type = m.kv_type;
   o.act_precision = m.act_precision;
   o.resident_weights = m.hugepage_weights;
+  o.batch_gemm = m.batch_gemm;
   o.max_batch = std::min<size_t>(512, tokens.size());
   if (tokens.size() + n_predict > o.n_ctx) {
     throw std::invalid_argument("the prompt (" + std::to_string(tokens.size()) + " tokens) plus " +

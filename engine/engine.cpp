@@ -191,7 +191,8 @@ Engine::Engine(const Model& model, const EngineOptions& options)
       pool_(std::make_unique<ThreadPool>(n_threads_)),
       kv_(options.kv_type, model.config().n_layers, options.n_seq,
           default_context_length(model.config(), options.n_ctx), model.config().kv_dim()),
-      act_precision_(options.act_precision) {
+      act_precision_(options.act_precision),
+      batch_gemm_(options.batch_gemm) {
   const ModelConfig& c = model.config();
   if (max_batch_ == 0) throw std::invalid_argument("max_batch must be at least 1");
   if (options.kv_type == GgmlType::Q8_0 && c.head_dim % 32 != 0) {
@@ -411,11 +412,15 @@ std::span<const float> Engine::forward(const Batch& batch) {
 
 void Engine::project(std::initializer_list<kernels::MatmulTarget> targets, std::span<const float> x,
                      size_t n, std::span<const int32_t> row_seq) {
-  // The GEMM and the per-row kernels sum the same exact integer products but round the
-  // float scaling differently, so the path a row takes is chosen by its own run (a prompt
-  // chunk of its sequence, or a lone decode token), never by the batch's size: a sequence
-  // gets bit-identical logits alone or batched beside others (the server's greedy outputs
-  // rely on it), and a prompt chunk the same result whatever runs next to it.
+  // A row's result must not depend on what else is in the batch: a sequence gets
+  // bit-identical logits alone or batched beside others (the server's greedy outputs rely
+  // on it), and a prompt chunk the same result whatever runs next to it. matmul_group
+  // guarantees that for any m (with batch_gemm, through the GEMM's arithmetic where a type
+  // has a bit-identical few-token twin of its GEMM, else the per-row dot kernels); plain
+  // matmul switches from the dot kernels to the GEMM at kGemmMinTokens rows, which rounds
+  // differently. So a run of one sequence long enough for the GEMM goes to matmul, and
+  // everything else to matmul_group: the path a row takes depends on its own run (a prompt
+  // chunk of its sequence, or a lone decode token) only.
   const size_t cols = targets.begin()->w.cols;
   const auto run_end = [&](size_t i) {
     size_t j = i + 1;
@@ -439,7 +444,8 @@ void Engine::project(std::initializer_list<kernels::MatmulTarget> targets, std::
         kernels::matmul(part[t].w, xs, m, part[t].y, matmul_scratch_, *pool_, act_precision_);
       }
     } else {
-      kernels::matmul_group({part.data(), k}, xs, m, matmul_scratch_, *pool_, act_precision_);
+      kernels::matmul_group({part.data(), k}, xs, m, matmul_scratch_, *pool_, act_precision_,
+                            batch_gemm_);
     }
     i = end;
   }

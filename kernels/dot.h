@@ -70,7 +70,15 @@ struct GemmKernel {
   ActFormat act = ActFormat::F32;
   GemmPanelFn fn = nullptr;  // nullptr: matmul uses the dot kernels for every m
   const char* isa = "";
+  // The same results as fn, bit for bit, without its repacking: faster below
+  // kGemmMinTokens tokens. With it a row's result never depends on m (matmul_rows_
+  // independent_of_m); without it, small m goes to the dot kernels, which round differently.
+  GemmPanelFn small = nullptr;
 };
+
+// From this many activation rows on, matmul uses a type's GEMM panel (GemmKernel::fn):
+// repacking a 16-row panel costs about as much as a few tokens' worth of dot products.
+inline constexpr size_t kGemmMinTokens = 8;
 
 // The AVX-512 VNNI panel kernel, or fn == nullptr (type not covered, build without the
 // flags, or a CPU without AVX-512 F/BW/VL/VNNI). Ignores the ISA limit below.

@@ -19,9 +19,6 @@ constexpr size_t kScratchAlign = 64;
 // Below this many activation rows the caller quantizes them alone (a pool round trip costs
 // more than quantizing a few rows).
 constexpr size_t kParallelQuantizeRows = 4;
-// From this many activation rows on, a type with a GEMM panel kernel uses it: repacking a
-// 16-row panel costs about as much as a few tokens' worth of dot products.
-constexpr size_t kGemmMinTokens = 8;
 
 [[noreturn]] void fail(const WeightMatrix& w, const std::string& what) {
   throw std::invalid_argument("matmul: " + std::string(type_name(w.type)) + " weight (" +
@@ -32,6 +29,18 @@ constexpr size_t kGemmMinTokens = 8;
 }  // namespace
 
 bool has_matmul_kernel(GgmlType type) { return dot_kernel_portable(type).fn != nullptr; }
+
+GemmPanelFn panel_kernel(GgmlType type, ActPrecision precision, ActFormat dot_act, size_t m,
+                         bool independent_of_m) {
+  const GemmKernel gemm = gemm_kernel(type, precision);
+  // A panel reading another activation format than the dot kernel's would need its own
+  // quantized copy of x (the int16 formats): the dot kernels serve those.
+  if (gemm.act != dot_act) return nullptr;
+  if (m < kGemmMinTokens) return gemm.small;
+  // The GEMM and the dot kernels round differently: switching between them by m is only
+  // allowed where m does not have to be invisible.
+  return gemm.small != nullptr || !independent_of_m ? gemm.fn : nullptr;
+}
 
 size_t matmul_scratch_bytes(GgmlType type, size_t cols, size_t m, ActPrecision precision) {
   const DotKernel kernel = dot_kernel(type, precision);
@@ -106,7 +115,7 @@ void matmul(const WeightMatrix& w, std::span<const float> x, size_t m, std::span
   const size_t rows = w.rows;
   const size_t cols = w.cols;
   const DotTileFn dot = kernel.fn;
-  const GemmKernel gemm = m >= kGemmMinTokens ? gemm_kernel(w.type, precision) : GemmKernel{};
+  const GemmPanelFn panel = panel_kernel(w.type, precision, kernel.act, m, false);
   // Rows are handed out in chunks (multiples of 16 rows) from a shared counter rather than
   // split statically: when another process takes a core away from one of our threads, the
   // others take over its share instead of waiting for it. About 8 chunks per thread keeps
@@ -125,10 +134,10 @@ void matmul(const WeightMatrix& w, std::span<const float> x, size_t m, std::span
       const size_t chunk_end = std::min(chunk_begin + chunk_rows, rows);
       for (size_t block = chunk_begin; block < chunk_end; block += kRowChunk) {
         const size_t block_end = std::min(block + kRowChunk, chunk_end);
-        if (gemm.fn != nullptr && gemm.act == kernel.act) {
+        if (panel != nullptr) {
           static_assert(kRowChunk == kGemmPanelRows);
-          gemm.fn(cols, weights + block * w_row_bytes, w_row_bytes,
-                  static_cast<int>(block_end - block), act, act_stride, m, out + block, rows);
+          panel(cols, weights + block * w_row_bytes, w_row_bytes,
+                static_cast<int>(block_end - block), act, act_stride, m, out + block, rows);
           continue;
         }
         // Tokens outer, rows inner: 16 rows of weights stay in L1/L2 while the token

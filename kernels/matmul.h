@@ -46,6 +46,14 @@ void matmul(const WeightMatrix& w, std::span<const float> x, size_t m, std::span
             std::span<std::byte> scratch, ThreadPool& pool,
             ActPrecision precision = ActPrecision::int8);
 
+// The GEMM panel kernel (kernels/dot.h) matmul runs for m activation rows of this type, or
+// nullptr for the per-row dot kernels (dot_act: their activation format). Below
+// kGemmMinTokens, the panel's few-token twin where the type has one (same results bit for
+// bit); from there on the GEMM, except that with independent_of_m a type whose GEMM has no
+// twin stays on the dot kernels, so that a row's result is the same for every m.
+GemmPanelFn panel_kernel(GgmlType type, ActPrecision precision, ActFormat dot_act, size_t m,
+                         bool independent_of_m);
+
 // ---- Several matmuls of one input in one dispatch (kernels/matmul_group.cpp) ----------
 
 // One product of a group: y (m, w.rows) = X (m, w.cols) @ w^T, y row-major and dense.
@@ -68,11 +76,15 @@ size_t matmul_group_scratch_bytes(std::span<const GgmlType> types, size_t cols, 
 // of all the weights are shared out across the pool in ONE dispatch, so a thread that
 // finishes its part of one weight goes on to the next instead of waiting at a barrier per
 // matmul. Work is claimed in shrinking chunks of 16-row units (large first, single units
-// at the end) so the threads finish together. The per-row dot kernels for every m (no
-// GEMM panels): meant for decode, where m is a handful of tokens. Errors as matmul()'s,
-// thrown before any output is written; never allocates. One target is a plain matmul.
+// at the end) so the threads finish together. Each row's result is the same for every m:
+// by default the per-row dot kernels (fastest for one token); with gemm_panels, the GEMM
+// panels where a type's GEMM has a bit-identical few-token twin (panel_kernel with
+// independent_of_m), which make a batch of 8 tokens cost far less than 8 single ones but a
+// single token more. Either way the rows of a batch of decode tokens from many sequences
+// come out as each sequence would alone. Errors as matmul()'s, thrown before any output is
+// written; never allocates.
 void matmul_group(std::span<const MatmulTarget> targets, std::span<const float> x, size_t m,
                   std::span<std::byte> scratch, ThreadPool& pool,
-                  ActPrecision precision = ActPrecision::int8);
+                  ActPrecision precision = ActPrecision::int8, bool gemm_panels = false);
 
 }  // namespace kiln::kernels

@@ -60,6 +60,7 @@ struct Job {
   size_t w_row_bytes = 0;
   size_t rows = 0;
   DotTileFn dot = nullptr;
+  GemmPanelFn panel = nullptr;  // when set, the unit's 16 rows go through it instead of dot
   const std::byte* act = nullptr;
   size_t act_stride = 0;
   float* y = nullptr;
@@ -70,6 +71,12 @@ struct Job {
 void run_unit(const Job& job, size_t unit, size_t cols, size_t m) {
   const size_t r0 = unit * kUnitRows;
   const size_t r1 = std::min(r0 + kUnitRows, job.rows);
+  if (job.panel != nullptr) {
+    static_assert(kUnitRows == kGemmPanelRows);
+    job.panel(cols, job.w + r0 * job.w_row_bytes, job.w_row_bytes, static_cast<int>(r1 - r0),
+              job.act, job.act_stride, m, job.y + r0, job.rows);
+    return;
+  }
   float tile[kMaxTileTokens];
   // Tokens outer, rows inner: 16 rows of weights stay in L1/L2 while the tiles pass.
   for (size_t t0 = 0; t0 < m; t0 += kMaxTileTokens) {
@@ -102,7 +109,8 @@ size_t matmul_group_scratch_bytes(std::span<const GgmlType> types, size_t cols, 
 }
 
 void matmul_group(std::span<const MatmulTarget> targets, std::span<const float> x, size_t m,
-                  std::span<std::byte> scratch, ThreadPool& pool, ActPrecision precision) {
+                  std::span<std::byte> scratch, ThreadPool& pool, ActPrecision precision,
+                  bool gemm_panels) {
   if (targets.empty()) return;
   if (targets.size() > kMaxGroupTargets) {
     throw std::invalid_argument("matmul_group: " + std::to_string(targets.size()) +
@@ -189,6 +197,7 @@ void matmul_group(std::span<const MatmulTarget> targets, std::span<const float> 
     j.w_row_bytes = row_bytes(w.type, w.cols);
     j.rows = w.rows;
     j.dot = kernels[i].fn;
+    j.panel = gemm_panels ? panel_kernel(w.type, precision, kernels[i].act, m, true) : nullptr;
     if (kernels[i].act == ActFormat::F32) {
       j.act = reinterpret_cast<const std::byte*>(x.data());
       j.act_stride = cols * sizeof(float);

@@ -29,31 +29,11 @@ namespace kiln::kernels {
 namespace {
 
 // Internal linkage only (see simd_unpack.h): this file is compiled with AVX-512 flags.
+#include "kernels/x86/avx512_unpack.h"
 #include "kernels/x86/simd_unpack.h"
 inline __m512i loadu512(const void* p) { return _mm512_loadu_si512(p); }
 
 // ---- Q4_K x Q8_K -----------------------------------------------------------------------
-
-// The 12 packed bytes -> 8 scales and 8 mins as 16 int16 (scales 0..7, then mins 0..7),
-// the same unpacking as get_scale_min_k4.
-inline __m256i unpack_q4_K_scales_mins16(const uint8_t packed[12]) {
-  uint32_t in[3];
-  std::memcpy(in, packed, 12);
-  constexpr uint32_t k6 = 0x3f3f3f3f, k4 = 0x0f0f0f0f, k2 = 0x03030303;
-  uint32_t out[4];
-  out[0] = in[0] & k6;
-  out[1] = (in[2] & k4) | (((in[0] >> 6) & k2) << 4);
-  out[2] = in[1] & k6;
-  out[3] = ((in[2] >> 4) & k4) | (((in[1] >> 6) & k2) << 4);
-  return _mm256_cvtepu8_epi16(load128(out));
-}
-
-// Index vector for vpermw: int16 lane k of the result takes lane first + k / per_lane.
-inline __m512i word_index(int first, int per) {
-  alignas(64) int16_t idx[32];
-  for (int k = 0; k < 32; ++k) idx[k] = static_cast<int16_t>(first + k / per);
-  return _mm512_load_si512(idx);
-}
 
 template <int NT>
 void dot_q4_K_tile(size_t cols, const std::byte* w_row, const std::byte* act, size_t act_stride,

@@ -25,6 +25,7 @@
     defined(__AVX512VNNI__) && defined(__F16C__)
 #include <immintrin.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 
@@ -45,6 +46,7 @@ constexpr int kChunkCols = 1024;
 // shares with other files (a std:: template instantiation, say) could be the copy the linker
 // keeps and then run on a CPU without AVX-512.
 inline size_t min_size(size_t a, size_t b) { return a < b ? a : b; }
+#include "kernels/x86/avx512_unpack.h"
 #include "kernels/x86/simd_unpack.h"
 inline __m512i load512(const void* p) { return _mm512_load_si512(p); }
 inline __m512i broadcast32(const void* p) {
@@ -334,54 +336,51 @@ struct alignas(64) LPanel {
 template <typename Block>
 struct LPack;
 
+// codes(b): the block's 32 codes as the panel stores them, q + kOffset (unsigned);
+// c(b): the coefficient of the activation block's s.
 template <>
 struct LPack<block_q8_0> {
   static constexpr int kOffset = 128;
-  static void pack(const block_q8_0& b, int r, uint8_t* codes, LPanel& p) {
-    _mm256_store_si256(reinterpret_cast<__m256i*>(codes),
-                       _mm256_xor_si256(load256(b.qs), _mm256_set1_epi8(-128)));  // q + 128
-    p.d[r] = half_to_float(b.d);
-    p.c[r] = -128.0f * p.d[r];
+  static __m256i codes(const block_q8_0& b) {
+    return _mm256_xor_si256(load256(b.qs), _mm256_set1_epi8(-128));  // q + 128
   }
+  static float c(const block_q8_0& b) { return -128.0f * half_to_float(b.d); }
 };
 template <>
 struct LPack<block_q4_0> {
   static constexpr int kOffset = 8;
-  static void pack(const block_q4_0& b, int r, uint8_t* codes, LPanel& p) {
-    _mm256_store_si256(reinterpret_cast<__m256i*>(codes), unpack_nibbles_32(b.qs));
-    p.d[r] = half_to_float(b.d);
-    p.c[r] = -8.0f * p.d[r];
-  }
+  static __m256i codes(const block_q4_0& b) { return unpack_nibbles_32(b.qs); }
+  static float c(const block_q4_0& b) { return -8.0f * half_to_float(b.d); }
 };
 template <>
 struct LPack<block_q4_1> {
   static constexpr int kOffset = 0;
-  static void pack(const block_q4_1& b, int r, uint8_t* codes, LPanel& p) {
-    _mm256_store_si256(reinterpret_cast<__m256i*>(codes), unpack_nibbles_32(b.qs));
-    p.d[r] = half_to_float(b.d);
-    p.c[r] = half_to_float(b.m);
-  }
+  static __m256i codes(const block_q4_1& b) { return unpack_nibbles_32(b.qs); }
+  static float c(const block_q4_1& b) { return half_to_float(b.m); }
 };
 template <>
 struct LPack<block_q5_0> {
   static constexpr int kOffset = 16;
-  static void pack(const block_q5_0& b, int r, uint8_t* codes, LPanel& p) {
-    _mm256_store_si256(reinterpret_cast<__m256i*>(codes),
-                       _mm256_or_si256(unpack_nibbles_32(b.qs), expand_high_bits_32(b.qh)));
-    p.d[r] = half_to_float(b.d);
-    p.c[r] = -16.0f * p.d[r];
+  static __m256i codes(const block_q5_0& b) {
+    return _mm256_or_si256(unpack_nibbles_32(b.qs), expand_high_bits_32(b.qh));
   }
+  static float c(const block_q5_0& b) { return -16.0f * half_to_float(b.d); }
 };
 template <>
 struct LPack<block_q5_1> {
   static constexpr int kOffset = 0;
-  static void pack(const block_q5_1& b, int r, uint8_t* codes, LPanel& p) {
-    _mm256_store_si256(reinterpret_cast<__m256i*>(codes),
-                       _mm256_or_si256(unpack_nibbles_32(b.qs), expand_high_bits_32(b.qh)));
-    p.d[r] = half_to_float(b.d);
-    p.c[r] = half_to_float(b.m);
+  static __m256i codes(const block_q5_1& b) {
+    return _mm256_or_si256(unpack_nibbles_32(b.qs), expand_high_bits_32(b.qh));
   }
+  static float c(const block_q5_1& b) { return half_to_float(b.m); }
 };
+
+template <typename Block>
+inline void l_pack(const Block& b, int r, uint8_t* codes, LPanel& p) {
+  _mm256_store_si256(reinterpret_cast<__m256i*>(codes), LPack<Block>::codes(b));
+  p.d[r] = half_to_float(b.d);
+  p.c[r] = LPack<Block>::c(b);
+}
 
 // kOffset: codes are q + kOffset (c = -kOffset d), so the offset folds into one FMA per
 // block as d (da sum - kOffset s); 0: a separate min term c s (Q4_1, Q5_1).
@@ -444,7 +443,7 @@ void l_gemm_panel(size_t cols, const std::byte* w, size_t w_row_bytes, int n_row
     for (int r = 0; r < n_rows; ++r) {
       const auto* blocks = reinterpret_cast<const Block*>(w + static_cast<size_t>(r) * w_row_bytes);
       for (int i = 0; i < nb; ++i) {
-        LPack<Block>::pack(blocks[kb0 + i], r, row_codes[r] + i * QK8_0, panel[i]);
+        l_pack(blocks[kb0 + i], r, row_codes[r] + i * QK8_0, panel[i]);
       }
       if (nb % 2 != 0) std::memset(row_codes[r] + nb * QK8_0, 0, QK8_0);  // the spare
     }
@@ -499,6 +498,326 @@ void l_gemm_panel(size_t cols, const std::byte* w, size_t w_row_bytes, int n_row
   }
 }
 
+// ---- Few tokens: the panels' results without the repack ----------------------------
+//
+// Below kGemmMinTokens tokens the repack costs more than it saves. But a row's result must
+// not depend on m: the engine batches the decode tokens of several sequences, and each
+// sequence must get the same logits alone or beside others. So these kernels compute the
+// very same numbers as the panels above: the same exact integer sums per (row, block), then
+// the same float operations in the same order, one lane per row. Only the way to the integer
+// sums differs: the dot products run on each row's own blocks (two rows per vector for the
+// legacy types, one for the K types), and a transposing reduction then gives one int32 lane
+// per row. Weight scales and mins of the 16 rows come in lanes by gather.
+
+// v[k]: the eight int32 partial sums of row k in the low half, of row k + 8 in the high half.
+// Returns lane r = the sum of row r's partials.
+inline __m512i reduce_row_pairs(const __m512i v[8]) {
+  __m512i w[4], x[2];
+  // 128-bit lane L of w[k]: partials of rows 2k, 2k + 1, 2k, 2k + 1 (rows + 8 in L2, L3).
+  for (int k = 0; k < 4; ++k) {
+    w[k] = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2 * k], v[2 * k + 1]),
+                            _mm512_unpackhi_epi32(v[2 * k], v[2 * k + 1]));
+  }
+  // x[k]: rows 4k .. 4k + 3 in L0 and L1, rows 4k + 8 .. 4k + 11 in L2 and L3.
+  for (int k = 0; k < 2; ++k) {
+    x[k] = _mm512_add_epi32(_mm512_unpacklo_epi64(w[2 * k], w[2 * k + 1]),
+                            _mm512_unpackhi_epi64(w[2 * k], w[2 * k + 1]));
+  }
+  // [rows 0-3, 8-11, 4-7, 12-15], then into row order.
+  const __m512i s = _mm512_add_epi32(_mm512_shuffle_i32x4(x[0], x[1], 0x88),
+                                     _mm512_shuffle_i32x4(x[0], x[1], 0xDD));
+  return _mm512_shuffle_i32x4(s, s, 0xD8);
+}
+
+// The 16 rows of a call: pointers (rows past n_rows repeat row 0, so every load is valid).
+template <typename Block>
+struct RowSet {
+  const Block* row[kRows];
+  __mmask16 mask;
+
+  RowSet(const std::byte* w, size_t w_row_bytes, int n_rows) {
+    for (int r = 0; r < kRows; ++r) {
+      const size_t src = r < n_rows ? static_cast<size_t>(r) : 0;
+      row[r] = reinterpret_cast<const Block*>(w + src * w_row_bytes);
+    }
+    mask = static_cast<__mmask16>((1u << n_rows) - 1);
+  }
+  // Lane r: the 4 bytes at `offset` in block i of row r. Scalar loads: on Zen 4 a vpgatherdd
+  // of 16 lanes costs more than the rest of a legacy block's work for 16 rows.
+  __m512i lanes32(size_t i, size_t offset) const {
+    const auto at = [&](int r) {
+      int32_t v;
+      std::memcpy(&v, reinterpret_cast<const std::byte*>(row[r] + i) + offset, 4);
+      return v;
+    };
+    __m128i q[4];
+    for (int g = 0; g < 4; ++g)
+      q[g] = _mm_setr_epi32(at(4 * g), at(4 * g + 1), at(4 * g + 2), at(4 * g + 3));
+    const __m512i lo = _mm512_inserti32x4(_mm512_castsi128_si512(q[0]), q[1], 1);
+    return _mm512_inserti32x4(_mm512_inserti32x4(lo, q[2], 2), q[3], 3);
+  }
+};
+
+// 16 fp16 values in the low (high = false) or high halves of the int32 lanes -> floats.
+inline __m512 halves_to_float(__m512i v, bool high) {
+  return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(high ? _mm512_srli_epi32(v, 16) : v));
+}
+
+// Blocks per chunk of the few-token kernels. Within a chunk the rows are read one pair
+// after another (each a short contiguous run), the partial sums parked on the stack, and
+// then reduced block by block: reading the 16 rows a block at a time instead, as 16
+// interleaved streams, ran twice as slow, from L2 and L3 alike.
+constexpr size_t kSmallChunkBytes = 1024;
+
+template <typename Block, int NT>
+void l_small_tile(const RowSet<Block>& rows, size_t n_blocks, const std::byte* act,
+                  size_t act_stride, float* y, size_t y_stride) {
+  constexpr int kOffset = LPack<Block>::kOffset;
+  constexpr size_t kChunk = 8;  // blocks: 4 KiB of partials a token
+  const block_q8_act* a[NT];
+  for (int t = 0; t < NT; ++t) {
+    a[t] = reinterpret_cast<const block_q8_act*>(act + static_cast<size_t>(t) * act_stride);
+  }
+  __m512 acc[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
+  for (size_t i0 = 0; i0 < n_blocks; i0 += kChunk) {
+    const size_t nb = min_size(kChunk, n_blocks - i0);
+    __m512i part[NT][kChunk][8];
+    for (int k = 0; k < 8; ++k) {
+      for (size_t b = 0; b < nb; ++b) {
+        const size_t i = i0 + b;
+        const __m512i codes =
+            _mm512_inserti64x4(_mm512_castsi256_si512(LPack<Block>::codes(rows.row[k][i])),
+                               LPack<Block>::codes(rows.row[k + 8][i]), 1);
+        for (int t = 0; t < NT; ++t) {
+          const __m512i qa = _mm512_broadcast_i64x4(load256(a[t][i].qs));
+          part[t][b][k] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), codes, qa);
+        }
+      }
+    }
+    for (size_t b = 0; b < nb; ++b) {
+      const size_t i = i0 + b;
+      // Every legacy block starts with its fp16 d (and Q4_1/Q5_1's fp16 m right after it).
+      const __m512i d_m = rows.lanes32(i, 0);
+      const __m512 d = halves_to_float(d_m, false);
+      for (int t = 0; t < NT; ++t) {
+        const __m512 sum = _mm512_cvtepi32_ps(reduce_row_pairs(part[t][b]));
+        // As l_tile, operation for operation.
+        if constexpr (kOffset != 0) {
+          const __m512 inner =
+              _mm512_fmadd_ps(_mm512_set1_ps(a[t][i].d), sum,
+                              _mm512_set1_ps(-static_cast<float>(kOffset) * a[t][i].s));
+          acc[t] = _mm512_fmadd_ps(d, inner, acc[t]);
+        } else {
+          const __m512 c = halves_to_float(d_m, true);
+          acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(a[t][i].d)), sum, acc[t]);
+          acc[t] = _mm512_fmadd_ps(c, _mm512_set1_ps(a[t][i].s), acc[t]);
+        }
+      }
+    }
+  }
+  for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * y_stride, rows.mask, acc[t]);
+}
+
+// Per-type parts of the K kernels. Row: one row's block unpacked; codes (KPack's, four
+// vectors of 64) and int16 scale vectors for vpdpwssd after vpmaddubsw give the main sum;
+// min_part gives the min term's integer sum (KPanel::mins . bsums) as 8 int32 partials, from
+// act_sums(a), the activation sums in the form the type wants (computed once per token).
+template <typename Block>
+struct KSmall;
+
+template <>
+struct KSmall<block_q4_K> {
+  struct Consts {
+    __m512i nibble_shift = _mm512_setr_epi64(0, 0, 0, 0, 4, 4, 4, 4);
+    __m512i scale_index[4];
+    Consts() {
+      for (int j = 0; j < 4; ++j) scale_index[j] = word_index(2 * j, 16);
+    }
+  };
+  struct Row {
+    __m512i q[4], scale[4];
+    __m128i mins;  // 8 int16: min of sub-block s
+  };
+  static __m512i scales_of(const uint8_t packed[12], Row& row) {
+    const __m256i scales_mins = unpack_q4_K_scales_mins16(packed);
+    row.mins = _mm256_extracti128_si256(scales_mins, 1);
+    return _mm512_zextsi256_si512(scales_mins);
+  }
+  static void row(const block_q4_K& b, const Consts& k, Row& row) {
+    const __m512i scales = scales_of(b.scales, row);
+    for (int j = 0; j < 4; ++j) {
+      const __m512i q4 = _mm512_broadcast_i64x4(load256(b.qs + 32 * j));
+      row.q[j] = _mm512_and_si512(_mm512_srlv_epi64(q4, k.nibble_shift), _mm512_set1_epi8(0x0F));
+      row.scale[j] = _mm512_permutexvar_epi16(k.scale_index[j], scales);
+    }
+  }
+  // Sums of the 32-element sub-blocks (pairs of 16-element bsums), in the low 128 bits.
+  static __m256i act_sums(const block_q8_K& a) {
+    const __m256i bsums = load256(a.bsums);
+    return _mm256_castsi128_si256(
+        _mm_hadd_epi16(_mm256_castsi256_si128(bsums), _mm256_extracti128_si256(bsums, 1)));
+  }
+  static __m256i min_part(const Row& row, __m256i sums) {
+    return _mm256_zextsi128_si256(_mm_madd_epi16(row.mins, _mm256_castsi256_si128(sums)));
+  }
+  static __m512i d_dmin(const RowSet<block_q4_K>& rows, size_t i) { return rows.lanes32(i, 0); }
+};
+
+template <>
+struct KSmall<block_q5_K> : KSmall<block_q4_K> {
+  struct Consts : KSmall<block_q4_K>::Consts {
+    __m512i high_shift[4];
+    Consts() {
+      for (int j = 0; j < 4; ++j) {
+        high_shift[j] = _mm512_setr_epi64(2 * j, 2 * j, 2 * j, 2 * j, 2 * j + 1, 2 * j + 1,
+                                          2 * j + 1, 2 * j + 1);
+      }
+    }
+  };
+  static void row(const block_q5_K& b, const Consts& k, Row& row) {
+    const __m512i scales = scales_of(b.scales, row);
+    // Bit s of qh[l] is the fifth bit of element l of sub-block s.
+    const __m512i qh = _mm512_broadcast_i64x4(load256(b.qh));
+    for (int j = 0; j < 4; ++j) {
+      const __m512i q4 = _mm512_broadcast_i64x4(load256(b.qs + 32 * j));
+      const __m512i low =
+          _mm512_and_si512(_mm512_srlv_epi64(q4, k.nibble_shift), _mm512_set1_epi8(0x0F));
+      const __m512i fifth = _mm512_slli_epi16(
+          _mm512_and_si512(_mm512_srlv_epi64(qh, k.high_shift[j]), _mm512_set1_epi8(1)), 4);
+      row.q[j] = _mm512_or_si512(low, fifth);
+      row.scale[j] = _mm512_permutexvar_epi16(k.scale_index[j], scales);
+    }
+  }
+  static __m512i d_dmin(const RowSet<block_q5_K>& rows, size_t i) { return rows.lanes32(i, 0); }
+};
+
+template <>
+struct KSmall<block_q6_K> {
+  struct Consts {
+    __m512i shift_first = _mm512_setr_epi64(4, 4, 4, 4, 2, 2, 2, 2);
+    __m512i shift_second = _mm512_setr_epi64(0, 0, 0, 0, 2, 2, 2, 2);
+    __m512i scale_index[4];
+    Consts() {
+      for (int j = 0; j < 4; ++j) scale_index[j] = word_index(4 * j, 8);
+    }
+  };
+  struct Row {
+    __m512i q[4], scale[4];
+    __m256i scales16;  // 16 int16: scale of group g
+  };
+  static void row(const block_q6_K& b, const Consts& k, Row& row) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m_high = _mm512_set1_epi8(0x30);
+    row.scales16 = _mm256_cvtepi8_epi16(load128(b.scales));
+    const __m512i scales = _mm512_zextsi256_si512(row.scales16);
+    for (int h = 0; h < 2; ++h) {
+      const __m512i ql = _mm512_loadu_si512(b.ql + 64 * h);
+      const __m512i qh = _mm512_broadcast_i64x4(load256(b.qh + 32 * h));
+      row.q[2 * h] = _mm512_or_si512(
+          _mm512_and_si512(ql, m4), _mm512_and_si512(_mm512_sllv_epi64(qh, k.shift_first), m_high));
+      row.q[2 * h + 1] =
+          _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4),
+                          _mm512_and_si512(_mm512_srlv_epi64(qh, k.shift_second), m_high));
+    }
+    for (int j = 0; j < 4; ++j) row.scale[j] = _mm512_permutexvar_epi16(k.scale_index[j], scales);
+  }
+  static __m256i act_sums(const block_q8_K& a) { return load256(a.bsums); }
+  // Codes are q + 32: min16 of group g is 32 * scale g (KPack<block_q6_K>).
+  static __m256i min_part(const Row& row, __m256i bsums) {
+    return _mm256_slli_epi32(_mm256_madd_epi16(row.scales16, bsums), 5);
+  }
+  // d sits in the last two bytes: read the dword ending there (scales 14, 15 and d).
+  static __m512i d_dmin(const RowSet<block_q6_K>& rows, size_t i) {
+    const __m512i bits = _mm512_srli_epi32(rows.lanes32(i, offsetof(block_q6_K, d) - 2), 16);
+    return _mm512_or_si512(bits, _mm512_slli_epi32(bits, 16));  // dmin = d
+  }
+};
+
+template <typename Block, int NT>
+void k_small_tile(const RowSet<Block>& rows, size_t n_blocks, const std::byte* act,
+                  size_t act_stride, float* y, size_t y_stride) {
+  using Type = KSmall<Block>;
+  constexpr size_t kChunk = 16;  // blocks: 16 KiB of partials a token
+  const typename Type::Consts consts;
+  const block_q8_K* a[NT];
+  for (int t = 0; t < NT; ++t) {
+    a[t] = reinterpret_cast<const block_q8_K*>(act + static_cast<size_t>(t) * act_stride);
+  }
+  __m512 acc[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
+  for (size_t i0 = 0; i0 < n_blocks; i0 += kChunk) {
+    const size_t nb = min_size(kChunk, n_blocks - i0);
+    __m256i sums[NT][kChunk];
+    for (int t = 0; t < NT; ++t) {
+      for (size_t b = 0; b < nb; ++b) sums[t][b] = Type::act_sums(a[t][i0 + b]);
+    }
+    // Rows k and k + 8 together: main sums (sub-block scale * (codes . a)) and min terms,
+    // each as 8 int32 partials per row, a row pair per vector as reduce_row_pairs wants.
+    __m512i main_pairs[NT][kChunk][8], min_pairs[NT][kChunk][8];
+    // Row by row in memory order, each row's chunk in one run; row r's 8 partials go to the
+    // low (r < 8) or high half of pair vector r % 8.
+    for (int r = 0; r < kRows; ++r) {
+      const int k = r % 8, half = r / 8;
+      for (size_t b = 0; b < nb; ++b) {
+        const size_t i = i0 + b;
+        typename Type::Row row;
+        Type::row(rows.row[r][i], consts, row);
+        for (int t = 0; t < NT; ++t) {
+          __m512i sum = _mm512_setzero_si512();
+          for (int j = 0; j < 4; ++j) {
+            const __m512i qa = _mm512_loadu_si512(a[t][i].qs + 64 * j);
+            sum = _mm512_dpwssd_epi32(sum, _mm512_maddubs_epi16(row.q[j], qa), row.scale[j]);
+          }
+          auto* main_half = reinterpret_cast<__m256i*>(&main_pairs[t][b][k]) + half;
+          auto* min_half = reinterpret_cast<__m256i*>(&min_pairs[t][b][k]) + half;
+          _mm256_store_si256(main_half, _mm256_add_epi32(_mm512_castsi512_si256(sum),
+                                                         _mm512_extracti64x4_epi64(sum, 1)));
+          _mm256_store_si256(min_half, Type::min_part(row, sums[t][b]));
+        }
+      }
+    }
+    for (size_t b = 0; b < nb; ++b) {
+      const size_t i = i0 + b;
+      const __m512i d_dmin = Type::d_dmin(rows, i);
+      const __m512 d = halves_to_float(d_dmin, false);
+      const __m512 dmin = halves_to_float(d_dmin, true);
+      for (int t = 0; t < NT; ++t) {
+        const __m512i sum = reduce_row_pairs(main_pairs[t][b]);
+        const __m512i min_sum = reduce_row_pairs(min_pairs[t][b]);
+        // As k_tile, operation for operation.
+        const __m512 da = _mm512_set1_ps(a[t][i].d);
+        acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, da), _mm512_cvtepi32_ps(sum), acc[t]);
+        acc[t] = _mm512_fnmadd_ps(_mm512_mul_ps(dmin, da), _mm512_cvtepi32_ps(min_sum), acc[t]);
+      }
+    }
+  }
+  for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * y_stride, rows.mask, acc[t]);
+}
+
+// GemmPanelFn over the few-token tiles: up to 4 tokens per pass over the weights.
+template <typename Block, bool kK>
+void small_panel(size_t cols, const std::byte* w, size_t w_row_bytes, int n_rows,
+                 const std::byte* act, size_t act_stride, size_t m, float* y, size_t y_stride) {
+  const size_t n_blocks = cols / (kK ? QK_K : QK8_0);
+  const RowSet<Block> rows(w, w_row_bytes, n_rows);
+  for (size_t t0 = 0; t0 < m; t0 += 4) {
+    const std::byte* a = act + t0 * act_stride;
+    float* out = y + t0 * y_stride;
+    const size_t nt = min_size(4, m - t0);
+    if constexpr (kK) {
+      if (nt == 1) k_small_tile<Block, 1>(rows, n_blocks, a, act_stride, out, y_stride);
+      if (nt == 2) k_small_tile<Block, 2>(rows, n_blocks, a, act_stride, out, y_stride);
+      if (nt == 3) k_small_tile<Block, 3>(rows, n_blocks, a, act_stride, out, y_stride);
+      if (nt == 4) k_small_tile<Block, 4>(rows, n_blocks, a, act_stride, out, y_stride);
+    } else {
+      if (nt == 1) l_small_tile<Block, 1>(rows, n_blocks, a, act_stride, out, y_stride);
+      if (nt == 2) l_small_tile<Block, 2>(rows, n_blocks, a, act_stride, out, y_stride);
+      if (nt == 3) l_small_tile<Block, 3>(rows, n_blocks, a, act_stride, out, y_stride);
+      if (nt == 4) l_small_tile<Block, 4>(rows, n_blocks, a, act_stride, out, y_stride);
+    }
+  }
+}
+
 bool cpu_has_avx512_vnni() {
   static const bool supported =
       __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -514,21 +833,21 @@ GemmKernel gemm_kernel_avx512(GgmlType type) {
   constexpr const char* isa = "avx512";
   switch (type) {
     case GgmlType::Q4_K:
-      return {ActFormat::Q8_K, k_gemm_panel<block_q4_K>, isa};
+      return {ActFormat::Q8_K, k_gemm_panel<block_q4_K>, isa, small_panel<block_q4_K, true>};
     case GgmlType::Q5_K:
-      return {ActFormat::Q8_K, k_gemm_panel<block_q5_K>, isa};
+      return {ActFormat::Q8_K, k_gemm_panel<block_q5_K>, isa, small_panel<block_q5_K, true>};
     case GgmlType::Q6_K:
-      return {ActFormat::Q8_K, k_gemm_panel<block_q6_K>, isa};
+      return {ActFormat::Q8_K, k_gemm_panel<block_q6_K>, isa, small_panel<block_q6_K, true>};
     case GgmlType::Q8_0:
-      return {ActFormat::Q8_act, l_gemm_panel<block_q8_0>, isa};
+      return {ActFormat::Q8_act, l_gemm_panel<block_q8_0>, isa, small_panel<block_q8_0, false>};
     case GgmlType::Q4_0:
-      return {ActFormat::Q8_act, l_gemm_panel<block_q4_0>, isa};
+      return {ActFormat::Q8_act, l_gemm_panel<block_q4_0>, isa, small_panel<block_q4_0, false>};
     case GgmlType::Q4_1:
-      return {ActFormat::Q8_act, l_gemm_panel<block_q4_1>, isa};
+      return {ActFormat::Q8_act, l_gemm_panel<block_q4_1>, isa, small_panel<block_q4_1, false>};
     case GgmlType::Q5_0:
-      return {ActFormat::Q8_act, l_gemm_panel<block_q5_0>, isa};
+      return {ActFormat::Q8_act, l_gemm_panel<block_q5_0>, isa, small_panel<block_q5_0, false>};
     case GgmlType::Q5_1:
-      return {ActFormat::Q8_act, l_gemm_panel<block_q5_1>, isa};
+      return {ActFormat::Q8_act, l_gemm_panel<block_q5_1>, isa, small_panel<block_q5_1, false>};
     default:
       return {};
   }

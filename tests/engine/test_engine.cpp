@@ -393,7 +393,9 @@ TEST_F(EngineFixture, BatchedDecodeOfSeveralSequencesEqualsEachAlone) {
 // keeps a sequence's logits bit-identical alone and beside others (the server's temperature-0
 // outputs rely on it): prompts of 12 tokens (GEMM runs) and then decode steps of 10
 // sequences at once (10 rows, but runs of one: per-row kernels, as a single token alone).
-TEST(EngineBatchInvariance, QuantizedLogitsAreBitIdenticalAloneAndBatched) {
+// With batch_gemm the 10 decode rows go through the GEMM and a lone token through its
+// few-token twin, which must agree bit for bit.
+void check_batch_invariance(bool batch_gemm) {
   TinySpec spec;
   spec.matrix_type = GgmlType::Q8_0;
   const TinyModel tiny = write_tiny_model(spec, "invariance.gguf");
@@ -408,6 +410,7 @@ TEST(EngineBatchInvariance, QuantizedLogitsAreBitIdenticalAloneAndBatched) {
   for (size_t s = 0; s < n_seq; ++s) {
     EngineOptions o;
     o.n_threads = 2;
+    o.batch_gemm = batch_gemm;
     Engine e(model, o);
     auto l = e.eval(0, prompts[s], false);
     alone[s].emplace_back(l.begin(), l.end());
@@ -421,6 +424,7 @@ TEST(EngineBatchInvariance, QuantizedLogitsAreBitIdenticalAloneAndBatched) {
   EngineOptions o;
   o.n_threads = 2;
   o.n_seq = n_seq;
+  o.batch_gemm = batch_gemm;
   Engine e(model, o);
   Batch batch;
   for (size_t s = 0; s < n_seq; ++s) {
@@ -447,6 +451,12 @@ TEST(EngineBatchInvariance, QuantizedLogitsAreBitIdenticalAloneAndBatched) {
   }
   fs::remove(tiny.path);
 }
+
+TEST(EngineBatchInvariance, QuantizedLogitsAreBitIdenticalAloneAndBatched) {
+  check_batch_invariance(false);
+}
+
+TEST(EngineBatchInvariance, SameWithBatchGemm) { check_batch_invariance(true); }
 
 TEST_F(EngineFixture, TruncateThenReevaluateGivesSameLogits) {
   EngineOptions o;

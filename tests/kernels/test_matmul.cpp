@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <chrono>
 #include <cmath>
 #include <limits>
@@ -324,6 +325,47 @@ TEST_P(GemmTest, PanelMatchesReferenceOverAwkwardShapes) {
   check_panel(kernel, type, 16, big, 9, rng);
   check_panel(kernel, type, 5, big, 17, rng);
   check_panel(kernel, type, 16, big, 24, rng);
+}
+
+// The few-token twin must give the GEMM's results bit for bit (the engine relies on it to
+// batch decode tokens of many sequences without changing any of them), and on its own
+// match the reference and write nothing outside the panel.
+TEST_P(GemmTest, SmallPanelIsBitIdenticalToGemm) {
+  const GgmlType type = GetParam();
+  const GemmKernel kernel = gemm_kernel_avx512(type);
+  if (kernel.fn == nullptr) GTEST_SKIP() << "no AVX-512 VNNI GEMM for this type on this build/CPU";
+  ASSERT_NE(kernel.small, nullptr);
+  const GemmKernel small{kernel.act, kernel.small, kernel.isa, nullptr};
+  std::mt19937 rng(13);
+  const size_t block = traits(type).block_elements;
+  const size_t big = block == 256 ? 5 * 256 : 33 * 32;  // more than one GEMM K chunk
+  for (size_t m = 1; m <= 9; ++m) {
+    for (int n_rows : {1, 5, 16}) {
+      for (size_t cols : {block, block * (m % 3 + 2), big}) {
+        check_panel(small, type, n_rows, cols, m, rng);
+        const auto w = random_weights(type, static_cast<size_t>(n_rows), cols, rng);
+        const auto x = random_activations(m * cols, rng);
+        const size_t stride = act_row_bytes(kernel.act, cols);
+        std::vector<std::byte> act(m * stride);
+        for (size_t t = 0; t < m; ++t) {
+          quantize_act_row(kernel.act, std::span(x).subspan(t * cols, cols),
+                           std::span(act).subspan(t * stride, stride));
+        }
+        const size_t rb = row_bytes(type, cols);
+        std::vector<float> y_gemm(m * 16, 0.0f), y_small(m * 16, 0.0f);
+        kernel.fn(cols, w.data(), rb, n_rows, act.data(), stride, m, y_gemm.data(), 16);
+        kernel.small(cols, w.data(), rb, n_rows, act.data(), stride, m, y_small.data(), 16);
+        for (size_t t = 0; t < m; ++t) {
+          for (int r = 0; r < n_rows; ++r) {
+            const size_t i = t * 16 + static_cast<size_t>(r);
+            ASSERT_EQ(std::bit_cast<uint32_t>(y_small[i]), std::bit_cast<uint32_t>(y_gemm[i]))
+                << type_name(type) << " rows " << n_rows << " cols " << cols << " m " << m
+                << " row " << r << " token " << t << ": " << y_small[i] << " vs " << y_gemm[i];
+          }
+        }
+      }
+    }
+  }
 }
 
 TEST_P(GemmTest, MatmulAgreesOnEveryIsaPath) {
