@@ -27,6 +27,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 
 #include "kernels/blocks.h"
@@ -83,6 +84,24 @@ inline void transpose_16x16(const uint8_t* src, size_t src_stride, uint8_t* cons
     _mm512_store_si512(dst[4 + e], _mm512_shuffle_i32x4(v1, w1, 0x88));
     _mm512_store_si512(dst[12 + e], _mm512_shuffle_i32x4(v1, w1, 0xDD));
   }
+}
+
+// The panels read each row's K chunk, then the next row's: 16 short runs a chunk, a pattern
+// the hardware prefetchers follow badly (for a few tokens, where the weights stream from
+// DRAM, the GEMM ran slower than the per-row kernels). So while a row's chunk is packed, the
+// same row's next chunk (or, after the last chunk, the row 16 further on, which starts the
+// next panel) is requested by hand.
+template <typename Block>
+inline void prefetch_next_chunk(const std::byte* w, size_t w_row_bytes, int r, size_t kb0,
+                                size_t chunk, size_t n_blocks) {
+  const size_t next = kb0 + chunk;
+  const std::byte* p = next < n_blocks
+                           ? w + static_cast<size_t>(r) * w_row_bytes + next * sizeof(Block)
+                           : w + static_cast<size_t>(r + kRows) * w_row_bytes;
+  const size_t bytes =
+      min_size(chunk, next < n_blocks ? n_blocks - next : n_blocks) * sizeof(Block);
+  for (size_t o = 0; o < bytes; o += 64)
+    _mm_prefetch(reinterpret_cast<const char*>(p) + o, _MM_HINT_T0);
 }
 
 // ---- K types ---------------------------------------------------------------------------
@@ -278,6 +297,7 @@ void k_gemm_panel(size_t cols, const std::byte* w, size_t w_row_bytes, int n_row
     }
     for (int r = 0; r < n_rows; ++r) {
       const auto* blocks = reinterpret_cast<const Block*>(w + static_cast<size_t>(r) * w_row_bytes);
+      prefetch_next_chunk<Block>(w, w_row_bytes, r, kb0, kChunk, n_blocks);
       for (int i = 0; i < nb; ++i) {
         KPack<Block>::pack(blocks[kb0 + i], r, row_codes[r] + i * QK_K, panel[i]);
       }
@@ -442,6 +462,7 @@ void l_gemm_panel(size_t cols, const std::byte* w, size_t w_row_bytes, int n_row
     }
     for (int r = 0; r < n_rows; ++r) {
       const auto* blocks = reinterpret_cast<const Block*>(w + static_cast<size_t>(r) * w_row_bytes);
+      prefetch_next_chunk<Block>(w, w_row_bytes, r, kb0, kChunk, n_blocks);
       for (int i = 0; i < nb; ++i) {
         l_pack(blocks[kb0 + i], r, row_codes[r] + i * QK8_0, panel[i]);
       }
@@ -542,21 +563,18 @@ struct RowSet {
     }
     mask = static_cast<__mmask16>((1u << n_rows) - 1);
   }
-  // Lane r: the 4 bytes at `offset` in block i of row r. Scalar loads: on Zen 4 a vpgatherdd
-  // of 16 lanes costs more than the rest of a legacy block's work for 16 rows.
-  __m512i lanes32(size_t i, size_t offset) const {
-    const auto at = [&](int r) {
-      int32_t v;
-      std::memcpy(&v, reinterpret_cast<const std::byte*>(row[r] + i) + offset, 4);
-      return v;
-    };
-    __m128i q[4];
-    for (int g = 0; g < 4; ++g)
-      q[g] = _mm_setr_epi32(at(4 * g), at(4 * g + 1), at(4 * g + 2), at(4 * g + 3));
-    const __m512i lo = _mm512_inserti32x4(_mm512_castsi128_si512(q[0]), q[1], 1);
-    return _mm512_inserti32x4(_mm512_inserti32x4(lo, q[2], 2), q[3], 3);
-  }
 };
+
+// The first 4 bytes of a block (a legacy block's fp16 d, and Q4_1/Q5_1's fp16 m; a K block's
+// d and dmin), as the kernels collect them per row into lanes: read while the row's block is
+// at hand, since 16 scattered loads per block afterwards (or a vpgatherdd, slower still on
+// Zen 4) miss L1 once the panel outgrows it.
+template <typename Block>
+inline int32_t head32(const Block& b) {
+  int32_t v;
+  std::memcpy(&v, &b, 4);
+  return v;
+}
 
 // 16 fp16 values in the low (high = false) or high halves of the int32 lanes -> floats.
 inline __m512 halves_to_float(__m512i v, bool high) {
@@ -568,12 +586,16 @@ inline __m512 halves_to_float(__m512i v, bool high) {
 // then reduced block by block: reading the 16 rows a block at a time instead, as 16
 // interleaved streams, ran twice as slow, from L2 and L3 alike.
 constexpr size_t kSmallChunkBytes = 1024;
+// Software prefetch distance of the few-token kernels, which read their 16 rows one after
+// another: the hardware prefetcher alone left them ~15% short of the per-row kernels.
+constexpr size_t kPrefetchBytes = 2048;
 
 template <typename Block, int NT>
 void l_small_tile(const RowSet<Block>& rows, size_t n_blocks, const std::byte* act,
                   size_t act_stride, float* y, size_t y_stride) {
   constexpr int kOffset = LPack<Block>::kOffset;
-  constexpr size_t kChunk = 8;  // blocks: 4 KiB of partials a token
+  constexpr size_t kChunk = 32;                       // blocks: 16 KiB of partials a token
+  constexpr size_t kLinesEvery = 64 / sizeof(Block);  // blocks per cache line, about
   const block_q8_act* a[NT];
   for (int t = 0; t < NT; ++t) {
     a[t] = reinterpret_cast<const block_q8_act*>(act + static_cast<size_t>(t) * act_stride);
@@ -582,23 +604,31 @@ void l_small_tile(const RowSet<Block>& rows, size_t n_blocks, const std::byte* a
   for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
   for (size_t i0 = 0; i0 < n_blocks; i0 += kChunk) {
     const size_t nb = min_size(kChunk, n_blocks - i0);
+    // Row by row in memory order (see kSmallChunkBytes); row r's 8 partials of a block go to
+    // the low (r < 8) or high half of pair vector r % 8, as reduce_row_pairs wants.
     __m512i part[NT][kChunk][8];
-    for (int k = 0; k < 8; ++k) {
+    alignas(64) int32_t head[kChunk][kRows];
+    for (int r = 0; r < kRows; ++r) {
+      const int k = r % 8, half = r / 8;
       for (size_t b = 0; b < nb; ++b) {
         const size_t i = i0 + b;
-        const __m512i codes =
-            _mm512_inserti64x4(_mm512_castsi256_si512(LPack<Block>::codes(rows.row[k][i])),
-                               LPack<Block>::codes(rows.row[k + 8][i]), 1);
+        if (i % kLinesEvery == 0) {
+          _mm_prefetch(reinterpret_cast<const char*>(rows.row[r] + i) + kPrefetchBytes,
+                       _MM_HINT_T0);
+        }
+        head[b][r] = head32(rows.row[r][i]);
+        const __m256i codes = LPack<Block>::codes(rows.row[r][i]);
         for (int t = 0; t < NT; ++t) {
-          const __m512i qa = _mm512_broadcast_i64x4(load256(a[t][i].qs));
-          part[t][b][k] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), codes, qa);
+          const __m256i sum =
+              _mm256_dpbusd_epi32(_mm256_setzero_si256(), codes, load256(a[t][i].qs));
+          _mm256_store_si256(reinterpret_cast<__m256i*>(&part[t][b][k]) + half, sum);
         }
       }
     }
     for (size_t b = 0; b < nb; ++b) {
       const size_t i = i0 + b;
       // Every legacy block starts with its fp16 d (and Q4_1/Q5_1's fp16 m right after it).
-      const __m512i d_m = rows.lanes32(i, 0);
+      const __m512i d_m = _mm512_load_si512(head[b]);
       const __m512 d = halves_to_float(d_m, false);
       for (int t = 0; t < NT; ++t) {
         const __m512 sum = _mm512_cvtepi32_ps(reduce_row_pairs(part[t][b]));
@@ -661,7 +691,7 @@ struct KSmall<block_q4_K> {
   static __m256i min_part(const Row& row, __m256i sums) {
     return _mm256_zextsi128_si256(_mm_madd_epi16(row.mins, _mm256_castsi256_si128(sums)));
   }
-  static __m512i d_dmin(const RowSet<block_q4_K>& rows, size_t i) { return rows.lanes32(i, 0); }
+  static int32_t d_dmin(const block_q4_K& b) { return head32(b); }
 };
 
 template <>
@@ -689,7 +719,7 @@ struct KSmall<block_q5_K> : KSmall<block_q4_K> {
       row.scale[j] = _mm512_permutexvar_epi16(k.scale_index[j], scales);
     }
   }
-  static __m512i d_dmin(const RowSet<block_q5_K>& rows, size_t i) { return rows.lanes32(i, 0); }
+  static int32_t d_dmin(const block_q5_K& b) { return head32(b); }
 };
 
 template <>
@@ -726,10 +756,9 @@ struct KSmall<block_q6_K> {
   static __m256i min_part(const Row& row, __m256i bsums) {
     return _mm256_slli_epi32(_mm256_madd_epi16(row.scales16, bsums), 5);
   }
-  // d sits in the last two bytes: read the dword ending there (scales 14, 15 and d).
-  static __m512i d_dmin(const RowSet<block_q6_K>& rows, size_t i) {
-    const __m512i bits = _mm512_srli_epi32(rows.lanes32(i, offsetof(block_q6_K, d) - 2), 16);
-    return _mm512_or_si512(bits, _mm512_slli_epi32(bits, 16));  // dmin = d
+  // dmin = d (KPack<block_q6_K>).
+  static int32_t d_dmin(const block_q6_K& b) {
+    return static_cast<int32_t>(b.d | static_cast<uint32_t>(b.d) << 16);
   }
 };
 
@@ -737,7 +766,7 @@ template <typename Block, int NT>
 void k_small_tile(const RowSet<Block>& rows, size_t n_blocks, const std::byte* act,
                   size_t act_stride, float* y, size_t y_stride) {
   using Type = KSmall<Block>;
-  constexpr size_t kChunk = 16;  // blocks: 16 KiB of partials a token
+  constexpr size_t kChunk = 32;  // blocks: 32 KiB of partials a token
   const typename Type::Consts consts;
   const block_q8_K* a[NT];
   for (int t = 0; t < NT; ++t) {
@@ -751,15 +780,18 @@ void k_small_tile(const RowSet<Block>& rows, size_t n_blocks, const std::byte* a
     for (int t = 0; t < NT; ++t) {
       for (size_t b = 0; b < nb; ++b) sums[t][b] = Type::act_sums(a[t][i0 + b]);
     }
-    // Rows k and k + 8 together: main sums (sub-block scale * (codes . a)) and min terms,
-    // each as 8 int32 partials per row, a row pair per vector as reduce_row_pairs wants.
-    __m512i main_pairs[NT][kChunk][8], min_pairs[NT][kChunk][8];
-    // Row by row in memory order, each row's chunk in one run; row r's 8 partials go to the
-    // low (r < 8) or high half of pair vector r % 8.
+    // Row by row in memory order, each row's chunk in one run: per block, the main sum
+    // (sub-block scale * (codes . a)) and the min term, each as 8 int32 partials, side by side
+    // in one vector (one full-width store; see kSmallChunkBytes).
+    __m512i part[NT][kChunk][kRows];
+    alignas(64) int32_t head[kChunk][kRows];  // d and dmin as fp16 pairs
     for (int r = 0; r < kRows; ++r) {
-      const int k = r % 8, half = r / 8;
       for (size_t b = 0; b < nb; ++b) {
         const size_t i = i0 + b;
+        head[b][r] = Type::d_dmin(rows.row[r][i]);
+        // Rows are contiguous, so this reads on through the panel and into the next one.
+        const char* ahead = reinterpret_cast<const char*>(rows.row[r] + i) + kPrefetchBytes;
+        for (size_t o = 0; o < sizeof(Block); o += 64) _mm_prefetch(ahead + o, _MM_HINT_T0);
         typename Type::Row row;
         Type::row(rows.row[r][i], consts, row);
         for (int t = 0; t < NT; ++t) {
@@ -768,22 +800,27 @@ void k_small_tile(const RowSet<Block>& rows, size_t n_blocks, const std::byte* a
             const __m512i qa = _mm512_loadu_si512(a[t][i].qs + 64 * j);
             sum = _mm512_dpwssd_epi32(sum, _mm512_maddubs_epi16(row.q[j], qa), row.scale[j]);
           }
-          auto* main_half = reinterpret_cast<__m256i*>(&main_pairs[t][b][k]) + half;
-          auto* min_half = reinterpret_cast<__m256i*>(&min_pairs[t][b][k]) + half;
-          _mm256_store_si256(main_half, _mm256_add_epi32(_mm512_castsi512_si256(sum),
-                                                         _mm512_extracti64x4_epi64(sum, 1)));
-          _mm256_store_si256(min_half, Type::min_part(row, sums[t][b]));
+          const __m256i main8 =
+              _mm256_add_epi32(_mm512_castsi512_si256(sum), _mm512_extracti64x4_epi64(sum, 1));
+          part[t][b][r] =
+              _mm512_inserti64x4(_mm512_castsi256_si512(main8), Type::min_part(row, sums[t][b]), 1);
         }
       }
     }
     for (size_t b = 0; b < nb; ++b) {
       const size_t i = i0 + b;
-      const __m512i d_dmin = Type::d_dmin(rows, i);
+      const __m512i d_dmin = _mm512_load_si512(head[b]);
       const __m512 d = halves_to_float(d_dmin, false);
       const __m512 dmin = halves_to_float(d_dmin, true);
       for (int t = 0; t < NT; ++t) {
-        const __m512i sum = reduce_row_pairs(main_pairs[t][b]);
-        const __m512i min_sum = reduce_row_pairs(min_pairs[t][b]);
+        // Rows k and k + 8 per vector, as reduce_row_pairs wants.
+        __m512i main_pairs[8], min_pairs[8];
+        for (int k = 0; k < 8; ++k) {
+          main_pairs[k] = _mm512_shuffle_i64x2(part[t][b][k], part[t][b][k + 8], 0x44);
+          min_pairs[k] = _mm512_shuffle_i64x2(part[t][b][k], part[t][b][k + 8], 0xEE);
+        }
+        const __m512i sum = reduce_row_pairs(main_pairs);
+        const __m512i min_sum = reduce_row_pairs(min_pairs);
         // As k_tile, operation for operation.
         const __m512 da = _mm512_set1_ps(a[t][i].d);
         acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, da), _mm512_cvtepi32_ps(sum), acc[t]);
