@@ -97,9 +97,15 @@ async def run_concurrent(args, host, port, model, n, end_tokens):
     return ok, errors, wall
 
 
-def kiln_bench_tg(kiln, model, n, threads):
+# Engine flags of --serve-args that change decode speed: kiln bench gets them too, so the
+# single-stream comparison is against the same engine configuration.
+BENCH_FLAGS = ("--batch-gemm", "--precise", "--hugepage-weights")
+
+
+def kiln_bench_tg(kiln, model, n, threads, flags):
     out = subprocess.run([kiln, "bench", "-m", model, "-p", "0", "-n", str(n), "-r", "3",
-                          "-t", str(threads), "--json"], capture_output=True, text=True, check=True)
+                          "-t", str(threads), "--json", *flags],
+                         capture_output=True, text=True, check=True)
     return float(json.loads(out.stdout)["tg_tps"])
 
 
@@ -174,7 +180,8 @@ def main():
                 ttfts.extend(r[0] for r in ok)
         agg = statistics.median(conc_rates) if conc_rates else 0.0
         tg = None if args.no_kiln_bench or args.url else kiln_bench_tg(
-            args.kiln, args.model, args.max_tokens, args.threads)
+            args.kiln, args.model, args.max_tokens, args.threads,
+            [a for a in shlex.split(args.serve_args) if a in BENCH_FLAGS])
 
         print(f"model: {model}; {args.max_tokens} tokens per request, temperature 0")
         if tg is not None:

@@ -29,6 +29,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <utility>
 
 #include "kernels/blocks.h"
 
@@ -594,7 +595,9 @@ template <typename Block, int NT>
 void l_small_tile(const RowSet<Block>& rows, size_t n_blocks, const std::byte* act,
                   size_t act_stride, float* y, size_t y_stride) {
   constexpr int kOffset = LPack<Block>::kOffset;
-  constexpr size_t kChunk = 32;                       // blocks: 16 KiB of partials a token
+  // Blocks a row runs for: the partials (32 bytes a row, block and token) stay within 16 KiB,
+  // in L1 with the weights streaming past (at 64 KiB every store missed it).
+  constexpr size_t kChunk = 32 / NT;
   constexpr size_t kLinesEvery = 64 / sizeof(Block);  // blocks per cache line, about
   const block_q8_act* a[NT];
   for (int t = 0; t < NT; ++t) {
@@ -606,7 +609,9 @@ void l_small_tile(const RowSet<Block>& rows, size_t n_blocks, const std::byte* a
     const size_t nb = min_size(kChunk, n_blocks - i0);
     // Row by row in memory order (see kSmallChunkBytes); row r's 8 partials of a block go to
     // the low (r < 8) or high half of pair vector r % 8, as reduce_row_pairs wants.
-    __m512i part[NT][kChunk][8];
+    // Tokens innermost: the NT stores of a row's block are adjacent (one array per token
+    // put them 4 KiB apart, the same L1 set, and stalled every store).
+    __m512i part[kChunk][8][NT];
     alignas(64) int32_t head[kChunk][kRows];
     for (int r = 0; r < kRows; ++r) {
       const int k = r % 8, half = r / 8;
@@ -621,7 +626,7 @@ void l_small_tile(const RowSet<Block>& rows, size_t n_blocks, const std::byte* a
         for (int t = 0; t < NT; ++t) {
           const __m256i sum =
               _mm256_dpbusd_epi32(_mm256_setzero_si256(), codes, load256(a[t][i].qs));
-          _mm256_store_si256(reinterpret_cast<__m256i*>(&part[t][b][k]) + half, sum);
+          _mm256_store_si256(reinterpret_cast<__m256i*>(&part[b][k][t]) + half, sum);
         }
       }
     }
@@ -631,7 +636,9 @@ void l_small_tile(const RowSet<Block>& rows, size_t n_blocks, const std::byte* a
       const __m512i d_m = _mm512_load_si512(head[b]);
       const __m512 d = halves_to_float(d_m, false);
       for (int t = 0; t < NT; ++t) {
-        const __m512 sum = _mm512_cvtepi32_ps(reduce_row_pairs(part[t][b]));
+        __m512i v[8];
+        for (int k = 0; k < 8; ++k) v[k] = part[b][k][t];
+        const __m512 sum = _mm512_cvtepi32_ps(reduce_row_pairs(v));
         // As l_tile, operation for operation.
         if constexpr (kOffset != 0) {
           const __m512 inner =
@@ -766,7 +773,7 @@ template <typename Block, int NT>
 void k_small_tile(const RowSet<Block>& rows, size_t n_blocks, const std::byte* act,
                   size_t act_stride, float* y, size_t y_stride) {
   using Type = KSmall<Block>;
-  constexpr size_t kChunk = 32;  // blocks: 32 KiB of partials a token
+  constexpr size_t kChunk = 16 / NT;  // 64 bytes a row, block and token: 16 KiB, as above
   const typename Type::Consts consts;
   const block_q8_K* a[NT];
   for (int t = 0; t < NT; ++t) {
@@ -783,7 +790,7 @@ void k_small_tile(const RowSet<Block>& rows, size_t n_blocks, const std::byte* a
     // Row by row in memory order, each row's chunk in one run: per block, the main sum
     // (sub-block scale * (codes . a)) and the min term, each as 8 int32 partials, side by side
     // in one vector (one full-width store; see kSmallChunkBytes).
-    __m512i part[NT][kChunk][kRows];
+    __m512i part[kChunk][kRows][NT];  // tokens innermost, as in l_small_tile
     alignas(64) int32_t head[kChunk][kRows];  // d and dmin as fp16 pairs
     for (int r = 0; r < kRows; ++r) {
       for (size_t b = 0; b < nb; ++b) {
@@ -802,7 +809,7 @@ void k_small_tile(const RowSet<Block>& rows, size_t n_blocks, const std::byte* a
           }
           const __m256i main8 =
               _mm256_add_epi32(_mm512_castsi512_si256(sum), _mm512_extracti64x4_epi64(sum, 1));
-          part[t][b][r] =
+          part[b][r][t] =
               _mm512_inserti64x4(_mm512_castsi256_si512(main8), Type::min_part(row, sums[t][b]), 1);
         }
       }
@@ -816,8 +823,8 @@ void k_small_tile(const RowSet<Block>& rows, size_t n_blocks, const std::byte* a
         // Rows k and k + 8 per vector, as reduce_row_pairs wants.
         __m512i main_pairs[8], min_pairs[8];
         for (int k = 0; k < 8; ++k) {
-          main_pairs[k] = _mm512_shuffle_i64x2(part[t][b][k], part[t][b][k + 8], 0x44);
-          min_pairs[k] = _mm512_shuffle_i64x2(part[t][b][k], part[t][b][k + 8], 0xEE);
+          main_pairs[k] = _mm512_shuffle_i64x2(part[b][k][t], part[b][k + 8][t], 0x44);
+          min_pairs[k] = _mm512_shuffle_i64x2(part[b][k][t], part[b][k + 8][t], 0xEE);
         }
         const __m512i sum = reduce_row_pairs(main_pairs);
         const __m512i min_sum = reduce_row_pairs(min_pairs);
@@ -831,27 +838,32 @@ void k_small_tile(const RowSet<Block>& rows, size_t n_blocks, const std::byte* a
   for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * y_stride, rows.mask, acc[t]);
 }
 
-// GemmPanelFn over the few-token tiles: up to 4 tokens per pass over the weights.
+template <typename Block, bool kK, int NT>
+void small_tile(const RowSet<Block>& rows, size_t n_blocks, const std::byte* act,
+                size_t act_stride, float* y, size_t y_stride) {
+  if constexpr (kK) {
+    k_small_tile<Block, NT>(rows, n_blocks, act, act_stride, y, y_stride);
+  } else {
+    l_small_tile<Block, NT>(rows, n_blocks, act, act_stride, y, y_stride);
+  }
+}
+
+// GemmPanelFn over the few-token tiles.
 template <typename Block, bool kK>
 void small_panel(size_t cols, const std::byte* w, size_t w_row_bytes, int n_rows,
                  const std::byte* act, size_t act_stride, size_t m, float* y, size_t y_stride) {
   const size_t n_blocks = cols / (kK ? QK_K : QK8_0);
   const RowSet<Block> rows(w, w_row_bytes, n_rows);
-  for (size_t t0 = 0; t0 < m; t0 += 4) {
+  for (size_t t0 = 0; t0 < m; t0 += kTile) {
     const std::byte* a = act + t0 * act_stride;
     float* out = y + t0 * y_stride;
-    const size_t nt = min_size(4, m - t0);
-    if constexpr (kK) {
-      if (nt == 1) k_small_tile<Block, 1>(rows, n_blocks, a, act_stride, out, y_stride);
-      if (nt == 2) k_small_tile<Block, 2>(rows, n_blocks, a, act_stride, out, y_stride);
-      if (nt == 3) k_small_tile<Block, 3>(rows, n_blocks, a, act_stride, out, y_stride);
-      if (nt == 4) k_small_tile<Block, 4>(rows, n_blocks, a, act_stride, out, y_stride);
-    } else {
-      if (nt == 1) l_small_tile<Block, 1>(rows, n_blocks, a, act_stride, out, y_stride);
-      if (nt == 2) l_small_tile<Block, 2>(rows, n_blocks, a, act_stride, out, y_stride);
-      if (nt == 3) l_small_tile<Block, 3>(rows, n_blocks, a, act_stride, out, y_stride);
-      if (nt == 4) l_small_tile<Block, 4>(rows, n_blocks, a, act_stride, out, y_stride);
-    }
+    [&]<size_t... NT>(std::index_sequence<NT...>) {
+      const size_t nt = min_size(kTile, m - t0);
+      // One instantiation per token count 1..kTile; the one matching nt runs.
+      ((nt == NT + 1 ? small_tile<Block, kK, NT + 1>(rows, n_blocks, a, act_stride, out, y_stride)
+                     : void()),
+       ...);
+    }(std::make_index_sequence<kTile>{});
   }
 }
 
