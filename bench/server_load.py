@@ -97,9 +97,22 @@ async def run_concurrent(args, host, port, model, n, end_tokens):
     return ok, errors, wall
 
 
-# Engine flags of --serve-args that change decode speed: kiln bench gets them too, so the
-# single-stream comparison is against the same engine configuration.
-BENCH_FLAGS = ("--batch-gemm", "--precise", "--hugepage-weights")
+# Engine flags of --serve-args that change decode speed (with the number of values each
+# takes): kiln bench gets them too, so the single-stream comparison is against the same
+# engine configuration.
+BENCH_FLAGS = {"--batch-gemm": 1, "--act-precision": 1, "--kv-type": 1, "--precise": 0,
+               "--hugepage-weights": 0}
+
+
+def bench_flags(serve_args):
+    words, out, i = shlex.split(serve_args), [], 0
+    while i < len(words):
+        n = BENCH_FLAGS.get(words[i])
+        if n is not None:
+            out += words[i:i + 1 + n]
+            i += n
+        i += 1
+    return out
 
 
 def kiln_bench_tg(kiln, model, n, threads, flags):
@@ -181,7 +194,7 @@ def main():
         agg = statistics.median(conc_rates) if conc_rates else 0.0
         tg = None if args.no_kiln_bench or args.url else kiln_bench_tg(
             args.kiln, args.model, args.max_tokens, args.threads,
-            [a for a in shlex.split(args.serve_args) if a in BENCH_FLAGS])
+            bench_flags(args.serve_args))
 
         print(f"model: {model}; {args.max_tokens} tokens per request, temperature 0")
         if tg is not None:

@@ -32,9 +32,10 @@ constexpr const char* kUsage =
     "  --parallel N           sequences decoded together in one batch (4)\n"
     "  --prefill-chunk N      most prompt tokens per engine step (128): long prompts go in\n"
     "                         pieces, so running streams keep getting tokens meanwhile\n"
-    "  --batch-gemm           decode the batch through the GEMM's arithmetic: with many\n"
-    "                         concurrent streams far more tokens/s in all, but a lone\n"
-    "                         stream ~30% slower (outputs are the same either way)\n"
+    "  --batch-gemm MODE      weight types whose batched decode goes through the GEMM:\n"
+    "                         auto (default: those where a lone stream loses nothing),\n"
+    "                         all (most tokens/s with many streams, a lone one slower),\n"
+    "                         off (outputs are the same whatever the mode)\n"
     "  --cache-prompt         reuse a free slot's KV cache for the prompt prefix it shares\n"
     "                         with the new request (faster first token for shared system\n"
     "                         prompts and multi-turn chat; greedy output may then differ\n"
@@ -72,7 +73,7 @@ int run_serve(Args args) {
     } else if (a == "--cache-prompt") {
       o.cache_prompt = true;
     } else if (a == "--batch-gemm") {
-      o.batch_gemm = true;
+      o.batch_gemm = kernels::parse_batch_gemm(a, option_value(args, i));
     } else if (a == "--alias") {
       o.alias = option_value(args, i);
     } else if (a == "--api-key") {

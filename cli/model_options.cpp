@@ -55,7 +55,9 @@ void ModelOptions::add_to(OptionParser& parser, ModelOptionSet accepts) {
   }
   parser.flag({"--precise"}, [this] { act_precision = kernels::ActPrecision::int16; });
   parser.flag({"--hugepage-weights"}, [this] { hugepage_weights = true; });
-  parser.flag({"--batch-gemm"}, [this] { batch_gemm = true; });
+  parser.value({"--batch-gemm"}, [this](std::string_view option, std::string_view v) {
+    batch_gemm = kernels::parse_batch_gemm(option, v);
+  });
   parser.value({"--act-precision"}, [this](std::string_view option, std::string_view v) {
     act_precision = parse_act_precision(option, v);
   });

@@ -75,8 +75,8 @@ struct ModelOptions {
   // --hugepage-weights: copy the weights into huge-page memory (faster decode, a second
   // copy of the weights in memory) instead of reading the memory-mapped file.
   bool hugepage_weights = false;
-  // --batch-gemm: decode batches through the GEMM's arithmetic (EngineOptions::batch_gemm).
-  bool batch_gemm = false;
+  // --batch-gemm auto|all|off: EngineOptions::batch_gemm.
+  kernels::BatchGemm batch_gemm = kernels::BatchGemm::fast;
 
   void add_to(OptionParser& parser, ModelOptionSet accepts = {});
   // Throws "-m MODEL.gguf is required" when no model was given.

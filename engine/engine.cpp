@@ -415,8 +415,8 @@ void Engine::project(std::initializer_list<kernels::MatmulTarget> targets, std::
   // A row's result must not depend on what else is in the batch: a sequence gets
   // bit-identical logits alone or batched beside others (the server's greedy outputs rely
   // on it), and a prompt chunk the same result whatever runs next to it. matmul_group
-  // guarantees that for any m (with batch_gemm, through the GEMM's arithmetic where a type
-  // has a bit-identical few-token twin of its GEMM, else the per-row dot kernels); plain
+  // guarantees that for any m (through the GEMM and its bit-identical few-token twin, for
+  // the types batch_gemm picks, else the per-row dot kernels); plain
   // matmul switches from the dot kernels to the GEMM at kGemmMinTokens rows, which rounds
   // differently. So a run of one sequence long enough for the GEMM goes to matmul, and
   // everything else to matmul_group: the path a row takes depends on its own run (a prompt

@@ -57,11 +57,11 @@ struct EngineOptions {
   // Activation quantization of the matmuls: int16 (two int8 planes) for accuracy close to
   // float activations (issue #5) at some speed cost; int8 is the fast default.
   kernels::ActPrecision act_precision = kernels::ActPrecision::int8;
-  // Decode batches through the GEMM's arithmetic (matmul_group's gemm_panels): a batch of
-  // 8 decode tokens then costs ~2.6x the default one-token step instead of ~3.8x (SmolLM2,
-  // 2-core test machine), but a lone token ~30% more. For servers with many concurrent
-  // streams (--batch-gemm). Outputs stay the same alone or batched either way.
-  bool batch_gemm = false;
+  // Which weight types a batch of decode tokens sends through the GEMM (kernels::BatchGemm,
+  // --batch-gemm): by default those where the GEMM's few-token twin costs a lone token
+  // nothing (SmolLM2: a step of 8 sequences ~1.5x faster, one sequence no slower). Outputs
+  // stay the same alone or batched whatever the choice.
+  kernels::BatchGemm batch_gemm = kernels::BatchGemm::fast;
 };
 
 // Anonymous memory, 2 MiB aligned and advised for transparent huge pages (the kernel
@@ -144,7 +144,7 @@ class Engine {
   std::unique_ptr<ThreadPool> pool_;
   KvCache kv_;
   kernels::ActPrecision act_precision_;
-  bool batch_gemm_;
+  kernels::BatchGemm batch_gemm_;
 
   // Activations, row-major (max_batch, width).
   std::vector<float> x_;         // (B, dim) residual stream

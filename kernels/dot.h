@@ -70,10 +70,14 @@ struct GemmKernel {
   ActFormat act = ActFormat::F32;
   GemmPanelFn fn = nullptr;  // nullptr: matmul uses the dot kernels for every m
   const char* isa = "";
-  // The same results as fn, bit for bit, without its repacking: faster below
-  // kGemmMinTokens tokens. With it a row's result never depends on m (matmul_rows_
-  // independent_of_m); without it, small m goes to the dot kernels, which round differently.
+  // The same results as fn, bit for bit, without its repacking: for fewer than
+  // kGemmMinTokens tokens. With it, batches of decode tokens can go through the GEMM and a
+  // lone token through `small` with the same results (matmul_group's BatchGemm).
   GemmPanelFn small = nullptr;
+  // `small` is at least as fast as the per-row dot kernel for a single token (measured on
+  // the 2-core test machine: true for the legacy types, whose dot kernels are AVX2; the K
+  // types' AVX-512 dot kernels stay ~15% ahead), so using it costs a lone stream nothing.
+  bool small_fast_alone = false;
 };
 
 // From this many activation rows on, matmul uses a type's GEMM panel (GemmKernel::fn):

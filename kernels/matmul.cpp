@@ -30,16 +30,24 @@ constexpr size_t kParallelQuantizeRows = 4;
 
 bool has_matmul_kernel(GgmlType type) { return dot_kernel_portable(type).fn != nullptr; }
 
-GemmPanelFn panel_kernel(GgmlType type, ActPrecision precision, ActFormat dot_act, size_t m,
-                         bool independent_of_m) {
+BatchGemm parse_batch_gemm(std::string_view option, std::string_view value) {
+  if (value == "auto") return BatchGemm::fast;
+  if (value == "all") return BatchGemm::all;
+  if (value == "off") return BatchGemm::off;
+  throw std::invalid_argument(std::string(option) + ": expected auto, all or off, got '" +
+                              std::string(value) + "'");
+}
+
+GemmPanelFn batch_panel_kernel(GgmlType type, ActPrecision precision, ActFormat dot_act, size_t m,
+                               BatchGemm policy) {
+  if (policy == BatchGemm::off) return nullptr;
   const GemmKernel gemm = gemm_kernel(type, precision);
   // A panel reading another activation format than the dot kernel's would need its own
-  // quantized copy of x (the int16 formats): the dot kernels serve those.
-  if (gemm.act != dot_act) return nullptr;
-  if (m < kGemmMinTokens) return gemm.small;
-  // The GEMM and the dot kernels round differently: switching between them by m is only
-  // allowed where m does not have to be invisible.
-  return gemm.small != nullptr || !independent_of_m ? gemm.fn : nullptr;
+  // quantized copy of x (the int16 formats): the dot kernels serve those. Without a twin,
+  // the GEMM for many rows and the dot kernels for few would round differently.
+  if (gemm.act != dot_act || gemm.small == nullptr) return nullptr;
+  if (policy == BatchGemm::fast && !gemm.small_fast_alone) return nullptr;
+  return m < kGemmMinTokens ? gemm.small : gemm.fn;
 }
 
 size_t matmul_scratch_bytes(GgmlType type, size_t cols, size_t m, ActPrecision precision) {
@@ -115,7 +123,13 @@ void matmul(const WeightMatrix& w, std::span<const float> x, size_t m, std::span
   const size_t rows = w.rows;
   const size_t cols = w.cols;
   const DotTileFn dot = kernel.fn;
-  const GemmPanelFn panel = panel_kernel(w.type, precision, kernel.act, m, false);
+  // The fastest path for m, whatever its rounding: the GEMM from kGemmMinTokens rows, below
+  // that a twin where it beats the dot kernels.
+  const GemmKernel gemm = gemm_kernel(w.type, precision);
+  GemmPanelFn panel = nullptr;
+  if (gemm.act == kernel.act) {
+    panel = m >= kGemmMinTokens ? gemm.fn : gemm.small_fast_alone ? gemm.small : nullptr;
+  }
   // Rows are handed out in chunks (multiples of 16 rows) from a shared counter rather than
   // split statically: when another process takes a core away from one of our threads, the
   // others take over its share instead of waiting for it. About 8 chunks per thread keeps

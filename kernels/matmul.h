@@ -10,6 +10,7 @@
 
 #include <cstddef>
 #include <span>
+#include <string_view>
 
 #include "gguf/ggml_types.h"
 #include "kernels/dot.h"
@@ -46,13 +47,22 @@ void matmul(const WeightMatrix& w, std::span<const float> x, size_t m, std::span
             std::span<std::byte> scratch, ThreadPool& pool,
             ActPrecision precision = ActPrecision::int8);
 
-// The GEMM panel kernel (kernels/dot.h) matmul runs for m activation rows of this type, or
-// nullptr for the per-row dot kernels (dot_act: their activation format). Below
-// kGemmMinTokens, the panel's few-token twin where the type has one (same results bit for
-// bit); from there on the GEMM, except that with independent_of_m a type whose GEMM has no
-// twin stays on the dot kernels, so that a row's result is the same for every m.
-GemmPanelFn panel_kernel(GgmlType type, ActPrecision precision, ActFormat dot_act, size_t m,
-                         bool independent_of_m);
+// Which weight types matmul_group sends through the GEMM panels (kGemmMinTokens rows or
+// more) and their bit-identical few-token twins (fewer), instead of the per-row dot
+// kernels. Either way a row's result is the same for every m.
+enum class BatchGemm {
+  off,   // none: the per-row dot kernels for every m
+  fast,  // types whose twin is as fast as the dot kernel for one token (GemmKernel::
+         // small_fast_alone): many decode streams gain, a lone one loses nothing (default)
+  all,   // every type with a twin: the most tokens/s for many streams, a lone one slower
+};
+// "auto" (fast), "all" or "off"; std::invalid_argument naming `option` otherwise.
+BatchGemm parse_batch_gemm(std::string_view option, std::string_view value);
+
+// The panel kernel matmul_group runs for m rows of this type under `policy`, or nullptr for
+// the per-row dot kernels (dot_act: their activation format).
+GemmPanelFn batch_panel_kernel(GgmlType type, ActPrecision precision, ActFormat dot_act, size_t m,
+                               BatchGemm policy);
 
 // ---- Several matmuls of one input in one dispatch (kernels/matmul_group.cpp) ----------
 
@@ -76,15 +86,14 @@ size_t matmul_group_scratch_bytes(std::span<const GgmlType> types, size_t cols, 
 // of all the weights are shared out across the pool in ONE dispatch, so a thread that
 // finishes its part of one weight goes on to the next instead of waiting at a barrier per
 // matmul. Work is claimed in shrinking chunks of 16-row units (large first, single units
-// at the end) so the threads finish together. Each row's result is the same for every m:
-// by default the per-row dot kernels (fastest for one token); with gemm_panels, the GEMM
-// panels where a type's GEMM has a bit-identical few-token twin (panel_kernel with
-// independent_of_m), which make a batch of 8 tokens cost far less than 8 single ones but a
-// single token more. Either way the rows of a batch of decode tokens from many sequences
-// come out as each sequence would alone. Errors as matmul()'s, thrown before any output is
-// written; never allocates.
+// at the end) so the threads finish together. Each row's result is the same for every m
+// (see BatchGemm: the per-row dot kernels, or the GEMM panels and their bit-identical
+// few-token twins), so the rows of a batch of decode tokens from many sequences come out as
+// each sequence's would alone. Errors as matmul()'s, thrown before any output is written;
+// never allocates.
 void matmul_group(std::span<const MatmulTarget> targets, std::span<const float> x, size_t m,
                   std::span<std::byte> scratch, ThreadPool& pool,
-                  ActPrecision precision = ActPrecision::int8, bool gemm_panels = false);
+                  ActPrecision precision = ActPrecision::int8,
+                  BatchGemm batch_gemm = BatchGemm::off);
 
 }  // namespace kiln::kernels

@@ -110,7 +110,7 @@ size_t matmul_group_scratch_bytes(std::span<const GgmlType> types, size_t cols, 
 
 void matmul_group(std::span<const MatmulTarget> targets, std::span<const float> x, size_t m,
                   std::span<std::byte> scratch, ThreadPool& pool, ActPrecision precision,
-                  bool gemm_panels) {
+                  BatchGemm batch_gemm) {
   if (targets.empty()) return;
   if (targets.size() > kMaxGroupTargets) {
     throw std::invalid_argument("matmul_group: " + std::to_string(targets.size()) +
@@ -197,7 +197,7 @@ void matmul_group(std::span<const MatmulTarget> targets, std::span<const float> 
     j.w_row_bytes = row_bytes(w.type, w.cols);
     j.rows = w.rows;
     j.dot = kernels[i].fn;
-    j.panel = gemm_panels ? panel_kernel(w.type, precision, kernels[i].act, m, true) : nullptr;
+    j.panel = batch_panel_kernel(w.type, precision, kernels[i].act, m, batch_gemm);
     if (kernels[i].act == ActFormat::F32) {
       j.act = reinterpret_cast<const std::byte*>(x.data());
       j.act_stride = cols * sizeof(float);

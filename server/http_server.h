@@ -26,11 +26,11 @@ struct ServerOptions {
   size_t n_ctx = 0;            // per sequence; 0: the model's, at most 4096
   size_t parallel = 4;         // sequences decoded together (KV slots)
   size_t prefill_chunk = 128;  // most prompt tokens per engine step (see SchedulerOptions)
-  bool batch_gemm = false;     // EngineOptions::batch_gemm
-  bool cache_prompt = false;   // reuse a free slot's KV for a shared prompt prefix
-  std::string alias;           // model id; default general.name, else the file stem
-  std::string api_key;         // required as "Authorization: Bearer KEY" unless empty
-  std::string chat_template;   // a built-in template name; "" uses the model's
+  kernels::BatchGemm batch_gemm = kernels::BatchGemm::fast;  // EngineOptions::batch_gemm
+  bool cache_prompt = false;  // reuse a free slot's KV for a shared prompt prefix
+  std::string alias;          // model id; default general.name, else the file stem
+  std::string api_key;        // required as "Authorization: Bearer KEY" unless empty
+  std::string chat_template;  // a built-in template name; "" uses the model's
   GgmlType kv_type = GgmlType::F16;
   DeviceKind device = DeviceKind::kCpu;  // cuda: the whole forward on the GPU
   kernels::ActPrecision act_precision = kernels::ActPrecision::int8;  // --precise: int16

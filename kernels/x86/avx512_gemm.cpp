@@ -527,28 +527,63 @@ void l_gemm_panel(size_t cols, const std::byte* w, size_t w_row_bytes, int n_row
 // sequence must get the same logits alone or beside others. So these kernels compute the
 // very same numbers as the panels above: the same exact integer sums per (row, block), then
 // the same float operations in the same order, one lane per row. Only the way to the integer
-// sums differs: the dot products run on each row's own blocks (two rows per vector for the
-// legacy types, one for the K types), and a transposing reduction then gives one int32 lane
-// per row. Weight scales and mins of the 16 rows come in lanes by gather.
+// sums differs. Each row is read on its own, start to end, like the per-row dot kernels
+// (the memory system streams that best; 16 rows read a block at a time each, or in short
+// runs, ran up to twice as slow here); its per-block partial vectors are summed 8 blocks at
+// a time into one vector of 8 block sums; and once all 16 rows are done, a 16 x 8 transpose
+// turns those into one vector per block with a lane per row, for the float steps.
 
-// v[k]: the eight int32 partial sums of row k in the low half, of row k + 8 in the high half.
-// Returns lane r = the sum of row r's partials.
-inline __m512i reduce_row_pairs(const __m512i v[8]) {
-  __m512i w[4], x[2];
-  // 128-bit lane L of w[k]: partials of rows 2k, 2k + 1, 2k, 2k + 1 (rows + 8 in L2, L3).
-  for (int k = 0; k < 4; ++k) {
-    w[k] = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2 * k], v[2 * k + 1]),
-                            _mm512_unpackhi_epi32(v[2 * k], v[2 * k + 1]));
+// v[b]: eight int32 partials of block b. Returns lane b = their sum.
+inline __m256i reduce_8x8(const __m256i v[8]) {
+  __m256i w[4], x[2];
+  for (int k = 0; k < 4; ++k) {  // each 128-bit lane: blocks 2k, 2k + 1, 2k, 2k + 1
+    w[k] = _mm256_add_epi32(_mm256_unpacklo_epi32(v[2 * k], v[2 * k + 1]),
+                            _mm256_unpackhi_epi32(v[2 * k], v[2 * k + 1]));
   }
-  // x[k]: rows 4k .. 4k + 3 in L0 and L1, rows 4k + 8 .. 4k + 11 in L2 and L3.
-  for (int k = 0; k < 2; ++k) {
-    x[k] = _mm512_add_epi32(_mm512_unpacklo_epi64(w[2 * k], w[2 * k + 1]),
-                            _mm512_unpackhi_epi64(w[2 * k], w[2 * k + 1]));
+  for (int k = 0; k < 2; ++k) {  // each 128-bit lane: blocks 4k .. 4k + 3
+    x[k] = _mm256_add_epi32(_mm256_unpacklo_epi64(w[2 * k], w[2 * k + 1]),
+                            _mm256_unpackhi_epi64(w[2 * k], w[2 * k + 1]));
   }
-  // [rows 0-3, 8-11, 4-7, 12-15], then into row order.
-  const __m512i s = _mm512_add_epi32(_mm512_shuffle_i32x4(x[0], x[1], 0x88),
-                                     _mm512_shuffle_i32x4(x[0], x[1], 0xDD));
-  return _mm512_shuffle_i32x4(s, s, 0xD8);
+  return _mm256_add_epi32(_mm256_permute2x128_si256(x[0], x[1], 0x20),
+                          _mm256_permute2x128_si256(x[0], x[1], 0x31));
+}
+
+// m[b]: four int32 partials of block b. Returns lane b = their sum.
+inline __m256i reduce_8x4(const __m128i m[8]) {
+  __m256i y[4];
+  for (int k = 0; k < 4; ++k) y[k] = _mm256_set_m128i(m[k + 4], m[k]);
+  const __m256i w0 =
+      _mm256_add_epi32(_mm256_unpacklo_epi32(y[0], y[1]), _mm256_unpackhi_epi32(y[0], y[1]));
+  const __m256i w1 =
+      _mm256_add_epi32(_mm256_unpacklo_epi32(y[2], y[3]), _mm256_unpackhi_epi32(y[2], y[3]));
+  return _mm256_add_epi32(_mm256_unpacklo_epi64(w0, w1), _mm256_unpackhi_epi64(w0, w1));
+}
+
+// s[r]: row r's 8 block sums. out[b]: lane r = s[r][b].
+inline void transpose_16x8(const __m256i s[16], __m512i out[8]) {
+  __m512i v[8], a[4], b[4], c[4], d[4];
+  for (int k = 0; k < 8; ++k) v[k] = _mm512_inserti64x4(_mm512_castsi256_si512(s[k]), s[k + 8], 1);
+  // Two 8 x 8 transposes at once (rows 0-7 in the low half, 8-15 in the high half).
+  for (int j = 0; j < 4; ++j) {
+    a[j] = _mm512_unpacklo_epi32(v[2 * j], v[2 * j + 1]);
+    b[j] = _mm512_unpackhi_epi32(v[2 * j], v[2 * j + 1]);
+  }
+  // c[e], d[e]: 128-bit lanes hold block e (lanes 0, 2) or e + 4 (lanes 1, 3), rows 0-3 (c)
+  // or 4-7 (d), plus 8 in the high half.
+  c[0] = _mm512_unpacklo_epi64(a[0], a[1]);
+  c[1] = _mm512_unpackhi_epi64(a[0], a[1]);
+  c[2] = _mm512_unpacklo_epi64(b[0], b[1]);
+  c[3] = _mm512_unpackhi_epi64(b[0], b[1]);
+  d[0] = _mm512_unpacklo_epi64(a[2], a[3]);
+  d[1] = _mm512_unpackhi_epi64(a[2], a[3]);
+  d[2] = _mm512_unpacklo_epi64(b[2], b[3]);
+  d[3] = _mm512_unpackhi_epi64(b[2], b[3]);
+  for (int e = 0; e < 4; ++e) {
+    out[e] = _mm512_shuffle_i32x4(_mm512_shuffle_i32x4(c[e], d[e], 0x88),
+                                  _mm512_shuffle_i32x4(c[e], d[e], 0x88), 0xD8);
+    out[e + 4] = _mm512_shuffle_i32x4(_mm512_shuffle_i32x4(c[e], d[e], 0xDD),
+                                      _mm512_shuffle_i32x4(c[e], d[e], 0xDD), 0xD8);
+  }
 }
 
 // The 16 rows of a call: pointers (rows past n_rows repeat row 0, so every load is valid).
@@ -567,9 +602,7 @@ struct RowSet {
 };
 
 // The first 4 bytes of a block (a legacy block's fp16 d, and Q4_1/Q5_1's fp16 m; a K block's
-// d and dmin), as the kernels collect them per row into lanes: read while the row's block is
-// at hand, since 16 scattered loads per block afterwards (or a vpgatherdd, slower still on
-// Zen 4) miss L1 once the panel outgrows it.
+// d and dmin), collected per row while the block is at hand.
 template <typename Block>
 inline int32_t head32(const Block& b) {
   int32_t v;
@@ -582,73 +615,75 @@ inline __m512 halves_to_float(__m512i v, bool high) {
   return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(high ? _mm512_srli_epi32(v, 16) : v));
 }
 
-// Blocks per chunk of the few-token kernels. Within a chunk the rows are read one pair
-// after another (each a short contiguous run), the partial sums parked on the stack, and
-// then reduced block by block: reading the 16 rows a block at a time instead, as 16
-// interleaved streams, ran twice as slow, from L2 and L3 alike.
-constexpr size_t kSmallChunkBytes = 1024;
-// Software prefetch distance of the few-token kernels, which read their 16 rows one after
-// another: the hardware prefetcher alone left them ~15% short of the per-row kernels.
+// Software prefetch distance: the rows are read one after another, and this keeps the
+// stream going into the next row and the next panel.
 constexpr size_t kPrefetchBytes = 2048;
+// Blocks per group: one vector of block sums per row, group and token.
+constexpr size_t kGroup = 8;
+
+template <typename Block>
+inline void prefetch_ahead(const Block* b) {
+  const char* p = reinterpret_cast<const char*>(b) + kPrefetchBytes;
+  for (size_t o = 0; o < sizeof(Block); o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
+}
 
 template <typename Block, int NT>
 void l_small_tile(const RowSet<Block>& rows, size_t n_blocks, const std::byte* act,
                   size_t act_stride, float* y, size_t y_stride) {
   constexpr int kOffset = LPack<Block>::kOffset;
-  // Blocks a row runs for: the partials (32 bytes a row, block and token) stay within 16 KiB,
-  // in L1 with the weights streaming past (at 64 KiB every store missed it).
-  constexpr size_t kChunk = 32 / NT;
-  constexpr size_t kLinesEvery = 64 / sizeof(Block);  // blocks per cache line, about
+  constexpr size_t kGroups = 8;  // per chunk: 64 blocks (2048 columns) of a row in one run
+  constexpr size_t kEvery = 64 / sizeof(Block) > 0 ? 64 / sizeof(Block) : 1;
   const block_q8_act* a[NT];
   for (int t = 0; t < NT; ++t) {
     a[t] = reinterpret_cast<const block_q8_act*>(act + static_cast<size_t>(t) * act_stride);
   }
   __m512 acc[NT];
   for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
-  for (size_t i0 = 0; i0 < n_blocks; i0 += kChunk) {
-    const size_t nb = min_size(kChunk, n_blocks - i0);
-    // Row by row in memory order (see kSmallChunkBytes); row r's 8 partials of a block go to
-    // the low (r < 8) or high half of pair vector r % 8, as reduce_row_pairs wants.
-    // Tokens innermost: the NT stores of a row's block are adjacent (one array per token
-    // put them 4 KiB apart, the same L1 set, and stalled every store).
-    __m512i part[kChunk][8][NT];
-    alignas(64) int32_t head[kChunk][kRows];
+  for (size_t i0 = 0; i0 < n_blocks; i0 += kGroups * kGroup) {
+    const size_t nb = min_size(kGroups * kGroup, n_blocks - i0);
+    __m256i sums[NT][kGroups][kRows];  // [token][group][row]: 8 block sums
+    alignas(64) int32_t head[kGroups * kGroup][kRows];
     for (int r = 0; r < kRows; ++r) {
-      const int k = r % 8, half = r / 8;
-      for (size_t b = 0; b < nb; ++b) {
-        const size_t i = i0 + b;
-        if (i % kLinesEvery == 0) {
-          _mm_prefetch(reinterpret_cast<const char*>(rows.row[r] + i) + kPrefetchBytes,
-                       _MM_HINT_T0);
+      const Block* blocks = rows.row[r] + i0;
+      for (size_t g = 0; g * kGroup < nb; ++g) {
+        __m256i part[NT][kGroup];
+        for (size_t k = 0; k < kGroup; ++k) {
+          const size_t b = g * kGroup + k;
+          if (b >= nb) {
+            for (int t = 0; t < NT; ++t) part[t][k] = _mm256_setzero_si256();
+            continue;
+          }
+          if (b % kEvery == 0) prefetch_ahead(blocks + b);
+          head[b][r] = head32(blocks[b]);
+          const __m256i codes = LPack<Block>::codes(blocks[b]);
+          for (int t = 0; t < NT; ++t) {
+            part[t][k] =
+                _mm256_dpbusd_epi32(_mm256_setzero_si256(), codes, load256(a[t][i0 + b].qs));
+          }
         }
-        head[b][r] = head32(rows.row[r][i]);
-        const __m256i codes = LPack<Block>::codes(rows.row[r][i]);
-        for (int t = 0; t < NT; ++t) {
-          const __m256i sum =
-              _mm256_dpbusd_epi32(_mm256_setzero_si256(), codes, load256(a[t][i].qs));
-          _mm256_store_si256(reinterpret_cast<__m256i*>(&part[b][k][t]) + half, sum);
-        }
+        for (int t = 0; t < NT; ++t) sums[t][g][r] = reduce_8x8(part[t]);
       }
     }
-    for (size_t b = 0; b < nb; ++b) {
-      const size_t i = i0 + b;
-      // Every legacy block starts with its fp16 d (and Q4_1/Q5_1's fp16 m right after it).
-      const __m512i d_m = _mm512_load_si512(head[b]);
-      const __m512 d = halves_to_float(d_m, false);
-      for (int t = 0; t < NT; ++t) {
-        __m512i v[8];
-        for (int k = 0; k < 8; ++k) v[k] = part[b][k][t];
-        const __m512 sum = _mm512_cvtepi32_ps(reduce_row_pairs(v));
-        // As l_tile, operation for operation.
-        if constexpr (kOffset != 0) {
-          const __m512 inner =
-              _mm512_fmadd_ps(_mm512_set1_ps(a[t][i].d), sum,
-                              _mm512_set1_ps(-static_cast<float>(kOffset) * a[t][i].s));
-          acc[t] = _mm512_fmadd_ps(d, inner, acc[t]);
-        } else {
-          const __m512 c = halves_to_float(d_m, true);
-          acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(a[t][i].d)), sum, acc[t]);
-          acc[t] = _mm512_fmadd_ps(c, _mm512_set1_ps(a[t][i].s), acc[t]);
+    for (size_t g = 0; g * kGroup < nb; ++g) {
+      __m512i block_sums[NT][kGroup];
+      for (int t = 0; t < NT; ++t) transpose_16x8(sums[t][g], block_sums[t]);
+      for (size_t k = 0; k < kGroup && g * kGroup + k < nb; ++k) {
+        const size_t b = g * kGroup + k, i = i0 + b;
+        const __m512i d_m = _mm512_load_si512(head[b]);
+        const __m512 d = halves_to_float(d_m, false);
+        for (int t = 0; t < NT; ++t) {
+          const __m512 sum = _mm512_cvtepi32_ps(block_sums[t][k]);
+          // As l_tile, operation for operation.
+          if constexpr (kOffset != 0) {
+            const __m512 inner =
+                _mm512_fmadd_ps(_mm512_set1_ps(a[t][i].d), sum,
+                                _mm512_set1_ps(-static_cast<float>(kOffset) * a[t][i].s));
+            acc[t] = _mm512_fmadd_ps(d, inner, acc[t]);
+          } else {
+            const __m512 c = halves_to_float(d_m, true);
+            acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(a[t][i].d)), sum, acc[t]);
+            acc[t] = _mm512_fmadd_ps(c, _mm512_set1_ps(a[t][i].s), acc[t]);
+          }
         }
       }
     }
@@ -695,8 +730,8 @@ struct KSmall<block_q4_K> {
     return _mm256_castsi128_si256(
         _mm_hadd_epi16(_mm256_castsi256_si128(bsums), _mm256_extracti128_si256(bsums, 1)));
   }
-  static __m256i min_part(const Row& row, __m256i sums) {
-    return _mm256_zextsi128_si256(_mm_madd_epi16(row.mins, _mm256_castsi256_si128(sums)));
+  static __m128i min_part(const Row& row, __m256i sums) {
+    return _mm_madd_epi16(row.mins, _mm256_castsi256_si128(sums));
   }
   static int32_t d_dmin(const block_q4_K& b) { return head32(b); }
 };
@@ -760,8 +795,10 @@ struct KSmall<block_q6_K> {
   }
   static __m256i act_sums(const block_q8_K& a) { return load256(a.bsums); }
   // Codes are q + 32: min16 of group g is 32 * scale g (KPack<block_q6_K>).
-  static __m256i min_part(const Row& row, __m256i bsums) {
-    return _mm256_slli_epi32(_mm256_madd_epi16(row.scales16, bsums), 5);
+  static __m128i min_part(const Row& row, __m256i bsums) {
+    const __m256i p = _mm256_madd_epi16(row.scales16, bsums);
+    return _mm_slli_epi32(_mm_add_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1)),
+                          5);
   }
   // dmin = d (KPack<block_q6_K>).
   static int32_t d_dmin(const block_q6_K& b) {
@@ -773,7 +810,7 @@ template <typename Block, int NT>
 void k_small_tile(const RowSet<Block>& rows, size_t n_blocks, const std::byte* act,
                   size_t act_stride, float* y, size_t y_stride) {
   using Type = KSmall<Block>;
-  constexpr size_t kChunk = 16 / NT;  // 64 bytes a row, block and token: 16 KiB, as above
+  constexpr size_t kGroups = 2;  // per chunk: 16 blocks (4096 columns) of a row in one run
   const typename Type::Consts consts;
   const block_q8_K* a[NT];
   for (int t = 0; t < NT; ++t) {
@@ -781,57 +818,71 @@ void k_small_tile(const RowSet<Block>& rows, size_t n_blocks, const std::byte* a
   }
   __m512 acc[NT];
   for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
-  for (size_t i0 = 0; i0 < n_blocks; i0 += kChunk) {
-    const size_t nb = min_size(kChunk, n_blocks - i0);
-    __m256i sums[NT][kChunk];
+  for (size_t i0 = 0; i0 < n_blocks; i0 += kGroups * kGroup) {
+    const size_t nb = min_size(kGroups * kGroup, n_blocks - i0);
+    __m256i act_sums[NT][kGroups * kGroup];
     for (int t = 0; t < NT; ++t) {
-      for (size_t b = 0; b < nb; ++b) sums[t][b] = Type::act_sums(a[t][i0 + b]);
+      for (size_t b = 0; b < nb; ++b) act_sums[t][b] = Type::act_sums(a[t][i0 + b]);
     }
-    // Row by row in memory order, each row's chunk in one run: per block, the main sum
-    // (sub-block scale * (codes . a)) and the min term, each as 8 int32 partials, side by side
-    // in one vector (one full-width store; see kSmallChunkBytes).
-    __m512i part[kChunk][kRows][NT];  // tokens innermost, as in l_small_tile
-    alignas(64) int32_t head[kChunk][kRows];  // d and dmin as fp16 pairs
+    // [token][group][row]: 8 block sums of the main term (sub-block scale * (codes . a)) and
+    // of the min term.
+    __m256i main_sums[NT][kGroups][kRows], min_sums[NT][kGroups][kRows];
+    alignas(64) int32_t head[kGroups * kGroup][kRows];  // d and dmin as fp16 pairs
     for (int r = 0; r < kRows; ++r) {
-      for (size_t b = 0; b < nb; ++b) {
-        const size_t i = i0 + b;
-        head[b][r] = Type::d_dmin(rows.row[r][i]);
-        // Rows are contiguous, so this reads on through the panel and into the next one.
-        const char* ahead = reinterpret_cast<const char*>(rows.row[r] + i) + kPrefetchBytes;
-        for (size_t o = 0; o < sizeof(Block); o += 64) _mm_prefetch(ahead + o, _MM_HINT_T0);
-        typename Type::Row row;
-        Type::row(rows.row[r][i], consts, row);
-        for (int t = 0; t < NT; ++t) {
-          __m512i sum = _mm512_setzero_si512();
-          for (int j = 0; j < 4; ++j) {
-            const __m512i qa = _mm512_loadu_si512(a[t][i].qs + 64 * j);
-            sum = _mm512_dpwssd_epi32(sum, _mm512_maddubs_epi16(row.q[j], qa), row.scale[j]);
+      const Block* blocks = rows.row[r] + i0;
+      for (size_t g = 0; g * kGroup < nb; ++g) {
+        __m256i main_part[NT][kGroup];
+        __m128i min_part[NT][kGroup];
+        for (size_t k = 0; k < kGroup; ++k) {
+          const size_t b = g * kGroup + k;
+          if (b >= nb) {
+            for (int t = 0; t < NT; ++t) {
+              main_part[t][k] = _mm256_setzero_si256();
+              min_part[t][k] = _mm_setzero_si128();
+            }
+            continue;
           }
-          const __m256i main8 =
-              _mm256_add_epi32(_mm512_castsi512_si256(sum), _mm512_extracti64x4_epi64(sum, 1));
-          part[b][r][t] =
-              _mm512_inserti64x4(_mm512_castsi256_si512(main8), Type::min_part(row, sums[t][b]), 1);
+          prefetch_ahead(blocks + b);
+          head[b][r] = Type::d_dmin(blocks[b]);
+          typename Type::Row row;
+          Type::row(blocks[b], consts, row);
+          const block_q8_K* const* at = a;
+          for (int t = 0; t < NT; ++t) {
+            __m512i sum = _mm512_setzero_si512();
+            for (int j = 0; j < 4; ++j) {
+              const __m512i qa = _mm512_loadu_si512(at[t][i0 + b].qs + 64 * j);
+              sum = _mm512_dpwssd_epi32(sum, _mm512_maddubs_epi16(row.q[j], qa), row.scale[j]);
+            }
+            main_part[t][k] =
+                _mm256_add_epi32(_mm512_castsi512_si256(sum), _mm512_extracti64x4_epi64(sum, 1));
+            min_part[t][k] = Type::min_part(row, act_sums[t][b]);
+          }
+        }
+        for (int t = 0; t < NT; ++t) {
+          main_sums[t][g][r] = reduce_8x8(main_part[t]);
+          min_sums[t][g][r] = reduce_8x4(min_part[t]);
         }
       }
     }
-    for (size_t b = 0; b < nb; ++b) {
-      const size_t i = i0 + b;
-      const __m512i d_dmin = _mm512_load_si512(head[b]);
-      const __m512 d = halves_to_float(d_dmin, false);
-      const __m512 dmin = halves_to_float(d_dmin, true);
+    for (size_t g = 0; g * kGroup < nb; ++g) {
+      __m512i main_block[NT][kGroup], min_block[NT][kGroup];
       for (int t = 0; t < NT; ++t) {
-        // Rows k and k + 8 per vector, as reduce_row_pairs wants.
-        __m512i main_pairs[8], min_pairs[8];
-        for (int k = 0; k < 8; ++k) {
-          main_pairs[k] = _mm512_shuffle_i64x2(part[b][k][t], part[b][k + 8][t], 0x44);
-          min_pairs[k] = _mm512_shuffle_i64x2(part[b][k][t], part[b][k + 8][t], 0xEE);
+        transpose_16x8(main_sums[t][g], main_block[t]);
+        transpose_16x8(min_sums[t][g], min_block[t]);
+      }
+      for (size_t k = 0; k < kGroup && g * kGroup + k < nb; ++k) {
+        const size_t b = g * kGroup + k, i = i0 + b;
+        const __m512i d_dmin = _mm512_load_si512(head[b]);
+        const __m512 d = halves_to_float(d_dmin, false);
+        const __m512 dmin = halves_to_float(d_dmin, true);
+        for (int t = 0; t < NT; ++t) {
+          // As k_tile, operation for operation.
+          const __m512 da = _mm512_set1_ps(a[t][i].d);
+          acc[t] =
+              _mm512_fmadd_ps(_mm512_mul_ps(d, da), _mm512_cvtepi32_ps(main_block[t][k]), acc[t]);
+          acc[t] = _mm512_fnmadd_ps(_mm512_mul_ps(dmin, da), _mm512_cvtepi32_ps(min_block[t][k]),
+                                    acc[t]);
         }
-        const __m512i sum = reduce_row_pairs(main_pairs);
-        const __m512i min_sum = reduce_row_pairs(min_pairs);
-        // As k_tile, operation for operation.
-        const __m512 da = _mm512_set1_ps(a[t][i].d);
-        acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, da), _mm512_cvtepi32_ps(sum), acc[t]);
-        acc[t] = _mm512_fnmadd_ps(_mm512_mul_ps(dmin, da), _mm512_cvtepi32_ps(min_sum), acc[t]);
       }
     }
   }
@@ -839,8 +890,8 @@ void k_small_tile(const RowSet<Block>& rows, size_t n_blocks, const std::byte* a
 }
 
 template <typename Block, bool kK, int NT>
-void small_tile(const RowSet<Block>& rows, size_t n_blocks, const std::byte* act,
-                size_t act_stride, float* y, size_t y_stride) {
+void small_tile(const RowSet<Block>& rows, size_t n_blocks, const std::byte* act, size_t act_stride,
+                float* y, size_t y_stride) {
   if constexpr (kK) {
     k_small_tile<Block, NT>(rows, n_blocks, act, act_stride, y, y_stride);
   } else {
@@ -863,7 +914,8 @@ void small_panel(size_t cols, const std::byte* w, size_t w_row_bytes, int n_rows
       ((nt == NT + 1 ? small_tile<Block, kK, NT + 1>(rows, n_blocks, a, act_stride, out, y_stride)
                      : void()),
        ...);
-    }(std::make_index_sequence<kTile>{});
+    }
+    (std::make_index_sequence<kTile>{});
   }
 }
 
@@ -888,15 +940,20 @@ GemmKernel gemm_kernel_avx512(GgmlType type) {
     case GgmlType::Q6_K:
       return {ActFormat::Q8_K, k_gemm_panel<block_q6_K>, isa, small_panel<block_q6_K, true>};
     case GgmlType::Q8_0:
-      return {ActFormat::Q8_act, l_gemm_panel<block_q8_0>, isa, small_panel<block_q8_0, false>};
+      return {ActFormat::Q8_act, l_gemm_panel<block_q8_0>, isa, small_panel<block_q8_0, false>,
+              true};
     case GgmlType::Q4_0:
-      return {ActFormat::Q8_act, l_gemm_panel<block_q4_0>, isa, small_panel<block_q4_0, false>};
+      return {ActFormat::Q8_act, l_gemm_panel<block_q4_0>, isa, small_panel<block_q4_0, false>,
+              true};
     case GgmlType::Q4_1:
-      return {ActFormat::Q8_act, l_gemm_panel<block_q4_1>, isa, small_panel<block_q4_1, false>};
+      return {ActFormat::Q8_act, l_gemm_panel<block_q4_1>, isa, small_panel<block_q4_1, false>,
+              true};
     case GgmlType::Q5_0:
-      return {ActFormat::Q8_act, l_gemm_panel<block_q5_0>, isa, small_panel<block_q5_0, false>};
+      return {ActFormat::Q8_act, l_gemm_panel<block_q5_0>, isa, small_panel<block_q5_0, false>,
+              true};
     case GgmlType::Q5_1:
-      return {ActFormat::Q8_act, l_gemm_panel<block_q5_1>, isa, small_panel<block_q5_1, false>};
+      return {ActFormat::Q8_act, l_gemm_panel<block_q5_1>, isa, small_panel<block_q5_1, false>,
+              true};
     default:
       return {};
   }

@@ -395,7 +395,7 @@ TEST_F(EngineFixture, BatchedDecodeOfSeveralSequencesEqualsEachAlone) {
 // sequences at once (10 rows, but runs of one: per-row kernels, as a single token alone).
 // With batch_gemm the 10 decode rows go through the GEMM and a lone token through its
 // few-token twin, which must agree bit for bit.
-void check_batch_invariance(bool batch_gemm) {
+void check_batch_invariance(kiln::kernels::BatchGemm batch_gemm) {
   TinySpec spec;
   spec.matrix_type = GgmlType::Q8_0;
   const TinyModel tiny = write_tiny_model(spec, "invariance.gguf");
@@ -453,10 +453,16 @@ void check_batch_invariance(bool batch_gemm) {
 }
 
 TEST(EngineBatchInvariance, QuantizedLogitsAreBitIdenticalAloneAndBatched) {
-  check_batch_invariance(false);
+  check_batch_invariance(kiln::kernels::BatchGemm::off);
 }
 
-TEST(EngineBatchInvariance, SameWithBatchGemm) { check_batch_invariance(true); }
+TEST(EngineBatchInvariance, SameWithBatchGemmAuto) {
+  check_batch_invariance(kiln::kernels::BatchGemm::fast);
+}
+
+TEST(EngineBatchInvariance, SameWithBatchGemmAll) {
+  check_batch_invariance(kiln::kernels::BatchGemm::all);
+}
 
 TEST_F(EngineFixture, TruncateThenReevaluateGivesSameLogits) {
   EngineOptions o;
