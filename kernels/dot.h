@@ -70,8 +70,8 @@ struct GemmKernel {
   ActFormat act = ActFormat::F32;
   GemmPanelFn fn = nullptr;  // nullptr: matmul uses the dot kernels for every m
   const char* isa = "";
-  // The same results as fn, bit for bit, without its repacking: for fewer than
-  // kGemmMinTokens tokens. With it, batches of decode tokens can go through the GEMM and a
+  // The same results as fn, bit for bit, without its repacking: for up to
+  // kSmallMaxTokens tokens. With it, batches of decode tokens can go through the GEMM and a
   // lone token through `small` with the same results (matmul_group's BatchGemm).
   GemmPanelFn small = nullptr;
   // `small` is at least as fast as the per-row dot kernel for a single token (measured on
@@ -83,6 +83,10 @@ struct GemmKernel {
 // From this many activation rows on, matmul uses a type's GEMM panel (GemmKernel::fn):
 // repacking a 16-row panel costs about as much as a few tokens' worth of dot products.
 inline constexpr size_t kGemmMinTokens = 8;
+// Most activation rows a GEMM's few-token twin (GemmKernel::small) is given: from 4 on the
+// GEMM itself is as fast (SmolLM2 Q4_1 decode batches of 4: equal; of 6: 1.33x faster),
+// and as the twin's results are the GEMM's, the switch point is free to choose.
+inline constexpr size_t kSmallMaxTokens = 3;
 
 // The AVX-512 VNNI panel kernel, or fn == nullptr (type not covered, build without the
 // flags, or a CPU without AVX-512 F/BW/VL/VNNI). Ignores the ISA limit below.

@@ -47,7 +47,7 @@ GemmPanelFn batch_panel_kernel(GgmlType type, ActPrecision precision, ActFormat 
   // the GEMM for many rows and the dot kernels for few would round differently.
   if (gemm.act != dot_act || gemm.small == nullptr) return nullptr;
   if (policy == BatchGemm::fast && !gemm.small_fast_alone) return nullptr;
-  return m < kGemmMinTokens ? gemm.small : gemm.fn;
+  return m <= kSmallMaxTokens ? gemm.small : gemm.fn;
 }
 
 size_t matmul_scratch_bytes(GgmlType type, size_t cols, size_t m, ActPrecision precision) {
@@ -123,12 +123,14 @@ void matmul(const WeightMatrix& w, std::span<const float> x, size_t m, std::span
   const size_t rows = w.rows;
   const size_t cols = w.cols;
   const DotTileFn dot = kernel.fn;
-  // The fastest path for m, whatever its rounding: the GEMM from kGemmMinTokens rows, below
-  // that a twin where it beats the dot kernels.
+  // The fastest path for m, whatever its rounding: where the twin beats the dot kernels,
+  // it for a few rows and the GEMM beyond; else the GEMM from kGemmMinTokens rows.
   const GemmKernel gemm = gemm_kernel(w.type, precision);
   GemmPanelFn panel = nullptr;
-  if (gemm.act == kernel.act) {
-    panel = m >= kGemmMinTokens ? gemm.fn : gemm.small_fast_alone ? gemm.small : nullptr;
+  if (gemm.act == kernel.act && gemm.small_fast_alone) {
+    panel = m <= kSmallMaxTokens ? gemm.small : gemm.fn;
+  } else if (gemm.act == kernel.act && m >= kGemmMinTokens) {
+    panel = gemm.fn;
   }
   // Rows are handed out in chunks (multiples of 16 rows) from a shared counter rather than
   // split statically: when another process takes a core away from one of our threads, the

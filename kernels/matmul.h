@@ -47,8 +47,8 @@ void matmul(const WeightMatrix& w, std::span<const float> x, size_t m, std::span
             std::span<std::byte> scratch, ThreadPool& pool,
             ActPrecision precision = ActPrecision::int8);
 
-// Which weight types matmul_group sends through the GEMM panels (kGemmMinTokens rows or
-// more) and their bit-identical few-token twins (fewer), instead of the per-row dot
+// Which weight types matmul_group sends through the GEMM panels (more than kSmallMaxTokens
+// rows) and their bit-identical few-token twins (up to that), instead of the per-row dot
 // kernels. Either way a row's result is the same for every m.
 enum class BatchGemm {
   off,   // none: the per-row dot kernels for every m

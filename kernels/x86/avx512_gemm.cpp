@@ -522,7 +522,7 @@ void l_gemm_panel(size_t cols, const std::byte* w, size_t w_row_bytes, int n_row
 
 // ---- Few tokens: the panels' results without the repack ----------------------------
 //
-// Below kGemmMinTokens tokens the repack costs more than it saves. But a row's result must
+// For a few tokens the repack costs more than it saves. But a row's result must
 // not depend on m: the engine batches the decode tokens of several sequences, and each
 // sequence must get the same logits alone or beside others. So these kernels compute the
 // very same numbers as the panels above: the same exact integer sums per (row, block), then
