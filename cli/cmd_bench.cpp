@@ -219,7 +219,7 @@ int run_bench(Args args) {
   if (json) {
     std::printf(
         "{\"model\": \"%s\", \"device\": \"%s\", \"threads\": %d, \"n_prompt\": %zu, \"n_gen\": "
-        "%zu, "
+        "%zu, \"decode_batch\": %zu, "
         "\"repetitions\": %zu, \"pp_tps\": %.3f, \"pp_tps_sd\": %.3f, \"tg_tps\": %.3f, "
         "\"tg_tps_sd\": %.3f, \"peak_rss_bytes\": %zu, \"read_bandwidth_bytes_per_s\": %.0f, "
         "\"weight_bytes_per_token\": %zu, \"bandwidth_bound_tps\": %.3f, "

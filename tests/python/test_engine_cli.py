@@ -113,6 +113,18 @@ def test_bench_json(kiln_bin, default_model):
     assert j["n_prompt"] == 16 and j["n_gen"] == 4 and j["threads"] == 2
     assert j["pp_tps"] > 0 and j["tg_tps"] > 0 and 0 < j["bandwidth_fraction"] < 2
     assert j["peak_rss_bytes"] > 50 << 20  # the weights are mapped and touched
+    assert j["decode_batch"] == 1
+
+
+def test_bench_decode_batch_counts_every_sequence(kiln_bin, default_model):
+    r = kiln(kiln_bin, "bench", "-m", default_model, "-p", "0", "-n", "3", "-r", "1", "-t", "2",
+             "--decode-batch", "4", "--json")
+    j = json.loads(r.stdout)
+    assert j["decode_batch"] == 4 and j["n_gen"] == 3 and j["tg_tps"] > 0
+    assert j["peak_rss_bytes"] > 50 << 20
+    r = kiln(kiln_bin, "bench", "-m", default_model, "-n", "2", "--batch-gemm", "sometimes",
+             check=False)
+    assert r.returncode != 0 and "--batch-gemm: expected auto, all or off" in r.stderr
 
 
 def test_unsupported_architecture_is_named(kiln_bin, repo_root, tmp_path):
