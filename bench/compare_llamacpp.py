@@ -3,7 +3,7 @@
 and generation lengths, in one run; prints a markdown table with the ratios.
 
     python3 bench/compare_llamacpp.py [--kiln build/bin/kiln] [-p 512] [-n 128] [-t 2] [-r 3]
-        [--model FILE ...] [--prepare]
+        [--model FILE ...] [--prepare] [--kiln-args "--hugepage-weights"]
 
 Both sides measure the same things as llama-bench: pp = one batch of -p random tokens from an
 empty context; tg = -n tokens decoded one at a time from an empty context; mean ± sd over -r
@@ -14,6 +14,10 @@ Models by default: models/SmolLM2-135M-Instruct-Q4_K_M.gguf (tools/fetch_model.s
 kiln quantize) and models/synth-tinyllama-1.1b-Q4_K_M.gguf, which --prepare makes when missing
 (kiln synth --preset tinyllama-1.1b --type F16, then kiln quantize ... Q4_K_M; ~2.2 GB of
 temporary disk, 0.7 GB kept).
+Peak RSS is reported for both: llama.cpp runs in a child process of its own for it. Note that
+llama.cpp (CPU_REPACK, on by default) copies the Q4_K tensors it can interleave into anonymous
+memory at load, so it does not decode them from the memory-mapped file; kiln does unless
+given --hugepage-weights.
 """
 from __future__ import annotations
 
@@ -21,10 +25,13 @@ import argparse
 import ctypes
 import json
 import math
+import multiprocessing
 import os
 import pathlib
 import platform
 import random
+import resource
+import shlex
 import subprocess
 import sys
 import time
@@ -59,9 +66,9 @@ def mean_sd(xs):
     return m, sd
 
 
-def bench_kiln(kiln, model, p, n, t, r):
+def bench_kiln(kiln, model, p, n, t, r, extra):
     out = subprocess.run([kiln, "bench", "-m", str(model), "-p", str(p), "-n", str(n), "-t", str(t),
-                          "-r", str(r), "--json"], check=True, capture_output=True, text=True)
+                          "-r", str(r), "--json", *extra], check=True, capture_output=True, text=True)
     return json.loads(out.stdout)
 
 
@@ -116,7 +123,15 @@ def bench_llamacpp(model, p, n, t, r):
         res["tg"] = mean_sd([run_tg() for _ in range(r)])
     L.llama_free(ctx)
     L.llama_model_free(lm)
+    res["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return res
+
+
+def bench_llamacpp_in_child(model, p, n, t, r):
+    """bench_llamacpp in a fresh process, so its peak RSS is llama.cpp's for this model alone."""
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        return pool.apply(bench_llamacpp, (model, p, n, t, r))
 
 
 def cpu_name():
@@ -138,6 +153,7 @@ def main(argv=None):
     ap.add_argument("-t", type=int, default=os.cpu_count() or 1)
     ap.add_argument("-r", type=int, default=3)
     ap.add_argument("--prepare", action="store_true", help="make missing benchmark models first")
+    ap.add_argument("--kiln-args", default="", help="extra kiln bench flags, e.g. --hugepage-weights")
     args = ap.parse_args(argv)
     if args.prepare:
         prepare(args.kiln)
@@ -145,22 +161,25 @@ def main(argv=None):
 
     import llama_cpp
     print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs; threads {args.t}; "
-          f"llama-cpp-python {llama_cpp.__version__}; pp{args.p} tg{args.n}, {args.r} repetitions\n")
+          f"llama-cpp-python {llama_cpp.__version__}; pp{args.p} tg{args.n}, {args.r} repetitions"
+          + (f"; kiln {args.kiln_args}" if args.kiln_args else "") + "\n")
     print("| model | kiln pp t/s | llama.cpp pp t/s | pp ratio | kiln tg t/s | llama.cpp tg t/s "
-          "| tg ratio | kiln tg / bandwidth bound | kiln peak RSS |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| tg ratio | kiln tg / bandwidth bound | kiln peak RSS | llama.cpp peak RSS |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for model in models:
         if not model.exists():
-            print(f"| {model.name} | missing (run with --prepare) |||||||", flush=True)
+            print(f"| {model.name} | missing (run with --prepare) ||||||||", flush=True)
             continue
-        k = bench_kiln(args.kiln, model, args.p, args.n, args.t, args.r)
-        ll = bench_llamacpp(model, args.p, args.n, args.t, args.r)
+        k = bench_kiln(args.kiln, model, args.p, args.n, args.t, args.r,
+                       shlex.split(args.kiln_args))
+        ll = bench_llamacpp_in_child(model, args.p, args.n, args.t, args.r)
         pp_ratio = k["pp_tps"] / ll["pp"][0] if args.p else float("nan")
         tg_ratio = k["tg_tps"] / ll["tg"][0] if args.n else float("nan")
         print(f"| {model.name} | {k['pp_tps']:.1f} ± {k['pp_tps_sd']:.1f} | {ll['pp'][0]:.1f} ± "
               f"{ll['pp'][1]:.1f} | {pp_ratio:.2f}x | {k['tg_tps']:.1f} ± {k['tg_tps_sd']:.1f} | "
               f"{ll['tg'][0]:.1f} ± {ll['tg'][1]:.1f} | {tg_ratio:.2f}x | "
-              f"{100 * k['bandwidth_fraction']:.0f}% | {k['peak_rss_bytes'] / 2**20:.0f} MiB |",
+              f"{100 * k['bandwidth_fraction']:.0f}% | {k['peak_rss_bytes'] / 2**20:.0f} MiB | "
+              f"{ll['peak_rss_bytes'] / 2**20:.0f} MiB |",
               flush=True)
     return 0
 
