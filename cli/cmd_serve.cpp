@@ -34,7 +34,7 @@ constexpr const char* kUsage =
     "                         pieces, so running streams keep getting tokens meanwhile\n"
     "  --batch-gemm MODE      weight types whose batched decode goes through the GEMM:\n"
     "                         auto (default: those where a lone stream loses nothing),\n"
-    "                         all (most tokens/s with many streams, a lone one slower),\n"
+    "                         all (the K types too: slower here, for experiments),\n"
     "                         off (outputs are the same whatever the mode)\n"
     "  --cache-prompt         reuse a free slot's KV cache for the prompt prefix it shares\n"
     "                         with the new request (faster first token for shared system\n"

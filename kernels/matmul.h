@@ -54,7 +54,8 @@ enum class BatchGemm {
   off,   // none: the per-row dot kernels for every m
   fast,  // types whose twin is as fast as the dot kernel for one token (GemmKernel::
          // small_fast_alone): many decode streams gain, a lone one loses nothing (default)
-  all,   // every type with a twin: the most tokens/s for many streams, a lone one slower
+  all,   // every type with a twin (the K types' twins: ~25% slower for one token than their
+         // AVX-512 dot kernels, and no faster for 8 on the test machine; for experiments)
 };
 // "auto" (fast), "all" or "off"; std::invalid_argument naming `option` otherwise.
 BatchGemm parse_batch_gemm(std::string_view option, std::string_view value);
