@@ -5,12 +5,13 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <stdexcept>
 #include <string>
+#include <string_view>
 #include <thread>
 
 #include "cli/command.h"
 #include "cli/model_options.h"
-#include "engine/kv_cache.h"
 #include "server/http_server.h"
 
 namespace kiln::cli {
@@ -47,54 +48,39 @@ constexpr const char* kUsage =
     "  --device D             cpu (default) or cuda: the whole forward on an NVIDIA GPU\n"
     "  --precise              int16 activations in the CPU matmuls (two int8 planes):\n"
     "                         logits closer to float, somewhat slower\n"
-    "  --act-precision P      int8 (default) or int16 (as --precise)\n";
+    "  --act-precision P      int8 (default) or int16 (as --precise)\n"
+    "  --hugepage-weights     copy the weights into 2 MiB huge pages instead of reading\n"
+    "                         the memory-mapped file: ~15% faster decode here, but the\n"
+    "                         weights then take memory twice (copy + page cache)\n";
 
 int run_serve(Args args) {
+  ModelOptions m;
   server::ServerOptions o;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string_view a = args[i];
-    if (is_help_flag(a)) {
-      std::fputs(kUsage, stdout);
-      return 0;
-    } else if (a == "-m" || a == "--model") {
-      o.model_path = option_value(args, i);
-    } else if (a == "--host") {
-      o.host = option_value(args, i);
-    } else if (a == "--port") {
-      o.port = static_cast<int>(parse_int_option(a, option_value(args, i), 0, 65535));
-    } else if (a == "-t" || a == "--threads") {
-      o.n_threads = static_cast<int>(parse_int_option(a, option_value(args, i), 1, 1024));
-    } else if (a == "-c" || a == "--ctx-size") {
-      o.n_ctx = static_cast<size_t>(parse_int_option(a, option_value(args, i), 16, 1 << 20));
-    } else if (a == "--parallel" || a == "-np") {
-      o.parallel = static_cast<size_t>(parse_int_option(a, option_value(args, i), 1, 256));
-    } else if (a == "--prefill-chunk") {
-      o.prefill_chunk = static_cast<size_t>(parse_int_option(a, option_value(args, i), 1, 65536));
-    } else if (a == "--cache-prompt") {
-      o.cache_prompt = true;
-    } else if (a == "--batch-gemm") {
-      o.batch_gemm = kernels::parse_batch_gemm(a, option_value(args, i));
-    } else if (a == "--alias") {
-      o.alias = option_value(args, i);
-    } else if (a == "--api-key") {
-      o.api_key = option_value(args, i);
-      if (o.api_key.empty()) throw std::invalid_argument("--api-key must not be empty");
-    } else if (a == "--chat-template") {
-      o.chat_template = option_value(args, i);
-    } else if (a == "--device") {
-      o.device = parse_device(option_value(args, i));
-    } else if (a == "--kv-type") {
-      o.kv_type = parse_kv_cache_type(option_value(args, i));
-    } else if (a == "--precise") {
-      o.act_precision = kernels::ActPrecision::int16;
-    } else if (a == "--act-precision") {
-      o.act_precision = parse_act_precision(a, option_value(args, i));
-    } else {
-      throw std::invalid_argument("unknown option '" + std::string(a) +
-                                  "' (see kiln serve --help)");
-    }
-  }
-  if (o.model_path.empty()) throw std::invalid_argument("-m MODEL.gguf is required");
+  OptionParser parser("serve", kUsage);
+  m.add_to(parser, {.ctx_size = true, .device = true});
+  parser.text({"--host"}, o.host);
+  parser.integer({"--port"}, o.port, 0, 65535);
+  parser.integer({"--parallel", "-np"}, o.parallel, 1, 256);
+  parser.integer({"--prefill-chunk"}, o.prefill_chunk, 1, 65536);
+  parser.flag({"--cache-prompt"}, o.cache_prompt);
+  parser.text({"--alias"}, o.alias);
+  parser.value({"--api-key"}, [&o](std::string_view option, std::string_view v) {
+    if (v.empty()) throw std::invalid_argument(std::string(option) + " must not be empty");
+    o.api_key = v;
+  });
+  parser.text({"--chat-template"}, o.chat_template);
+  if (!parser.parse(args)) return 0;
+  m.require_model();
+  // A context shorter than a chat template's framing is no use to a server.
+  if (m.n_ctx != 0 && m.n_ctx < 16) throw std::invalid_argument("--ctx-size must be at least 16");
+  o.model_path = m.model_path;
+  o.n_threads = m.threads;
+  o.n_ctx = m.n_ctx;
+  o.kv_type = m.kv_type;
+  o.device = m.device;
+  o.act_precision = m.act_precision;
+  o.resident_weights = m.hugepage_weights;
+  o.batch_gemm = m.batch_gemm;
 
   // A client that disconnects must not kill the server with SIGPIPE.
   std::signal(SIGPIPE, SIG_IGN);

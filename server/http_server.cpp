@@ -187,6 +187,7 @@ void HttpServer::load_model(const std::function<void(std::string_view)>& progres
   eo.kv_type = s.options.kv_type;
   eo.act_precision = s.options.act_precision;
   eo.batch_gemm = s.options.batch_gemm;
+  eo.resident_weights = s.options.resident_weights;
   s.engine = std::make_unique<AnyEngine>(*s.model, eo, s.options.device);
   std::unique_ptr<BatchEngine> batch_engine;
   std::string where;

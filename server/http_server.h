@@ -34,6 +34,7 @@ struct ServerOptions {
   GgmlType kv_type = GgmlType::F16;
   DeviceKind device = DeviceKind::kCpu;  // cuda: the whole forward on the GPU
   kernels::ActPrecision act_precision = kernels::ActPrecision::int8;  // --precise: int16
+  bool resident_weights = false;  // --hugepage-weights: EngineOptions::resident_weights
   size_t max_body_bytes = size_t{8} << 20;
 };
 
