@@ -420,8 +420,17 @@ void Engine::project(std::initializer_list<kernels::MatmulTarget> targets, std::
   // matmul switches from the dot kernels to the GEMM at kGemmMinTokens rows, which rounds
   // differently. So a run of one sequence long enough for the GEMM goes to matmul, and
   // everything else to matmul_group: the path a row takes depends on its own run (a prompt
-  // chunk of its sequence, or a lone decode token) only.
+  // chunk of its sequence, or a lone decode token) only. Where matmul_group would give those
+  // runs the same path as matmul (both the GEMM, or both the dot kernels), the whole batch is
+  // one matmul_group call: one dispatch and one pass over the weights per step.
   const size_t cols = targets.begin()->w.cols;
+  const bool one_call = std::all_of(targets.begin(), targets.end(), [&](const auto& t) {
+    return kernels::matmul_group_runs_like_matmul(t.w.type, act_precision_, batch_gemm_);
+  });
+  if (one_call) {
+    kernels::matmul_group(targets, x, n, matmul_scratch_, *pool_, act_precision_, batch_gemm_);
+    return;
+  }
   const auto run_end = [&](size_t i) {
     size_t j = i + 1;
     while (j < n && row_seq[j] == row_seq[i]) ++j;

@@ -50,6 +50,15 @@ GemmPanelFn batch_panel_kernel(GgmlType type, ActPrecision precision, ActFormat 
   return m <= kSmallMaxTokens ? gemm.small : gemm.fn;
 }
 
+bool matmul_group_runs_like_matmul(GgmlType type, ActPrecision precision, BatchGemm policy) {
+  const DotKernel kernel = dot_kernel(type, precision);
+  const GemmKernel gemm = gemm_kernel(type, precision);
+  const bool matmul_gemm = gemm.fn != nullptr && gemm.act == kernel.act;
+  const bool group_gemm =
+      batch_panel_kernel(type, precision, kernel.act, kGemmMinTokens, policy) != nullptr;
+  return matmul_gemm == group_gemm;
+}
+
 size_t matmul_scratch_bytes(GgmlType type, size_t cols, size_t m, ActPrecision precision) {
   const DotKernel kernel = dot_kernel(type, precision);
   if (kernel.fn == nullptr) {

@@ -65,6 +65,11 @@ BatchGemm parse_batch_gemm(std::string_view option, std::string_view value);
 GemmPanelFn batch_panel_kernel(GgmlType type, ActPrecision precision, ActFormat dot_act, size_t m,
                                BatchGemm policy);
 
+// True when matmul_group gives kGemmMinTokens or more rows of this type the same path as
+// matmul (both the GEMM, or both the dot kernels), so a batch mixing prompt runs and decode
+// tokens can be one matmul_group call without changing any row's result.
+bool matmul_group_runs_like_matmul(GgmlType type, ActPrecision precision, BatchGemm policy);
+
 // ---- Several matmuls of one input in one dispatch (kernels/matmul_group.cpp) ----------
 
 // One product of a group: y (m, w.rows) = X (m, w.cols) @ w^T, y row-major and dense.
