@@ -99,20 +99,6 @@ void dot_legacy_tile(size_t cols, const std::byte* w_row, const std::byte* act, 
 
 // ---- Q4_K x Q8_K -----------------------------------------------------------------------
 
-// The 12 packed bytes -> 8 scales (bytes 0..7) and 8 mins (bytes 8..15), each 6 bits.
-// Same unpacking as get_scale_min_k4, four at a time in 32-bit words.
-inline __m128i unpack_q4_K_scales_mins(const uint8_t packed[12]) {
-  uint32_t in[3];
-  std::memcpy(in, packed, 12);
-  constexpr uint32_t k6 = 0x3f3f3f3f, k4 = 0x0f0f0f0f, k2 = 0x03030303;
-  uint32_t out[4];
-  out[0] = in[0] & k6;                                        // scales 0..3
-  out[1] = (in[2] & k4) | (((in[0] >> 6) & k2) << 4);         // scales 4..7
-  out[2] = in[1] & k6;                                        // mins 0..3
-  out[3] = ((in[2] >> 4) & k4) | (((in[1] >> 6) & k2) << 4);  // mins 4..7
-  return load128(out);
-}
-
 // Shuffle masks that broadcast int16 lane s (bytes 2s, 2s+1) to all 16 lanes.
 inline __m256i broadcast_word_mask(int s) {
   const auto lo = static_cast<char>(2 * s), hi = static_cast<char>(2 * s + 1);

@@ -57,7 +57,7 @@ void dot_q4_K_tile(size_t cols, const std::byte* w_row, const std::byte* act, si
     const block_q4_K& b = w[i];
     const float d = half_to_float(b.d);
     const float dmin = half_to_float(b.dmin);
-    const __m256i scales_mins = unpack_q4_K_scales_mins16(b.scales);
+    const __m256i scales_mins = _mm256_cvtepu8_epi16(unpack_q4_K_scales_mins(b.scales));
     const __m128i mins = _mm256_extracti128_si256(scales_mins, 1);
     const __m512i scales_wide = _mm512_zextsi256_si512(scales_mins);
     __m512i q[4], scale[4];

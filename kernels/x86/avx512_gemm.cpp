@@ -712,7 +712,7 @@ struct KSmall<block_q4_K> {
     __m128i mins;  // 8 int16: min of sub-block s
   };
   static __m512i scales_of(const uint8_t packed[12], Row& row) {
-    const __m256i scales_mins = unpack_q4_K_scales_mins16(packed);
+    const __m256i scales_mins = _mm256_cvtepu8_epi16(unpack_q4_K_scales_mins(packed));
     row.mins = _mm256_extracti128_si256(scales_mins, 1);
     return _mm512_zextsi256_si512(scales_mins);
   }

@@ -1,6 +1,7 @@
 // Helpers shared by the x86 kernel files (avx2_dot.cpp, avx2_dot_precise.cpp, avx512_dot.cpp,
-// avx512_gemm.cpp): loads, nibble and Q5 high-bit expansion, the weight bytes of each legacy
-// 32-element block type, and the macro that turns a tile template into a DotTileFn.
+// avx512_gemm.cpp): loads, nibble and Q5 high-bit expansion, the Q4_K scale unpacking, the weight
+// bytes of each legacy 32-element block type, and the macro that turns a tile template into a
+// DotTileFn.
 //
 // Include this INSIDE an unnamed namespace, after <immintrin.h> and kernels/blocks.h. Each
 // including file is compiled with its own target flags (AVX2, or AVX-512 for the GEMM), so
@@ -32,6 +33,24 @@ inline __m256i expand_high_bits_32(const uint8_t qh_bytes[4]) {
   const __m256i bit = _mm256_set1_epi64x(static_cast<int64_t>(0x8040201008040201ull));
   const __m256i is_set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
   return _mm256_and_si256(is_set, _mm256_set1_epi8(0x10));
+}
+
+// The 12 packed scale bytes of a Q4_K/Q5_K block -> 8 scales (bytes 0..7) and 8 mins (bytes
+// 8..15), each 6 bits, as get_scale_min_k4 unpacks them. All in vector registers: building
+// the words in memory and loading them as one vector stalls on store forwarding (several
+// narrow stores feeding one wide load). `packed` must have 4 readable bytes before it (the
+// block's d and dmin).
+inline __m128i unpack_q4_K_scales_mins(const uint8_t packed[12]) {
+  const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(packed - 4));
+  // Words of x: [d dmin, in0, in1, in2].
+  const __m128i p = _mm_shuffle_epi32(x, _MM_SHUFFLE(3, 2, 3, 1));  // [in0, in2, in1, in2]
+  const __m128i q = _mm_shuffle_epi32(x, _MM_SHUFFLE(2, 2, 1, 1));  // [in0, in0, in1, in1]
+  const __m128i k6 = _mm_set1_epi8(0x3f), k4 = _mm_set1_epi8(0x0f), k2 = _mm_set1_epi8(0x03);
+  const __m128i low = _mm_and_si128(p, k6);  // words 0 and 2: scales 0..3, mins 0..3
+  const __m128i high = _mm_or_si128(         // words 1 and 3: scales 4..7, mins 4..7
+      _mm_and_si128(_mm_srlv_epi32(p, _mm_setr_epi32(0, 0, 0, 4)), k4),
+      _mm_slli_epi32(_mm_and_si128(_mm_srli_epi32(q, 6), k2), 4));
+  return _mm_blend_epi32(low, high, 0b1010);
 }
 
 // Weight bytes of one legacy block: signed values, or unsigned codes (Q4_1/Q5_1) whose
