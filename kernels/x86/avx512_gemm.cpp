@@ -135,6 +135,22 @@ inline void scale_min_k4(int s, const uint8_t* q, int& scale, int& min) {
   }
 }
 
+// The 6-bit scales and mins (min16 of groups 2s and 2s + 1 is min s), d and dmin of a Q4_K or
+// Q5_K block, for row r of the panel.
+template <typename Block>
+inline void pack_scales_k4(const Block& b, int r, KPanel& p) {
+  int min16[16];
+  for (int s = 0; s < 8; ++s) {
+    int scale, min;
+    scale_min_k4(s, b.scales, scale, min);
+    p.scales[s][r] = scale;
+    min16[2 * s] = min16[2 * s + 1] = min;
+  }
+  set_min_pairs(p, r, min16);
+  p.d[r] = half_to_float(b.d);
+  p.dmin[r] = half_to_float(b.dmin);
+}
+
 template <typename Block>
 struct KPack;
 
@@ -149,16 +165,7 @@ struct KPack<block_q4_K> {
       _mm256_store_si256(reinterpret_cast<__m256i*>(codes + 64 * j + 32),
                          _mm256_and_si256(_mm256_srli_epi16(q, 4), low_mask));
     }
-    int min16[16];
-    for (int s = 0; s < 8; ++s) {
-      int scale, min;
-      scale_min_k4(s, b.scales, scale, min);
-      p.scales[s][r] = scale;
-      min16[2 * s] = min16[2 * s + 1] = min;
-    }
-    set_min_pairs(p, r, min16);
-    p.d[r] = half_to_float(b.d);
-    p.dmin[r] = half_to_float(b.dmin);
+    pack_scales_k4(b, r, p);
   }
 };
 
@@ -182,16 +189,7 @@ struct KPack<block_q5_K> {
           reinterpret_cast<__m256i*>(codes + 64 * j + 32),
           _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), low_mask), bit_high));
     }
-    int min16[16];
-    for (int s = 0; s < 8; ++s) {
-      int scale, min;
-      scale_min_k4(s, b.scales, scale, min);
-      p.scales[s][r] = scale;
-      min16[2 * s] = min16[2 * s + 1] = min;
-    }
-    set_min_pairs(p, r, min16);
-    p.d[r] = half_to_float(b.d);
-    p.dmin[r] = half_to_float(b.dmin);
+    pack_scales_k4(b, r, p);
   }
 };
 
