@@ -48,6 +48,15 @@ constexpr int kChunkCols = 1024;
 // shares with other files (a std:: template instantiation, say) could be the copy the linker
 // keeps and then run on a CPU without AVX-512.
 inline size_t min_size(size_t a, size_t b) { return a < b ? a : b; }
+// run(std::integral_constant<int, N>) for the N in 1..kMax equal to n (none for n == 0):
+// the tile kernels take their token count as a template argument.
+template <int kMax, typename Run>
+inline void with_token_count(size_t n, Run&& run) {
+  [&]<int... N>(std::integer_sequence<int, N...>) {
+    ((n == static_cast<size_t>(N + 1) ? run(std::integral_constant<int, N + 1>{}) : void()), ...);
+  }
+  (std::make_integer_sequence<int, kMax>{});
+}
 #include "kernels/x86/avx512_unpack.h"
 #include "kernels/x86/simd_unpack.h"
 inline __m512i load512(const void* p) { return _mm512_load_si512(p); }
@@ -316,31 +325,10 @@ void k_gemm_panel(size_t cols, const std::byte* w, size_t w_row_bytes, int n_row
     }
     const std::byte* a_rest = act + t0 * act_stride;
     float* y_rest = y + t0 * y_stride;
-    switch (m - t0) {
-      case 0:
-        break;
-      case 1:
-        k_tile<NSB, 1>(panel, nb, a_rest, act_stride, kb0, y_rest, y_stride, mask, first);
-        break;
-      case 2:
-        k_tile<NSB, 2>(panel, nb, a_rest, act_stride, kb0, y_rest, y_stride, mask, first);
-        break;
-      case 3:
-        k_tile<NSB, 3>(panel, nb, a_rest, act_stride, kb0, y_rest, y_stride, mask, first);
-        break;
-      case 4:
-        k_tile<NSB, 4>(panel, nb, a_rest, act_stride, kb0, y_rest, y_stride, mask, first);
-        break;
-      case 5:
-        k_tile<NSB, 5>(panel, nb, a_rest, act_stride, kb0, y_rest, y_stride, mask, first);
-        break;
-      case 6:
-        k_tile<NSB, 6>(panel, nb, a_rest, act_stride, kb0, y_rest, y_stride, mask, first);
-        break;
-      default:
-        k_tile<NSB, 7>(panel, nb, a_rest, act_stride, kb0, y_rest, y_stride, mask, first);
-        break;
-    }
+    with_token_count<kTile - 1>(m - t0, [&](auto nt) {
+      k_tile<NSB, decltype(nt)::value>(panel, nb, a_rest, act_stride, kb0, y_rest, y_stride, mask,
+                                       first);
+    });
   }
 }
 
@@ -483,38 +471,10 @@ void l_gemm_panel(size_t cols, const std::byte* w, size_t w_row_bytes, int n_row
     }
     const std::byte* a_rest = act + t0 * act_stride;
     float* y_rest = y + t0 * y_stride;
-    switch (m - t0) {
-      case 0:
-        break;
-      case 1:
-        l_tile<LPack<Block>::kOffset, 1>(panel, nb, a_rest, act_stride, kb0, y_rest, y_stride, mask,
-                                         first);
-        break;
-      case 2:
-        l_tile<LPack<Block>::kOffset, 2>(panel, nb, a_rest, act_stride, kb0, y_rest, y_stride, mask,
-                                         first);
-        break;
-      case 3:
-        l_tile<LPack<Block>::kOffset, 3>(panel, nb, a_rest, act_stride, kb0, y_rest, y_stride, mask,
-                                         first);
-        break;
-      case 4:
-        l_tile<LPack<Block>::kOffset, 4>(panel, nb, a_rest, act_stride, kb0, y_rest, y_stride, mask,
-                                         first);
-        break;
-      case 5:
-        l_tile<LPack<Block>::kOffset, 5>(panel, nb, a_rest, act_stride, kb0, y_rest, y_stride, mask,
-                                         first);
-        break;
-      case 6:
-        l_tile<LPack<Block>::kOffset, 6>(panel, nb, a_rest, act_stride, kb0, y_rest, y_stride, mask,
-                                         first);
-        break;
-      default:
-        l_tile<LPack<Block>::kOffset, 7>(panel, nb, a_rest, act_stride, kb0, y_rest, y_stride, mask,
-                                         first);
-        break;
-    }
+    with_token_count<kTile - 1>(m - t0, [&](auto nt) {
+      l_tile<LPack<Block>::kOffset, decltype(nt)::value>(panel, nb, a_rest, act_stride, kb0, y_rest,
+                                                         y_stride, mask, first);
+    });
   }
 }
 
@@ -906,14 +866,9 @@ void small_panel(size_t cols, const std::byte* w, size_t w_row_bytes, int n_rows
   for (size_t t0 = 0; t0 < m; t0 += kTile) {
     const std::byte* a = act + t0 * act_stride;
     float* out = y + t0 * y_stride;
-    [&]<size_t... NT>(std::index_sequence<NT...>) {
-      const size_t nt = min_size(kTile, m - t0);
-      // One instantiation per token count 1..kTile; the one matching nt runs.
-      ((nt == NT + 1 ? small_tile<Block, kK, NT + 1>(rows, n_blocks, a, act_stride, out, y_stride)
-                     : void()),
-       ...);
-    }
-    (std::make_index_sequence<kTile>{});
+    with_token_count<kTile>(min_size(kTile, m - t0), [&](auto nt) {
+      small_tile<Block, kK, decltype(nt)::value>(rows, n_blocks, a, act_stride, out, y_stride);
+    });
   }
 }
 
