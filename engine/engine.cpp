@@ -414,15 +414,13 @@ void Engine::project(std::initializer_list<kernels::MatmulTarget> targets, std::
                      size_t n, std::span<const int32_t> row_seq) {
   // A row's result must not depend on what else is in the batch: a sequence gets
   // bit-identical logits alone or batched beside others (the server's greedy outputs rely
-  // on it), and a prompt chunk the same result whatever runs next to it. matmul_group
-  // guarantees that for any m (through the GEMM and its bit-identical few-token twin, for
-  // the types batch_gemm picks, else the per-row dot kernels); plain
-  // matmul switches from the dot kernels to the GEMM at kGemmMinTokens rows, which rounds
-  // differently. So a run of one sequence long enough for the GEMM goes to matmul, and
-  // everything else to matmul_group: the path a row takes depends on its own run (a prompt
-  // chunk of its sequence, or a lone decode token) only. Where matmul_group would give those
-  // runs the same path as matmul (both the GEMM, or both the dot kernels), the whole batch is
-  // one matmul_group call: one dispatch and one pass over the weights per step.
+  // on it), and a prompt chunk the same result whatever runs next to it.
+  //   matmul_group gives a row the same result for any m (the GEMM and its bit-identical
+  //   few-token twin for the types batch_gemm picks, else the per-row dot kernels);
+  //   matmul switches from the dot kernels to the GEMM at kGemmMinTokens rows.
+  // Where the two agree for long runs, the whole batch is one matmul_group call (one pass
+  // over the weights per step). Otherwise each sequence's run picks its path: runs long
+  // enough for the GEMM go to matmul, the rest (lone decode tokens) to matmul_group.
   const size_t cols = targets.begin()->w.cols;
   const bool one_call = std::all_of(targets.begin(), targets.end(), [&](const auto& t) {
     return kernels::matmul_group_runs_like_matmul(t.w.type, act_precision_, batch_gemm_);
