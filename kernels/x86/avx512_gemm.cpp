@@ -651,7 +651,7 @@ void l_small_tile(const RowSet<Block>& rows, size_t n_blocks, const std::byte* a
 
 // Per-type parts of the K kernels. Row: one row's block unpacked; codes (KPack's, four
 // vectors of 64) and int16 scale vectors for vpdpwssd after vpmaddubsw give the main sum;
-// min_part gives the min term's integer sum (KPanel::mins . bsums) as 8 int32 partials, from
+// min_part gives the min term's integer sum (KPanel::mins . bsums) as 4 int32 partials, from
 // act_sums(a), the activation sums in the form the type wants (computed once per token).
 template <typename Block>
 struct KSmall;
@@ -804,11 +804,10 @@ void k_small_tile(const RowSet<Block>& rows, size_t n_blocks, const std::byte* a
           head[b][r] = Type::d_dmin(blocks[b]);
           typename Type::Row row;
           Type::row(blocks[b], consts, row);
-          const block_q8_K* const* at = a;
           for (int t = 0; t < NT; ++t) {
             __m512i sum = _mm512_setzero_si512();
             for (int j = 0; j < 4; ++j) {
-              const __m512i qa = _mm512_loadu_si512(at[t][i0 + b].qs + 64 * j);
+              const __m512i qa = _mm512_loadu_si512(a[t][i0 + b].qs + 64 * j);
               sum = _mm512_dpwssd_epi32(sum, _mm512_maddubs_epi16(row.q[j], qa), row.scale[j]);
             }
             main_part[t][k] =
