@@ -104,7 +104,46 @@ Weights copy_weights(const Model& model, HugePageBuffer& buffer) {
   return w;
 }
 
-kernels::WeightMatrix as_matrix(const WeightView& w) { return {w.type, w.data, w.rows, w.cols}; }
+// Packs every matmul weight whose type has pre-packed panels on this CPU into `buffer` and
+// points its view's `panels` there. Returns false (weights untouched) when the memory for
+// them cannot be had: the views' data serves, slower but with the same results.
+bool pack_weights(Weights& w, HugePageBuffer& buffer, ThreadPool& pool) {
+  constexpr size_t kAlign = 64;
+  std::vector<WeightView*> views;
+  for (LayerWeights& l : w.layers) {
+    for (WeightView* m :
+         {&l.attn_q, &l.attn_k, &l.attn_v, &l.attn_output, &l.ffn_gate, &l.ffn_up, &l.ffn_down}) {
+      views.push_back(m);
+    }
+  }
+  views.push_back(&w.output);
+  size_t total = 0;
+  for (const WeightView* v : views) {
+    total +=
+        (kernels::packed_panels_bytes(v->type, v->rows, v->cols) + kAlign - 1) / kAlign * kAlign;
+  }
+  if (total == 0) return true;
+  try {
+    buffer = HugePageBuffer(total);
+  } catch (const std::bad_alloc&) {
+    return false;
+  }
+  size_t offset = 0;
+  for (WeightView* v : views) {
+    const size_t bytes = kernels::packed_panels_bytes(v->type, v->rows, v->cols);
+    if (bytes == 0) continue;
+    const std::span<std::byte> out = buffer.bytes().subspan(offset, bytes);
+    kernels::pack_panels({v->type, v->data, v->rows, v->cols}, out, pool);
+    v->panels = out;
+    offset += (bytes + kAlign - 1) / kAlign * kAlign;
+  }
+  if (w.tied_output) w.token_embd.panels = w.output.panels;
+  return true;
+}
+
+kernels::WeightMatrix as_matrix(const WeightView& w) {
+  return {w.type, w.data, w.rows, w.cols, w.panels};
+}
 
 // Row i of a row-major (rows, width) buffer.
 std::span<float> row(std::vector<float>& buf, size_t i, size_t width) {
@@ -195,6 +234,7 @@ Engine::Engine(const Model& model, const EngineOptions& options)
       batch_gemm_(options.batch_gemm) {
   const ModelConfig& c = model.config();
   if (max_batch_ == 0) throw std::invalid_argument("max_batch must be at least 1");
+  if (options.resident_weights) pack_weights(weights_, panels_, *pool_);
   if (options.kv_type == GgmlType::Q8_0 && c.head_dim % 32 != 0) {
     throw std::invalid_argument(
         "a q8_0 KV cache needs a head dimension that is a multiple of 32, "
@@ -423,7 +463,7 @@ void Engine::project(std::initializer_list<kernels::MatmulTarget> targets, std::
   // enough for the GEMM go to matmul, the rest (lone decode tokens) to matmul_group.
   const size_t cols = targets.begin()->w.cols;
   const bool one_call = std::all_of(targets.begin(), targets.end(), [&](const auto& t) {
-    return kernels::matmul_group_runs_like_matmul(t.w.type, act_precision_, batch_gemm_);
+    return kernels::matmul_group_runs_like_matmul(t.w, act_precision_, batch_gemm_);
   });
   if (one_call) {
     kernels::matmul_group(targets, x, n, matmul_scratch_, *pool_, act_precision_, batch_gemm_);

@@ -138,6 +138,9 @@ class Engine {
   // (35 vs 30 GB/s for a plain streaming sum); so with resident_weights the tensor data is
   // copied into huge pages and weights_ points there (by default, at the mapping).
   HugePageBuffer resident_;
+  // With resident_weights, the types that have them also get pre-packed GEMM panels here
+  // (WeightView::panels): the GEMM's results for any batch without its per-call repack.
+  HugePageBuffer panels_;
   Weights weights_;
   size_t max_batch_;
   int n_threads_;

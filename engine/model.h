@@ -48,6 +48,9 @@ struct WeightView {
   size_t rows = 0;
   size_t cols = 0;
   std::span<const std::byte> data;  // view into the mapping
+  // The same weights as pre-packed GEMM panels (kernels::pack_panels), or empty: the engine
+  // makes them with resident weights, for the types that have them.
+  std::span<const std::byte> panels;
 };
 
 struct LayerWeights {

@@ -66,6 +66,16 @@ using GemmPanelFn = void (*)(size_t cols, const std::byte* w, size_t w_row_bytes
                              const std::byte* act, size_t act_stride, size_t m, float* y,
                              size_t y_stride);
 
+// Pre-packed panels: a weight matrix's 16-row panels packed once (at load) into a layout the
+// GEMM reads directly, as compact as the blocks they come from.
+// Writes the panel of rows w .. w + n_rows (1..kGemmPanelRows rows, w_row_bytes apart) into
+// `panel` (GemmKernel::packed_bytes(cols) bytes, 64-byte aligned; rows past n_rows zeroed).
+using GemmPackFn = void (*)(size_t cols, const std::byte* w, size_t w_row_bytes, int n_rows,
+                            std::byte* panel);
+// GemmPanelFn's results, bit for bit, from a packed panel, for any m.
+using GemmPackedFn = void (*)(size_t cols, const std::byte* panel, int n_rows, const std::byte* act,
+                              size_t act_stride, size_t m, float* y, size_t y_stride);
+
 struct GemmKernel {
   ActFormat act = ActFormat::F32;
   GemmPanelFn fn = nullptr;  // nullptr: matmul uses the dot kernels for every m
@@ -78,6 +88,11 @@ struct GemmKernel {
   // the 2-core test machine: true for the legacy types, whose dot kernels are AVX2; the K
   // types' AVX-512 dot kernels stay ~25% ahead), so using it costs a lone stream nothing.
   bool small_fast_alone = false;
+  // Pre-packed panels (nullptr: none for this type): bytes of one packed 16-row panel of
+  // `cols` columns, the packer, and the kernel that reads them.
+  size_t (*packed_bytes)(size_t cols) = nullptr;
+  GemmPackFn pack = nullptr;
+  GemmPackedFn packed = nullptr;
 };
 
 // From this many activation rows on, matmul uses a type's GEMM panel (GemmKernel::fn):

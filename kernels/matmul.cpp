@@ -50,7 +50,54 @@ GemmPanelFn batch_panel_kernel(GgmlType type, ActPrecision precision, ActFormat 
   return m <= kSmallMaxTokens ? gemm.small : gemm.fn;
 }
 
-bool matmul_group_runs_like_matmul(GgmlType type, ActPrecision precision, BatchGemm policy) {
+size_t packed_panels_bytes(GgmlType type, size_t rows, size_t cols) {
+  const GemmKernel gemm = gemm_kernel(type);
+  const uint32_t block = traits(type).block_elements;
+  if (gemm.pack == nullptr || cols == 0 || cols % block != 0) return 0;
+  return (rows + kRowChunk - 1) / kRowChunk * gemm.packed_bytes(cols);
+}
+
+void pack_panels(const WeightMatrix& w, std::span<std::byte> out, ThreadPool& pool) {
+  const size_t needed = packed_panels_bytes(w.type, w.rows, w.cols);
+  if (needed == 0) fail(w, "no pre-packed panels for this tensor type on this CPU");
+  if (out.size() < needed) {
+    fail(w, "panel buffer has " + std::to_string(out.size()) + " bytes, needs " +
+                std::to_string(needed));
+  }
+  const size_t w_row_bytes = row_bytes(w.type, w.cols);
+  if (w.data.size() < w.rows * w_row_bytes) fail(w, "data is smaller than rows x cols");
+  const GemmKernel gemm = gemm_kernel(w.type);
+  const size_t panel_bytes = gemm.packed_bytes(w.cols);
+  const size_t n_units = (w.rows + kRowChunk - 1) / kRowChunk;
+  std::atomic<size_t> next{0};
+  pool.run([&](int, int) {
+    for (size_t u = next.fetch_add(1, std::memory_order_relaxed); u < n_units;
+         u = next.fetch_add(1, std::memory_order_relaxed)) {
+      const size_t r0 = u * kRowChunk;
+      const int n_rows = static_cast<int>(std::min(kRowChunk, w.rows - r0));
+      gemm.pack(w.cols, w.data.data() + r0 * w_row_bytes, w_row_bytes, n_rows,
+                out.data() + u * panel_bytes);
+    }
+  });
+}
+
+GemmPackedFn packed_panel_kernel(const WeightMatrix& w, ActPrecision precision) {
+  if (w.panels.empty() || precision != ActPrecision::int8) return nullptr;
+  const GemmKernel gemm = gemm_kernel(w.type);
+  if (gemm.packed == nullptr || gemm.act != dot_kernel(w.type).act) return nullptr;
+  const size_t needed = packed_panels_bytes(w.type, w.rows, w.cols);
+  if (w.panels.size() < needed) {
+    fail(w, "panels have " + std::to_string(w.panels.size()) + " bytes, need " +
+                std::to_string(needed));
+  }
+  return gemm.packed;
+}
+
+bool matmul_group_runs_like_matmul(const WeightMatrix& w, ActPrecision precision,
+                                   BatchGemm policy) {
+  // Packed panels: both read them for every m.
+  if (packed_panel_kernel(w, precision) != nullptr) return true;
+  const GgmlType type = w.type;
   const DotKernel kernel = dot_kernel(type, precision);
   const GemmKernel gemm = gemm_kernel(type, precision);
   const bool matmul_gemm = gemm.fn != nullptr && gemm.act == kernel.act;
@@ -135,6 +182,9 @@ void matmul(const WeightMatrix& w, std::span<const float> x, size_t m, std::span
   // The fastest path for m, whatever its rounding: where the twin beats the dot kernels,
   // it for a few rows and the GEMM beyond; else the GEMM from kGemmMinTokens rows.
   const GemmKernel gemm = gemm_kernel(w.type, precision);
+  // Pre-packed panels, where w has them: the GEMM's results for every m without its repack.
+  const GemmPackedFn packed = packed_panel_kernel(w, precision);
+  const size_t panel_bytes = packed != nullptr ? gemm.packed_bytes(cols) : 0;
   GemmPanelFn panel = nullptr;
   if (gemm.act == kernel.act && gemm.small_fast_alone) {
     panel = m <= kSmallMaxTokens ? gemm.small : gemm.fn;
@@ -159,6 +209,11 @@ void matmul(const WeightMatrix& w, std::span<const float> x, size_t m, std::span
       const size_t chunk_end = std::min(chunk_begin + chunk_rows, rows);
       for (size_t block = chunk_begin; block < chunk_end; block += kRowChunk) {
         const size_t block_end = std::min(block + kRowChunk, chunk_end);
+        if (packed != nullptr) {
+          packed(cols, w.panels.data() + block / kRowChunk * panel_bytes,
+                 static_cast<int>(block_end - block), act, act_stride, m, out + block, rows);
+          continue;
+        }
         if (panel != nullptr) {
           static_assert(kRowChunk == kGemmPanelRows);
           panel(cols, weights + block * w_row_bytes, w_row_bytes,

@@ -24,7 +24,25 @@ struct WeightMatrix {
   std::span<const std::byte> data;
   size_t rows;
   size_t cols;
+  // The same weights pre-packed by pack_panels, or empty. Where present (and this CPU has
+  // the kernel that reads them, within the ISA limit), matmul and matmul_group read them
+  // instead of `data` for int8 activations and every m; the results are those of the type's
+  // GEMM and its few-token twin, bit for bit.
+  std::span<const std::byte> panels = {};
 };
+
+// Bytes pack_panels writes for a (rows, cols) weight of this type: 0 where this CPU (within
+// the ISA limit) has no pre-packed panels for the type or cols is not a multiple of its
+// block size.
+size_t packed_panels_bytes(GgmlType type, size_t rows, size_t cols);
+// Packs w.data into `out` (packed_panels_bytes(...) bytes, 64-byte aligned), 16-row panels
+// shared out across the pool. Throws std::invalid_argument for a type without pre-packed
+// panels or sizes that do not match.
+void pack_panels(const WeightMatrix& w, std::span<std::byte> out, ThreadPool& pool);
+// The kernel that reads w's pre-packed panels for these activations, or nullptr (w has
+// none, int16 activations, or no such kernel on this CPU within the ISA limit). Throws
+// std::invalid_argument when w.panels is smaller than packed_panels_bytes(...).
+GemmPackedFn packed_panel_kernel(const WeightMatrix& w, ActPrecision precision);
 
 // F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K, IQ4_NL, IQ4_XS.
 bool has_matmul_kernel(GgmlType type);
@@ -68,7 +86,7 @@ GemmPanelFn batch_panel_kernel(GgmlType type, ActPrecision precision, ActFormat 
 // True when matmul_group gives kGemmMinTokens or more rows of this type the same path as
 // matmul (both the GEMM, or both the dot kernels), so a batch mixing prompt runs and decode
 // tokens can be one matmul_group call without changing any row's result.
-bool matmul_group_runs_like_matmul(GgmlType type, ActPrecision precision, BatchGemm policy);
+bool matmul_group_runs_like_matmul(const WeightMatrix& w, ActPrecision precision, BatchGemm policy);
 
 // ---- Several matmuls of one input in one dispatch (kernels/matmul_group.cpp) ----------
 

@@ -60,7 +60,10 @@ struct Job {
   size_t w_row_bytes = 0;
   size_t rows = 0;
   DotTileFn dot = nullptr;
-  GemmPanelFn panel = nullptr;  // when set, the unit's 16 rows go through it instead of dot
+  GemmPanelFn panel = nullptr;    // when set, the unit's 16 rows go through it instead of dot
+  GemmPackedFn packed = nullptr;  // when set, the unit's pre-packed panel goes through it
+  const std::byte* panels = nullptr;
+  size_t panel_bytes = 0;
   const std::byte* act = nullptr;
   size_t act_stride = 0;
   float* y = nullptr;
@@ -71,6 +74,11 @@ struct Job {
 void run_unit(const Job& job, size_t unit, size_t cols, size_t m) {
   const size_t r0 = unit * kUnitRows;
   const size_t r1 = std::min(r0 + kUnitRows, job.rows);
+  if (job.packed != nullptr) {
+    job.packed(cols, job.panels + unit * job.panel_bytes, static_cast<int>(r1 - r0), job.act,
+               job.act_stride, m, job.y + r0, job.rows);
+    return;
+  }
   if (job.panel != nullptr) {
     static_assert(kUnitRows == kGemmPanelRows);
     job.panel(cols, job.w + r0 * job.w_row_bytes, job.w_row_bytes, static_cast<int>(r1 - r0),
@@ -198,6 +206,11 @@ void matmul_group(std::span<const MatmulTarget> targets, std::span<const float> 
     j.rows = w.rows;
     j.dot = kernels[i].fn;
     j.panel = batch_panel_kernel(w.type, precision, kernels[i].act, m, batch_gemm);
+    j.packed = packed_panel_kernel(w, precision);
+    if (j.packed != nullptr) {
+      j.panels = w.panels.data();
+      j.panel_bytes = gemm_kernel(w.type).packed_bytes(cols);
+    }
     if (kernels[i].act == ActFormat::F32) {
       j.act = reinterpret_cast<const std::byte*>(x.data());
       j.act_stride = cols * sizeof(float);

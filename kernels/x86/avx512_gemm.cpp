@@ -478,6 +478,198 @@ void l_gemm_panel(size_t cols, const std::byte* w, size_t w_row_bytes, int n_row
   }
 }
 
+// ---- Pre-packed legacy panels: the GEMM without the per-call repack --------------------
+//
+// Packed once, at load (GemmKernel::pack), into the panels' lane-per-row layout but as
+// compact as the blocks they come from: 4-bit codes stay two to a byte (the low nibbles of
+// a vector are 4 columns of each row, its high nibbles the 4 columns 16 further on, as in
+// the blocks), fifth bits one to a bit, d and m in fp16. A pass over the panels reads the
+// bytes a pass over the blocks would, as one forward stream per 16 rows, and each vpdpbusd
+// covers 16 rows x 4 columns of a token: for one token a fraction of the instructions of a
+// row at a time. The integer sums are the GEMM's (exact) and the float steps l_tile's in
+// the same order, so the results are the GEMM's (and its twin's) bit for bit. Blocks go in
+// pairs so every vector is 64-byte aligned.
+
+// kCodeVecs: 64-byte code vectors per block (8-bit codes: 8; nibbles: 4); kFifth: a vector
+// of fifth bits (byte 4r + c, bit g: column 4g + c of row r); kMin: an fp16 m per row.
+template <typename Block>
+struct LPacked;
+template <>
+struct LPacked<block_q8_0> {
+  static constexpr int kCodeVecs = 8;
+  static constexpr bool kFifth = false, kMin = false;
+};
+template <>
+struct LPacked<block_q4_0> {
+  static constexpr int kCodeVecs = 4;
+  static constexpr bool kFifth = false, kMin = false;
+};
+template <>
+struct LPacked<block_q4_1> {
+  static constexpr int kCodeVecs = 4;
+  static constexpr bool kFifth = false, kMin = true;
+};
+template <>
+struct LPacked<block_q5_0> {
+  static constexpr int kCodeVecs = 4;
+  static constexpr bool kFifth = true, kMin = false;
+};
+template <>
+struct LPacked<block_q5_1> {
+  static constexpr int kCodeVecs = 4;
+  static constexpr bool kFifth = true, kMin = true;
+};
+
+// Byte offsets within a pair of blocks: codes [2][kCodeVecs][16 rows][4], fifth bits
+// [2][16][4], d [2][16] fp16, m [2][16] fp16.
+template <typename Block>
+struct LPairLayout {
+  using P = LPacked<Block>;
+  static constexpr size_t kCodes = 0;
+  static constexpr size_t kFifth = kCodes + 2 * P::kCodeVecs * 64;
+  static constexpr size_t kD = kFifth + (P::kFifth ? 2 * 64 : 0);
+  static constexpr size_t kM = kD + 64;
+  static constexpr size_t kBytes = kM + (P::kMin ? 64 : 0);
+  static_assert(kBytes % 64 == 0);
+};
+
+template <typename Block>
+size_t l_packed_bytes(size_t cols) {
+  return (cols / QK8_0 + 1) / 2 * LPairLayout<Block>::kBytes;
+}
+
+template <typename Block>
+void l_pack_panel(size_t cols, const std::byte* w, size_t w_row_bytes, int n_rows,
+                  std::byte* panel) {
+  using L = LPairLayout<Block>;
+  const size_t n_blocks = cols / QK8_0;
+  auto* out = reinterpret_cast<uint8_t*>(panel);
+  std::memset(out, 0, l_packed_bytes<Block>(cols));
+  for (int r = 0; r < n_rows; ++r) {
+    const auto* blocks = reinterpret_cast<const Block*>(w + static_cast<size_t>(r) * w_row_bytes);
+    for (size_t i = 0; i < n_blocks; ++i) {
+      const Block& b = blocks[i];
+      uint8_t* pair = out + i / 2 * L::kBytes;
+      const size_t h = i % 2;
+      uint8_t* codes = pair + L::kCodes + h * L::P::kCodeVecs * 64 + 4 * r;
+      if constexpr (L::P::kCodeVecs == 8) {
+        for (int k = 0; k < QK8_0; ++k) {
+          codes[k / 4 * 64 + k % 4] = static_cast<uint8_t>(b.qs[k]) ^ 0x80;  // q + 128
+        }
+      } else {
+        for (int k = 0; k < QK8_0 / 2; ++k) codes[k / 4 * 64 + k % 4] = b.qs[k];
+      }
+      if constexpr (L::P::kFifth) {
+        uint32_t qh;
+        std::memcpy(&qh, b.qh, 4);
+        uint8_t* fifth = pair + L::kFifth + h * 64 + 4 * r;
+        for (int k = 0; k < QK8_0; ++k) {
+          if ((qh >> k) & 1) fifth[k % 4] |= static_cast<uint8_t>(1 << (k / 4));
+        }
+      }
+      std::memcpy(pair + L::kD + h * 32 + 2 * r, &b.d, 2);
+      if constexpr (L::P::kMin) std::memcpy(pair + L::kM + h * 32 + 2 * r, &b.m, 2);
+    }
+  }
+}
+
+// l_tile over packed blocks [kb0, kb0 + nb) of the panel.
+template <typename Block, int NT>
+void l_packed_tile(const uint8_t* panel, size_t kb0, size_t nb, const std::byte* act,
+                   size_t act_stride, float* y, size_t y_stride, __mmask16 mask, bool first) {
+  using L = LPairLayout<Block>;
+  constexpr int kOffset = LPack<Block>::kOffset;
+  const block_q8_act* a[NT];
+  for (int t = 0; t < NT; ++t) {
+    a[t] = reinterpret_cast<const block_q8_act*>(act + static_cast<size_t>(t) * act_stride) + kb0;
+  }
+  __m512 acc[NT];
+  for (int t = 0; t < NT; ++t) {
+    acc[t] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mask, y + t * y_stride);
+  }
+  const __m512i low_mask = _mm512_set1_epi8(0x0F);
+  for (size_t i = 0; i < nb; ++i) {
+    const size_t block = kb0 + i;
+    const uint8_t* pair = panel + block / 2 * L::kBytes;
+    const size_t h = block % 2;
+    const uint8_t* codes = pair + L::kCodes + h * L::P::kCodeVecs * 64;
+    __m512i sum[NT];
+    for (int t = 0; t < NT; ++t) sum[t] = _mm512_setzero_si512();
+    if constexpr (L::P::kCodeVecs == 8) {
+      for (int g = 0; g < 8; ++g) {
+        const __m512i w = load512(codes + 64 * g);
+        for (int t = 0; t < NT; ++t) {
+          sum[t] = _mm512_dpbusd_epi32(sum[t], w, broadcast32(a[t][i].qs + 4 * g));
+        }
+      }
+    } else {
+      __m512i fifth = _mm512_setzero_si512();
+      if constexpr (L::P::kFifth) fifth = load512(pair + L::kFifth + h * 64);
+      for (int j = 0; j < 4; ++j) {
+        const __m512i v = load512(codes + 64 * j);
+        __m512i lo = _mm512_and_si512(v, low_mask);
+        __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low_mask);
+        if constexpr (L::P::kFifth) {
+          const __m512i sixteen = _mm512_set1_epi8(16);
+          lo = _mm512_mask_add_epi8(lo, _mm512_test_epi8_mask(fifth, _mm512_set1_epi8(1 << j)), lo,
+                                    sixteen);
+          hi = _mm512_mask_add_epi8(
+              hi, _mm512_test_epi8_mask(fifth, _mm512_set1_epi8(static_cast<char>(16 << j))), hi,
+              sixteen);
+        }
+        for (int t = 0; t < NT; ++t) {
+          sum[t] = _mm512_dpbusd_epi32(sum[t], lo, broadcast32(a[t][i].qs + 4 * j));
+          sum[t] = _mm512_dpbusd_epi32(sum[t], hi, broadcast32(a[t][i].qs + 4 * (j + 4)));
+        }
+      }
+    }
+    // As l_tile, operation for operation.
+    const __m512 d = _mm512_cvtph_ps(load256(pair + L::kD + h * 32));
+    if constexpr (kOffset != 0) {
+      for (int t = 0; t < NT; ++t) {
+        const __m512 inner =
+            _mm512_fmadd_ps(_mm512_set1_ps(a[t][i].d), _mm512_cvtepi32_ps(sum[t]),
+                            _mm512_set1_ps(-static_cast<float>(kOffset) * a[t][i].s));
+        acc[t] = _mm512_fmadd_ps(d, inner, acc[t]);
+      }
+    } else {
+      const __m512 c = _mm512_cvtph_ps(load256(pair + L::kM + h * 32));
+      for (int t = 0; t < NT; ++t) {
+        const __m512 scale = _mm512_mul_ps(d, _mm512_set1_ps(a[t][i].d));
+        acc[t] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(sum[t]), acc[t]);
+        acc[t] = _mm512_fmadd_ps(c, _mm512_set1_ps(a[t][i].s), acc[t]);
+      }
+    }
+  }
+  for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * y_stride, mask, acc[t]);
+}
+
+// Token tiles over K chunks, as the panel GEMM does (for one tile: the whole row at once).
+template <typename Tile>
+inline void packed_tiles(size_t n_blocks, size_t chunk_blocks, size_t m, Tile&& tile) {
+  const size_t chunk = m <= static_cast<size_t>(kTile) ? n_blocks : chunk_blocks;
+  for (size_t kb0 = 0; kb0 < n_blocks; kb0 += chunk) {
+    const size_t nb = min_size(chunk, n_blocks - kb0);
+    for (size_t t0 = 0; t0 < m; t0 += kTile) {
+      with_token_count<kTile>(min_size(kTile, m - t0),
+                              [&](auto nt) { tile(nt, kb0, nb, t0, kb0 == 0); });
+    }
+  }
+}
+
+template <typename Block>
+void l_packed_panel(size_t cols, const std::byte* panel, int n_rows, const std::byte* act,
+                    size_t act_stride, size_t m, float* y, size_t y_stride) {
+  const auto mask = static_cast<__mmask16>((1u << n_rows) - 1);
+  const auto* p = reinterpret_cast<const uint8_t*>(panel);
+  packed_tiles(cols / QK8_0, kChunkCols / QK8_0, m,
+               [&](auto nt, size_t kb0, size_t nb, size_t t0, bool first) {
+                 l_packed_tile<Block, decltype(nt)::value>(p, kb0, nb, act + t0 * act_stride,
+                                                           act_stride, y + t0 * y_stride, y_stride,
+                                                           mask, first);
+               });
+}
+
 // ---- Few tokens: the panels' results without the repack ----------------------------
 //
 // For a few tokens the repack costs more than it saves. But a row's result must
@@ -892,20 +1084,50 @@ GemmKernel gemm_kernel_avx512(GgmlType type) {
     case GgmlType::Q6_K:
       return {ActFormat::Q8_K, k_gemm_panel<block_q6_K>, isa, small_panel<block_q6_K, true>};
     case GgmlType::Q8_0:
-      return {ActFormat::Q8_act, l_gemm_panel<block_q8_0>, isa, small_panel<block_q8_0, false>,
-              true};
+      return {ActFormat::Q8_act,
+              l_gemm_panel<block_q8_0>,
+              isa,
+              small_panel<block_q8_0, false>,
+              true,
+              l_packed_bytes<block_q8_0>,
+              l_pack_panel<block_q8_0>,
+              l_packed_panel<block_q8_0>};
     case GgmlType::Q4_0:
-      return {ActFormat::Q8_act, l_gemm_panel<block_q4_0>, isa, small_panel<block_q4_0, false>,
-              true};
+      return {ActFormat::Q8_act,
+              l_gemm_panel<block_q4_0>,
+              isa,
+              small_panel<block_q4_0, false>,
+              true,
+              l_packed_bytes<block_q4_0>,
+              l_pack_panel<block_q4_0>,
+              l_packed_panel<block_q4_0>};
     case GgmlType::Q4_1:
-      return {ActFormat::Q8_act, l_gemm_panel<block_q4_1>, isa, small_panel<block_q4_1, false>,
-              true};
+      return {ActFormat::Q8_act,
+              l_gemm_panel<block_q4_1>,
+              isa,
+              small_panel<block_q4_1, false>,
+              true,
+              l_packed_bytes<block_q4_1>,
+              l_pack_panel<block_q4_1>,
+              l_packed_panel<block_q4_1>};
     case GgmlType::Q5_0:
-      return {ActFormat::Q8_act, l_gemm_panel<block_q5_0>, isa, small_panel<block_q5_0, false>,
-              true};
+      return {ActFormat::Q8_act,
+              l_gemm_panel<block_q5_0>,
+              isa,
+              small_panel<block_q5_0, false>,
+              true,
+              l_packed_bytes<block_q5_0>,
+              l_pack_panel<block_q5_0>,
+              l_packed_panel<block_q5_0>};
     case GgmlType::Q5_1:
-      return {ActFormat::Q8_act, l_gemm_panel<block_q5_1>, isa, small_panel<block_q5_1, false>,
-              true};
+      return {ActFormat::Q8_act,
+              l_gemm_panel<block_q5_1>,
+              isa,
+              small_panel<block_q5_1, false>,
+              true,
+              l_packed_bytes<block_q5_1>,
+              l_pack_panel<block_q5_1>,
+              l_packed_panel<block_q5_1>};
     default:
       return {};
   }

@@ -19,6 +19,7 @@
 
 #include "engine/engine.h"
 #include "gguf/writer.h"
+#include "kernels/matmul.h"
 #include "kernels/quantize.h"
 #include "tests/engine/alloc_counter.h"
 
@@ -395,7 +396,7 @@ TEST_F(EngineFixture, BatchedDecodeOfSeveralSequencesEqualsEachAlone) {
 // sequences at once (10 rows, but runs of one: per-row kernels, as a single token alone).
 // With batch_gemm the 10 decode rows go through the GEMM and a lone token through its
 // few-token twin, which must agree bit for bit.
-void check_batch_invariance(kiln::kernels::BatchGemm batch_gemm) {
+void check_batch_invariance(kiln::kernels::BatchGemm batch_gemm, bool resident = false) {
   TinySpec spec;
   spec.matrix_type = GgmlType::Q8_0;
   const TinyModel tiny = write_tiny_model(spec, "invariance.gguf");
@@ -411,7 +412,12 @@ void check_batch_invariance(kiln::kernels::BatchGemm batch_gemm) {
     EngineOptions o;
     o.n_threads = 2;
     o.batch_gemm = batch_gemm;
+    o.resident_weights = resident;
     Engine e(model, o);
+    // Resident Q8_0 weights get pre-packed panels where the CPU has them.
+    if (resident && kiln::kernels::packed_panels_bytes(GgmlType::Q8_0, 32, spec.dim) > 0) {
+      EXPECT_FALSE(e.weights().layers[0].ffn_up.panels.empty());
+    }
     auto l = e.eval(0, prompts[s], false);
     alone[s].emplace_back(l.begin(), l.end());
     for (size_t step = 0; step < steps; ++step) {
@@ -425,6 +431,7 @@ void check_batch_invariance(kiln::kernels::BatchGemm batch_gemm) {
   o.n_threads = 2;
   o.n_seq = n_seq;
   o.batch_gemm = batch_gemm;
+  o.resident_weights = resident;
   Engine e(model, o);
   Batch batch;
   for (size_t s = 0; s < n_seq; ++s) {
@@ -462,6 +469,10 @@ TEST(EngineBatchInvariance, SameWithBatchGemmAuto) {
 
 TEST(EngineBatchInvariance, SameWithBatchGemmAll) {
   check_batch_invariance(kiln::kernels::BatchGemm::all);
+}
+
+TEST(EngineBatchInvariance, SameWithPrePackedPanels) {
+  check_batch_invariance(kiln::kernels::BatchGemm::fast, /*resident=*/true);
 }
 
 TEST_F(EngineFixture, TruncateThenReevaluateGivesSameLogits) {
