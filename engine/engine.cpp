@@ -463,7 +463,7 @@ void Engine::project(std::initializer_list<kernels::MatmulTarget> targets, std::
   // enough for the GEMM go to matmul, the rest (lone decode tokens) to matmul_group.
   const size_t cols = targets.begin()->w.cols;
   const bool one_call = std::all_of(targets.begin(), targets.end(), [&](const auto& t) {
-    return kernels::matmul_group_runs_like_matmul(t.w, act_precision_, batch_gemm_);
+    return kernels::matmul_group_runs_like_matmul(t.w.type, act_precision_, batch_gemm_);
   });
   if (one_call) {
     kernels::matmul_group(targets, x, n, matmul_scratch_, *pool_, act_precision_, batch_gemm_);

@@ -93,11 +93,7 @@ GemmPackedFn packed_panel_kernel(const WeightMatrix& w, ActPrecision precision) 
   return gemm.packed;
 }
 
-bool matmul_group_runs_like_matmul(const WeightMatrix& w, ActPrecision precision,
-                                   BatchGemm policy) {
-  // Packed panels: both read them for every m.
-  if (packed_panel_kernel(w, precision) != nullptr) return true;
-  const GgmlType type = w.type;
+bool matmul_group_runs_like_matmul(GgmlType type, ActPrecision precision, BatchGemm policy) {
   const DotKernel kernel = dot_kernel(type, precision);
   const GemmKernel gemm = gemm_kernel(type, precision);
   const bool matmul_gemm = gemm.fn != nullptr && gemm.act == kernel.act;
@@ -182,15 +178,16 @@ void matmul(const WeightMatrix& w, std::span<const float> x, size_t m, std::span
   // The fastest path for m, whatever its rounding: where the twin beats the dot kernels,
   // it for a few rows and the GEMM beyond; else the GEMM from kGemmMinTokens rows.
   const GemmKernel gemm = gemm_kernel(w.type, precision);
-  // Pre-packed panels, where w has them: the GEMM's results for every m without its repack.
-  const GemmPackedFn packed = packed_panel_kernel(w, precision);
-  const size_t panel_bytes = packed != nullptr ? gemm.packed_bytes(cols) : 0;
   GemmPanelFn panel = nullptr;
   if (gemm.act == kernel.act && gemm.small_fast_alone) {
     panel = m <= kSmallMaxTokens ? gemm.small : gemm.fn;
   } else if (gemm.act == kernel.act && m >= kGemmMinTokens) {
     panel = gemm.fn;
   }
+  // Pre-packed panels, where w has them, stand in for the GEMM and its twin (same results,
+  // no repack); the dot kernels stay the dot kernels.
+  const GemmPackedFn packed = panel != nullptr ? packed_panel_kernel(w, precision) : nullptr;
+  const size_t panel_bytes = packed != nullptr ? gemm.packed_bytes(cols) : 0;
   // Rows are handed out in chunks (multiples of 16 rows) from a shared counter rather than
   // split statically: when another process takes a core away from one of our threads, the
   // others take over its share instead of waiting for it. About 8 chunks per thread keeps

@@ -26,8 +26,9 @@ struct WeightMatrix {
   size_t cols;
   // The same weights pre-packed by pack_panels, or empty. Where present (and this CPU has
   // the kernel that reads them, within the ISA limit), matmul and matmul_group read them
-  // instead of `data` for int8 activations and every m; the results are those of the type's
-  // GEMM and its few-token twin, bit for bit.
+  // wherever they would run the type's GEMM or its few-token twin (int8 activations): the
+  // same results bit for bit, without the GEMM's per-call repack. Where they would run the
+  // per-row dot kernels, they still do, from `data`.
   std::span<const std::byte> panels = {};
 };
 
@@ -86,7 +87,7 @@ GemmPanelFn batch_panel_kernel(GgmlType type, ActPrecision precision, ActFormat 
 // True when matmul_group gives kGemmMinTokens or more rows of this type the same path as
 // matmul (both the GEMM, or both the dot kernels), so a batch mixing prompt runs and decode
 // tokens can be one matmul_group call without changing any row's result.
-bool matmul_group_runs_like_matmul(const WeightMatrix& w, ActPrecision precision, BatchGemm policy);
+bool matmul_group_runs_like_matmul(GgmlType type, ActPrecision precision, BatchGemm policy);
 
 // ---- Several matmuls of one input in one dispatch (kernels/matmul_group.cpp) ----------
 

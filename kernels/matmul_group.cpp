@@ -206,7 +206,8 @@ void matmul_group(std::span<const MatmulTarget> targets, std::span<const float> 
     j.rows = w.rows;
     j.dot = kernels[i].fn;
     j.panel = batch_panel_kernel(w.type, precision, kernels[i].act, m, batch_gemm);
-    j.packed = packed_panel_kernel(w, precision);
+    // Pre-packed panels stand in for the GEMM and its twin (same results, no repack).
+    j.packed = j.panel != nullptr ? packed_panel_kernel(w, precision) : nullptr;
     if (j.packed != nullptr) {
       j.panels = w.panels.data();
       j.panel_bytes = gemm_kernel(w.type).packed_bytes(cols);

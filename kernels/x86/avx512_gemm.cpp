@@ -670,6 +670,191 @@ void l_packed_panel(size_t cols, const std::byte* panel, int n_rows, const std::
                });
 }
 
+// ---- Pre-packed K panels -----------------------------------------------------------------
+//
+// As the legacy ones above: packed once at load, as compact as the blocks (Q4_K: nibbles,
+// 6-bit scales and mins as bytes; Q6_K: nibbles plus a plane of top bit pairs, int8
+// scales), one 16-row super-block after another; the integer sums are k_tile's and the
+// float steps too, so the results are the GEMM's bit for bit.
+//
+// Per type: kBytes (one 16-row super-block, a multiple of 64), pack (row r of a block into
+// it), and for the kernel codes (group g: 4 columns of each row, unsigned), scale (sub-block
+// s, int32 per row), min_pair (KPanel::mins[q]), d and dmin.
+template <typename Block>
+struct KPacked;
+
+template <>
+struct KPacked<block_q4_K> {
+  // codes [32][16 rows][4]: vector 8j + k holds qs[32j + 4k, +4) of each row; its low
+  // nibbles are group 16j + k, its high nibbles group 16j + 8 + k. scales, mins [8][16] u8.
+  static constexpr size_t kCodes = 0, kScales = 2048, kMins = 2176, kD = 2304, kDmin = 2336;
+  static constexpr size_t kBytes = 2368;
+  static void pack(const block_q4_K& b, int r, uint8_t* sb) {
+    for (int j = 0; j < 4; ++j) {
+      for (int k = 0; k < 8; ++k)
+        std::memcpy(sb + (8 * j + k) * 64 + 4 * r, b.qs + 32 * j + 4 * k, 4);
+    }
+    for (int s = 0; s < 8; ++s) {
+      int scale, min;
+      scale_min_k4(s, b.scales, scale, min);
+      sb[kScales + 16 * s + r] = static_cast<uint8_t>(scale);
+      sb[kMins + 16 * s + r] = static_cast<uint8_t>(min);
+    }
+    std::memcpy(sb + kD + 2 * r, &b.d, 2);
+    std::memcpy(sb + kDmin + 2 * r, &b.dmin, 2);
+  }
+  static __m512i codes(const uint8_t* sb, int g) {
+    const __m512i v = load512(sb + (8 * (g / 16) + g % 8) * 64);
+    return _mm512_and_si512((g / 8) % 2 != 0 ? _mm512_srli_epi16(v, 4) : v, _mm512_set1_epi8(0x0F));
+  }
+  static __m512i scale(const uint8_t* sb, int s) {
+    return _mm512_cvtepu8_epi32(load128(sb + kScales + 16 * s));
+  }
+  // Groups 2q and 2q + 1 share sub-block q's min.
+  static __m512i min_pair(const uint8_t* sb, int q) {
+    const __m512i m = _mm512_cvtepu8_epi32(load128(sb + kMins + 16 * q));
+    return _mm512_or_si512(m, _mm512_slli_epi32(m, 16));
+  }
+  static __m512 d(const uint8_t* sb) { return _mm512_cvtph_ps(load256(sb + kD)); }
+  static __m512 dmin(const uint8_t* sb) { return _mm512_cvtph_ps(load256(sb + kDmin)); }
+};
+
+template <>
+struct KPacked<block_q6_K> {
+  // Low nibbles [32][16][4]: vector 16h + 8j + k holds ql[64h + 32j + 4k, +4) of each row;
+  // its low nibbles are group 32h + 8j + k, its high nibbles group 32h + 16 + 8j + k.
+  // Top bits [16][16][4]: vector 8h + k holds qh[32h + 4k, +4); bits 2i, 2i + 1 of a byte
+  // top group 32h + 8i + k. Scales [8][16][2] int8: pair q is sub-blocks 2q, 2q + 1.
+  static constexpr size_t kHigh = 2048, kScales = 3072, kD = 3328;
+  static constexpr size_t kBytes = 3392;  // 3360, padded to 64
+  static void pack(const block_q6_K& b, int r, uint8_t* sb) {
+    for (int h = 0; h < 2; ++h) {
+      for (int k = 0; k < 8; ++k) {
+        for (int j = 0; j < 2; ++j) {
+          std::memcpy(sb + (16 * h + 8 * j + k) * 64 + 4 * r, b.ql + 64 * h + 32 * j + 4 * k, 4);
+        }
+        std::memcpy(sb + kHigh + (8 * h + k) * 64 + 4 * r, b.qh + 32 * h + 4 * k, 4);
+      }
+    }
+    for (int q = 0; q < 8; ++q) {
+      sb[kScales + 32 * q + 2 * r] = static_cast<uint8_t>(b.scales[2 * q]);
+      sb[kScales + 32 * q + 2 * r + 1] = static_cast<uint8_t>(b.scales[2 * q + 1]);
+    }
+    std::memcpy(sb + kD + 2 * r, &b.d, 2);
+  }
+  static __m512i codes(const uint8_t* sb, int g) {
+    const int h = g / 32, i = g % 32 / 8, k = g % 8;
+    const __m512i n = load512(sb + (16 * h + 8 * (i % 2) + k) * 64);
+    const __m512i low =
+        _mm512_and_si512(i >= 2 ? _mm512_srli_epi16(n, 4) : n, _mm512_set1_epi8(0x0F));
+    // Bits 2i, 2i + 1 to bits 4, 5 (what crosses a byte is masked off).
+    const __m512i qh = load512(sb + kHigh + (8 * h + k) * 64);
+    const __m512i top = i == 0   ? _mm512_slli_epi16(qh, 4)
+                        : i == 1 ? _mm512_slli_epi16(qh, 2)
+                        : i == 2 ? qh
+                                 : _mm512_srli_epi16(qh, 2);
+    return _mm512_or_si512(low, _mm512_and_si512(top, _mm512_set1_epi8(0x30)));
+  }
+  static __m512i scale(const uint8_t* sb, int s) {
+    const __m512i pair = _mm512_cvtepi8_epi16(load256(sb + kScales + 32 * (s / 2)));
+    return s % 2 == 0 ? _mm512_srai_epi32(_mm512_slli_epi32(pair, 16), 16)
+                      : _mm512_srai_epi32(pair, 16);
+  }
+  // Codes are q + 32: min16 of group g is 32 * its scale (KPack<block_q6_K>).
+  static __m512i min_pair(const uint8_t* sb, int q) {
+    return _mm512_slli_epi16(_mm512_cvtepi8_epi16(load256(sb + kScales + 32 * q)), 5);
+  }
+  static __m512 d(const uint8_t* sb) { return _mm512_cvtph_ps(load256(sb + kD)); }
+  static __m512 dmin(const uint8_t* sb) { return d(sb); }
+};
+
+template <typename Block>
+size_t k_packed_bytes(size_t cols) {
+  return cols / QK_K * KPacked<Block>::kBytes;
+}
+
+template <typename Block>
+void k_pack_panel(size_t cols, const std::byte* w, size_t w_row_bytes, int n_rows,
+                  std::byte* panel) {
+  const size_t n_blocks = cols / QK_K;
+  auto* out = reinterpret_cast<uint8_t*>(panel);
+  std::memset(out, 0, k_packed_bytes<Block>(cols));
+  for (int r = 0; r < n_rows; ++r) {
+    const auto* blocks = reinterpret_cast<const Block*>(w + static_cast<size_t>(r) * w_row_bytes);
+    for (size_t i = 0; i < n_blocks; ++i) {
+      KPacked<Block>::pack(blocks[i], r, out + i * KPacked<Block>::kBytes);
+    }
+  }
+}
+
+// k_tile over packed super-blocks [kb0, kb0 + nb) of the panel.
+template <typename Block, int NT>
+void k_packed_tile(const uint8_t* panel, size_t kb0, size_t nb, const std::byte* act,
+                   size_t act_stride, float* y, size_t y_stride, __mmask16 mask, bool first) {
+  using P = KPacked<Block>;
+  constexpr int NSB = KPack<Block>::kSubBlocks;
+  constexpr int kGroups = QK_K / 4 / NSB;
+  const block_q8_K* a[NT];
+  for (int t = 0; t < NT; ++t) {
+    a[t] = reinterpret_cast<const block_q8_K*>(act + static_cast<size_t>(t) * act_stride) + kb0;
+  }
+  __m512 acc[NT];
+  for (int t = 0; t < NT; ++t) {
+    acc[t] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mask, y + t * y_stride);
+  }
+  for (size_t i = 0; i < nb; ++i) {
+    const uint8_t* sb = panel + (kb0 + i) * P::kBytes;
+    __m512i sum[NT];
+    for (int t = 0; t < NT; ++t) sum[t] = _mm512_setzero_si512();
+      // Unrolled, so each group's code vector is found without branches or index arithmetic.
+#pragma GCC unroll 16
+    for (int s = 0; s < NSB; ++s) {
+      __m512i part[NT];
+      for (int t = 0; t < NT; ++t) part[t] = _mm512_setzero_si512();
+#pragma GCC unroll 8
+      for (int g = 0; g < kGroups; ++g) {
+        const int group = s * kGroups + g;
+        const __m512i w = P::codes(sb, group);
+        for (int t = 0; t < NT; ++t) {
+          part[t] = _mm512_dpbusd_epi32(part[t], w, broadcast32(a[t][i].qs + 4 * group));
+        }
+      }
+      const __m512i scale = P::scale(sb, s);
+      for (int t = 0; t < NT; ++t) {
+        sum[t] = _mm512_add_epi32(sum[t], _mm512_mullo_epi32(part[t], scale));
+      }
+    }
+    __m512i min_pairs[8];
+    for (int q = 0; q < 8; ++q) min_pairs[q] = P::min_pair(sb, q);
+    const __m512 d = P::d(sb);
+    const __m512 dmin = P::dmin(sb);
+    for (int t = 0; t < NT; ++t) {
+      __m512i min_sum = _mm512_setzero_si512();
+      for (int q = 0; q < 8; ++q) {
+        min_sum = _mm512_dpwssd_epi32(min_sum, min_pairs[q], broadcast32(a[t][i].bsums + 2 * q));
+      }
+      // As k_tile, operation for operation.
+      const __m512 da = _mm512_set1_ps(a[t][i].d);
+      acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, da), _mm512_cvtepi32_ps(sum[t]), acc[t]);
+      acc[t] = _mm512_fnmadd_ps(_mm512_mul_ps(dmin, da), _mm512_cvtepi32_ps(min_sum), acc[t]);
+    }
+  }
+  for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * y_stride, mask, acc[t]);
+}
+
+template <typename Block>
+void k_packed_panel(size_t cols, const std::byte* panel, int n_rows, const std::byte* act,
+                    size_t act_stride, size_t m, float* y, size_t y_stride) {
+  const auto mask = static_cast<__mmask16>((1u << n_rows) - 1);
+  const auto* p = reinterpret_cast<const uint8_t*>(panel);
+  packed_tiles(cols / QK_K, kChunkCols / QK_K, m,
+               [&](auto nt, size_t kb0, size_t nb, size_t t0, bool first) {
+                 k_packed_tile<Block, decltype(nt)::value>(p, kb0, nb, act + t0 * act_stride,
+                                                           act_stride, y + t0 * y_stride, y_stride,
+                                                           mask, first);
+               });
+}
+
 // ---- Few tokens: the panels' results without the repack ----------------------------
 //
 // For a few tokens the repack costs more than it saves. But a row's result must
@@ -1078,11 +1263,25 @@ GemmKernel gemm_kernel_avx512(GgmlType type) {
   constexpr const char* isa = "avx512";
   switch (type) {
     case GgmlType::Q4_K:
-      return {ActFormat::Q8_K, k_gemm_panel<block_q4_K>, isa, small_panel<block_q4_K, true>};
+      return {ActFormat::Q8_K,
+              k_gemm_panel<block_q4_K>,
+              isa,
+              small_panel<block_q4_K, true>,
+              false,
+              k_packed_bytes<block_q4_K>,
+              k_pack_panel<block_q4_K>,
+              k_packed_panel<block_q4_K>};
     case GgmlType::Q5_K:
       return {ActFormat::Q8_K, k_gemm_panel<block_q5_K>, isa, small_panel<block_q5_K, true>};
     case GgmlType::Q6_K:
-      return {ActFormat::Q8_K, k_gemm_panel<block_q6_K>, isa, small_panel<block_q6_K, true>};
+      return {ActFormat::Q8_K,
+              k_gemm_panel<block_q6_K>,
+              isa,
+              small_panel<block_q6_K, true>,
+              false,
+              k_packed_bytes<block_q6_K>,
+              k_pack_panel<block_q6_K>,
+              k_packed_panel<block_q6_K>};
     case GgmlType::Q8_0:
       return {ActFormat::Q8_act,
               l_gemm_panel<block_q8_0>,
