@@ -27,7 +27,6 @@ namespace {
 
 constexpr size_t kDefaultContextCap = 4096;
 constexpr size_t kHugePage = size_t{2} << 20;
-constexpr size_t kPage = 4096;
 // Rows in a run of at least this many consecutive rows of one sequence (a prompt chunk) call
 // matmul() per weight, whose GEMM kernels pay off from about 8 tokens; all other rows
 // (decode: one token per sequence) go through matmul_group: one dispatch for the weights
@@ -57,88 +56,108 @@ bool read_file_range(const std::string& path, uint64_t file_size, uint64_t offse
   return ok;
 }
 
-// A copy of the model's weights whose views point into `buffer`, which receives every
-// tensor's data (one contiguous range of the file), at the same offset within a 4 KiB page
-// as in the mapping so every view keeps its alignment.
-Weights copy_weights(const Model& model, HugePageBuffer& buffer) {
+// Resident weights: a copy of the model's weights in `buffer` (huge pages), made without
+// touching the file mapping's pages (they would count in our RSS a second time).
+// A matrix whose type has pre-packed panels that the forward will read (the types whose
+// GEMM twin serves a lone token, or every type under BatchGemm::all) is stored only as its
+// panels; its `data` stays on the mapping, read only by paths that do not run by default
+// (--batch-gemm off, int16 activations). Everything else the forward reads (norms, the
+// embedding table, the other matrices) is copied as is. Without the memory for the copy the
+// model's own views are returned: slower, the same results.
+Weights copy_weights(const Model& model, kernels::BatchGemm policy, HugePageBuffer& buffer,
+                     ThreadPool& pool) {
+  constexpr size_t kAlign = 64;
+  const auto aligned = [](size_t n) { return (n + kAlign - 1) / kAlign * kAlign; };
   const gguf::File& f = model.file();
   Weights w = model.weights();
-  const gguf::TensorInfo* first = nullptr;
-  const std::byte* end = nullptr;
+  const std::byte* section = nullptr;  // the data section in the mapping
   for (const gguf::TensorInfo& t : f.tensors()) {
-    if (t.data.empty()) continue;
-    if (first == nullptr || t.data.data() < first->data.data()) first = &t;
-    end = std::max(end, t.data.data() + t.data.size());
+    if (!t.data.empty()) section = t.data.data() - t.offset;
   }
-  if (first == nullptr) return w;
-  const std::byte* begin = first->data.data();
-  const size_t shift = reinterpret_cast<uintptr_t>(begin) % kPage;
-  const auto size = static_cast<size_t>(end - begin);
-  try {
-    buffer = HugePageBuffer(shift + size);
-  } catch (const std::bad_alloc&) {
-    return w;  // no room for a copy: read through the mapping, slower but the same bytes
-  }
-  const std::span<std::byte> dst = buffer.bytes().subspan(shift, size);
-  if (!read_file_range(f.path(), f.file_size(), f.data_offset() + first->offset, dst)) {
-    std::memcpy(dst.data(), begin, size);
-  }
+  if (section == nullptr) return w;
 
-  const auto rebase = [&]<typename T>(std::span<const T>& s) {
-    const auto* p = reinterpret_cast<const std::byte*>(s.data());
-    if (s.empty() || p < begin || p >= end) return;
-    s = {reinterpret_cast<const T*>(dst.data() + (p - begin)), s.size()};
+  std::vector<WeightView*> matrices;
+  for (LayerWeights& l : w.layers) {
+    for (WeightView* m :
+         {&l.attn_q, &l.attn_k, &l.attn_v, &l.attn_output, &l.ffn_gate, &l.ffn_up, &l.ffn_down}) {
+      matrices.push_back(m);
+    }
+  }
+  matrices.push_back(&w.output);
+  const auto packs = [&](const WeightView& v) {
+    return kernels::packed_panels_bytes(v.type, v.rows, v.cols) > 0 &&
+           (kernels::gemm_kernel(v.type).small_fast_alone || policy == kernels::BatchGemm::all);
   };
-  rebase(w.token_embd.data);
-  rebase(w.output.data);
-  rebase(w.output_norm);
-  rebase(w.rope_freqs);
-  for (LayerWeights& l : w.layers) {
-    rebase(l.attn_norm);
-    rebase(l.ffn_norm);
-    for (WeightView* m :
-         {&l.attn_q, &l.attn_k, &l.attn_v, &l.attn_output, &l.ffn_gate, &l.ffn_up, &l.ffn_down}) {
-      rebase(m->data);
+  // The byte spans to copy, each once (a tied output shares the embedding's bytes).
+  std::vector<std::span<const std::byte>*> raw;
+  const auto add_raw = [&](std::span<const std::byte>& s) {
+    if (s.empty()) return;
+    for (const auto* r : raw) {
+      if (r->data() == s.data()) return;
     }
+    raw.push_back(&s);
+  };
+  add_raw(w.token_embd.data);
+  for (WeightView* m : matrices) {
+    if (!packs(*m)) add_raw(m->data);
   }
-  return w;
-}
-
-// Packs every matmul weight whose type has pre-packed panels on this CPU into `buffer` and
-// points its view's `panels` there. Returns false (weights untouched) when the memory for
-// them cannot be had: the views' data serves, slower but with the same results.
-bool pack_weights(Weights& w, HugePageBuffer& buffer, ThreadPool& pool) {
-  constexpr size_t kAlign = 64;
-  std::vector<WeightView*> views;
+  std::vector<std::span<const float>*> floats{&w.output_norm};
+  if (!w.rope_freqs.empty()) floats.push_back(&w.rope_freqs);
   for (LayerWeights& l : w.layers) {
-    for (WeightView* m :
-         {&l.attn_q, &l.attn_k, &l.attn_v, &l.attn_output, &l.ffn_gate, &l.ffn_up, &l.ffn_down}) {
-      views.push_back(m);
-    }
+    floats.push_back(&l.attn_norm);
+    floats.push_back(&l.ffn_norm);
   }
-  views.push_back(&w.output);
-  size_t total = 0;
-  for (const WeightView* v : views) {
-    total +=
-        (kernels::packed_panels_bytes(v->type, v->rows, v->cols) + kAlign - 1) / kAlign * kAlign;
+  size_t total = 0, largest_packed = 0;
+  for (const auto* r : raw) total += aligned(r->size());
+  for (const auto* fl : floats) total += aligned(fl->size_bytes());
+  for (const WeightView* m : matrices) {
+    if (!packs(*m)) continue;
+    total += aligned(kernels::packed_panels_bytes(m->type, m->rows, m->cols));
+    largest_packed = std::max(largest_packed, m->data.size());
   }
-  if (total == 0) return true;
   try {
     buffer = HugePageBuffer(total);
   } catch (const std::bad_alloc&) {
-    return false;
+    return w;
   }
+
   size_t offset = 0;
-  for (WeightView* v : views) {
-    const size_t bytes = kernels::packed_panels_bytes(v->type, v->rows, v->cols);
-    if (bytes == 0) continue;
+  const auto take = [&](size_t bytes) {
     const std::span<std::byte> out = buffer.bytes().subspan(offset, bytes);
-    kernels::pack_panels({v->type, v->data, v->rows, v->cols}, out, pool);
-    v->panels = out;
-    offset += (bytes + kAlign - 1) / kAlign * kAlign;
+    offset += aligned(bytes);
+    return out;
+  };
+  // The file's bytes behind `src` (a view into the mapping) into dst.
+  const auto read = [&](std::span<const std::byte> src, std::span<std::byte> dst) {
+    const uint64_t at = f.data_offset() + static_cast<uint64_t>(src.data() - section);
+    if (!read_file_range(f.path(), f.file_size(), at, dst)) {
+      std::memcpy(dst.data(), src.data(), src.size());
+    }
+  };
+  const std::byte* embedding = w.token_embd.data.data();
+  for (auto* r : raw) {
+    const std::span<std::byte> dst = take(r->size());
+    read(*r, dst);
+    *r = dst;
   }
-  if (w.tied_output) w.token_embd.panels = w.output.panels;
-  return true;
+  // A tied output reads the embedding's copy.
+  if (w.output.data.data() == embedding) w.output.data = w.token_embd.data;
+  for (auto* fl : floats) {
+    const std::span<std::byte> dst = take(fl->size_bytes());
+    read(std::as_bytes(*fl), dst);
+    *fl = {reinterpret_cast<const float*>(dst.data()), fl->size()};
+  }
+  // Each packed matrix is read into a staging buffer and packed from there.
+  std::vector<std::byte> staging(largest_packed);
+  for (WeightView* m : matrices) {
+    if (!packs(*m)) continue;
+    const std::span<std::byte> blocks(staging.data(), m->data.size());
+    read(m->data, blocks);
+    const std::span<std::byte> out = take(kernels::packed_panels_bytes(m->type, m->rows, m->cols));
+    kernels::pack_panels({m->type, blocks, m->rows, m->cols}, out, pool);
+    m->panels = out;
+  }
+  return w;
 }
 
 kernels::WeightMatrix as_matrix(const WeightView& w) {
@@ -224,7 +243,7 @@ size_t default_context_length(const ModelConfig& config, size_t requested) {
 
 Engine::Engine(const Model& model, const EngineOptions& options)
     : model_(model),
-      weights_(options.resident_weights ? copy_weights(model, resident_) : model.weights()),
+      weights_(model.weights()),
       max_batch_(options.max_batch),
       n_threads_(options.n_threads > 0 ? options.n_threads : default_thread_count()),
       pool_(std::make_unique<ThreadPool>(n_threads_)),
@@ -234,7 +253,7 @@ Engine::Engine(const Model& model, const EngineOptions& options)
       batch_gemm_(options.batch_gemm) {
   const ModelConfig& c = model.config();
   if (max_batch_ == 0) throw std::invalid_argument("max_batch must be at least 1");
-  if (options.resident_weights) pack_weights(weights_, panels_, *pool_);
+  if (options.resident_weights) weights_ = copy_weights(model, batch_gemm_, resident_, *pool_);
   if (options.kv_type == GgmlType::Q8_0 && c.head_dim % 32 != 0) {
     throw std::invalid_argument(
         "a q8_0 KV cache needs a head dimension that is a multiple of 32, "

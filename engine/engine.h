@@ -136,11 +136,10 @@ class Engine {
   // Decode streams every weight once per token. Read through the file mapping's 4 KiB
   // pages, the TLB misses cost about 15% of the read bandwidth on the 2-core test machine
   // (35 vs 30 GB/s for a plain streaming sum); so with resident_weights the tensor data is
-  // copied into huge pages and weights_ points there (by default, at the mapping).
+  // copied into huge pages and weights_ points there (by default, at the mapping). The
+  // matrices whose GEMM the forward uses for lone tokens too are kept there as pre-packed
+  // panels instead (WeightView::panels): the GEMM's results without its per-call repack.
   HugePageBuffer resident_;
-  // With resident_weights, the types that have them also get pre-packed GEMM panels here
-  // (WeightView::panels): the GEMM's results for any batch without its per-call repack.
-  HugePageBuffer panels_;
   Weights weights_;
   size_t max_batch_;
   int n_threads_;
