@@ -492,33 +492,23 @@ void l_gemm_panel(size_t cols, const std::byte* w, size_t w_row_bytes, int n_row
 
 // kCodeVecs: 64-byte code vectors per block (8-bit codes: 8; nibbles: 4); kFifth: a vector
 // of fifth bits (byte 4r + c, bit g: column 4g + c of row r); kMin: an fp16 m per row.
+template <int CodeVecs, bool Fifth, bool Min>
+struct LPackedShape {
+  static constexpr int kCodeVecs = CodeVecs;
+  static constexpr bool kFifth = Fifth, kMin = Min;
+};
 template <typename Block>
 struct LPacked;
 template <>
-struct LPacked<block_q8_0> {
-  static constexpr int kCodeVecs = 8;
-  static constexpr bool kFifth = false, kMin = false;
-};
+struct LPacked<block_q8_0> : LPackedShape<8, false, false> {};
 template <>
-struct LPacked<block_q4_0> {
-  static constexpr int kCodeVecs = 4;
-  static constexpr bool kFifth = false, kMin = false;
-};
+struct LPacked<block_q4_0> : LPackedShape<4, false, false> {};
 template <>
-struct LPacked<block_q4_1> {
-  static constexpr int kCodeVecs = 4;
-  static constexpr bool kFifth = false, kMin = true;
-};
+struct LPacked<block_q4_1> : LPackedShape<4, false, true> {};
 template <>
-struct LPacked<block_q5_0> {
-  static constexpr int kCodeVecs = 4;
-  static constexpr bool kFifth = true, kMin = false;
-};
+struct LPacked<block_q5_0> : LPackedShape<4, true, false> {};
 template <>
-struct LPacked<block_q5_1> {
-  static constexpr int kCodeVecs = 4;
-  static constexpr bool kFifth = true, kMin = true;
-};
+struct LPacked<block_q5_1> : LPackedShape<4, true, true> {};
 
 // Byte offsets within a pair of blocks: codes [2][kCodeVecs][16 rows][4], fifth bits
 // [2][16][4], d [2][16] fp16, m [2][16] fp16.

@@ -328,6 +328,19 @@ TEST_P(GemmTest, PanelMatchesReferenceOverAwkwardShapes) {
   check_panel(kernel, type, 16, big, 24, rng);
 }
 
+// m random activation rows of `cols` elements, quantized into `format` one after another.
+std::vector<std::byte> random_quantized_rows(ActFormat format, size_t m, size_t cols,
+                                             std::mt19937& rng) {
+  const auto x = random_activations(m * cols, rng);
+  const size_t stride = act_row_bytes(format, cols);
+  std::vector<std::byte> act(m * stride);
+  for (size_t t = 0; t < m; ++t) {
+    quantize_act_row(format, std::span(x).subspan(t * cols, cols),
+                     std::span(act).subspan(t * stride, stride));
+  }
+  return act;
+}
+
 // The few-token twin must give the GEMM's results bit for bit (the engine relies on it to
 // batch decode tokens of many sequences without changing any of them), and on its own
 // match the reference and write nothing outside the panel.
@@ -345,13 +358,8 @@ TEST_P(GemmTest, SmallPanelIsBitIdenticalToGemm) {
       for (size_t cols : {block, block * (m % 3 + 2), big}) {
         check_panel(small, type, n_rows, cols, m, rng);
         const auto w = random_weights(type, static_cast<size_t>(n_rows), cols, rng);
-        const auto x = random_activations(m * cols, rng);
         const size_t stride = act_row_bytes(kernel.act, cols);
-        std::vector<std::byte> act(m * stride);
-        for (size_t t = 0; t < m; ++t) {
-          quantize_act_row(kernel.act, std::span(x).subspan(t * cols, cols),
-                           std::span(act).subspan(t * stride, stride));
-        }
+        const auto act = random_quantized_rows(kernel.act, m, cols, rng);
         const size_t rb = row_bytes(type, cols);
         std::vector<float> y_gemm(m * 16, 0.0f), y_small(m * 16, 0.0f);
         kernel.fn(cols, w.data(), rb, n_rows, act.data(), stride, m, y_gemm.data(), 16);
@@ -394,13 +402,8 @@ TEST_P(GemmTest, PackedPanelIsBitIdenticalToGemm) {
         for (size_t i = pad + bytes; i < storage.size(); ++i) {
           ASSERT_EQ(storage[i], std::byte{0x5A}) << "packer wrote past its panel";
         }
-        const auto x = random_activations(m * cols, rng);
         const size_t stride = act_row_bytes(kernel.act, cols);
-        std::vector<std::byte> act(m * stride);
-        for (size_t t = 0; t < m; ++t) {
-          quantize_act_row(kernel.act, std::span(x).subspan(t * cols, cols),
-                           std::span(act).subspan(t * stride, stride));
-        }
+        const auto act = random_quantized_rows(kernel.act, m, cols, rng);
         std::vector<float> y_gemm(m * 16, 0.0f), y_packed(m * 16, -7.0f);
         kernel.fn(cols, w.data(), rb, n_rows, act.data(), stride, m, y_gemm.data(), 16);
         kernel.packed(cols, panel, n_rows, act.data(), stride, m, y_packed.data(), 16);
