@@ -33,6 +33,18 @@ namespace {
 #include "kernels/x86/simd_unpack.h"
 inline __m512i loadu512(const void* p) { return _mm512_loadu_si512(p); }
 
+// Decode streams the weights from DRAM; requesting each Q4_K block's lines 2 KiB ahead
+// (into the rest of the row, then the next row, which the same thread usually takes next)
+// keeps the stream fuller than the hardware prefetchers alone: TinyLlama-1.1B Q4_K_M decode
+// +1-4% from huge pages and from the file mapping (2-core test machine, alternated runs;
+// 0.5, 1, 3 and 4 KiB ahead gained less or nothing, and the same in the Q6_K kernel nothing).
+constexpr size_t kPrefetchAhead = 2048;
+template <typename Block>
+inline void prefetch_block_ahead(const Block& b) {
+  const char* p = reinterpret_cast<const char*>(&b) + kPrefetchAhead;
+  for (size_t o = 0; o < sizeof(Block); o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
+}
+
 // ---- Q4_K x Q8_K -----------------------------------------------------------------------
 
 template <int NT>
@@ -55,6 +67,7 @@ void dot_q4_K_tile(size_t cols, const std::byte* w_row, const std::byte* act, si
   const size_t n_blocks = cols / QK_K;
   for (size_t i = 0; i < n_blocks; ++i) {
     const block_q4_K& b = w[i];
+    prefetch_block_ahead(b);
     const float d = half_to_float(b.d);
     const float dmin = half_to_float(b.dmin);
     const __m256i scales_mins = _mm256_cvtepu8_epi16(unpack_q4_K_scales_mins(b.scales));
