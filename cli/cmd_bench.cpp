@@ -44,9 +44,11 @@ constexpr const char* kUsage =
     "  --decode-batch B   tg decodes B sequences together, one token each per forward\n"
     "                     (the server's continuous batching); tokens/s counts all B (1)\n"
     "  --kv-type T        KV cache type: f16 (default), f32, q8_0\n"
-    "  --hugepage-weights copy the weights into 2 MiB huge pages instead of reading\n"
-    "                     the memory-mapped file: ~15% faster decode here, but the\n"
+    "  --hugepage-weights copy the weights into 2 MiB huge pages, the legacy types as\n"
+    "                     pre-packed GEMM panels: faster batched decode, but the\n"
     "                     weights then take memory twice (copy + page cache)\n"
+    "  --no-hugepage-mmap leave the file mapping on 4 KiB pages (default: faulted in\n"
+    "                     on 2 MiB pages where the kernel provides them)\n"
     "  --batch-gemm M     weight types whose decode batches use the GEMM: auto\n"
     "                     (default; those where one token loses nothing), all, off\n"
     "  --precise          int16 activations in the CPU matmuls (two int8 planes):\n"
@@ -142,6 +144,7 @@ int run_bench(Args args) {
   o.n_threads = threads;
   o.kv_type = kv_type;
   o.resident_weights = m.hugepage_weights;
+  o.huge_page_mapping = m.hugepage_mmap;
   o.batch_gemm = m.batch_gemm;
   o.act_precision = m.act_precision;
   o.n_ctx = std::max<size_t>(n_prompt + 1, n_gen + 1);
@@ -237,6 +240,14 @@ int run_bench(Args args) {
                   decode_batch, tgs.mean, tgs.sd);
     }
     std::printf("peak RSS: %.1f MiB\n", double(rss) / (1 << 20));
+    if (device == DeviceKind::kCpu && m.hugepage_weights) {
+      std::printf("weights: a resident copy on 2 MiB pages (--hugepage-weights)\n");
+    } else if (device == DeviceKind::kCpu && m.hugepage_mmap) {
+      const auto huge = model.file().map_on_huge_pages();
+      std::printf("weights: mapped, %.1f of %.1f MiB on 2 MiB pages%s\n",
+                  double(huge.huge_bytes) / (1 << 20), double(huge.mapped_bytes) / (1 << 20),
+                  huge.reread ? " (page cache re-read once for them)" : "");
+    }
     std::printf(
         "read bandwidth: %.2f GB/s, weights + KV per token: %.1f MiB -> bound %.1f tokens/s",
         bandwidth / 1e9, double(bytes_per_token) / (1 << 20), bound_tps);

@@ -38,7 +38,8 @@ constexpr const char* kUsage =
     "                        logits closer to float, somewhat slower\n"
     "  --act-precision P     int8 (default) or int16 (as --precise)\n"
     "  --hugepage-weights    copy the weights into 2 MiB huge pages instead of reading\n"
-    "                        the memory-mapped file\n";
+    "                        the memory-mapped file\n"
+    "  --no-hugepage-mmap    leave the file mapping on 4 KiB pages\n";
 
 std::vector<int32_t> parse_token_list(std::string_view text) {
   std::vector<int32_t> ids;
@@ -127,6 +128,7 @@ int run_logits(Args args) {
   o.kv_type = m.kv_type;
   o.act_precision = m.act_precision;
   o.resident_weights = m.hugepage_weights;
+  o.huge_page_mapping = m.hugepage_mmap;
   o.batch_gemm = m.batch_gemm;
   o.max_batch = std::min(batch, tokens.size());
   Engine engine(model, o);

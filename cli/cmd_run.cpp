@@ -36,8 +36,10 @@ constexpr const char* kUsage =
     "  --precise            int16 activations in the CPU matmuls (two int8 planes):\n"
     "                       logits closer to float, somewhat slower\n"
     "  --act-precision P    int8 (default) or int16 (as --precise)\n"
-    "  --hugepage-weights   copy the weights into 2 MiB huge pages (faster decode, the\n"
-    "                       weights then take memory twice) instead of the file mapping\n"
+    "  --hugepage-weights   copy the weights into 2 MiB huge pages, some types as\n"
+    "                       pre-packed GEMM panels (faster batches; a second copy)\n"
+    "  --no-hugepage-mmap   leave the file mapping on 4 KiB pages (default: faulted in\n"
+    "                       on 2 MiB pages where the kernel provides them)\n"
     "  --device D           where the model runs: cpu (default) or cuda\n"
     "  --chat               apply the model's chat template to the prompt as one user\n"
     "                       message, and stop at the end of the turn\n"
@@ -105,6 +107,7 @@ int run_run(Args args) {
   o.kv_type = m.kv_type;
   o.act_precision = m.act_precision;
   o.resident_weights = m.hugepage_weights;
+  o.huge_page_mapping = m.hugepage_mmap;
   o.batch_gemm = m.batch_gemm;
   o.max_batch = std::min<size_t>(512, tokens.size());
   if (tokens.size() + n_predict > o.n_ctx) {

@@ -49,9 +49,11 @@ constexpr const char* kUsage =
     "  --precise              int16 activations in the CPU matmuls (two int8 planes):\n"
     "                         logits closer to float, somewhat slower\n"
     "  --act-precision P      int8 (default) or int16 (as --precise)\n"
-    "  --hugepage-weights     copy the weights into 2 MiB huge pages instead of reading\n"
-    "                         the memory-mapped file: ~15% faster decode here, but the\n"
-    "                         weights then take memory twice (copy + page cache)\n";
+    "  --hugepage-weights     copy the weights into 2 MiB huge pages, the legacy types as\n"
+    "                         pre-packed GEMM panels: faster batched decode, but the\n"
+    "                         weights then take memory twice (copy + page cache)\n"
+    "  --no-hugepage-mmap     leave the file mapping on 4 KiB pages (default: faulted in\n"
+    "                         on 2 MiB pages where the kernel provides them)\n";
 
 int run_serve(Args args) {
   ModelOptions m;
@@ -80,6 +82,7 @@ int run_serve(Args args) {
   o.device = m.device;
   o.act_precision = m.act_precision;
   o.resident_weights = m.hugepage_weights;
+  o.huge_page_mapping = m.hugepage_mmap;
   o.batch_gemm = m.batch_gemm;
 
   // A client that disconnects must not kill the server with SIGPIPE.

@@ -55,6 +55,7 @@ void ModelOptions::add_to(OptionParser& parser, ModelOptionSet accepts) {
   }
   parser.flag({"--precise"}, [this] { act_precision = kernels::ActPrecision::int16; });
   parser.flag({"--hugepage-weights"}, [this] { hugepage_weights = true; });
+  parser.flag({"--no-hugepage-mmap"}, [this] { hugepage_mmap = false; });
   parser.value({"--batch-gemm"}, [this](std::string_view option, std::string_view v) {
     batch_gemm = kernels::parse_batch_gemm(option, v);
   });

@@ -75,6 +75,8 @@ struct ModelOptions {
   // --hugepage-weights: copy the weights into huge-page memory (faster decode, a second
   // copy of the weights in memory) instead of reading the memory-mapped file.
   bool hugepage_weights = false;
+  // --no-hugepage-mmap clears it: EngineOptions::huge_page_mapping.
+  bool hugepage_mmap = true;
   // --batch-gemm auto|all|off: EngineOptions::batch_gemm.
   kernels::BatchGemm batch_gemm = kernels::BatchGemm::fast;
 

@@ -253,7 +253,11 @@ Engine::Engine(const Model& model, const EngineOptions& options)
       batch_gemm_(options.batch_gemm) {
   const ModelConfig& c = model.config();
   if (max_batch_ == 0) throw std::invalid_argument("max_batch must be at least 1");
-  if (options.resident_weights) weights_ = copy_weights(model, batch_gemm_, resident_, *pool_);
+  if (options.resident_weights) {
+    weights_ = copy_weights(model, batch_gemm_, resident_, *pool_);
+  } else if (options.huge_page_mapping) {
+    model.file().map_on_huge_pages();
+  }
   if (options.kv_type == GgmlType::Q8_0 && c.head_dim % 32 != 0) {
     throw std::invalid_argument(
         "a q8_0 KV cache needs a head dimension that is a multiple of 32, "

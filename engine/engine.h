@@ -54,6 +54,11 @@ struct EngineOptions {
   // a second home for the weights (the file's pages stay in the page cache), so it is
   // opt-in (--hugepage-weights); by default the forward reads the memory-mapped file.
   bool resident_weights = false;
+  // Without resident_weights: fault the file mapping in at construction, on 2 MiB pages
+  // where the kernel and filesystem provide them (gguf::File::map_on_huge_pages; the page
+  // cache is re-read once if it holds the file in small pages). Decode streams the mapped
+  // weights as fast as a huge-page copy then, without the copy (--no-hugepage-mmap: off).
+  bool huge_page_mapping = true;
   // Activation quantization of the matmuls: int16 (two int8 planes) for accuracy close to
   // float activations (issue #5) at some speed cost; int8 is the fast default.
   kernels::ActPrecision act_precision = kernels::ActPrecision::int8;

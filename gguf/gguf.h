@@ -134,6 +134,20 @@ class File {
   const TensorInfo* find_tensor(std::string_view name) const;
   const TensorInfo& tensor(std::string_view name) const;  // throws naming the tensor
 
+  // How much of a mapped file sits on 2 MiB pages (page-cache folios of that size, mapped
+  // by one page-table entry each: streaming the weights then costs far fewer TLB misses).
+  struct HugePageMapping {
+    size_t mapped_bytes = 0;  // the mapping's size (0: a parsed buffer, not a mapped file)
+    size_t huge_bytes = 0;    // of which on 2 MiB pages
+    bool reread = false;      // the page cache was dropped and re-read to get them
+  };
+  // Faults the whole mapping in (open() already advised it for huge pages). Where the page
+  // cache holds the file in small pages (written or read before without the advice) and the
+  // file has at least min_reread_bytes, drops the file's unmapped cached pages and faults
+  // them in again, so the kernel reads it into 2 MiB folios where the filesystem supports
+  // them. Done once per file; later calls return the first report. Never throws.
+  HugePageMapping map_on_huge_pages(size_t min_reread_bytes = size_t{32} << 20) const;
+
  private:
   struct Mapping;
   File() = default;

@@ -188,6 +188,7 @@ void HttpServer::load_model(const std::function<void(std::string_view)>& progres
   eo.act_precision = s.options.act_precision;
   eo.batch_gemm = s.options.batch_gemm;
   eo.resident_weights = s.options.resident_weights;
+  eo.huge_page_mapping = s.options.huge_page_mapping;
   s.engine = std::make_unique<AnyEngine>(*s.model, eo, s.options.device);
   std::unique_ptr<BatchEngine> batch_engine;
   std::string where;

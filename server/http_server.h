@@ -35,6 +35,7 @@ struct ServerOptions {
   DeviceKind device = DeviceKind::kCpu;  // cuda: the whole forward on the GPU
   kernels::ActPrecision act_precision = kernels::ActPrecision::int8;  // --precise: int16
   bool resident_weights = false;  // --hugepage-weights: EngineOptions::resident_weights
+  bool huge_page_mapping = true;  // --no-hugepage-mmap clears: EngineOptions::huge_page_mapping
   size_t max_body_bytes = size_t{8} << 20;
 };
 
