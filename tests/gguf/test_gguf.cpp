@@ -381,5 +381,35 @@ TEST(GgufWriter, RejectsBadTensors) {
   EXPECT_FALSE(std::filesystem::exists(path.string() + ".tmp"));
 }
 
+// The mapping starts 2 MiB aligned (so the page cache's 2 MiB folios can be mapped whole),
+// and faulting it onto huge pages, re-read included, leaves every byte as in the file.
+// Whether huge pages are granted depends on the kernel and filesystem, so only the report's
+// bounds are checked here.
+TEST(GgufMapping, HugePageMappingKeepsTheBytes) {
+  std::vector<float> a;
+  const auto bytes = build_sample(&a);
+  const auto path = temp_path("mapped.gguf");
+  {
+    std::ofstream out(path, std::ios::binary);
+    out.write(reinterpret_cast<const char*>(bytes.data()),
+              static_cast<std::streamsize>(bytes.size()));
+  }
+  const File f = File::open(path);
+  const TensorInfo& ta = f.tensor("a.weight");
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(ta.data.data() - f.data_offset() - ta.offset) % (2 << 20),
+            0u);
+  // min_reread_bytes 0: the re-read path runs too whenever the cache holds small pages.
+  const File::HugePageMapping first = f.map_on_huge_pages(0);
+  EXPECT_EQ(first.mapped_bytes, bytes.size());
+  EXPECT_LE(first.huge_bytes, first.mapped_bytes);
+  const File::HugePageMapping again = f.map_on_huge_pages(0);
+  EXPECT_EQ(again.huge_bytes, first.huge_bytes);
+  EXPECT_EQ(again.reread, first.reread);
+  EXPECT_EQ(std::memcmp(ta.data.data(), a.data(), ta.n_bytes), 0);
+  EXPECT_EQ(f.tensor("b.weight").data[5], std::byte(35));
+  EXPECT_EQ(File::parse(bytes, "in memory").map_on_huge_pages().mapped_bytes, 0u);
+  std::filesystem::remove(path);
+}
+
 }  // namespace
 }  // namespace kiln::gguf

@@ -127,6 +127,27 @@ def test_bench_decode_batch_counts_every_sequence(kiln_bin, default_model):
     assert r.returncode != 0 and "--batch-gemm: expected auto, all or off" in r.stderr
 
 
+def test_bench_reports_how_the_weights_are_held(kiln_bin, default_model):
+    base = ("bench", "-m", default_model, "-p", "0", "-n", "2", "-r", "1", "-t", "2")
+    mapped = kiln(kiln_bin, *base).stdout
+    # The default: the file mapping, on 2 MiB pages as far as the kernel grants them.
+    assert "weights: mapped, " in mapped and " MiB on 2 MiB pages" in mapped
+    small = kiln(kiln_bin, *base, "--no-hugepage-mmap").stdout
+    assert "weights:" not in small and "tg2" in small
+    resident = kiln(kiln_bin, *base, "--hugepage-weights").stdout
+    assert "weights: a resident copy on 2 MiB pages" in resident
+
+
+def test_logits_are_the_same_however_the_weights_are_held(kiln_bin, default_model, tmp_path):
+    outs = []
+    for i, flags in enumerate(([], ["--no-hugepage-mmap"], ["--hugepage-weights"])):
+        out = tmp_path / f"l{i}.npy"
+        kiln(kiln_bin, "logits", "-m", default_model, "--prompt", "Huge pages or small ones",
+             "--out", out, "-t", "2", *flags)
+        outs.append(np.load(out))
+    assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
+
+
 def test_unsupported_architecture_is_named(kiln_bin, repo_root, tmp_path):
     # A vocabulary-only GGUF has no llama.* keys and another architecture.
     vocab = repo_root / "tests/data/vocab/ggml-vocab-gpt-2.gguf"
