@@ -1,6 +1,7 @@
 #include "server/http_server.h"
 
 #include <httplib.h>
+#include <sys/socket.h>
 
 #include <atomic>
 #include <chrono>
@@ -93,6 +94,8 @@ struct HttpServer::Impl {
 
   ServerOptions options;
   httplib::Server http;
+  // The listening socket (set by the socket-options hook), to raise its backlog.
+  std::atomic<int> listen_socket{-1};
   std::thread listener;
   std::atomic<bool> ready{false};
   std::atomic<bool> stopped{false};
@@ -145,6 +148,10 @@ int HttpServer::start() {
     throw std::runtime_error("cannot listen on " + s.options.host + ":" + std::to_string(port) +
                              " (in use? pick another with --port)");
   }
+  // cpp-httplib listens with a backlog of 5 (compiled into Debian's library): of a burst of
+  // clients connecting at once (8 streams), the SYNs past it were dropped and retried a
+  // second later, which showed as a 1 s time to first token. listen() again raises it.
+  if (const int sock = s.listen_socket.load(); sock >= 0) ::listen(sock, SOMAXCONN);
   s.listener = std::thread([&s] { s.http.listen_after_bind(); });
   // stop() only takes effect once the accept loop runs: wait for it, so an
   // early stop (a model that fails to load at once) cannot be lost.
@@ -231,6 +238,14 @@ void HttpServer::stop() {
 
 void HttpServer::Impl::routes() {
   http.new_task_queue = [n = 4 * options.parallel + 16] { return new httplib::ThreadPool(n); };
+  // In place of httplib's default (SO_REUSEPORT, which would let a second server bind the
+  // same port and take half its connections): SO_REUSEADDR for quick restarts, and the
+  // socket kept so start() can raise its backlog.
+  http.set_socket_options([this](socket_t sock) {
+    const int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+    listen_socket = sock;
+  });
   http.set_payload_max_length(options.max_body_bytes);
   http.set_read_timeout(30);
   http.set_write_timeout(30);
