@@ -1,6 +1,11 @@
 """kiln serve takes the same engine options as run/bench (cli/model_options): the weights in
 a huge-page copy give the same answers as the memory-mapped file, and every --batch-gemm
 mode serves (their outputs are checked for batch invariance in the engine's gtests)."""
+import concurrent.futures
+import signal
+import subprocess
+import time
+
 import openai
 import pytest
 from kiln_server import KilnServer
@@ -37,5 +42,45 @@ def test_every_batch_gemm_mode_serves(kiln_bin, default_model, tmp_path, mode):
     try:
         text, n = greedy(server, max_tokens=8)
         assert text and n == 8
+    finally:
+        server.stop()
+
+
+def test_a_second_server_on_the_same_port_is_refused(kiln_bin, default_model, tmp_path):
+    server = KilnServer(kiln_bin, default_model, tmp_path)
+    try:
+        r = subprocess.run([str(kiln_bin), "serve", "-m", str(default_model), "--port",
+                            str(server.port), "-t", "1"], capture_output=True, text=True, timeout=60)
+        assert r.returncode != 0
+        assert f"cannot listen on 127.0.0.1:{server.port}" in r.stderr
+        status, _ = server.request("GET", "/health")  # the first one still serves
+        assert status == 200
+    finally:
+        server.stop()
+
+
+def test_a_burst_of_connections_is_accepted_at_once(kiln_bin, default_model, tmp_path):
+    """More clients than the HTTP library's default listen backlog (5) connect while the
+    server cannot accept (stopped for a moment); once it runs again every one is answered
+    at once, none waiting out a dropped SYN's 1 s retry."""
+    server = KilnServer(kiln_bin, default_model, tmp_path)
+
+    def health():
+        t0 = time.perf_counter()
+        status, _ = server.request("GET", "/health")
+        return status, time.perf_counter() - t0
+
+    try:
+        server.proc.send_signal(signal.SIGSTOP)
+        try:
+            with concurrent.futures.ThreadPoolExecutor(24) as pool:
+                futures = [pool.submit(health) for _ in range(24)]
+                time.sleep(0.3)
+                server.proc.send_signal(signal.SIGCONT)
+                results = [f.result() for f in futures]
+        finally:
+            server.proc.send_signal(signal.SIGCONT)
+        assert all(status == 200 for status, _ in results)
+        assert max(t for _, t in results) < 0.9, sorted(t for _, t in results)[-3:]
     finally:
         server.stop()
