@@ -551,21 +551,22 @@ void Engine::attention(size_t layer, size_t n) {
       const auto k_all = e.kv_.k_rows(jp->layer, seq);
       const auto v_all = e.kv_.v_rows(jp->layer, seq);
 
+      if (e.kv_.type() == GgmlType::F16) {
+        // The F16 cache (the default) has kernels for the whole sequence.
+        const auto* k = reinterpret_cast<const uint16_t*>(k_all.data() + g * head_bytes);
+        const auto* v = reinterpret_cast<const uint16_t*>(v_all.data() + g * head_bytes);
+        const size_t stride = row_bytes / sizeof(uint16_t);
+        kernels::attention_scores_f16(q, k, stride, scale, {scores, n_pos});
+        kernels::softmax({scores, n_pos});
+        kernels::attention_values_f16({scores, n_pos}, v, stride, out);
+        continue;
+      }
       // Scores of every visible position.
       for (size_t p = 0; p < n_pos; ++p) {
         const std::byte* k = k_all.data() + p * row_bytes + g * head_bytes;
-        float s;
-        switch (e.kv_.type()) {
-          case GgmlType::F32:
-            s = kernels::dot(q, {reinterpret_cast<const float*>(k), hd});
-            break;
-          case GgmlType::F16:
-            s = kernels::dot_f16(q, {reinterpret_cast<const uint16_t*>(k), hd});
-            break;
-          default:
-            s = kernels::dot_q8_0(q, {k, head_bytes});
-            break;
-        }
+        const float s = e.kv_.type() == GgmlType::F32
+                            ? kernels::dot(q, {reinterpret_cast<const float*>(k), hd})
+                            : kernels::dot_q8_0(q, {k, head_bytes});
         scores[p] = s * scale;
       }
       kernels::softmax({scores, n_pos});
@@ -574,16 +575,10 @@ void Engine::attention(size_t layer, size_t n) {
       std::fill(out.begin(), out.end(), 0.0f);
       for (size_t p = 0; p < n_pos; ++p) {
         const std::byte* v = v_all.data() + p * row_bytes + g * head_bytes;
-        switch (e.kv_.type()) {
-          case GgmlType::F32:
-            kernels::axpy(scores[p], {reinterpret_cast<const float*>(v), hd}, out);
-            break;
-          case GgmlType::F16:
-            kernels::axpy_f16(scores[p], {reinterpret_cast<const uint16_t*>(v), hd}, out);
-            break;
-          default:
-            kernels::axpy_q8_0(scores[p], {v, head_bytes}, out);
-            break;
+        if (e.kv_.type() == GgmlType::F32) {
+          kernels::axpy(scores[p], {reinterpret_cast<const float*>(v), hd}, out);
+        } else {
+          kernels::axpy_q8_0(scores[p], {v, head_bytes}, out);
         }
       }
     }

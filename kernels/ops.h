@@ -37,6 +37,15 @@ void axpy(float alpha, std::span<const float> x, std::span<float> y);
 // y (n,) += alpha * x (n,) with x in IEEE half precision (raw uint16 bits).
 void axpy_f16(float alpha, std::span<const uint16_t> x, std::span<float> y);
 
+// Attention over an F16 KV cache, one query head at a time. Position p's head of hd values
+// starts at k + p * stride (v + p * stride), raw fp16 bits.
+// scores (n_pos,) = scale * K q: one score per cached position.
+void attention_scores_f16(std::span<const float> q, const uint16_t* k, size_t stride, float scale,
+                          std::span<float> scores);
+// out (hd,) = sum_p weights[p] * V_p over the n_pos = weights.size() positions.
+void attention_values_f16(std::span<const float> weights, const uint16_t* v, size_t stride,
+                          std::span<float> out);
+
 // Q8_0 rows (blocks of 32: one fp16 scale d, 32 int8 q; value = d * q), used
 // by the Q8_0 KV cache. n is a multiple of 32; `blocks` holds n/32 * 34 bytes.
 // returns a (n,) . dequant(blocks)

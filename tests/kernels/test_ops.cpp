@@ -149,6 +149,46 @@ TEST(Ops, HalfDotAndAxpy) {
   }
 }
 
+// The attention kernels against float64 over the rows they read: head sizes with and
+// without a 64-wide chunk or an 8-wide tail, position counts around the 4-wide groups, and
+// rows strided inside a wider cache row whose other heads must not be read or written.
+TEST(Ops, AttentionScoresAndValuesF16) {
+  std::mt19937 rng(9);
+  for (size_t hd : {8, 24, 64, 72, 128, 130}) {
+    for (size_t n_pos : {1, 3, 4, 5, 17, 100}) {
+      const size_t stride = hd * 3 + 8;  // other heads and padding between positions
+      const size_t offset = hd + 4;      // this head's place in the row
+      std::vector<uint16_t> k(n_pos * stride), v(n_pos * stride);
+      const auto kf = random_vector(k.size(), rng), vf = random_vector(v.size(), rng);
+      kiln::kernels::f32_to_f16_row(kf, k);
+      kiln::kernels::f32_to_f16_row(vf, v);
+      const auto q = random_vector(hd, rng);
+      const float scale = 0.125f;
+      std::vector<float> scores(n_pos + 1, -99.0f);
+      kiln::kernels::attention_scores_f16(q, k.data() + offset, stride, scale,
+                                          std::span(scores).first(n_pos));
+      EXPECT_EQ(scores[n_pos], -99.0f) << "wrote past the scores";
+      for (size_t p = 0; p < n_pos; ++p) {
+        double ref = 0;
+        for (size_t i = 0; i < hd; ++i)
+          ref += double(q[i]) * half_value(k[p * stride + offset + i]);
+        ASSERT_NEAR(scores[p], scale * ref, 1e-4 * std::sqrt(double(hd))) << hd << " " << p;
+      }
+      const auto weights = random_vector(n_pos, rng);
+      std::vector<float> out(hd + 1, -99.0f);
+      kiln::kernels::attention_values_f16(weights, v.data() + offset, stride,
+                                          std::span(out).first(hd));
+      EXPECT_EQ(out[hd], -99.0f) << "wrote past out";
+      for (size_t i = 0; i < hd; ++i) {
+        double ref = 0;
+        for (size_t p = 0; p < n_pos; ++p)
+          ref += double(weights[p]) * half_value(v[p * stride + offset + i]);
+        ASSERT_NEAR(out[i], ref, 1e-4 * std::sqrt(double(n_pos))) << hd << " " << i;
+      }
+    }
+  }
+}
+
 TEST(Ops, Q8_0QuantizeDotAxpy) {
   std::mt19937 rng(8);
   const size_t n = 128;
