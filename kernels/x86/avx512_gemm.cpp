@@ -66,6 +66,28 @@ inline __m512i broadcast32(const void* p) {
   return _mm512_set1_epi32(v);
 }
 
+// The float step that ends a block, shared by every path (the GEMM's tiles, their few-token
+// twins and the pre-packed panels) so all of them round alike, bit for bit.
+// Legacy types: acc += d (da sum - kOffset s), or where kOffset is 0 d da sum + c s.
+template <int kOffset>
+inline __m512 l_block_step(__m512 acc, __m512 d, __m512 c, __m512i sum, const block_q8_act& a) {
+  if constexpr (kOffset != 0) {
+    const __m512 inner = _mm512_fmadd_ps(_mm512_set1_ps(a.d), _mm512_cvtepi32_ps(sum),
+                                         _mm512_set1_ps(-static_cast<float>(kOffset) * a.s));
+    return _mm512_fmadd_ps(d, inner, acc);
+  } else {
+    acc = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(a.d)), _mm512_cvtepi32_ps(sum), acc);
+    return _mm512_fmadd_ps(c, _mm512_set1_ps(a.s), acc);
+  }
+}
+// K types: acc += d da main - dmin da min.
+inline __m512 k_block_step(__m512 acc, __m512 d, __m512 dmin, __m512i main, __m512i min,
+                           float a_d) {
+  const __m512 da = _mm512_set1_ps(a_d);
+  acc = _mm512_fmadd_ps(_mm512_mul_ps(d, da), _mm512_cvtepi32_ps(main), acc);
+  return _mm512_fnmadd_ps(_mm512_mul_ps(dmin, da), _mm512_cvtepi32_ps(min), acc);
+}
+
 // Transposes 16 rows of 16 dwords (src, rows src_stride bytes apart) so that dst[j] gets
 // dword j of every row: 4 consecutive codes of each of the 16 weight rows, row r in lane r.
 inline void transpose_16x16(const uint8_t* src, size_t src_stride, uint8_t* const dst[16]) {
@@ -279,9 +301,7 @@ void k_tile(const KPanel* panel, int nb, const std::byte* act, size_t act_stride
         min_sum =
             _mm512_dpwssd_epi32(min_sum, load512(p.mins[q]), broadcast32(a[t][i].bsums + 2 * q));
       }
-      const __m512 da = _mm512_set1_ps(a[t][i].d);
-      acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, da), _mm512_cvtepi32_ps(sum[t]), acc[t]);
-      acc[t] = _mm512_fnmadd_ps(_mm512_mul_ps(dmin, da), _mm512_cvtepi32_ps(min_sum), acc[t]);
+      acc[t] = k_block_step(acc[t], d, dmin, sum[t], min_sum, a[t][i].d);
     }
   }
   for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * y_stride, mask, acc[t]);
@@ -413,21 +433,8 @@ void l_tile(const LPanel* panel, int nb, const std::byte* act, size_t act_stride
       }
     }
     const __m512 d = _mm512_load_ps(p.d);
-    if constexpr (kOffset != 0) {
-      for (int t = 0; t < NT; ++t) {
-        const __m512 inner =
-            _mm512_fmadd_ps(_mm512_set1_ps(a[t][i].d), _mm512_cvtepi32_ps(sum[t]),
-                            _mm512_set1_ps(-static_cast<float>(kOffset) * a[t][i].s));
-        acc[t] = _mm512_fmadd_ps(d, inner, acc[t]);
-      }
-    } else {
-      const __m512 c = _mm512_load_ps(p.c);
-      for (int t = 0; t < NT; ++t) {
-        const __m512 scale = _mm512_mul_ps(d, _mm512_set1_ps(a[t][i].d));
-        acc[t] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(sum[t]), acc[t]);
-        acc[t] = _mm512_fmadd_ps(c, _mm512_set1_ps(a[t][i].s), acc[t]);
-      }
-    }
+    const __m512 c = _mm512_load_ps(p.c);
+    for (int t = 0; t < NT; ++t) acc[t] = l_block_step<kOffset>(acc[t], d, c, sum[t], a[t][i]);
   }
   for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * y_stride, mask, acc[t]);
 }
@@ -613,51 +620,12 @@ void l_packed_tile(const uint8_t* panel, size_t kb0, size_t nb, const std::byte*
         }
       }
     }
-    // As l_tile, operation for operation.
     const __m512 d = _mm512_cvtph_ps(load256(pair + L::kD + h * 32));
-    if constexpr (kOffset != 0) {
-      for (int t = 0; t < NT; ++t) {
-        const __m512 inner =
-            _mm512_fmadd_ps(_mm512_set1_ps(a[t][i].d), _mm512_cvtepi32_ps(sum[t]),
-                            _mm512_set1_ps(-static_cast<float>(kOffset) * a[t][i].s));
-        acc[t] = _mm512_fmadd_ps(d, inner, acc[t]);
-      }
-    } else {
-      const __m512 c = _mm512_cvtph_ps(load256(pair + L::kM + h * 32));
-      for (int t = 0; t < NT; ++t) {
-        const __m512 scale = _mm512_mul_ps(d, _mm512_set1_ps(a[t][i].d));
-        acc[t] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(sum[t]), acc[t]);
-        acc[t] = _mm512_fmadd_ps(c, _mm512_set1_ps(a[t][i].s), acc[t]);
-      }
-    }
+    __m512 c = _mm512_setzero_ps();
+    if constexpr (L::P::kMin) c = _mm512_cvtph_ps(load256(pair + L::kM + h * 32));
+    for (int t = 0; t < NT; ++t) acc[t] = l_block_step<kOffset>(acc[t], d, c, sum[t], a[t][i]);
   }
   for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * y_stride, mask, acc[t]);
-}
-
-// Token tiles over K chunks, as the panel GEMM does (for one tile: the whole row at once).
-template <typename Tile>
-inline void packed_tiles(size_t n_blocks, size_t chunk_blocks, size_t m, Tile&& tile) {
-  const size_t chunk = m <= static_cast<size_t>(kTile) ? n_blocks : chunk_blocks;
-  for (size_t kb0 = 0; kb0 < n_blocks; kb0 += chunk) {
-    const size_t nb = min_size(chunk, n_blocks - kb0);
-    for (size_t t0 = 0; t0 < m; t0 += kTile) {
-      with_token_count<kTile>(min_size(kTile, m - t0),
-                              [&](auto nt) { tile(nt, kb0, nb, t0, kb0 == 0); });
-    }
-  }
-}
-
-template <typename Block>
-void l_packed_panel(size_t cols, const std::byte* panel, int n_rows, const std::byte* act,
-                    size_t act_stride, size_t m, float* y, size_t y_stride) {
-  const auto mask = static_cast<__mmask16>((1u << n_rows) - 1);
-  const auto* p = reinterpret_cast<const uint8_t*>(panel);
-  packed_tiles(cols / QK8_0, kChunkCols / QK8_0, m,
-               [&](auto nt, size_t kb0, size_t nb, size_t t0, bool first) {
-                 l_packed_tile<Block, decltype(nt)::value>(p, kb0, nb, act + t0 * act_stride,
-                                                           act_stride, y + t0 * y_stride, y_stride,
-                                                           mask, first);
-               });
 }
 
 // ---- Pre-packed K panels -----------------------------------------------------------------
@@ -823,26 +791,38 @@ void k_packed_tile(const uint8_t* panel, size_t kb0, size_t nb, const std::byte*
       for (int q = 0; q < 8; ++q) {
         min_sum = _mm512_dpwssd_epi32(min_sum, min_pairs[q], broadcast32(a[t][i].bsums + 2 * q));
       }
-      // As k_tile, operation for operation.
-      const __m512 da = _mm512_set1_ps(a[t][i].d);
-      acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, da), _mm512_cvtepi32_ps(sum[t]), acc[t]);
-      acc[t] = _mm512_fnmadd_ps(_mm512_mul_ps(dmin, da), _mm512_cvtepi32_ps(min_sum), acc[t]);
+      acc[t] = k_block_step(acc[t], d, dmin, sum[t], min_sum, a[t][i].d);
     }
   }
   for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * y_stride, mask, acc[t]);
 }
 
-template <typename Block>
-void k_packed_panel(size_t cols, const std::byte* panel, int n_rows, const std::byte* act,
-                    size_t act_stride, size_t m, float* y, size_t y_stride) {
+// GemmPackedFn over a type's packed tiles: token tiles over K chunks as the panel GEMM
+// takes them (for a single tile, the whole row at once).
+template <typename Block, bool kK>
+void packed_panel(size_t cols, const std::byte* panel, int n_rows, const std::byte* act,
+                  size_t act_stride, size_t m, float* y, size_t y_stride) {
+  constexpr size_t kBlock = kK ? QK_K : QK8_0;
   const auto mask = static_cast<__mmask16>((1u << n_rows) - 1);
   const auto* p = reinterpret_cast<const uint8_t*>(panel);
-  packed_tiles(cols / QK_K, kChunkCols / QK_K, m,
-               [&](auto nt, size_t kb0, size_t nb, size_t t0, bool first) {
-                 k_packed_tile<Block, decltype(nt)::value>(p, kb0, nb, act + t0 * act_stride,
-                                                           act_stride, y + t0 * y_stride, y_stride,
-                                                           mask, first);
-               });
+  const size_t n_blocks = cols / kBlock;
+  const size_t chunk = m <= static_cast<size_t>(kTile) ? n_blocks : kChunkCols / kBlock;
+  for (size_t kb0 = 0; kb0 < n_blocks; kb0 += chunk) {
+    const size_t nb = min_size(chunk, n_blocks - kb0);
+    for (size_t t0 = 0; t0 < m; t0 += kTile) {
+      with_token_count<kTile>(min_size(kTile, m - t0), [&](auto nt) {
+        constexpr int NT = decltype(nt)::value;
+        const std::byte* a = act + t0 * act_stride;
+        if constexpr (kK) {
+          k_packed_tile<Block, NT>(p, kb0, nb, a, act_stride, y + t0 * y_stride, y_stride, mask,
+                                   kb0 == 0);
+        } else {
+          l_packed_tile<Block, NT>(p, kb0, nb, a, act_stride, y + t0 * y_stride, y_stride, mask,
+                                   kb0 == 0);
+        }
+      });
+    }
+  }
 }
 
 // ---- Few tokens: the panels' results without the repack ----------------------------
@@ -996,19 +976,10 @@ void l_small_tile(const RowSet<Block>& rows, size_t n_blocks, const std::byte* a
         const size_t b = g * kGroup + k, i = i0 + b;
         const __m512i d_m = _mm512_load_si512(head[b]);
         const __m512 d = halves_to_float(d_m, false);
+        // m of Q4_1/Q5_1 (the other types have codes there, and no use for c).
+        const __m512 c = kOffset == 0 ? halves_to_float(d_m, true) : _mm512_setzero_ps();
         for (int t = 0; t < NT; ++t) {
-          const __m512 sum = _mm512_cvtepi32_ps(block_sums[t][k]);
-          // As l_tile, operation for operation.
-          if constexpr (kOffset != 0) {
-            const __m512 inner =
-                _mm512_fmadd_ps(_mm512_set1_ps(a[t][i].d), sum,
-                                _mm512_set1_ps(-static_cast<float>(kOffset) * a[t][i].s));
-            acc[t] = _mm512_fmadd_ps(d, inner, acc[t]);
-          } else {
-            const __m512 c = halves_to_float(d_m, true);
-            acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(a[t][i].d)), sum, acc[t]);
-            acc[t] = _mm512_fmadd_ps(c, _mm512_set1_ps(a[t][i].s), acc[t]);
-          }
+          acc[t] = l_block_step<kOffset>(acc[t], d, c, block_sums[t][k], a[t][i]);
         }
       }
     }
@@ -1200,12 +1171,7 @@ void k_small_tile(const RowSet<Block>& rows, size_t n_blocks, const std::byte* a
         const __m512 d = halves_to_float(d_dmin, false);
         const __m512 dmin = halves_to_float(d_dmin, true);
         for (int t = 0; t < NT; ++t) {
-          // As k_tile, operation for operation.
-          const __m512 da = _mm512_set1_ps(a[t][i].d);
-          acc[t] =
-              _mm512_fmadd_ps(_mm512_mul_ps(d, da), _mm512_cvtepi32_ps(main_block[t][k]), acc[t]);
-          acc[t] = _mm512_fnmadd_ps(_mm512_mul_ps(dmin, da), _mm512_cvtepi32_ps(min_block[t][k]),
-                                    acc[t]);
+          acc[t] = k_block_step(acc[t], d, dmin, main_block[t][k], min_block[t][k], a[t][i].d);
         }
       }
     }
@@ -1260,7 +1226,7 @@ GemmKernel gemm_kernel_avx512(GgmlType type) {
               false,
               k_packed_bytes<block_q4_K>,
               k_pack_panel<block_q4_K>,
-              k_packed_panel<block_q4_K>};
+              packed_panel<block_q4_K, true>};
     case GgmlType::Q5_K:
       return {ActFormat::Q8_K, k_gemm_panel<block_q5_K>, isa, small_panel<block_q5_K, true>};
     case GgmlType::Q6_K:
@@ -1271,7 +1237,7 @@ GemmKernel gemm_kernel_avx512(GgmlType type) {
               false,
               k_packed_bytes<block_q6_K>,
               k_pack_panel<block_q6_K>,
-              k_packed_panel<block_q6_K>};
+              packed_panel<block_q6_K, true>};
     case GgmlType::Q8_0:
       return {ActFormat::Q8_act,
               l_gemm_panel<block_q8_0>,
@@ -1280,7 +1246,7 @@ GemmKernel gemm_kernel_avx512(GgmlType type) {
               true,
               l_packed_bytes<block_q8_0>,
               l_pack_panel<block_q8_0>,
-              l_packed_panel<block_q8_0>};
+              packed_panel<block_q8_0, false>};
     case GgmlType::Q4_0:
       return {ActFormat::Q8_act,
               l_gemm_panel<block_q4_0>,
@@ -1289,7 +1255,7 @@ GemmKernel gemm_kernel_avx512(GgmlType type) {
               true,
               l_packed_bytes<block_q4_0>,
               l_pack_panel<block_q4_0>,
-              l_packed_panel<block_q4_0>};
+              packed_panel<block_q4_0, false>};
     case GgmlType::Q4_1:
       return {ActFormat::Q8_act,
               l_gemm_panel<block_q4_1>,
@@ -1298,7 +1264,7 @@ GemmKernel gemm_kernel_avx512(GgmlType type) {
               true,
               l_packed_bytes<block_q4_1>,
               l_pack_panel<block_q4_1>,
-              l_packed_panel<block_q4_1>};
+              packed_panel<block_q4_1, false>};
     case GgmlType::Q5_0:
       return {ActFormat::Q8_act,
               l_gemm_panel<block_q5_0>,
@@ -1307,7 +1273,7 @@ GemmKernel gemm_kernel_avx512(GgmlType type) {
               true,
               l_packed_bytes<block_q5_0>,
               l_pack_panel<block_q5_0>,
-              l_packed_panel<block_q5_0>};
+              packed_panel<block_q5_0, false>};
     case GgmlType::Q5_1:
       return {ActFormat::Q8_act,
               l_gemm_panel<block_q5_1>,
@@ -1316,7 +1282,7 @@ GemmKernel gemm_kernel_avx512(GgmlType type) {
               true,
               l_packed_bytes<block_q5_1>,
               l_pack_panel<block_q5_1>,
-              l_packed_panel<block_q5_1>};
+              packed_panel<block_q5_1, false>};
     default:
       return {};
   }
