@@ -37,10 +37,10 @@ constexpr const char* kUsage =
     "                         auto (default: those where a lone stream loses nothing),\n"
     "                         all (the K types too: slower here, for experiments),\n"
     "                         off (outputs are the same whatever the mode)\n"
-    "  --cache-prompt         reuse a free slot's KV cache for the prompt prefix it shares\n"
-    "                         with the new request (faster first token for shared system\n"
-    "                         prompts and multi-turn chat; greedy output may then differ\n"
-    "                         slightly from a cold run)\n"
+    "  --no-cache-prompt      compute every prompt from scratch (by default a request\n"
+    "                         reuses a free slot's KV cache for the prompt prefix they\n"
+    "                         share: faster first token for shared system prompts and\n"
+    "                         multi-turn chat, with the same logits as a cold run)\n"
     "  --alias NAME           model id clients use (default: general.name, else the file stem)\n"
     "  --api-key KEY          require 'Authorization: Bearer KEY' (all but /health)\n"
     "  --chat-template NAME   use a built-in chat template instead of the model's\n"
@@ -64,7 +64,8 @@ int run_serve(Args args) {
   parser.integer({"--port"}, o.port, 0, 65535);
   parser.integer({"--parallel", "-np"}, o.parallel, 1, 256);
   parser.integer({"--prefill-chunk"}, o.prefill_chunk, 1, 65536);
-  parser.flag({"--cache-prompt"}, o.cache_prompt);
+  parser.flag({"--cache-prompt"}, o.cache_prompt);  // the default; kept for scripts
+  parser.flag({"--no-cache-prompt"}, [&o] { o.cache_prompt = false; });
   parser.text({"--alias"}, o.alias);
   parser.value({"--api-key"}, [&o](std::string_view option, std::string_view v) {
     if (v.empty()) throw std::invalid_argument(std::string(option) + " must not be empty");

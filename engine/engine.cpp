@@ -253,6 +253,17 @@ Engine::Engine(const Model& model, const EngineOptions& options)
       batch_gemm_(options.batch_gemm) {
   const ModelConfig& c = model.config();
   if (max_batch_ == 0) throw std::invalid_argument("max_batch must be at least 1");
+  for (const LayerWeights& l : weights_.layers) {
+    for (const WeightView* m :
+         {&l.attn_q, &l.attn_k, &l.attn_v, &l.attn_output, &l.ffn_gate, &l.ffn_up, &l.ffn_down}) {
+      if (!kernels::matmul_group_runs_like_matmul(m->type, act_precision_, batch_gemm_)) {
+        run_length_threshold_ = kGemmMinRun;
+      }
+    }
+  }
+  if (!kernels::matmul_group_runs_like_matmul(weights_.output.type, act_precision_, batch_gemm_)) {
+    run_length_threshold_ = kGemmMinRun;
+  }
   if (options.resident_weights) {
     weights_ = copy_weights(model, batch_gemm_, resident_, *pool_);
   } else if (options.huge_page_mapping) {

@@ -118,6 +118,14 @@ class Engine {
   const KvCache& kv_cache() const { return kv_; }
   ThreadPool& thread_pool() { return *pool_; }
 
+  // A sequence's rows in one forward form runs (consecutive entries of that sequence). From
+  // this many rows on, a run's matmuls may take another kernel path than a shorter run's
+  // (project(): matmul's GEMM against the per-row kernels, for the weight types whose batch
+  // path differs from matmul's under batch_gemm), so a row's logits can differ in their last
+  // bits with the length of the run it was computed in. 0: they never do with this model and
+  // these options (every row's result is the same however its sequence is fed).
+  size_t run_length_threshold() const { return run_length_threshold_; }
+
   // Sequence management (server slots, prompt-prefix reuse).
   size_t seq_length(size_t seq) const { return kv_.length(seq); }
   void clear(size_t seq) { kv_.clear(seq); }
@@ -146,6 +154,7 @@ class Engine {
   // panels instead (WeightView::panels): the GEMM's results without its per-call repack.
   HugePageBuffer resident_;
   Weights weights_;
+  size_t run_length_threshold_ = 0;
   size_t max_batch_;
   int n_threads_;
   std::unique_ptr<ThreadPool> pool_;

@@ -27,7 +27,7 @@ struct ServerOptions {
   size_t parallel = 4;         // sequences decoded together (KV slots)
   size_t prefill_chunk = 128;  // most prompt tokens per engine step (see SchedulerOptions)
   kernels::BatchGemm batch_gemm = kernels::BatchGemm::fast;  // EngineOptions::batch_gemm
-  bool cache_prompt = false;  // reuse a free slot's KV for a shared prompt prefix
+  bool cache_prompt = true;   // reuse a free slot's KV for a shared prompt prefix (exact)
   std::string alias;          // model id; default general.name, else the file stem
   std::string api_key;        // required as "Authorization: Bearer KEY" unless empty
   std::string chat_template;  // a built-in template name; "" uses the model's

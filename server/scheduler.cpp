@@ -68,7 +68,8 @@ Scheduler::Scheduler(std::unique_ptr<BatchEngine> engine, const Tokenizer& token
       n_ctx_(engine_.n_ctx()),
       n_slots_(engine_.n_seq()),
       slots_(engine_.n_seq()),
-      cached_(engine_.n_seq()) {
+      cached_(engine_.n_seq()),
+      cached_long_run_(engine_.n_seq()) {
   batch_.entries.reserve(engine_.max_batch());
   row_slots_.reserve(engine_.max_batch());
   forget_all();
@@ -168,10 +169,26 @@ void Scheduler::admit() {
     if (best == slots_.size()) break;  // no free slot
     // The last prompt token is always fed again: its logits are the first
     // token's distribution, and the cache keeps no logits.
-    const size_t reuse =
-        options_.reuse_prompt_prefix ? std::min(best_common, prompt.size() - 1) : 0;
+    size_t reuse = options_.reuse_prompt_prefix ? std::min(best_common, prompt.size() - 1) : 0;
+    if (reuse > 0 && engine_.run_length_threshold() > 0) {
+      // Exactly as a cold run: every reused position was computed in a run of the kind the
+      // cold run computes it in, and the first piece fed, [reuse, end of its cold piece),
+      // is as long a run as the cold piece is (else reuse less of it).
+      const auto& long_run = cached_long_run_[best];
+      size_t p = 0;
+      while (p < reuse && (long_run[p] != 0) == long_run_when_cold(p, prompt.size())) ++p;
+      reuse = p;
+      const size_t chunk = prefill_chunk();
+      const size_t piece_begin = reuse / chunk * chunk;
+      const size_t piece_end = std::min(piece_begin + chunk, prompt.size());
+      const size_t min_run = engine_.run_length_threshold();
+      if (piece_end - piece_begin >= min_run && piece_end - reuse < min_run) {
+        reuse = piece_end - min_run;
+      }
+    }
     engine_.truncate(best, reuse);
     cached_[best].resize(reuse);
+    cached_long_run_[best].resize(reuse);
     slots_[best] =
         std::make_unique<Sequence>(std::move(front), tokenizer_, engine_.n_vocab(), admitted_++);
     queue_.pop_front();
@@ -185,6 +202,24 @@ void Scheduler::admit() {
   }
 }
 
+size_t Scheduler::prefill_chunk() const {
+  return std::max<size_t>(
+      1, std::min(options_.prefill_chunk ? options_.prefill_chunk : engine_.max_batch(),
+                  engine_.max_batch() - std::min(engine_.max_batch() - 1, n_slots_)));
+}
+
+bool Scheduler::long_run_when_cold(size_t p, size_t n) const {
+  const size_t chunk = prefill_chunk();
+  const size_t begin = p / chunk * chunk;
+  return std::min(begin + chunk, n) - begin >= engine_.run_length_threshold();
+}
+
+void Scheduler::note_cached(size_t s, std::span<const TokenId> tokens) {
+  const bool long_run = tokens.size() >= engine_.run_length_threshold();
+  cached_[s].insert(cached_[s].end(), tokens.begin(), tokens.end());
+  cached_long_run_[s].insert(cached_long_run_[s].end(), tokens.size(), long_run ? 1 : 0);
+}
+
 void Scheduler::release(size_t slot, bool cancelled) {
   if (cancelled) metrics_.count_cancelled();
   // The slot's KV stays (cached_ says what it holds) for a later prompt
@@ -196,6 +231,7 @@ void Scheduler::forget_all() {
   for (size_t s = 0; s < slots_.size(); ++s) {
     engine_.clear(s);
     cached_[s].clear();
+    cached_long_run_[s].clear();
   }
 }
 
@@ -238,7 +274,7 @@ void Scheduler::step() {
     if (!seq || !seq->decoding()) continue;
     batch_.add(static_cast<int32_t>(s), static_cast<int32_t>(engine_.seq_length(s)),
                seq->last_token, true);
-    cached_[s].push_back(seq->last_token);
+    note_cached(s, {&seq->last_token, 1});
     row_slots_.push_back(s);
   }
   // Then prompt chunks, oldest admission first, in what room is left.
@@ -249,26 +285,26 @@ void Scheduler::step() {
   std::sort(prefill_order_.begin(), prefill_order_.end(), [&](size_t a, size_t b) {
     return slots_[a]->admitted_order < slots_[b]->admitted_order;
   });
-  // A prompt is always fed in the same pieces (chunk tokens, then the rest), whatever else
-  // is running: the engine picks its matmul path by the length of a sequence's run of
-  // rows, so equal pieces keep a request's logits the same alone or beside others. A
-  // piece that does not fit this step waits for the next (FIFO), never gets cut.
-  const size_t chunk = std::max<size_t>(
-      1, std::min(options_.prefill_chunk ? options_.prefill_chunk : engine_.max_batch(),
-                  engine_.max_batch() - std::min(engine_.max_batch() - 1, n_slots_)));
+  // A prompt is always fed in the same pieces, positions [k chunk, (k + 1) chunk) and the
+  // rest, whatever else is running and however much of it came from the cache: the engine
+  // picks its matmul path by the length of a sequence's run of rows, so equal pieces keep
+  // a request's logits the same alone, beside others or after a cached prefix. A piece
+  // that does not fit this step waits for the next (FIFO), never gets cut.
+  const size_t chunk = prefill_chunk();
   size_t prompt_budget = chunk;
   for (size_t s : prefill_order_) {
     Sequence& seq = *slots_[s];
-    const size_t n = std::min(chunk, seq.job.prompt.size() - seq.prompt_done);
+    const size_t piece_end = (seq.prompt_done / chunk + 1) * chunk;
+    const size_t n = std::min(piece_end, seq.job.prompt.size()) - seq.prompt_done;
     if (n > std::min(engine_.max_batch() - batch_.size(), prompt_budget)) break;
     const size_t start = engine_.seq_length(s);
     for (size_t i = 0; i < n; ++i) {
       const bool last = seq.prompt_done + i + 1 == seq.job.prompt.size();
       batch_.add(static_cast<int32_t>(s), static_cast<int32_t>(start + i),
                  seq.job.prompt[seq.prompt_done + i], last);
-      cached_[s].push_back(seq.job.prompt[seq.prompt_done + i]);
       if (last) row_slots_.push_back(s);
     }
+    note_cached(s, std::span(seq.job.prompt).subspan(seq.prompt_done, n));
     seq.prompt_done += n;
     prompt_budget -= n;
     metrics_.add_prompt_tokens(n);

@@ -100,6 +100,8 @@ class BatchEngine {
   virtual size_t n_seq() const = 0;
   virtual size_t max_batch() const = 0;
   virtual size_t n_vocab() const = 0;
+  // Engine::run_length_threshold (0 for an engine without one).
+  virtual size_t run_length_threshold() const = 0;
 };
 
 // A BatchEngine over an engine it does not own (Engine or CudaEngine).
@@ -116,6 +118,13 @@ class EngineRef final : public BatchEngine {
   size_t n_seq() const override { return e_.n_seq(); }
   size_t max_batch() const override { return e_.max_batch(); }
   size_t n_vocab() const override { return e_.config().n_vocab; }
+  size_t run_length_threshold() const override {
+    if constexpr (requires(const E& e) { e.run_length_threshold(); }) {
+      return e_.run_length_threshold();
+    } else {
+      return 0;
+    }
+  }
 
  private:
   E& e_;
@@ -128,12 +137,13 @@ struct SchedulerOptions {
   // generating get a token between pieces instead of stalling for the whole
   // prefill, and a client that leaves mid-prefill is noticed between them.
   size_t prefill_chunk = 0;
-  // Reuse the KV of a free slot whose last request shares a prompt prefix
-  // (only the rest of the prompt is computed). Off by default: the engine's
-  // logits for a token can differ with the number of tokens in its forward
-  // (matmul kernels are picked by batch size), so computing a prompt's tail
-  // alone could change a greedy output against running the whole prompt.
-  bool reuse_prompt_prefix = false;
+  // Reuse the KV of a free slot whose last request shares a prompt prefix (only the rest
+  // of the prompt is computed). Exact: a prompt is always fed in the pieces a cold run
+  // would use (multiples of prefill_chunk from its start), and a cached position is reused
+  // only where it was computed in a run of the same kind (BatchEngine::
+  // run_length_threshold) as the cold run would compute it, so a request's logits are the
+  // same bit for bit with or without the cache.
+  bool reuse_prompt_prefix = true;
 };
 
 class Scheduler {
@@ -176,6 +186,12 @@ class Scheduler {
   void fail_all(const std::string& message);
   void process_token(size_t slot, std::span<const float> logits);
   void update_gauges();
+  // Most prompt tokens per step, and the pieces prompts are fed in.
+  size_t prefill_chunk() const;
+  // Whether a cold run computes prompt position p of a prompt of n tokens in a long run.
+  bool long_run_when_cold(size_t p, size_t n) const;
+  // Records that `n` positions were just written to slot s's cache, in one run of n rows.
+  void note_cached(size_t s, std::span<const TokenId> tokens);
 
   std::unique_ptr<BatchEngine> engine_owner_;
   BatchEngine& engine_;
@@ -195,6 +211,8 @@ class Scheduler {
   // request ends, for prefix reuse); always engine_.seq_length(slot) long
   // between steps.
   std::vector<std::vector<TokenId>> cached_;
+  // Per cached position: computed in a run of at least run_length_threshold rows.
+  std::vector<std::vector<uint8_t>> cached_long_run_;
   uint64_t admitted_ = 0;  // admission counter: prefill goes oldest first
   Batch batch_;
   std::vector<size_t> row_slots_;  // logits row k belongs to slots_[row_slots_[k]]

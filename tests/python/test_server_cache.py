@@ -1,6 +1,6 @@
-"""kiln serve --cache-prompt: a new request reuses the KV cache of a free slot whose last
-request shares a prefix with its prompt, and only the rest of the prompt is computed.
-Without the flag nothing is reused (test_server.py checks the counter stays 0)."""
+"""Prompt caching (on by default; --no-cache-prompt turns it off): a new request reuses the KV
+cache of a free slot whose last request shares a prefix with its prompt, and only the rest
+of the prompt is computed, with the same logits as a cold run, bit for bit."""
 import openai
 import pytest
 from kiln_server import KilnServer
@@ -8,8 +8,8 @@ from kiln_server import KilnServer
 
 @pytest.fixture(scope="module")
 def server(kiln_bin, default_model, tmp_path_factory):
-    s = KilnServer(kiln_bin, default_model, tmp_path_factory.mktemp("serve"), "--cache-prompt",
-                   "--alias", "smol", parallel=2)
+    s = KilnServer(kiln_bin, default_model, tmp_path_factory.mktemp("serve"), "--alias", "smol",
+                   parallel=2)
     yield s
     s.stop()
 
@@ -41,3 +41,42 @@ def test_shared_prefixes_are_not_computed_again(server):
     reused = cached(server) - before
     assert r1.usage.prompt_tokens <= reused < r3.usage.prompt_tokens
     assert r3.usage.completion_tokens > 0
+
+
+def conversation_logprobs(server):
+    """A multi-turn chat whose later turns start with the earlier ones, each answer's
+    top-5 logprobs at every position (exact floats, as the server printed them)."""
+    client = openai.OpenAI(base_url=server.base + "/v1", api_key="unused", max_retries=0)
+    messages, out = [], []
+    for question in ["Name three rivers in Europe.", "And one in Asia?", "Which is longest?",
+                     "Name three rivers in Europe."]:
+        messages.append({"role": "user", "content": question})
+        r = client.chat.completions.create(model="smol", messages=messages, max_tokens=12,
+                                           temperature=0, logprobs=True, top_logprobs=5)
+        out.append([(t.token, t.logprob, [(a.token, a.logprob) for a in t.top_logprobs])
+                    for t in r.choices[0].logprobs.content])
+        messages.append({"role": "assistant", "content": r.choices[0].message.content})
+    return out
+
+
+@pytest.mark.parametrize("model,flags", [
+    ("q4_1", []),  # every weight type's batch path is matmul's: any run gives the same rows
+    ("q4_1", ["--batch-gemm", "off"]),  # runs of 8+ rows take the GEMM, shorter ones not
+    ("q4_k_m", []),  # the K types keep their per-row kernels below 8 rows
+])
+def test_cached_prompts_give_a_cold_runs_logits(request, tmp_path, kiln_bin, model, flags):
+    """Every turn reuses most of its prompt from the cache, and its logprobs equal those of a
+    server that computes every prompt from scratch."""
+    path = request.getfixturevalue("default_model" if model == "q4_1" else "default_model_q4_k_m")
+    logprobs = {}
+    for name, extra in (("warm", []), ("cold", ["--no-cache-prompt"])):
+        (tmp_path / name).mkdir()
+        s = KilnServer(kiln_bin, path, tmp_path / name, "--alias", "smol", *flags, *extra,
+                       parallel=2)
+        try:
+            logprobs[name] = conversation_logprobs(s)
+            reused = cached(s)
+        finally:
+            s.stop()
+        assert (reused > 50) if name == "warm" else (reused == 0)
+    assert logprobs["warm"] == logprobs["cold"]
