@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <random>
 #include <set>
 #include <vector>
 
@@ -16,6 +17,29 @@ TEST(Sampler, GreedyPicksTheLargestLogitFirstOnTies) {
   const std::vector<float> logits{0.5f, 3.0f, -1.0f, 3.0f};
   EXPECT_EQ(s.sample(logits, 0.99f), 1);
   EXPECT_EQ(kiln::argmax(logits), 1);
+}
+
+// The vector argmax against a plain scan: every length around the 32-wide blocks, the
+// maximum anywhere (ties: the first), NaN entries skipped, and -inf rows.
+TEST(Sampler, ArgmaxMatchesAScanAtEveryPlace) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  for (size_t n : {1, 7, 31, 32, 33, 64, 95, 1000, 49152}) {
+    std::vector<float> x(n);
+    for (auto& v : x) v = normal(rng);
+    for (size_t at : {size_t{0}, n / 2, n - 1}) {
+      auto y = x;
+      y[at] = 100.0f;
+      if (at + 5 < n) y[at + 5] = 100.0f;  // a later tie loses
+      EXPECT_EQ(kiln::argmax(y), static_cast<int32_t>(at)) << n << " " << at;
+      y[n - 1 - at % n] = std::nanf("");
+      if (n - 1 - at % n != at) EXPECT_EQ(kiln::argmax(y), static_cast<int32_t>(at)) << n;
+    }
+    std::vector<float> low(n, -INFINITY);
+    EXPECT_EQ(kiln::argmax(low), 0);
+    low[n / 3] = -1e30f;
+    EXPECT_EQ(kiln::argmax(low), static_cast<int32_t>(n / 3));
+  }
 }
 
 TEST(Sampler, TemperatureDrawInvertsTheSoftmaxCdf) {
