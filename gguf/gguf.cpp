@@ -365,7 +365,10 @@ File::HugePageMapping File::map_on_huge_pages(size_t min_reread_bytes) const {
     m.huge.mapped_bytes = m.size;
     populate(m.addr, m.size);
     m.huge.huge_bytes = file_pmd_mapped_bytes(m.addr);
-    if (m.huge.huge_bytes >= m.size / 2 || m.size < min_reread_bytes) return;
+    // The mapping starts 2 MiB aligned, so all but the last partial 2 MiB can be huge; the
+    // page cache re-read below is worth it when a tenth of that or more is not.
+    const size_t possible = m.size / kHugePage * kHugePage;
+    if (m.huge.huge_bytes >= possible / 10 * 9 || m.size < min_reread_bytes) return;
     // Small folios in the page cache: unmap ours, drop the file's unmapped cached pages
     // (written back first, so nothing is lost; other processes' mapped pages stay) and
     // fault it in again, now read into 2 MiB folios where the filesystem supports them.

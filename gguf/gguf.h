@@ -142,10 +142,11 @@ class File {
     bool reread = false;      // the page cache was dropped and re-read to get them
   };
   // Faults the whole mapping in (open() already advised it for huge pages). Where the page
-  // cache holds the file in small pages (written or read before without the advice) and the
-  // file has at least min_reread_bytes, drops the file's unmapped cached pages and faults
-  // them in again, so the kernel reads it into 2 MiB folios where the filesystem supports
-  // them. Done once per file; later calls return the first report. Never throws.
+  // cache holds a tenth or more of the file in small pages (written or read before without
+  // the advice) and the file has at least min_reread_bytes, drops the file's unmapped cached
+  // pages and faults them in again, so the kernel reads it into 2 MiB folios where the
+  // filesystem supports them. Done once per file; later calls return the first report.
+  // Never throws.
   HugePageMapping map_on_huge_pages(size_t min_reread_bytes = size_t{32} << 20) const;
 
  private:
