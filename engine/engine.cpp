@@ -59,13 +59,14 @@ bool read_file_range(const std::string& path, uint64_t file_size, uint64_t offse
 // Resident weights: a copy of the model's weights in `buffer` (huge pages), made without
 // touching the file mapping's pages (they would count in our RSS a second time).
 // A matrix whose type has pre-packed panels that the forward will read (the types whose
-// GEMM twin serves a lone token, or every type under BatchGemm::all) is stored only as its
-// panels; its `data` stays on the mapping, read only by paths that do not run by default
+// GEMM twin serves a lone token, or every type under BatchGemm::all; int8 activations) is
+// stored only as its panels; its `data` stays on the mapping, read only by paths that do not run by
+// default
 // (--batch-gemm off, int16 activations). Everything else the forward reads (norms, the
 // embedding table, the other matrices) is copied as is. Without the memory for the copy the
 // model's own views are returned: slower, the same results.
-Weights copy_weights(const Model& model, kernels::BatchGemm policy, HugePageBuffer& buffer,
-                     ThreadPool& pool) {
+Weights copy_weights(const Model& model, kernels::ActPrecision precision, kernels::BatchGemm policy,
+                     HugePageBuffer& buffer, ThreadPool& pool) {
   constexpr size_t kAlign = 64;
   const auto aligned = [](size_t n) { return (n + kAlign - 1) / kAlign * kAlign; };
   const gguf::File& f = model.file();
@@ -84,8 +85,10 @@ Weights copy_weights(const Model& model, kernels::BatchGemm policy, HugePageBuff
     }
   }
   matrices.push_back(&w.output);
+  // The packed kernels read int8 activations; int16 ones keep every matrix as blocks.
   const auto packs = [&](const WeightView& v) {
-    return kernels::packed_panels_bytes(v.type, v.rows, v.cols) > 0 &&
+    return precision == kernels::ActPrecision::int8 &&
+           kernels::packed_panels_bytes(v.type, v.rows, v.cols) > 0 &&
            (kernels::gemm_kernel(v.type).small_fast_alone || policy == kernels::BatchGemm::all);
   };
   // The byte spans to copy, each once (a tied output shares the embedding's bytes).
@@ -265,7 +268,7 @@ Engine::Engine(const Model& model, const EngineOptions& options)
     run_length_threshold_ = kGemmMinRun;
   }
   if (options.resident_weights) {
-    weights_ = copy_weights(model, batch_gemm_, resident_, *pool_);
+    weights_ = copy_weights(model, act_precision_, batch_gemm_, resident_, *pool_);
   } else if (options.huge_page_mapping) {
     model.file().map_on_huge_pages();
   }
