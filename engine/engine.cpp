@@ -58,11 +58,10 @@ bool read_file_range(const std::string& path, uint64_t file_size, uint64_t offse
 
 // Resident weights: a copy of the model's weights in `buffer` (huge pages), made without
 // touching the file mapping's pages (they would count in our RSS a second time).
-// A matrix whose type has pre-packed panels that the forward will read (the types whose
-// GEMM twin serves a lone token, or every type under BatchGemm::all; int8 activations) is
-// stored only as its panels; its `data` stays on the mapping, read only by paths that do not run by
-// default
-// (--batch-gemm off, int16 activations). Everything else the forward reads (norms, the
+// A matrix whose type has pre-packed panels that the forward will read (int8 activations,
+// and the types whose GEMM twin serves a lone token, or every type under BatchGemm::all) is
+// stored only as its panels; its `data` stays on the mapping, read only by paths that do not
+// run by default (--batch-gemm off). Everything else the forward reads (norms, the
 // embedding table, the other matrices) is copied as is. Without the memory for the copy the
 // model's own views are returned: slower, the same results.
 Weights copy_weights(const Model& model, kernels::ActPrecision precision, kernels::BatchGemm policy,
