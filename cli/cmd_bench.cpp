@@ -134,19 +134,11 @@ int run_bench(Args args) {
   if (!parser.parse(args)) return 0;
   m.require_model();
   const std::string& model_path = m.model_path;
-  const int threads = m.threads;
-  const GgmlType kv_type = m.kv_type;
   const DeviceKind device = m.device;
 
   const Model model = Model::load(model_path);
   const ModelConfig& c = model.config();
-  EngineOptions o;
-  o.n_threads = threads;
-  o.kv_type = kv_type;
-  o.resident_weights = m.hugepage_weights;
-  o.huge_page_mapping = m.hugepage_mmap;
-  o.batch_gemm = m.batch_gemm;
-  o.act_precision = m.act_precision;
+  EngineOptions o = m.engine_options();
   o.n_ctx = std::max<size_t>(n_prompt + 1, n_gen + 1);
   o.max_batch = std::max<size_t>(decode_batch, std::min<size_t>(n_prompt, 512));
   o.n_seq = decode_batch;

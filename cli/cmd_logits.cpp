@@ -122,14 +122,8 @@ int run_logits(Args args) {
                                 " tokens do not fit the context size " + std::to_string(n_ctx) +
                                 " (raise -c)");
   }
-  EngineOptions o;
+  EngineOptions o = m.engine_options();
   o.n_ctx = n_ctx;
-  o.n_threads = m.threads;
-  o.kv_type = m.kv_type;
-  o.act_precision = m.act_precision;
-  o.resident_weights = m.hugepage_weights;
-  o.huge_page_mapping = m.hugepage_mmap;
-  o.batch_gemm = m.batch_gemm;
   o.max_batch = std::min(batch, tokens.size());
   Engine engine(model, o);
   std::vector<float> logits;

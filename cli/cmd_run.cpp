@@ -101,14 +101,8 @@ int run_run(Args args) {
   }
   if (tokens.empty()) throw std::invalid_argument("the prompt tokenizes to nothing");
 
-  EngineOptions o;
+  EngineOptions o = m.engine_options();
   o.n_ctx = default_context_length(model.config(), m.n_ctx);
-  o.n_threads = m.threads;
-  o.kv_type = m.kv_type;
-  o.act_precision = m.act_precision;
-  o.resident_weights = m.hugepage_weights;
-  o.huge_page_mapping = m.hugepage_mmap;
-  o.batch_gemm = m.batch_gemm;
   o.max_batch = std::min<size_t>(512, tokens.size());
   if (tokens.size() + n_predict > o.n_ctx) {
     throw std::invalid_argument("the prompt (" + std::to_string(tokens.size()) + " tokens) plus " +

@@ -77,14 +77,9 @@ int run_serve(Args args) {
   // A context shorter than a chat template's framing is no use to a server.
   if (m.n_ctx != 0 && m.n_ctx < 16) throw std::invalid_argument("--ctx-size must be at least 16");
   o.model_path = m.model_path;
-  o.n_threads = m.threads;
   o.n_ctx = m.n_ctx;
-  o.kv_type = m.kv_type;
   o.device = m.device;
-  o.act_precision = m.act_precision;
-  o.resident_weights = m.hugepage_weights;
-  o.huge_page_mapping = m.hugepage_mmap;
-  o.batch_gemm = m.batch_gemm;
+  o.engine = m.engine_options();
 
   // A client that disconnects must not kill the server with SIGPIPE.
   std::signal(SIGPIPE, SIG_IGN);

@@ -64,6 +64,17 @@ void ModelOptions::add_to(OptionParser& parser, ModelOptionSet accepts) {
   });
 }
 
+EngineOptions ModelOptions::engine_options() const {
+  EngineOptions o;
+  o.n_threads = threads;
+  o.kv_type = kv_type;
+  o.act_precision = act_precision;
+  o.resident_weights = hugepage_weights;
+  o.huge_page_mapping = hugepage_mmap;
+  o.batch_gemm = batch_gemm;
+  return o;
+}
+
 kernels::ActPrecision parse_act_precision(std::string_view option, std::string_view value) {
   if (value == "int8") return kernels::ActPrecision::int8;
   if (value == "int16") return kernels::ActPrecision::int16;

@@ -13,6 +13,7 @@
 
 #include "cli/command.h"
 #include "engine/cuda/any_engine.h"
+#include "engine/engine.h"
 #include "gguf/ggml_types.h"
 #include "kernels/dot.h"
 
@@ -81,6 +82,9 @@ struct ModelOptions {
   kernels::BatchGemm batch_gemm = kernels::BatchGemm::fast;
 
   void add_to(OptionParser& parser, ModelOptionSet accepts = {});
+  // The engine options these set (threads, KV type, activations, how the weights are held,
+  // batch GEMM); the command adds context size, sequences and batch.
+  EngineOptions engine_options() const;
   // Throws "-m MODEL.gguf is required" when no model was given.
   void require_model() const;
 };

@@ -185,17 +185,11 @@ void HttpServer::load_model(const std::function<void(std::string_view)>& progres
   } else {
     s.model_id = std::filesystem::path(s.options.model_path).stem().string();
   }
-  EngineOptions eo;
+  EngineOptions eo = s.options.engine;
   eo.n_ctx = default_context_length(s.model->config(), s.options.n_ctx);
   eo.n_seq = std::max<size_t>(1, s.options.parallel);
   // Room for one decode token per sequence plus a prompt chunk.
   eo.max_batch = std::max<size_t>(1, s.options.prefill_chunk) + eo.n_seq;
-  eo.n_threads = s.options.n_threads;
-  eo.kv_type = s.options.kv_type;
-  eo.act_precision = s.options.act_precision;
-  eo.batch_gemm = s.options.batch_gemm;
-  eo.resident_weights = s.options.resident_weights;
-  eo.huge_page_mapping = s.options.huge_page_mapping;
   s.engine = std::make_unique<AnyEngine>(*s.model, eo, s.options.device);
   std::unique_ptr<BatchEngine> batch_engine;
   std::string where;

@@ -13,6 +13,7 @@
 #include <string_view>
 
 #include "engine/cuda/any_engine.h"
+#include "engine/engine.h"
 #include "gguf/ggml_types.h"
 #include "kernels/dot.h"
 
@@ -21,21 +22,18 @@ namespace kiln::server {
 struct ServerOptions {
   std::string model_path;
   std::string host = "127.0.0.1";
-  int port = 11434;  // 0: any free port (start() returns it)
-  int n_threads = 0;
+  int port = 11434;            // 0: any free port (start() returns it)
   size_t n_ctx = 0;            // per sequence; 0: the model's, at most 4096
   size_t parallel = 4;         // sequences decoded together (KV slots)
   size_t prefill_chunk = 128;  // most prompt tokens per engine step (see SchedulerOptions)
-  kernels::BatchGemm batch_gemm = kernels::BatchGemm::fast;  // EngineOptions::batch_gemm
-  bool cache_prompt = true;   // reuse a free slot's KV for a shared prompt prefix (exact)
-  std::string alias;          // model id; default general.name, else the file stem
-  std::string api_key;        // required as "Authorization: Bearer KEY" unless empty
-  std::string chat_template;  // a built-in template name; "" uses the model's
-  GgmlType kv_type = GgmlType::F16;
+  bool cache_prompt = true;    // reuse a free slot's KV for a shared prompt prefix (exact)
+  std::string alias;           // model id; default general.name, else the file stem
+  std::string api_key;         // required as "Authorization: Bearer KEY" unless empty
+  std::string chat_template;   // a built-in template name; "" uses the model's
   DeviceKind device = DeviceKind::kCpu;  // cuda: the whole forward on the GPU
-  kernels::ActPrecision act_precision = kernels::ActPrecision::int8;  // --precise: int16
-  bool resident_weights = false;  // --hugepage-weights: EngineOptions::resident_weights
-  bool huge_page_mapping = true;  // --no-hugepage-mmap clears: EngineOptions::huge_page_mapping
+  // Threads, KV type, activations, how the weights are held, batch GEMM; the server sets
+  // n_ctx (from the field above), n_seq (parallel) and max_batch (prefill_chunk + n_seq).
+  EngineOptions engine;
   size_t max_body_bytes = size_t{8} << 20;
 };
 
