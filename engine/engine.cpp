@@ -77,13 +77,7 @@ Weights copy_weights(const Model& model, kernels::ActPrecision precision, kernel
   if (section == nullptr) return w;
 
   std::vector<WeightView*> matrices;
-  for (LayerWeights& l : w.layers) {
-    for (WeightView* m :
-         {&l.attn_q, &l.attn_k, &l.attn_v, &l.attn_output, &l.ffn_gate, &l.ffn_up, &l.ffn_down}) {
-      matrices.push_back(m);
-    }
-  }
-  matrices.push_back(&w.output);
+  w.for_each_matrix([&](WeightView& m) { matrices.push_back(&m); });
   // The packed kernels read int8 activations; int16 ones keep every matrix as blocks.
   const auto packs = [&](const WeightView& v) {
     return precision == kernels::ActPrecision::int8 &&
@@ -255,17 +249,11 @@ Engine::Engine(const Model& model, const EngineOptions& options)
       batch_gemm_(options.batch_gemm) {
   const ModelConfig& c = model.config();
   if (max_batch_ == 0) throw std::invalid_argument("max_batch must be at least 1");
-  for (const LayerWeights& l : weights_.layers) {
-    for (const WeightView* m :
-         {&l.attn_q, &l.attn_k, &l.attn_v, &l.attn_output, &l.ffn_gate, &l.ffn_up, &l.ffn_down}) {
-      if (!kernels::matmul_group_runs_like_matmul(m->type, act_precision_, batch_gemm_)) {
-        run_length_threshold_ = kGemmMinRun;
-      }
+  weights_.for_each_matrix([&](const WeightView& m) {
+    if (!kernels::matmul_group_runs_like_matmul(m.type, act_precision_, batch_gemm_)) {
+      run_length_threshold_ = kGemmMinRun;
     }
-  }
-  if (!kernels::matmul_group_runs_like_matmul(weights_.output.type, act_precision_, batch_gemm_)) {
-    run_length_threshold_ = kGemmMinRun;
-  }
+  });
   if (options.resident_weights) {
     weights_ = copy_weights(model, act_precision_, batch_gemm_, resident_, *pool_);
   } else if (options.huge_page_mapping) {
@@ -300,13 +288,7 @@ Engine::Engine(const Model& model, const EngineOptions& options)
     scratch = std::max(scratch, kernels::matmul_scratch_bytes(w.type, w.cols, b, act_precision_));
   };
   const Weights& w = weights_;
-  for (const auto& l : w.layers) {
-    for (const WeightView* m :
-         {&l.attn_q, &l.attn_k, &l.attn_v, &l.attn_output, &l.ffn_gate, &l.ffn_up, &l.ffn_down}) {
-      need(*m);
-    }
-  }
-  need(w.output);
+  w.for_each_matrix(need);
   // The grouped decode path, at its largest batch (a batch of single tokens).
   const size_t grouped = b;
   auto need_group = [&](std::initializer_list<const WeightView*> ws) {
@@ -498,9 +480,11 @@ void Engine::project(std::initializer_list<kernels::MatmulTarget> targets, std::
   // over the weights per step). Otherwise each sequence's run picks its path: runs long
   // enough for the GEMM go to matmul, the rest (lone decode tokens) to matmul_group.
   const size_t cols = targets.begin()->w.cols;
-  const bool one_call = std::all_of(targets.begin(), targets.end(), [&](const auto& t) {
-    return kernels::matmul_group_runs_like_matmul(t.w.type, act_precision_, batch_gemm_);
-  });
+  // (No weight of this model takes another path by run length: always one call.)
+  const bool one_call =
+      run_length_threshold_ == 0 || std::all_of(targets.begin(), targets.end(), [&](const auto& t) {
+        return kernels::matmul_group_runs_like_matmul(t.w.type, act_precision_, batch_gemm_);
+      });
   if (one_call) {
     kernels::matmul_group(targets, x, n, matmul_scratch_, *pool_, act_precision_, batch_gemm_);
     return;

@@ -140,10 +140,7 @@ std::string ModelConfig::describe() const {
 size_t Weights::bytes_per_token() const {
   size_t total = row_bytes(token_embd.type, token_embd.cols) + output.data.size();
   for (const auto& l : layers) {
-    for (const WeightView* w :
-         {&l.attn_q, &l.attn_k, &l.attn_v, &l.attn_output, &l.ffn_gate, &l.ffn_up, &l.ffn_down}) {
-      total += w->data.size();
-    }
+    for (const WeightView* w : l.matrices()) total += w->data.size();
     total += (l.attn_norm.size() + l.ffn_norm.size()) * sizeof(float);
   }
   return total + output_norm.size() * sizeof(float);

@@ -6,6 +6,7 @@
 // that disagrees with the config, a tensor type we have no kernel for.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
@@ -63,6 +64,14 @@ struct LayerWeights {
   WeightView ffn_gate;               // (ffn_dim, dim)
   WeightView ffn_up;                 // (ffn_dim, dim)
   WeightView ffn_down;               // (dim, ffn_dim)
+
+  // The layer's seven matrices, in forward order.
+  std::array<const WeightView*, 7> matrices() const {
+    return {&attn_q, &attn_k, &attn_v, &attn_output, &ffn_gate, &ffn_up, &ffn_down};
+  }
+  std::array<WeightView*, 7> matrices() {
+    return {&attn_q, &attn_k, &attn_v, &attn_output, &ffn_gate, &ffn_up, &ffn_down};
+  }
 };
 
 struct Weights {
@@ -72,6 +81,23 @@ struct Weights {
   WeightView output;                   // (n_vocab, dim); token_embd when tied
   bool tied_output = false;            // the file has no `output` tensor
   std::span<const float> rope_freqs;   // (rope_dim/2,) Llama 3 frequency factors, or empty
+
+  // fn(view) for every matmul weight: each layer's matrices, then the output (the embedding
+  // again when tied).
+  template <typename Fn>
+  void for_each_matrix(Fn&& fn) const {
+    for (const LayerWeights& l : layers) {
+      for (const WeightView* m : l.matrices()) fn(*m);
+    }
+    fn(output);
+  }
+  template <typename Fn>
+  void for_each_matrix(Fn&& fn) {
+    for (LayerWeights& l : layers) {
+      for (WeightView* m : l.matrices()) fn(*m);
+    }
+    fn(output);
+  }
 
   // Bytes of weights read to produce one token (every matrix once; the
   // embedding only one row). Used for the bandwidth bound in kiln bench.
