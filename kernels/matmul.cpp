@@ -7,13 +7,11 @@
 #include <string>
 
 #include "kernels/dot.h"
+#include "kernels/matmul_rows.h"
 
 namespace kiln::kernels {
 namespace {
 
-// Rows per work unit: 16 floats = one 64-byte cache line of y per token, so two threads
-// never write the same line.
-constexpr size_t kRowChunk = 16;
 // Slack so the scratch can be aligned for the activation blocks (float members).
 constexpr size_t kScratchAlign = 64;
 // Below this many activation rows the caller quantizes them alone (a pool round trip costs
@@ -54,7 +52,7 @@ size_t packed_panels_bytes(GgmlType type, size_t rows, size_t cols) {
   const GemmKernel gemm = gemm_kernel(type);
   const uint32_t block = traits(type).block_elements;
   if (gemm.pack == nullptr || cols == 0 || cols % block != 0) return 0;
-  return (rows + kRowChunk - 1) / kRowChunk * gemm.packed_bytes(cols);
+  return (rows + kUnitRows - 1) / kUnitRows * gemm.packed_bytes(cols);
 }
 
 void pack_panels(const WeightMatrix& w, std::span<std::byte> out, ThreadPool& pool) {
@@ -68,13 +66,13 @@ void pack_panels(const WeightMatrix& w, std::span<std::byte> out, ThreadPool& po
   if (w.data.size() < w.rows * w_row_bytes) fail(w, "data is smaller than rows x cols");
   const GemmKernel gemm = gemm_kernel(w.type);
   const size_t panel_bytes = gemm.packed_bytes(w.cols);
-  const size_t n_units = (w.rows + kRowChunk - 1) / kRowChunk;
+  const size_t n_units = (w.rows + kUnitRows - 1) / kUnitRows;
   std::atomic<size_t> next{0};
   pool.run([&](int, int) {
     for (size_t u = next.fetch_add(1, std::memory_order_relaxed); u < n_units;
          u = next.fetch_add(1, std::memory_order_relaxed)) {
-      const size_t r0 = u * kRowChunk;
-      const int n_rows = static_cast<int>(std::min(kRowChunk, w.rows - r0));
+      const size_t r0 = u * kUnitRows;
+      const int n_rows = static_cast<int>(std::min(kUnitRows, w.rows - r0));
       gemm.pack(w.cols, w.data.data() + r0 * w_row_bytes, w_row_bytes, n_rows,
                 out.data() + u * panel_bytes);
     }
@@ -100,6 +98,48 @@ bool matmul_group_runs_like_matmul(GgmlType type, ActPrecision precision, BatchG
   const bool group_gemm =
       batch_panel_kernel(type, precision, kernel.act, kGemmMinTokens, policy) != nullptr;
   return matmul_gemm == group_gemm;
+}
+
+RowJob row_job(const WeightMatrix& w, DotKernel dot, GemmPanelFn panel, ActPrecision precision) {
+  RowJob j;
+  j.w = w.data.data();
+  j.w_row_bytes = row_bytes(w.type, w.cols);
+  j.rows = w.rows;
+  j.cols = w.cols;
+  j.dot = dot.fn;
+  j.panel = panel;
+  j.packed = panel != nullptr ? packed_panel_kernel(w, precision) : nullptr;
+  if (j.packed != nullptr) {
+    j.panels = w.panels.data();
+    j.panel_bytes = gemm_kernel(w.type).packed_bytes(w.cols);
+  }
+  return j;
+}
+
+void run_unit(const RowJob& job, size_t unit, size_t m) {
+  const size_t r0 = unit * kUnitRows;
+  const size_t r1 = std::min(r0 + kUnitRows, job.rows);
+  const int n_rows = static_cast<int>(r1 - r0);
+  if (job.packed != nullptr) {
+    job.packed(job.cols, job.panels + unit * job.panel_bytes, n_rows, job.act, job.act_stride, m,
+               job.y + r0, job.rows);
+    return;
+  }
+  if (job.panel != nullptr) {
+    job.panel(job.cols, job.w + r0 * job.w_row_bytes, job.w_row_bytes, n_rows, job.act,
+              job.act_stride, m, job.y + r0, job.rows);
+    return;
+  }
+  float tile[kMaxTileTokens];
+  // Tokens outer, rows inner: 16 rows of weights stay in L1/L2 while the token tiles pass.
+  for (size_t t0 = 0; t0 < m; t0 += kMaxTileTokens) {
+    const int nt = static_cast<int>(std::min<size_t>(kMaxTileTokens, m - t0));
+    const std::byte* act_tile = job.act + t0 * job.act_stride;
+    for (size_t r = r0; r < r1; ++r) {
+      job.dot(job.cols, job.w + r * job.w_row_bytes, act_tile, job.act_stride, nt, tile);
+      for (int t = 0; t < nt; ++t) job.y[(t0 + static_cast<size_t>(t)) * job.rows + r] = tile[t];
+    }
+  }
 }
 
 size_t matmul_scratch_bytes(GgmlType type, size_t cols, size_t m, ActPrecision precision) {
@@ -170,11 +210,6 @@ void matmul(const WeightMatrix& w, std::span<const float> x, size_t m, std::span
     act = base;
   }
 
-  const std::byte* weights = w.data.data();
-  float* out = y.data();
-  const size_t rows = w.rows;
-  const size_t cols = w.cols;
-  const DotTileFn dot = kernel.fn;
   // The fastest path for m, whatever its rounding: where the twin beats the dot kernels,
   // it for a few rows and the GEMM beyond; else the GEMM from kGemmMinTokens rows.
   const GemmKernel gemm = gemm_kernel(w.type, precision);
@@ -184,52 +219,24 @@ void matmul(const WeightMatrix& w, std::span<const float> x, size_t m, std::span
   } else if (gemm.act == kernel.act && m >= kGemmMinTokens) {
     panel = gemm.fn;
   }
-  // Pre-packed panels, where w has them, stand in for the GEMM and its twin (same results,
-  // no repack); the dot kernels stay the dot kernels.
-  const GemmPackedFn packed = panel != nullptr ? packed_panel_kernel(w, precision) : nullptr;
-  const size_t panel_bytes = packed != nullptr ? gemm.packed_bytes(cols) : 0;
-  // Rows are handed out in chunks (multiples of 16 rows) from a shared counter rather than
-  // split statically: when another process takes a core away from one of our threads, the
-  // others take over its share instead of waiting for it. About 8 chunks per thread keeps
-  // the counter traffic negligible.
-  const size_t n_units = (rows + kRowChunk - 1) / kRowChunk;
+  RowJob job = row_job(w, kernel, panel, precision);
+  job.act = act;
+  job.act_stride = act_stride;
+  job.y = y.data();
+  // Units are handed out in chunks from a shared counter rather than split statically: when
+  // another process takes a core away from one of our threads, the others take over its
+  // share instead of waiting for it. About 8 chunks per thread keeps the counter traffic
+  // negligible.
+  const size_t n_units = (w.rows + kUnitRows - 1) / kUnitRows;
   const size_t target_chunks = static_cast<size_t>(pool.size()) * 8;
   const size_t units_per_chunk = std::max<size_t>(1, n_units / target_chunks);
-  const size_t chunk_rows = units_per_chunk * kRowChunk;
-  const size_t n_chunks = (rows + chunk_rows - 1) / chunk_rows;
+  const size_t n_chunks = (n_units + units_per_chunk - 1) / units_per_chunk;
   std::atomic<size_t> next_chunk{0};
   pool.run([&](int, int) {
-    float tile[kMaxTileTokens];
     for (size_t c = next_chunk.fetch_add(1, std::memory_order_relaxed); c < n_chunks;
          c = next_chunk.fetch_add(1, std::memory_order_relaxed)) {
-      const size_t chunk_begin = c * chunk_rows;
-      const size_t chunk_end = std::min(chunk_begin + chunk_rows, rows);
-      for (size_t block = chunk_begin; block < chunk_end; block += kRowChunk) {
-        const size_t block_end = std::min(block + kRowChunk, chunk_end);
-        if (packed != nullptr) {
-          packed(cols, w.panels.data() + block / kRowChunk * panel_bytes,
-                 static_cast<int>(block_end - block), act, act_stride, m, out + block, rows);
-          continue;
-        }
-        if (panel != nullptr) {
-          static_assert(kRowChunk == kGemmPanelRows);
-          panel(cols, weights + block * w_row_bytes, w_row_bytes,
-                static_cast<int>(block_end - block), act, act_stride, m, out + block, rows);
-          continue;
-        }
-        // Tokens outer, rows inner: 16 rows of weights stay in L1/L2 while the token
-        // tiles stream past them.
-        for (size_t t0 = 0; t0 < m; t0 += kMaxTileTokens) {
-          const int nt = static_cast<int>(std::min<size_t>(kMaxTileTokens, m - t0));
-          const std::byte* act_tile = act + t0 * act_stride;
-          for (size_t r = block; r < block_end; ++r) {
-            dot(cols, weights + r * w_row_bytes, act_tile, act_stride, nt, tile);
-            for (int t = 0; t < nt; ++t) {
-              out[(t0 + static_cast<size_t>(t)) * rows + r] = tile[t];
-            }
-          }
-        }
-      }
+      const size_t end = std::min(n_units, (c + 1) * units_per_chunk);
+      for (size_t u = c * units_per_chunk; u < end; ++u) run_unit(job, u, m);
     }
   });
 }

@@ -9,13 +9,11 @@
 
 #include "kernels/dot.h"
 #include "kernels/matmul.h"
+#include "kernels/matmul_rows.h"
 
 namespace kiln::kernels {
 namespace {
 
-// Rows per work unit: 16 floats = one 64-byte line of y per token, so two threads never
-// write the same cache line.
-constexpr size_t kUnitRows = 16;
 // Each activation format's rows start 64-byte aligned in the scratch.
 constexpr size_t kAlign = 64;
 constexpr size_t kFormats = 5;  // values of ActFormat
@@ -54,48 +52,11 @@ size_t total_scratch(const std::array<size_t, kFormats>& bytes) {
   return total == 0 ? 0 : total + kAlign;  // slack to align the start
 }
 
-// One target, ready to run: where its rows and outputs are and how to multiply them.
+// One target, ready to run, and where its units start in the group's unit list.
 struct Job {
-  const std::byte* w = nullptr;
-  size_t w_row_bytes = 0;
-  size_t rows = 0;
-  DotTileFn dot = nullptr;
-  GemmPanelFn panel = nullptr;    // when set, the unit's 16 rows go through it instead of dot
-  GemmPackedFn packed = nullptr;  // when set, the unit's pre-packed panel goes through it
-  const std::byte* panels = nullptr;
-  size_t panel_bytes = 0;
-  const std::byte* act = nullptr;
-  size_t act_stride = 0;
-  float* y = nullptr;
-  size_t first_unit = 0;  // index of the target's first unit in the group's unit list
+  RowJob rows;
+  size_t first_unit = 0;
 };
-
-// Rows [unit * 16, +16) of one target, for every token, in tiles of kMaxTileTokens tokens.
-void run_unit(const Job& job, size_t unit, size_t cols, size_t m) {
-  const size_t r0 = unit * kUnitRows;
-  const size_t r1 = std::min(r0 + kUnitRows, job.rows);
-  if (job.packed != nullptr) {
-    job.packed(cols, job.panels + unit * job.panel_bytes, static_cast<int>(r1 - r0), job.act,
-               job.act_stride, m, job.y + r0, job.rows);
-    return;
-  }
-  if (job.panel != nullptr) {
-    static_assert(kUnitRows == kGemmPanelRows);
-    job.panel(cols, job.w + r0 * job.w_row_bytes, job.w_row_bytes, static_cast<int>(r1 - r0),
-              job.act, job.act_stride, m, job.y + r0, job.rows);
-    return;
-  }
-  float tile[kMaxTileTokens];
-  // Tokens outer, rows inner: 16 rows of weights stay in L1/L2 while the tiles pass.
-  for (size_t t0 = 0; t0 < m; t0 += kMaxTileTokens) {
-    const int nt = static_cast<int>(std::min<size_t>(kMaxTileTokens, m - t0));
-    const std::byte* act_tile = job.act + t0 * job.act_stride;
-    for (size_t r = r0; r < r1; ++r) {
-      job.dot(cols, job.w + r * job.w_row_bytes, act_tile, job.act_stride, nt, tile);
-      for (int t = 0; t < nt; ++t) job.y[(t0 + static_cast<size_t>(t)) * job.rows + r] = tile[t];
-    }
-  }
-}
 
 }  // namespace
 
@@ -200,18 +161,10 @@ void matmul_group(std::span<const MatmulTarget> targets, std::span<const float> 
   size_t n_units = 0;
   for (size_t i = 0; i < targets.size(); ++i) {
     const WeightMatrix& w = targets[i].w;
-    Job& j = jobs[i];
-    j.w = w.data.data();
-    j.w_row_bytes = row_bytes(w.type, w.cols);
-    j.rows = w.rows;
-    j.dot = kernels[i].fn;
-    j.panel = batch_panel_kernel(w.type, precision, kernels[i].act, m, batch_gemm);
-    // Pre-packed panels stand in for the GEMM and its twin (same results, no repack).
-    j.packed = j.panel != nullptr ? packed_panel_kernel(w, precision) : nullptr;
-    if (j.packed != nullptr) {
-      j.panels = w.panels.data();
-      j.panel_bytes = gemm_kernel(w.type).packed_bytes(cols);
-    }
+    jobs[i].rows =
+        row_job(w, kernels[i], batch_panel_kernel(w.type, precision, kernels[i].act, m, batch_gemm),
+                precision);
+    RowJob& j = jobs[i].rows;
     if (kernels[i].act == ActFormat::F32) {
       j.act = reinterpret_cast<const std::byte*>(x.data());
       j.act_stride = cols * sizeof(float);
@@ -220,7 +173,7 @@ void matmul_group(std::span<const MatmulTarget> targets, std::span<const float> 
       j.act_stride = act_row_bytes(kernels[i].act, cols);
     }
     j.y = targets[i].y.data();
-    j.first_unit = n_units;
+    jobs[i].first_unit = n_units;
     n_units += (w.rows + kUnitRows - 1) / kUnitRows;
   }
   if (n_units == 0) return;
@@ -239,7 +192,7 @@ void matmul_group(std::span<const MatmulTarget> targets, std::span<const float> 
       size_t job = 0;
       for (size_t u = begin; u < begin + count; ++u) {
         while (job + 1 < n_jobs && u >= jobs[job + 1].first_unit) ++job;
-        run_unit(jobs[job], u - jobs[job].first_unit, cols, m);
+        run_unit(jobs[job].rows, u - jobs[job].first_unit, m);
       }
       begin = next_unit.load(std::memory_order_relaxed);
     }
