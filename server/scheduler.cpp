@@ -174,17 +174,17 @@ void Scheduler::admit() {
       // Exactly as a cold run: every reused position was computed in a run of the kind the
       // cold run computes it in, and the first piece fed, [reuse, end of its cold piece),
       // is as long a run as the cold piece is (else reuse less of it).
+      const size_t min_run = engine_.run_length_threshold();
+      const auto long_when_cold = [&](size_t p) {
+        const auto [begin, end] = prompt_piece(p, prompt.size());
+        return end - begin >= min_run;
+      };
       const auto& long_run = cached_long_run_[best];
       size_t p = 0;
-      while (p < reuse && (long_run[p] != 0) == long_run_when_cold(p, prompt.size())) ++p;
+      while (p < reuse && (long_run[p] != 0) == long_when_cold(p)) ++p;
       reuse = p;
-      const size_t chunk = prefill_chunk();
-      const size_t piece_begin = reuse / chunk * chunk;
-      const size_t piece_end = std::min(piece_begin + chunk, prompt.size());
-      const size_t min_run = engine_.run_length_threshold();
-      if (piece_end - piece_begin >= min_run && piece_end - reuse < min_run) {
-        reuse = piece_end - min_run;
-      }
+      const auto [begin, end] = prompt_piece(reuse, prompt.size());
+      if (end - begin >= min_run && end - reuse < min_run) reuse = end - min_run;
     }
     engine_.truncate(best, reuse);
     cached_[best].resize(reuse);
@@ -208,10 +208,10 @@ size_t Scheduler::prefill_chunk() const {
                   engine_.max_batch() - std::min(engine_.max_batch() - 1, n_slots_)));
 }
 
-bool Scheduler::long_run_when_cold(size_t p, size_t n) const {
+std::pair<size_t, size_t> Scheduler::prompt_piece(size_t p, size_t n) const {
   const size_t chunk = prefill_chunk();
   const size_t begin = p / chunk * chunk;
-  return std::min(begin + chunk, n) - begin >= engine_.run_length_threshold();
+  return {begin, std::min(begin + chunk, n)};
 }
 
 void Scheduler::note_cached(size_t s, std::span<const TokenId> tokens) {
@@ -290,12 +290,10 @@ void Scheduler::step() {
   // picks its matmul path by the length of a sequence's run of rows, so equal pieces keep
   // a request's logits the same alone, beside others or after a cached prefix. A piece
   // that does not fit this step waits for the next (FIFO), never gets cut.
-  const size_t chunk = prefill_chunk();
-  size_t prompt_budget = chunk;
+  size_t prompt_budget = prefill_chunk();
   for (size_t s : prefill_order_) {
     Sequence& seq = *slots_[s];
-    const size_t piece_end = (seq.prompt_done / chunk + 1) * chunk;
-    const size_t n = std::min(piece_end, seq.job.prompt.size()) - seq.prompt_done;
+    const size_t n = prompt_piece(seq.prompt_done, seq.job.prompt.size()).second - seq.prompt_done;
     if (n > std::min(engine_.max_batch() - batch_.size(), prompt_budget)) break;
     const size_t start = engine_.seq_length(s);
     for (size_t i = 0; i < n; ++i) {

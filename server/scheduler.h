@@ -27,6 +27,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "engine/engine.h"
@@ -188,8 +189,9 @@ class Scheduler {
   void update_gauges();
   // Most prompt tokens per step, and the pieces prompts are fed in.
   size_t prefill_chunk() const;
-  // Whether a cold run computes prompt position p of a prompt of n tokens in a long run.
-  bool long_run_when_cold(size_t p, size_t n) const;
+  // The piece [begin, end) a prompt of n tokens feeds position p in: pieces start at
+  // multiples of prefill_chunk() from position 0, as in a cold run.
+  std::pair<size_t, size_t> prompt_piece(size_t p, size_t n) const;
   // Records that `n` positions were just written to slot s's cache, in one run of n rows.
   void note_cached(size_t s, std::span<const TokenId> tokens);
 
