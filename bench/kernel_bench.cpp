@@ -182,6 +182,42 @@ void bench_matvec(benchmark::State& state, GgmlType type, size_t rows, size_t co
   state.SetLabel(dot_kernel(type).isa);
 }
 
+// Decode from pre-packed GEMM panels (--hugepage-weights): y (rows) = W x for m tokens
+// through matmul_group, the way the engine runs a decode step. rows 256 keeps the panels
+// in the cache (the kernel's speed); larger shapes rotate matrices past the L3.
+void bench_matvec_packed(benchmark::State& state, GgmlType type, size_t rows, size_t cols,
+                         size_t m) {
+  size_t bytes = 0;
+  const size_t packed = packed_panels_bytes(type, rows, cols);
+  if (packed == 0) {
+    state.SkipWithError("no pre-packed panels for this type on this CPU");
+    return;
+  }
+  std::vector<AlignedBuffer> blocks, panels;
+  size_t total = 0;
+  do {
+    blocks.push_back(make_weights(type, rows, cols, bytes));
+    panels.push_back(aligned_buffer(packed));
+    pack_panels({type, {blocks.back().get(), bytes}, rows, cols}, {panels.back().get(), packed},
+                pool());
+    total += packed;
+  } while (rows > 256 && total < (size_t{96} << 20));
+  const auto x = make_activations(m * cols);
+  std::vector<float> y(m * rows);
+  const GgmlType types[] = {type};
+  std::vector<std::byte> scratch(matmul_group_scratch_bytes(types, cols, m));
+  size_t next = 0;
+  for (auto _ : state) {
+    const MatmulTarget target{
+        {type, {blocks[next].get(), bytes}, rows, cols, {panels[next].get(), packed}}, y};
+    matmul_group({&target, 1}, x, m, scratch, pool(), ActPrecision::int8, BatchGemm::all);
+    benchmark::DoNotOptimize(y.data());
+    next = (next + 1) % blocks.size();
+  }
+  set_counters(state, static_cast<double>(packed));
+  state.SetLabel(dot_kernel(type).isa);
+}
+
 // Prefill: Y (m, rows) = X (m, cols) W^T.
 void bench_matmul(benchmark::State& state, GgmlType type, size_t m, size_t rows, size_t cols) {
   size_t bytes = 0;
@@ -239,6 +275,16 @@ void register_benchmarks() {
       ->UseRealTime();
   benchmark::RegisterBenchmark("matvec/q8_0/49152x576", bench_matvec, GgmlType::Q8_0, 49152, 576)
       ->UseRealTime();
+  for (GgmlType type : {GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q5_0, GgmlType::Q8_0}) {
+    for (size_t m : {1, 8}) {
+      for (size_t rows : {256, 5632}) {
+        const std::string name = "matvec_packed/" + lower_name(type) + "/" + std::to_string(m) +
+                                 "tok/" + std::to_string(rows) + "x2048";
+        benchmark::RegisterBenchmark(name.c_str(), bench_matvec_packed, type, rows, 2048, m)
+            ->UseRealTime();
+      }
+    }
+  }
   for (GgmlType type : types) {
     const std::string name = lower_name(type);
     benchmark::RegisterBenchmark(("matmul/" + name + "/512tok/2048x2048").c_str(), bench_matmul,

@@ -54,25 +54,31 @@ void dot_q4_K_tile(size_t cols, const std::byte* w_row, const std::byte* act, si
   const block_q8_K* a[NT];
   for (int t = 0; t < NT; ++t) a[t] = reinterpret_cast<const block_q8_K*>(act + t * act_stride);
   __m512 acc[NT];
-  __m128 acc_min[NT];
+  __m256 acc_min[NT];
   for (int t = 0; t < NT; ++t) {
     acc[t] = _mm512_setzero_ps();
-    acc_min[t] = _mm_setzero_ps();
+    acc_min[t] = _mm256_setzero_ps();
   }
   const __m512i low_mask = _mm512_set1_epi8(0x0F);
   // The upper 256 bits shift right by 4: low nibbles below, high nibbles above.
   const __m512i nibble_shift = _mm512_setr_epi64(0, 0, 0, 0, 4, 4, 4, 4);
   __m512i scale_index[4];
   for (int j = 0; j < 4; ++j) scale_index[j] = word_index(2 * j, 16);
+  // Byte picks that turn the 8 mins (bytes 8..15 of the unpacked scales) into 16 bytes,
+  // each min twice: one per bsum, so vpmaddwd sums each sub-block's two bsums times its min.
+  const __m128i min_pairs =
+      _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
   const size_t n_blocks = cols / QK_K;
   for (size_t i = 0; i < n_blocks; ++i) {
     const block_q4_K& b = w[i];
     prefetch_block_ahead(b);
-    const float d = half_to_float(b.d);
-    const float dmin = half_to_float(b.dmin);
-    const __m256i scales_mins = _mm256_cvtepu8_epi16(unpack_q4_K_scales_mins(b.scales));
-    const __m128i mins = _mm256_extracti128_si256(scales_mins, 1);
-    const __m512i scales_wide = _mm512_zextsi256_si512(scales_mins);
+    // d and dmin in lanes 0 and 1 (the two halfs are adjacent).
+    uint32_t d_dmin_bits;
+    std::memcpy(&d_dmin_bits, &b.d, 4);
+    const __m128 d_dmin = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(d_dmin_bits)));
+    const __m128i scales_mins8 = unpack_q4_K_scales_mins(b.scales);
+    const __m256i mins = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(scales_mins8, min_pairs));
+    const __m512i scales_wide = _mm512_zextsi256_si512(_mm256_cvtepu8_epi16(scales_mins8));
     __m512i q[4], scale[4];
     for (int j = 0; j < 4; ++j) {
       // Sub-blocks 2j (low nibbles) and 2j + 1 (high nibbles): activations 64j .. 64j + 63.
@@ -81,22 +87,23 @@ void dot_q4_K_tile(size_t cols, const std::byte* w_row, const std::byte* act, si
       scale[j] = _mm512_permutexvar_epi16(scale_index[j], scales_wide);
     }
     for (int t = 0; t < NT; ++t) {
-      const __m256i bsums = load256(a[t][i].bsums);
-      const __m128i pair_sums =
-          _mm_hadd_epi16(_mm256_castsi256_si128(bsums), _mm256_extracti128_si256(bsums, 1));
-      const __m128i min_prod = _mm_madd_epi16(mins, pair_sums);
-      acc_min[t] =
-          _mm_fmadd_ps(_mm_set1_ps(dmin * a[t][i].d), _mm_cvtepi32_ps(min_prod), acc_min[t]);
+      // [d, dmin] * the activations' scale.
+      const __m128 da = _mm_mul_ps(d_dmin, _mm_set1_ps(a[t][i].d));
+      const __m256i min_prod = _mm256_madd_epi16(mins, load256(a[t][i].bsums));
+      acc_min[t] = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(da)),
+                                   _mm256_cvtepi32_ps(min_prod), acc_min[t]);
       __m512i sumi = _mm512_setzero_si512();
       for (int j = 0; j < 4; ++j) {
         const __m512i p = _mm512_maddubs_epi16(q[j], loadu512(a[t][i].qs + 64 * j));
         sumi = _mm512_dpwssd_epi32(sumi, p, scale[j]);
       }
-      acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(d * a[t][i].d), _mm512_cvtepi32_ps(sumi), acc[t]);
+      acc[t] = _mm512_fmadd_ps(_mm512_broadcastss_ps(da), _mm512_cvtepi32_ps(sumi), acc[t]);
     }
   }
   for (int t = 0; t < NT; ++t) {
-    __m128 m = _mm_add_ps(acc_min[t], _mm_movehl_ps(acc_min[t], acc_min[t]));
+    const __m128 m4 =
+        _mm_add_ps(_mm256_castps256_ps128(acc_min[t]), _mm256_extractf128_ps(acc_min[t], 1));
+    __m128 m = _mm_add_ps(m4, _mm_movehl_ps(m4, m4));
     m = _mm_add_ss(m, _mm_movehdup_ps(m));
     out[t] = _mm512_reduce_add_ps(acc[t]) - _mm_cvtss_f32(m);
   }
