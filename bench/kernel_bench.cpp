@@ -184,7 +184,9 @@ void bench_matvec(benchmark::State& state, GgmlType type, size_t rows, size_t co
 
 // Decode from pre-packed GEMM panels (--hugepage-weights): y (rows) = W x for m tokens
 // through matmul_group, the way the engine runs a decode step. rows 256 keeps the panels
-// in the cache (the kernel's speed); larger shapes rotate matrices past the L3.
+// in the cache (the kernel's speed); larger shapes rotate matrices past the L3 (unless
+// KILN_NO_ROTATE is set: one matrix, from the L3 if it fits, to tell the layout's effect on
+// streaming from DRAM apart from the arithmetic).
 void bench_matvec_packed(benchmark::State& state, GgmlType type, size_t rows, size_t cols,
                          size_t m) {
   size_t bytes = 0;
@@ -201,7 +203,7 @@ void bench_matvec_packed(benchmark::State& state, GgmlType type, size_t rows, si
     pack_panels({type, {blocks.back().get(), bytes}, rows, cols}, {panels.back().get(), packed},
                 pool());
     total += packed;
-  } while (rows > 256 && total < (size_t{96} << 20));
+  } while (rows > 256 && std::getenv("KILN_NO_ROTATE") == nullptr && total < (size_t{96} << 20));
   const auto x = make_activations(m * cols);
   std::vector<float> y(m * rows);
   const GgmlType types[] = {type};

@@ -643,14 +643,16 @@ struct KPacked;
 
 template <>
 struct KPacked<block_q4_K> {
-  // codes [32][16 rows][4]: vector 8j + k holds qs[32j + 4k, +4) of each row; its low
-  // nibbles are group 16j + k, its high nibbles group 16j + 8 + k. scales, mins [8][16] u8.
-  static constexpr size_t kCodes = 0, kScales = 2048, kMins = 2176, kD = 2304, kDmin = 2336;
+  // scales, mins [8][16] u8, d, dmin [16] fp16, then codes [32][16 rows][4]: vector 8j + k
+  // holds qs[32j + 4k, +4) of each row; its low nibbles are group 16j + k, its high nibbles
+  // group 16j + 8 + k. The small fields first: the kernel reads scale 0 right after the first
+  // codes, and the super-block then streams from DRAM ascending (see KPacked<block_q6_K>).
+  static constexpr size_t kScales = 0, kMins = 128, kD = 256, kDmin = 288, kCodes = 320;
   static constexpr size_t kBytes = 2368;
   static void pack(const block_q4_K& b, int r, uint8_t* sb) {
     for (int j = 0; j < 4; ++j) {
       for (int k = 0; k < 8; ++k)
-        std::memcpy(sb + (8 * j + k) * 64 + 4 * r, b.qs + 32 * j + 4 * k, 4);
+        std::memcpy(sb + kCodes + (8 * j + k) * 64 + 4 * r, b.qs + 32 * j + 4 * k, 4);
     }
     for (int s = 0; s < 8; ++s) {
       int scale, min;
@@ -662,7 +664,7 @@ struct KPacked<block_q4_K> {
     std::memcpy(sb + kDmin + 2 * r, &b.dmin, 2);
   }
   static __m512i codes(const uint8_t* sb, int g) {
-    const __m512i v = load512(sb + (8 * (g / 16) + g % 8) * 64);
+    const __m512i v = load512(sb + kCodes + (8 * (g / 16) + g % 8) * 64);
     return _mm512_and_si512((g / 8) % 2 != 0 ? _mm512_srli_epi16(v, 4) : v, _mm512_set1_epi8(0x0F));
   }
   static __m512i scale(const uint8_t* sb, int s) {
@@ -679,34 +681,47 @@ struct KPacked<block_q4_K> {
 
 template <>
 struct KPacked<block_q6_K> {
-  // Low nibbles [32][16][4]: vector 16h + 8j + k holds ql[64h + 32j + 4k, +4) of each row;
-  // its low nibbles are group 32h + 8j + k, its high nibbles group 32h + 16 + 8j + k.
-  // Top bits [16][16][4]: vector 8h + k holds qh[32h + 4k, +4); bits 2i, 2i + 1 of a byte
-  // top group 32h + 8i + k. Scales [8][16][2] int8: pair q is sub-blocks 2q, 2q + 1.
-  static constexpr size_t kHigh = 2048, kScales = 3072, kD = 3328;
+  // Two halves h (groups 32h .. 32h + 31) of kHalf bytes each, then d. Each half is laid out
+  // in the order the kernel first reads it, so decode streams it from DRAM ascending (laid
+  // out by kind, all low nibbles, then all top bits, then all scales, it ran at half the
+  // speed: the hardware prefetchers follow ascending streams):
+  //   scales [4][16][2] int8: pair q holds sub-blocks 8h + 2q, 8h + 2q + 1 of each row;
+  //   low nibbles, vectors L = 0..15: vector L holds ql[64h + 32j + 4k, +4) (L = 8j + k) of
+  //     each row; its low nibbles are group 32h + L, its high nibbles group 32h + 16 + L;
+  //   top bits, vectors k = 0..7: qh[32h + 4k, +4); bits 2i, 2i + 1 of a byte top group
+  //     32h + 8i + k;
+  // in the order scales, low 0-3, top 0-3, low 4-7, top 4-7, low 8-15.
+  static constexpr size_t kHalf = 1664, kD = 3328;
   static constexpr size_t kBytes = 3392;  // 3360, padded to 64
+  static constexpr size_t low_offset(int l) {
+    return l < 4 ? 128 + 64 * l : l < 8 ? 640 + 64 * (l - 4) : 1152 + 64 * (l - 8);
+  }
+  static constexpr size_t top_offset(int k) { return k < 4 ? 384 + 64 * k : 896 + 64 * (k - 4); }
+  static constexpr size_t scale_pair_offset(int q) { return kHalf * (q / 4) + 32 * (q % 4); }
   static void pack(const block_q6_K& b, int r, uint8_t* sb) {
     for (int h = 0; h < 2; ++h) {
+      uint8_t* half = sb + kHalf * h;
       for (int k = 0; k < 8; ++k) {
         for (int j = 0; j < 2; ++j) {
-          std::memcpy(sb + (16 * h + 8 * j + k) * 64 + 4 * r, b.ql + 64 * h + 32 * j + 4 * k, 4);
+          std::memcpy(half + low_offset(8 * j + k) + 4 * r, b.ql + 64 * h + 32 * j + 4 * k, 4);
         }
-        std::memcpy(sb + kHigh + (8 * h + k) * 64 + 4 * r, b.qh + 32 * h + 4 * k, 4);
+        std::memcpy(half + top_offset(k) + 4 * r, b.qh + 32 * h + 4 * k, 4);
       }
     }
     for (int q = 0; q < 8; ++q) {
-      sb[kScales + 32 * q + 2 * r] = static_cast<uint8_t>(b.scales[2 * q]);
-      sb[kScales + 32 * q + 2 * r + 1] = static_cast<uint8_t>(b.scales[2 * q + 1]);
+      sb[scale_pair_offset(q) + 2 * r] = static_cast<uint8_t>(b.scales[2 * q]);
+      sb[scale_pair_offset(q) + 2 * r + 1] = static_cast<uint8_t>(b.scales[2 * q + 1]);
     }
     std::memcpy(sb + kD + 2 * r, &b.d, 2);
   }
   static __m512i codes(const uint8_t* sb, int g) {
     const int h = g / 32, i = g % 32 / 8, k = g % 8;
-    const __m512i n = load512(sb + (16 * h + 8 * (i % 2) + k) * 64);
+    const uint8_t* half = sb + kHalf * h;
+    const __m512i n = load512(half + low_offset(8 * (i % 2) + k));
     const __m512i low =
         _mm512_and_si512(i >= 2 ? _mm512_srli_epi16(n, 4) : n, _mm512_set1_epi8(0x0F));
     // Bits 2i, 2i + 1 to bits 4, 5 (what crosses a byte is masked off).
-    const __m512i qh = load512(sb + kHigh + (8 * h + k) * 64);
+    const __m512i qh = load512(half + top_offset(k));
     const __m512i top = i == 0   ? _mm512_slli_epi16(qh, 4)
                         : i == 1 ? _mm512_slli_epi16(qh, 2)
                         : i == 2 ? qh
@@ -714,13 +729,13 @@ struct KPacked<block_q6_K> {
     return _mm512_or_si512(low, _mm512_and_si512(top, _mm512_set1_epi8(0x30)));
   }
   static __m512i scale(const uint8_t* sb, int s) {
-    const __m512i pair = _mm512_cvtepi8_epi16(load256(sb + kScales + 32 * (s / 2)));
+    const __m512i pair = _mm512_cvtepi8_epi16(load256(sb + scale_pair_offset(s / 2)));
     return s % 2 == 0 ? _mm512_srai_epi32(_mm512_slli_epi32(pair, 16), 16)
                       : _mm512_srai_epi32(pair, 16);
   }
   // Codes are q + 32: min16 of group g is 32 * its scale (KPack<block_q6_K>).
   static __m512i min_pair(const uint8_t* sb, int q) {
-    return _mm512_slli_epi16(_mm512_cvtepi8_epi16(load256(sb + kScales + 32 * q)), 5);
+    return _mm512_slli_epi16(_mm512_cvtepi8_epi16(load256(sb + scale_pair_offset(q))), 5);
   }
   static __m512 d(const uint8_t* sb) { return _mm512_cvtph_ps(load256(sb + kD)); }
   static __m512 dmin(const uint8_t* sb) { return d(sb); }
