@@ -35,7 +35,8 @@ constexpr const char* kUsage =
     "                         pieces, so running streams keep getting tokens meanwhile\n"
     "  --batch-gemm MODE      weight types whose batched decode goes through the GEMM:\n"
     "                         auto (default: those where a lone stream loses nothing),\n"
-    "                         all (the K types too: slower here, for experiments),\n"
+    "                         all (the K types' twins too, from the mapping: slower\n"
+    "                         here, for experiments),\n"
     "                         off (outputs are the same whatever the mode)\n"
     "  --no-cache-prompt      compute every prompt from scratch (by default a request\n"
     "                         reuses a free slot's KV cache for the prompt prefix they\n"
@@ -49,9 +50,10 @@ constexpr const char* kUsage =
     "  --precise              int16 activations in the CPU matmuls (two int8 planes):\n"
     "                         logits closer to float, somewhat slower\n"
     "  --act-precision P      int8 (default) or int16 (as --precise)\n"
-    "  --hugepage-weights     copy the weights into 2 MiB huge pages, the legacy types as\n"
-    "                         pre-packed GEMM panels: faster batched decode, but the\n"
-    "                         weights then take memory twice (copy + page cache)\n"
+    "  --hugepage-weights     copy the weights into 2 MiB huge pages, Q4_K, Q6_K and the\n"
+    "                         legacy types as pre-packed GEMM panels: faster decode,\n"
+    "                         alone and batched, but the weights then take memory\n"
+    "                         twice (copy + page cache)\n"
     "  --no-hugepage-mmap     leave the file mapping on 4 KiB pages (default: faulted in\n"
     "                         on 2 MiB pages where the kernel provides them)\n";
 

@@ -82,7 +82,8 @@ Weights copy_weights(const Model& model, kernels::ActPrecision precision, kernel
   const auto packs = [&](const WeightView& v) {
     return precision == kernels::ActPrecision::int8 &&
            kernels::packed_panels_bytes(v.type, v.rows, v.cols) > 0 &&
-           (kernels::gemm_kernel(v.type).small_fast_alone || policy == kernels::BatchGemm::all);
+           (kernels::gemm_kernel(v.type).small_fast_alone ||
+            kernels::gemm_kernel(v.type).packed_fast_alone || policy == kernels::BatchGemm::all);
   };
   // The byte spans to copy, each once (a tied output shares the embedding's bytes).
   std::vector<std::span<const std::byte>*> raw;
@@ -249,16 +250,18 @@ Engine::Engine(const Model& model, const EngineOptions& options)
       batch_gemm_(options.batch_gemm) {
   const ModelConfig& c = model.config();
   if (max_batch_ == 0) throw std::invalid_argument("max_batch must be at least 1");
-  weights_.for_each_matrix([&](const WeightView& m) {
-    if (!kernels::matmul_group_runs_like_matmul(m.type, act_precision_, batch_gemm_)) {
-      run_length_threshold_ = kGemmMinRun;
-    }
-  });
   if (options.resident_weights) {
     weights_ = copy_weights(model, act_precision_, batch_gemm_, resident_, *pool_);
   } else if (options.huge_page_mapping) {
     model.file().map_on_huge_pages();
   }
+  // (After the copy: a matrix's path depends on whether it has pre-packed panels.)
+  weights_.for_each_matrix([&](const WeightView& m) {
+    if (!kernels::matmul_group_runs_like_matmul(m.type, act_precision_, batch_gemm_,
+                                                !m.panels.empty())) {
+      run_length_threshold_ = kGemmMinRun;
+    }
+  });
   if (options.kv_type == GgmlType::Q8_0 && c.head_dim % 32 != 0) {
     throw std::invalid_argument(
         "a q8_0 KV cache needs a head dimension that is a multiple of 32, "
@@ -276,7 +279,7 @@ Engine::Engine(const Model& model, const EngineOptions& options)
   up_.resize(b * c.ffn_dim);
   rope_cos_.resize(b * (c.rope_dim / 2));
   rope_sin_.resize(b * (c.rope_dim / 2));
-  scores_.resize(static_cast<size_t>(n_threads_) * kv_.n_ctx());
+  scores_.resize(static_cast<size_t>(n_threads_) * (c.n_heads / c.n_kv_heads) * kv_.n_ctx());
   logits_.resize(b * c.n_vocab);
   row_seq_.resize(b);
   logit_seq_.resize(b);
@@ -483,7 +486,8 @@ void Engine::project(std::initializer_list<kernels::MatmulTarget> targets, std::
   // (No weight of this model takes another path by run length: always one call.)
   const bool one_call =
       run_length_threshold_ == 0 || std::all_of(targets.begin(), targets.end(), [&](const auto& t) {
-        return kernels::matmul_group_runs_like_matmul(t.w.type, act_precision_, batch_gemm_);
+        return kernels::matmul_group_runs_like_matmul(t.w.type, act_precision_, batch_gemm_,
+                                                      !t.w.panels.empty());
       });
   if (one_call) {
     kernels::matmul_group(targets, x, n, matmul_scratch_, *pool_, act_precision_, batch_gemm_);
@@ -519,63 +523,80 @@ void Engine::project(std::initializer_list<kernels::MatmulTarget> targets, std::
 }
 
 void Engine::attention(size_t layer, size_t n) {
-  // Work items are (entry, head) pairs, dealt round-robin: in a prompt later
-  // entries see more positions, so contiguous runs would leave threads idle.
+  // Work items are (entry, KV head, run of the query heads that share it): one pass over
+  // the KV head's cache serves the whole run. Runs are whole groups when there are enough
+  // items to keep every thread busy, else split (a lone decode token of a model with few
+  // KV heads). Items are dealt round-robin: in a prompt later entries see more positions,
+  // so contiguous runs would leave threads idle.
+  const ModelConfig& c = config();
+  const size_t group = c.n_heads / c.n_kv_heads;
+  const size_t want_items = 4 * static_cast<size_t>(n_threads_);
+  const size_t splits =
+      std::min(group, (want_items + n * c.n_kv_heads - 1) / (n * c.n_kv_heads));
+  const size_t run = (group + splits - 1) / splits;  // query heads per item
   struct Job {
     Engine* self;
-    size_t layer, n;
-  } job{this, layer, n};
+    size_t layer, n, run;
+  } job{this, layer, n, run};
   const Job* jp = &job;
   pool_->run([jp](int thread_index, int n_threads) {
     Engine& e = *jp->self;
     const ModelConfig& c = e.config();
-    const size_t hd = c.head_dim, q_dim = c.q_dim();
+    const size_t hd = c.head_dim, q_dim = c.q_dim(), n_ctx = e.kv_.n_ctx();
     const size_t group = c.n_heads / c.n_kv_heads;
+    const size_t runs_per_group = (group + jp->run - 1) / jp->run;
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-    const size_t items = jp->n * c.n_heads;
-    float* scores = e.scores_.data() + static_cast<size_t>(thread_index) * e.kv_.n_ctx();
+    const size_t items = jp->n * c.n_kv_heads * runs_per_group;
+    float* scores = e.scores_.data() + static_cast<size_t>(thread_index) * group * n_ctx;
     const size_t row_bytes = e.kv_.row_bytes();
     const size_t head_bytes = row_bytes / c.n_kv_heads;  // each head's slice, whole blocks
 
     for (size_t item = static_cast<size_t>(thread_index); item < items;
          item += static_cast<size_t>(n_threads)) {
-      const size_t i = item / c.n_heads, h = item % c.n_heads, g = h / group;
+      const size_t i = item / (c.n_kv_heads * runs_per_group);
+      const size_t g = item / runs_per_group % c.n_kv_heads;
+      const size_t h0 = g * group + item % runs_per_group * jp->run;  // first query head
+      const size_t n_heads = std::min(jp->run, (g + 1) * group - h0);
       const BatchEntry& entry = e.entries_[i];
       const auto seq = static_cast<size_t>(entry.seq);
       const size_t n_pos = static_cast<size_t>(entry.pos) + 1;
-      const std::span<const float> q{e.q_.data() + i * q_dim + h * hd, hd};
-      const std::span<float> out{e.att_.data() + i * q_dim + h * hd, hd};
+      const std::span<const float> q{e.q_.data() + i * q_dim + h0 * hd, n_heads * hd};
+      const std::span<float> out{e.att_.data() + i * q_dim + h0 * hd, n_heads * hd};
       const auto k_all = e.kv_.k_rows(jp->layer, seq);
       const auto v_all = e.kv_.v_rows(jp->layer, seq);
 
       if (e.kv_.type() == GgmlType::F16) {
-        // The F16 cache (the default) has kernels for the whole sequence.
+        // The F16 cache (the default) has kernels for the whole sequence and head run.
         const auto* k = reinterpret_cast<const uint16_t*>(k_all.data() + g * head_bytes);
         const auto* v = reinterpret_cast<const uint16_t*>(v_all.data() + g * head_bytes);
         const size_t stride = row_bytes / sizeof(uint16_t);
-        kernels::attention_scores_f16(q, k, stride, scale, {scores, n_pos});
-        kernels::softmax({scores, n_pos});
-        kernels::attention_values_f16({scores, n_pos}, v, stride, out);
+        kernels::attention_scores_f16_group(q, n_heads, k, stride, n_pos, scale, scores, n_ctx);
+        for (size_t h = 0; h < n_heads; ++h) kernels::softmax({scores + h * n_ctx, n_pos});
+        kernels::attention_values_f16_group(scores, n_ctx, n_heads, n_pos, v, stride, out);
         continue;
       }
-      // Scores of every visible position.
-      for (size_t p = 0; p < n_pos; ++p) {
-        const std::byte* k = k_all.data() + p * row_bytes + g * head_bytes;
-        const float s = e.kv_.type() == GgmlType::F32
-                            ? kernels::dot(q, {reinterpret_cast<const float*>(k), hd})
-                            : kernels::dot_q8_0(q, {k, head_bytes});
-        scores[p] = s * scale;
-      }
-      kernels::softmax({scores, n_pos});
+      for (size_t h = 0; h < n_heads; ++h) {
+        const std::span<const float> qh = q.subspan(h * hd, hd);
+        const std::span<float> oh = out.subspan(h * hd, hd);
+        // Scores of every visible position.
+        for (size_t p = 0; p < n_pos; ++p) {
+          const std::byte* k = k_all.data() + p * row_bytes + g * head_bytes;
+          const float s = e.kv_.type() == GgmlType::F32
+                              ? kernels::dot(qh, {reinterpret_cast<const float*>(k), hd})
+                              : kernels::dot_q8_0(qh, {k, head_bytes});
+          scores[p] = s * scale;
+        }
+        kernels::softmax({scores, n_pos});
 
-      // Weighted sum of the values.
-      std::fill(out.begin(), out.end(), 0.0f);
-      for (size_t p = 0; p < n_pos; ++p) {
-        const std::byte* v = v_all.data() + p * row_bytes + g * head_bytes;
-        if (e.kv_.type() == GgmlType::F32) {
-          kernels::axpy(scores[p], {reinterpret_cast<const float*>(v), hd}, out);
-        } else {
-          kernels::axpy_q8_0(scores[p], {v, head_bytes}, out);
+        // Weighted sum of the values.
+        std::fill(oh.begin(), oh.end(), 0.0f);
+        for (size_t p = 0; p < n_pos; ++p) {
+          const std::byte* v = v_all.data() + p * row_bytes + g * head_bytes;
+          if (e.kv_.type() == GgmlType::F32) {
+            kernels::axpy(scores[p], {reinterpret_cast<const float*>(v), hd}, oh);
+          } else {
+            kernels::axpy_q8_0(scores[p], {v, head_bytes}, oh);
+          }
         }
       }
     }

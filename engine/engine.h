@@ -173,7 +173,7 @@ class Engine {
   std::vector<float> up_;        // (B, ffn_dim)
   std::vector<float> rope_cos_;  // (B, rope_dim/2)
   std::vector<float> rope_sin_;  // (B, rope_dim/2)
-  std::vector<float> scores_;    // (n_threads, n_ctx) attention weights per worker
+  std::vector<float> scores_;    // (n_threads, heads per KV head, n_ctx) attention weights
   std::vector<float> kv_row_;    // (n_threads, kv_dim) staging for quantized cache rows
   std::vector<float> logits_;    // (B, n_vocab)
   std::vector<std::byte> matmul_scratch_;

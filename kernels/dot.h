@@ -93,6 +93,11 @@ struct GemmKernel {
   size_t (*packed_bytes)(size_t cols) = nullptr;
   GemmPackFn pack = nullptr;
   GemmPackedFn packed = nullptr;
+  // `packed` is at least as fast as the per-row dot kernel for a single token (2-core test
+  // machine: TinyLlama-1.1B Q4_K_M decode 57-59 vs 49-54 tokens/s; kiln-kernel-bench
+  // matvec_packed vs matvec), so weights that have panels read them for every m under
+  // BatchGemm::fast, and a lone token costs nothing.
+  bool packed_fast_alone = false;
 };
 
 // From this many activation rows on, matmul uses a type's GEMM panel (GemmKernel::fn):

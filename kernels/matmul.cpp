@@ -36,15 +36,23 @@ BatchGemm parse_batch_gemm(std::string_view option, std::string_view value) {
                               std::string(value) + "'");
 }
 
+namespace {
+// The GEMM's path costs a lone token nothing: its twin is fast alone, or the weights have
+// pre-packed panels (which stand in for it) and those are.
+bool fast_alone(const GemmKernel& gemm, bool packed) {
+  return gemm.small_fast_alone || (packed && gemm.packed_fast_alone);
+}
+}  // namespace
+
 GemmPanelFn batch_panel_kernel(GgmlType type, ActPrecision precision, ActFormat dot_act, size_t m,
-                               BatchGemm policy) {
+                               BatchGemm policy, bool packed) {
   if (policy == BatchGemm::off) return nullptr;
   const GemmKernel gemm = gemm_kernel(type, precision);
   // A panel reading another activation format than the dot kernel's would need its own
   // quantized copy of x (the int16 formats): the dot kernels serve those. Without a twin,
   // the GEMM for many rows and the dot kernels for few would round differently.
   if (gemm.act != dot_act || gemm.small == nullptr) return nullptr;
-  if (policy == BatchGemm::fast && !gemm.small_fast_alone) return nullptr;
+  if (policy == BatchGemm::fast && !fast_alone(gemm, packed)) return nullptr;
   return m <= kSmallMaxTokens ? gemm.small : gemm.fn;
 }
 
@@ -91,12 +99,13 @@ GemmPackedFn packed_panel_kernel(const WeightMatrix& w, ActPrecision precision) 
   return gemm.packed;
 }
 
-bool matmul_group_runs_like_matmul(GgmlType type, ActPrecision precision, BatchGemm policy) {
+bool matmul_group_runs_like_matmul(GgmlType type, ActPrecision precision, BatchGemm policy,
+                                   bool packed) {
   const DotKernel kernel = dot_kernel(type, precision);
   const GemmKernel gemm = gemm_kernel(type, precision);
   const bool matmul_gemm = gemm.fn != nullptr && gemm.act == kernel.act;
   const bool group_gemm =
-      batch_panel_kernel(type, precision, kernel.act, kGemmMinTokens, policy) != nullptr;
+      batch_panel_kernel(type, precision, kernel.act, kGemmMinTokens, policy, packed) != nullptr;
   return matmul_gemm == group_gemm;
 }
 
@@ -214,7 +223,7 @@ void matmul(const WeightMatrix& w, std::span<const float> x, size_t m, std::span
   // it for a few rows and the GEMM beyond; else the GEMM from kGemmMinTokens rows.
   const GemmKernel gemm = gemm_kernel(w.type, precision);
   GemmPanelFn panel = nullptr;
-  if (gemm.act == kernel.act && gemm.small_fast_alone) {
+  if (gemm.act == kernel.act && fast_alone(gemm, packed_panel_kernel(w, precision) != nullptr)) {
     panel = m <= kSmallMaxTokens ? gemm.small : gemm.fn;
   } else if (gemm.act == kernel.act && m >= kGemmMinTokens) {
     panel = gemm.fn;

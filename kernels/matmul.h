@@ -71,8 +71,9 @@ void matmul(const WeightMatrix& w, std::span<const float> x, size_t m, std::span
 // kernels. Either way a row's result is the same for every m.
 enum class BatchGemm {
   off,   // none: the per-row dot kernels for every m
-  fast,  // types whose twin is as fast as the dot kernel for one token (GemmKernel::
-         // small_fast_alone): many decode streams gain, a lone one loses nothing (default)
+  fast,  // types whose twin, or pre-packed panels where the weights have them, are as fast
+         // as the dot kernel for one token (GemmKernel::small_fast_alone,
+         // packed_fast_alone): many decode streams gain, a lone one loses nothing (default)
   all,   // every type with a twin (the K types' twins: ~25% slower for one token than their
          // AVX-512 dot kernels, and no faster for 8 on the test machine; for experiments)
 };
@@ -81,13 +82,16 @@ BatchGemm parse_batch_gemm(std::string_view option, std::string_view value);
 
 // The panel kernel matmul_group runs for m rows of this type under `policy`, or nullptr for
 // the per-row dot kernels (dot_act: their activation format).
+// packed: the weights have pre-packed panels (packed_panel_kernel(w, precision) != nullptr),
+// which stand in for the panel kernel; under `fast` GemmKernel::packed_fast_alone then counts.
 GemmPanelFn batch_panel_kernel(GgmlType type, ActPrecision precision, ActFormat dot_act, size_t m,
-                               BatchGemm policy);
+                               BatchGemm policy, bool packed = false);
 
 // True when matmul_group gives kGemmMinTokens or more rows of this type the same path as
 // matmul (both the GEMM, or both the dot kernels), so a batch mixing prompt runs and decode
 // tokens can be one matmul_group call without changing any row's result.
-bool matmul_group_runs_like_matmul(GgmlType type, ActPrecision precision, BatchGemm policy);
+bool matmul_group_runs_like_matmul(GgmlType type, ActPrecision precision, BatchGemm policy,
+                                   bool packed = false);
 
 // ---- Several matmuls of one input in one dispatch (kernels/matmul_group.cpp) ----------
 

@@ -162,7 +162,9 @@ void matmul_group(std::span<const MatmulTarget> targets, std::span<const float> 
   for (size_t i = 0; i < targets.size(); ++i) {
     const WeightMatrix& w = targets[i].w;
     jobs[i].rows =
-        row_job(w, kernels[i], batch_panel_kernel(w.type, precision, kernels[i].act, m, batch_gemm),
+        row_job(w, kernels[i],
+                batch_panel_kernel(w.type, precision, kernels[i].act, m, batch_gemm,
+                                   packed_panel_kernel(w, precision) != nullptr),
                 precision);
     RowJob& j = jobs[i].rows;
     if (kernels[i].act == ActFormat::F32) {

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <xsimd/xsimd.hpp>
 
+#include "kernels/dot.h"
 #include "kernels/f16.h"
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
@@ -232,6 +233,53 @@ void attention_values_f16(std::span<const float> weights, const uint16_t* v, siz
   const std::span<float> rest = out.subspan(i0);
   std::fill(rest.begin(), rest.end(), 0.0f);
   for (size_t p = 0; p < n_pos; ++p) axpy_f16(weights[p], {v + p * stride + i0, hd - i0}, rest);
+}
+
+// kernels/x86/avx512_attention.cpp: false where the build or the head size has no kernel.
+bool attention_scores_f16_group_avx512(const float* q, size_t n_heads, size_t hd,
+                                       const uint16_t* k, size_t stride, size_t n_pos,
+                                       float scale, float* scores, size_t scores_stride);
+bool attention_values_f16_group_avx512(const float* weights, size_t weights_stride,
+                                       size_t n_heads, size_t n_pos, const uint16_t* v,
+                                       size_t stride, float* out, size_t hd);
+
+namespace {
+bool use_avx512_attention() {
+  static const bool cpu = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("f16c");
+  return cpu && isa_limit() >= Isa::Avx512;
+}
+}  // namespace
+
+void attention_scores_f16_group(std::span<const float> q, size_t n_heads, const uint16_t* k,
+                                size_t stride, size_t n_pos, float scale, float* scores,
+                                size_t scores_stride) {
+  assert(n_heads > 0 && q.size() % n_heads == 0);
+  const size_t hd = q.size() / n_heads;
+  if (use_avx512_attention() &&
+      attention_scores_f16_group_avx512(q.data(), n_heads, hd, k, stride, n_pos, scale, scores,
+                                        scores_stride)) {
+    return;
+  }
+  for (size_t h = 0; h < n_heads; ++h) {
+    attention_scores_f16(q.subspan(h * hd, hd), k, stride, scale,
+                         {scores + h * scores_stride, n_pos});
+  }
+}
+
+void attention_values_f16_group(const float* weights, size_t weights_stride, size_t n_heads,
+                                size_t n_pos, const uint16_t* v, size_t stride,
+                                std::span<float> out) {
+  assert(n_heads > 0 && out.size() % n_heads == 0);
+  const size_t hd = out.size() / n_heads;
+  if (use_avx512_attention() &&
+      attention_values_f16_group_avx512(weights, weights_stride, n_heads, n_pos, v, stride,
+                                        out.data(), hd)) {
+    return;
+  }
+  for (size_t h = 0; h < n_heads; ++h) {
+    attention_values_f16({weights + h * weights_stride, n_pos}, v, stride,
+                         out.subspan(h * hd, hd));
+  }
 }
 
 float dot_q8_0(std::span<const float> a, std::span<const std::byte> blocks) {

@@ -46,6 +46,18 @@ void attention_scores_f16(std::span<const float> q, const uint16_t* k, size_t st
 void attention_values_f16(std::span<const float> weights, const uint16_t* v, size_t stride,
                           std::span<float> out);
 
+// The same for n_heads query heads that share one KV head (a GQA group, or part of one),
+// in one pass over the keys and values (AVX-512: each fp16 value converted once per group).
+// q: (n_heads, hd) row-major. Head h's scores go to scores + h * scores_stride (n_pos each).
+void attention_scores_f16_group(std::span<const float> q, size_t n_heads, const uint16_t* k,
+                                size_t stride, size_t n_pos, float scale, float* scores,
+                                size_t scores_stride);
+// out (n_heads, hd) row-major = for each head h, sum_p weights_h[p] * V_p, where head h's
+// n_pos weights start at weights + h * weights_stride.
+void attention_values_f16_group(const float* weights, size_t weights_stride, size_t n_heads,
+                                size_t n_pos, const uint16_t* v, size_t stride,
+                                std::span<float> out);
+
 // Q8_0 rows (blocks of 32: one fp16 scale d, 32 int8 q; value = d * q), used
 // by the Q8_0 KV cache. n is a multiple of 32; `blocks` holds n/32 * 34 bytes.
 // returns a (n,) . dequant(blocks)

@@ -1241,7 +1241,8 @@ GemmKernel gemm_kernel_avx512(GgmlType type) {
               false,
               k_packed_bytes<block_q4_K>,
               k_pack_panel<block_q4_K>,
-              packed_panel<block_q4_K, true>};
+              packed_panel<block_q4_K, true>,
+              true};
     case GgmlType::Q5_K:
       return {ActFormat::Q8_K, k_gemm_panel<block_q5_K>, isa, small_panel<block_q5_K, true>};
     case GgmlType::Q6_K:
@@ -1252,7 +1253,8 @@ GemmKernel gemm_kernel_avx512(GgmlType type) {
               false,
               k_packed_bytes<block_q6_K>,
               k_pack_panel<block_q6_K>,
-              packed_panel<block_q6_K, true>};
+              packed_panel<block_q6_K, true>,
+              true};
     case GgmlType::Q8_0:
       return {ActFormat::Q8_act,
               l_gemm_panel<block_q8_0>,
@@ -1261,7 +1263,8 @@ GemmKernel gemm_kernel_avx512(GgmlType type) {
               true,
               l_packed_bytes<block_q8_0>,
               l_pack_panel<block_q8_0>,
-              packed_panel<block_q8_0, false>};
+              packed_panel<block_q8_0, false>,
+              true};
     case GgmlType::Q4_0:
       return {ActFormat::Q8_act,
               l_gemm_panel<block_q4_0>,
@@ -1270,7 +1273,8 @@ GemmKernel gemm_kernel_avx512(GgmlType type) {
               true,
               l_packed_bytes<block_q4_0>,
               l_pack_panel<block_q4_0>,
-              packed_panel<block_q4_0, false>};
+              packed_panel<block_q4_0, false>,
+              true};
     case GgmlType::Q4_1:
       return {ActFormat::Q8_act,
               l_gemm_panel<block_q4_1>,
@@ -1279,7 +1283,8 @@ GemmKernel gemm_kernel_avx512(GgmlType type) {
               true,
               l_packed_bytes<block_q4_1>,
               l_pack_panel<block_q4_1>,
-              packed_panel<block_q4_1, false>};
+              packed_panel<block_q4_1, false>,
+              true};
     case GgmlType::Q5_0:
       return {ActFormat::Q8_act,
               l_gemm_panel<block_q5_0>,
@@ -1288,7 +1293,8 @@ GemmKernel gemm_kernel_avx512(GgmlType type) {
               true,
               l_packed_bytes<block_q5_0>,
               l_pack_panel<block_q5_0>,
-              packed_panel<block_q5_0, false>};
+              packed_panel<block_q5_0, false>,
+              true};
     case GgmlType::Q5_1:
       return {ActFormat::Q8_act,
               l_gemm_panel<block_q5_1>,
@@ -1297,7 +1303,8 @@ GemmKernel gemm_kernel_avx512(GgmlType type) {
               true,
               l_packed_bytes<block_q5_1>,
               l_pack_panel<block_q5_1>,
-              packed_panel<block_q5_1, false>};
+              packed_panel<block_q5_1, false>,
+              true};
     default:
       return {};
   }

@@ -396,9 +396,11 @@ TEST_F(EngineFixture, BatchedDecodeOfSeveralSequencesEqualsEachAlone) {
 // sequences at once (10 rows, but runs of one: per-row kernels, as a single token alone).
 // With batch_gemm the 10 decode rows go through the GEMM and a lone token through its
 // few-token twin, which must agree bit for bit.
-void check_batch_invariance(kiln::kernels::BatchGemm batch_gemm, bool resident = false) {
+void check_batch_invariance(kiln::kernels::BatchGemm batch_gemm, bool resident = false,
+                            GgmlType type = GgmlType::Q8_0) {
   TinySpec spec;
-  spec.matrix_type = GgmlType::Q8_0;
+  spec.matrix_type = type;
+  if (kiln::traits(type).block_elements == 256) spec.dim = spec.ffn = 256;
   const TinyModel tiny = write_tiny_model(spec, "invariance.gguf");
   const Model model = Model::load(tiny.path);
   const size_t n_seq = 10, prompt_len = 12, steps = 3;
@@ -414,8 +416,8 @@ void check_batch_invariance(kiln::kernels::BatchGemm batch_gemm, bool resident =
     o.batch_gemm = batch_gemm;
     o.resident_weights = resident;
     Engine e(model, o);
-    // Resident Q8_0 weights get pre-packed panels where the CPU has them.
-    if (resident && kiln::kernels::packed_panels_bytes(GgmlType::Q8_0, 32, spec.dim) > 0) {
+    // Resident weights get pre-packed panels where the CPU has them.
+    if (resident && kiln::kernels::packed_panels_bytes(type, 32, spec.dim) > 0) {
       EXPECT_FALSE(e.weights().layers[0].ffn_up.panels.empty());
     }
     auto l = e.eval(0, prompts[s], false);
@@ -473,6 +475,12 @@ TEST(EngineBatchInvariance, SameWithBatchGemmAll) {
 
 TEST(EngineBatchInvariance, SameWithPrePackedPanels) {
   check_batch_invariance(kiln::kernels::BatchGemm::fast, /*resident=*/true);
+}
+
+// Pre-packed K panels are read for every m (one token too) under auto.
+TEST(EngineBatchInvariance, SameWithPrePackedKPanels) {
+  check_batch_invariance(kiln::kernels::BatchGemm::fast, /*resident=*/true, GgmlType::Q4_K);
+  check_batch_invariance(kiln::kernels::BatchGemm::fast, /*resident=*/true, GgmlType::Q6_K);
 }
 
 TEST_F(EngineFixture, TruncateThenReevaluateGivesSameLogits) {

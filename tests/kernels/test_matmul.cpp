@@ -447,19 +447,31 @@ TEST_P(GemmTest, MatmulReadsPackedPanelsLikeTheBlocks) {
     const WeightMatrix packed{type, data, rows, cols, panels};
     ASSERT_NE(packed_panel_kernel(packed, ActPrecision::int8), nullptr);
     EXPECT_EQ(packed_panel_kernel(packed, ActPrecision::int16), nullptr);
+    // Panels stand in for the GEMM and its twin, bit for bit. Where they are fast alone
+    // (GemmKernel::packed_fast_alone), weights that have them take that path for every m
+    // under `fast` and in matmul: the blocks' results under `all`.
+    const bool packed_alone = gemm_kernel(type).packed_fast_alone;
     for (size_t m : {1, 3, 4, 8, 13}) {
       const auto x = random_activations(m * cols, rng);
       std::vector<std::byte> scratch(matmul_scratch_bytes(type, cols, m));
+      const GgmlType types[] = {type};
+      std::vector<std::byte> group_scratch(matmul_group_scratch_bytes(types, cols, m));
       std::vector<float> y_plain(m * rows), y_packed(m * rows);
-      matmul(plain, x, m, y_plain, scratch, pool);
+      const MatmulTarget from_blocks{plain, y_plain}, from_panels{packed, y_packed};
+      if (packed_alone) {
+        matmul_group({&from_blocks, 1}, x, m, group_scratch, pool, ActPrecision::int8,
+                     BatchGemm::all);
+      } else {
+        matmul(plain, x, m, y_plain, scratch, pool);
+      }
       matmul(packed, x, m, y_packed, scratch, pool);
       ASSERT_EQ(0, std::memcmp(y_plain.data(), y_packed.data(), y_plain.size() * sizeof(float)))
           << "matmul, m " << m;
-      const GgmlType types[] = {type};
-      std::vector<std::byte> group_scratch(matmul_group_scratch_bytes(types, cols, m));
       for (BatchGemm policy : {BatchGemm::off, BatchGemm::fast, BatchGemm::all}) {
-        const MatmulTarget from_blocks{plain, y_plain}, from_panels{packed, y_packed};
-        matmul_group({&from_blocks, 1}, x, m, group_scratch, pool, ActPrecision::int8, policy);
+        const BatchGemm blocks_policy =
+            policy == BatchGemm::fast && packed_alone ? BatchGemm::all : policy;
+        matmul_group({&from_blocks, 1}, x, m, group_scratch, pool, ActPrecision::int8,
+                     blocks_policy);
         matmul_group({&from_panels, 1}, x, m, group_scratch, pool, ActPrecision::int8, policy);
         ASSERT_EQ(0, std::memcmp(y_plain.data(), y_packed.data(), y_plain.size() * sizeof(float)))
             << "matmul_group, m " << m << " policy " << static_cast<int>(policy);

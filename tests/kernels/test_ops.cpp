@@ -8,6 +8,7 @@
 #include <random>
 #include <vector>
 
+#include "kernels/dot.h"
 #include "kernels/ops.h"
 
 namespace {
@@ -187,6 +188,58 @@ TEST(Ops, AttentionScoresAndValuesF16) {
       }
     }
   }
+}
+
+// The GQA-group kernels: every head of the run against float64, on the AVX-512 path and
+// the per-head fallback (KILN_ISA-style limit), with guard cells around every output.
+TEST(Ops, AttentionGroupF16MatchesEachHead) {
+  using kiln::kernels::Isa;
+  std::mt19937 rng(10);
+  const Isa saved = kiln::kernels::isa_limit();
+  for (Isa isa : {Isa::Avx512, Isa::Avx2}) {
+    kiln::kernels::set_isa_limit(isa);
+    for (size_t hd : {24, 64, 128}) {
+      for (size_t n_heads : {1, 3, 4, 5, 8}) {
+        for (size_t n_pos : {1, 15, 16, 17, 40}) {
+          const size_t stride = hd * 2 + 8;  // another KV head and padding between positions
+          const size_t offset = hd + 4;
+          std::vector<uint16_t> k(n_pos * stride), v(n_pos * stride);
+          const auto kf = random_vector(k.size(), rng), vf = random_vector(v.size(), rng);
+          kiln::kernels::f32_to_f16_row(kf, k);
+          kiln::kernels::f32_to_f16_row(vf, v);
+          const auto q = random_vector(n_heads * hd, rng);
+          const size_t row = n_pos + 3;  // scores/weights stride, 3 guard cells per head
+          std::vector<float> scores(n_heads * row, -99.0f);
+          kiln::kernels::attention_scores_f16_group(q, n_heads, k.data() + offset, stride, n_pos,
+                                                    0.125f, scores.data(), row);
+          const auto weights = random_vector(n_heads * row, rng);
+          std::vector<float> out(n_heads * hd + 1, -99.0f);
+          kiln::kernels::attention_values_f16_group(weights.data(), row, n_heads, n_pos,
+                                                    v.data() + offset, stride,
+                                                    std::span(out).first(n_heads * hd));
+          EXPECT_EQ(out.back(), -99.0f) << "wrote past out";
+          for (size_t h = 0; h < n_heads; ++h) {
+            for (size_t p = 0; p < n_pos; ++p) {
+              double ref = 0;
+              for (size_t i = 0; i < hd; ++i)
+                ref += double(q[h * hd + i]) * half_value(k[p * stride + offset + i]);
+              ASSERT_NEAR(scores[h * row + p], 0.125 * ref, 1e-4 * std::sqrt(double(hd)))
+                  << hd << " " << n_heads << " " << n_pos << " head " << h << " pos " << p;
+            }
+            for (size_t p = n_pos; p < row; ++p) ASSERT_EQ(scores[h * row + p], -99.0f);
+            for (size_t i = 0; i < hd; ++i) {
+              double ref = 0;
+              for (size_t p = 0; p < n_pos; ++p)
+                ref += double(weights[h * row + p]) * half_value(v[p * stride + offset + i]);
+              ASSERT_NEAR(out[h * hd + i], ref, 1e-4 * std::sqrt(double(n_pos)))
+                  << hd << " " << n_heads << " " << n_pos << " head " << h << " dim " << i;
+            }
+          }
+        }
+      }
+    }
+  }
+  kiln::kernels::set_isa_limit(saved);
 }
 
 TEST(Ops, Q8_0QuantizeDotAxpy) {

@@ -148,6 +148,22 @@ def test_logits_are_the_same_however_the_weights_are_held(kiln_bin, default_mode
     assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
 
 
+def test_packed_k_panels_decode_as_the_gemm(kiln_bin, default_model_q4_k_m, tmp_path):
+    # --hugepage-weights packs Q4_K and Q6_K too and reads the panels for every token, so one
+    # token at a time (-b 1) gives the logits the GEMM gives the whole prompt in one run
+    # (from the mapping, where a lone token takes the per-row kernels instead).
+    outs = {}
+    for name, flags in {"mapped_run": ["-b", "512"], "packed_tokens": ["-b", "1", "--hugepage-weights"],
+                        "mapped_tokens": ["-b", "1"]}.items():
+        out = tmp_path / f"{name}.npy"
+        kiln(kiln_bin, "logits", "-m", default_model_q4_k_m, "--prompt",
+             "One token at a time, or all at once", "--out", out, "-t", "2", *flags)
+        outs[name] = np.load(out)
+    assert np.array_equal(outs["packed_tokens"], outs["mapped_run"])
+    # The per-row kernels round otherwise, so the comparison above is not vacuous.
+    assert not np.array_equal(outs["mapped_tokens"], outs["mapped_run"])
+
+
 def test_unsupported_architecture_is_named(kiln_bin, repo_root, tmp_path):
     # A vocabulary-only GGUF has no llama.* keys and another architecture.
     vocab = repo_root / "tests/data/vocab/ggml-vocab-gpt-2.gguf"
