@@ -531,8 +531,7 @@ void Engine::attention(size_t layer, size_t n) {
   const ModelConfig& c = config();
   const size_t group = c.n_heads / c.n_kv_heads;
   const size_t want_items = 4 * static_cast<size_t>(n_threads_);
-  const size_t splits =
-      std::min(group, (want_items + n * c.n_kv_heads - 1) / (n * c.n_kv_heads));
+  const size_t splits = std::min(group, (want_items + n * c.n_kv_heads - 1) / (n * c.n_kv_heads));
   const size_t run = (group + splits - 1) / splits;  // query heads per item
   struct Job {
     Engine* self;

@@ -236,12 +236,12 @@ void attention_values_f16(std::span<const float> weights, const uint16_t* v, siz
 }
 
 // kernels/x86/avx512_attention.cpp: false where the build or the head size has no kernel.
-bool attention_scores_f16_group_avx512(const float* q, size_t n_heads, size_t hd,
-                                       const uint16_t* k, size_t stride, size_t n_pos,
-                                       float scale, float* scores, size_t scores_stride);
-bool attention_values_f16_group_avx512(const float* weights, size_t weights_stride,
-                                       size_t n_heads, size_t n_pos, const uint16_t* v,
-                                       size_t stride, float* out, size_t hd);
+bool attention_scores_f16_group_avx512(const float* q, size_t n_heads, size_t hd, const uint16_t* k,
+                                       size_t stride, size_t n_pos, float scale, float* scores,
+                                       size_t scores_stride);
+bool attention_values_f16_group_avx512(const float* weights, size_t weights_stride, size_t n_heads,
+                                       size_t n_pos, const uint16_t* v, size_t stride, float* out,
+                                       size_t hd);
 
 namespace {
 bool use_avx512_attention() {
@@ -277,8 +277,7 @@ void attention_values_f16_group(const float* weights, size_t weights_stride, siz
     return;
   }
   for (size_t h = 0; h < n_heads; ++h) {
-    attention_values_f16({weights + h * weights_stride, n_pos}, v, stride,
-                         out.subspan(h * hd, hd));
+    attention_values_f16({weights + h * weights_stride, n_pos}, v, stride, out.subspan(h * hd, hd));
   }
 }
 

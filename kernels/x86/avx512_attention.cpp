@@ -49,6 +49,16 @@ inline __m512 reduce_16x16(const __m512 v[16]) {
   return _mm512_permutexvar_ps(order, z);
 }
 
+// The cache rows of one KV head are strided (every KV head's values of a position lie
+// together), short runs the hardware prefetchers pick up late: request the head's bytes of
+// the position kAhead rows on.
+constexpr size_t kAhead = 16;
+inline void prefetch_head(const uint16_t* row, size_t hd) {
+  for (size_t b = 0; b < hd * sizeof(uint16_t); b += 64) {
+    _mm_prefetch(reinterpret_cast<const char*>(row) + b, _MM_HINT_T0);
+  }
+}
+
 inline __m512 load_half16(const uint16_t* h) {
   return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(h)));
 }
@@ -62,6 +72,7 @@ void values_heads(const float* weights, size_t weights_stride, int n_heads, size
     for (int c = 0; c < C; ++c) acc[h][c] = _mm512_setzero_ps();
   }
   for (size_t p = 0; p < n_pos; ++p) {
+    if (p + kAhead < n_pos) prefetch_head(v + (p + kAhead) * stride, 16 * C);
     __m512 row[C];
     for (int c = 0; c < C; ++c) row[c] = load_half16(v + p * stride + 16 * c);
     for (int h = 0; h < H; ++h) {
@@ -71,26 +82,30 @@ void values_heads(const float* weights, size_t weights_stride, int n_heads, size
     }
   }
   for (int h = 0; h < H && h < n_heads; ++h) {
-    for (int c = 0; c < C; ++c) _mm512_storeu_ps(out + static_cast<size_t>(h) * hd + 16 * c, acc[h][c]);
+    for (int c = 0; c < C; ++c)
+      _mm512_storeu_ps(out + static_cast<size_t>(h) * hd + 16 * c, acc[h][c]);
   }
 }
 
 }  // namespace
 
-bool attention_scores_f16_group_avx512(const float* q, size_t n_heads, size_t hd,
-                                       const uint16_t* k, size_t stride, size_t n_pos,
-                                       float scale, float* scores, size_t scores_stride) {
+bool attention_scores_f16_group_avx512(const float* q, size_t n_heads, size_t hd, const uint16_t* k,
+                                       size_t stride, size_t n_pos, float scale, float* scores,
+                                       size_t scores_stride) {
   if (hd % 16 != 0 || hd > kMaxHeadDim) return false;
   alignas(64) float keys[kTile * kMaxHeadDim];
   const size_t chunks = hd / 16;
   const __m512 vscale = _mm512_set1_ps(scale);
   for (size_t p0 = 0; p0 < n_pos; p0 += kTile) {
     const size_t np = std::min(kTile, n_pos - p0);
+    for (size_t j = p0 + kAhead; j < std::min(n_pos, p0 + kAhead + kTile); ++j) {
+      prefetch_head(k + j * stride, hd);
+    }
     // The tile's keys as float; missing positions as zeros (their scores are not stored).
     for (size_t j = 0; j < kTile; ++j) {
       for (size_t c = 0; c < chunks; ++c) {
-        _mm512_store_ps(keys + j * hd + 16 * c, j < np ? load_half16(k + (p0 + j) * stride + 16 * c)
-                                                       : _mm512_setzero_ps());
+        _mm512_store_ps(keys + j * hd + 16 * c,
+                        j < np ? load_half16(k + (p0 + j) * stride + 16 * c) : _mm512_setzero_ps());
       }
     }
     const __mmask16 mask = static_cast<__mmask16>((1u << np) - 1);
@@ -111,9 +126,9 @@ bool attention_scores_f16_group_avx512(const float* q, size_t n_heads, size_t hd
   return true;
 }
 
-bool attention_values_f16_group_avx512(const float* weights, size_t weights_stride,
-                                       size_t n_heads, size_t n_pos, const uint16_t* v,
-                                       size_t stride, float* out, size_t hd) {
+bool attention_values_f16_group_avx512(const float* weights, size_t weights_stride, size_t n_heads,
+                                       size_t n_pos, const uint16_t* v, size_t stride, float* out,
+                                       size_t hd) {
   // 16 accumulators: 4 heads of 64 values, or 2 of 128, at a time.
   for (size_t h0 = 0; h0 < n_heads;) {
     const int left = static_cast<int>(n_heads - h0);
