@@ -12,6 +12,7 @@
 // shuffles and conversions, which -Wmaybe-uninitialized reports once they are inlined in
 // loops (a false positive, gone in GCC 13).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 
 #include <algorithm>
