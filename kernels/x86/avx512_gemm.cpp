@@ -575,6 +575,36 @@ void l_pack_panel(size_t cols, const std::byte* w, size_t w_row_bytes, int n_row
   }
 }
 
+// The 8 code vectors of block h of a packed pair, as LPanel stores them: vector g holds
+// codes 4g .. 4g + 3 of each row (unsigned, q + kOffset).
+template <typename Block>
+inline void l_packed_codes(const uint8_t* pair, size_t h, __m512i w[8]) {
+  using L = LPairLayout<Block>;
+  const uint8_t* codes = pair + L::kCodes + h * L::P::kCodeVecs * 64;
+  if constexpr (L::P::kCodeVecs == 8) {
+    for (int g = 0; g < 8; ++g) w[g] = load512(codes + 64 * g);
+  } else {
+    const __m512i low_mask = _mm512_set1_epi8(0x0F);
+    __m512i fifth = _mm512_setzero_si512();
+    if constexpr (L::P::kFifth) fifth = load512(pair + L::kFifth + h * 64);
+    for (int j = 0; j < 4; ++j) {
+      const __m512i v = load512(codes + 64 * j);
+      __m512i lo = _mm512_and_si512(v, low_mask);
+      __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low_mask);
+      if constexpr (L::P::kFifth) {
+        const __m512i sixteen = _mm512_set1_epi8(16);
+        lo = _mm512_mask_add_epi8(lo, _mm512_test_epi8_mask(fifth, _mm512_set1_epi8(1 << j)), lo,
+                                  sixteen);
+        hi = _mm512_mask_add_epi8(
+            hi, _mm512_test_epi8_mask(fifth, _mm512_set1_epi8(static_cast<char>(16 << j))), hi,
+            sixteen);
+      }
+      w[j] = lo;
+      w[j + 4] = hi;
+    }
+  }
+}
+
 // l_tile over packed blocks [kb0, kb0 + nb) of the panel.
 template <typename Block, int NT>
 void l_packed_tile(const uint8_t* panel, size_t kb0, size_t nb, const std::byte* act,
@@ -589,40 +619,17 @@ void l_packed_tile(const uint8_t* panel, size_t kb0, size_t nb, const std::byte*
   for (int t = 0; t < NT; ++t) {
     acc[t] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mask, y + t * y_stride);
   }
-  const __m512i low_mask = _mm512_set1_epi8(0x0F);
   for (size_t i = 0; i < nb; ++i) {
     const size_t block = kb0 + i;
     const uint8_t* pair = panel + block / 2 * L::kBytes;
     const size_t h = block % 2;
-    const uint8_t* codes = pair + L::kCodes + h * L::P::kCodeVecs * 64;
+    __m512i w[8];
+    l_packed_codes<Block>(pair, h, w);
     __m512i sum[NT];
     for (int t = 0; t < NT; ++t) sum[t] = _mm512_setzero_si512();
-    if constexpr (L::P::kCodeVecs == 8) {
-      for (int g = 0; g < 8; ++g) {
-        const __m512i w = load512(codes + 64 * g);
-        for (int t = 0; t < NT; ++t) {
-          sum[t] = _mm512_dpbusd_epi32(sum[t], w, broadcast32(a[t][i].qs + 4 * g));
-        }
-      }
-    } else {
-      __m512i fifth = _mm512_setzero_si512();
-      if constexpr (L::P::kFifth) fifth = load512(pair + L::kFifth + h * 64);
-      for (int j = 0; j < 4; ++j) {
-        const __m512i v = load512(codes + 64 * j);
-        __m512i lo = _mm512_and_si512(v, low_mask);
-        __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low_mask);
-        if constexpr (L::P::kFifth) {
-          const __m512i sixteen = _mm512_set1_epi8(16);
-          lo = _mm512_mask_add_epi8(lo, _mm512_test_epi8_mask(fifth, _mm512_set1_epi8(1 << j)), lo,
-                                    sixteen);
-          hi = _mm512_mask_add_epi8(
-              hi, _mm512_test_epi8_mask(fifth, _mm512_set1_epi8(static_cast<char>(16 << j))), hi,
-              sixteen);
-        }
-        for (int t = 0; t < NT; ++t) {
-          sum[t] = _mm512_dpbusd_epi32(sum[t], lo, broadcast32(a[t][i].qs + 4 * j));
-          sum[t] = _mm512_dpbusd_epi32(sum[t], hi, broadcast32(a[t][i].qs + 4 * (j + 4)));
-        }
+    for (int g = 0; g < 8; ++g) {
+      for (int t = 0; t < NT; ++t) {
+        sum[t] = _mm512_dpbusd_epi32(sum[t], w[g], broadcast32(a[t][i].qs + 4 * g));
       }
     }
     const __m512 d = _mm512_cvtph_ps(load256(pair + L::kD + h * 32));
@@ -631,6 +638,44 @@ void l_packed_tile(const uint8_t* panel, size_t kb0, size_t nb, const std::byte*
     for (int t = 0; t < NT; ++t) acc[t] = l_block_step<kOffset>(acc[t], d, c, sum[t], a[t][i]);
   }
   for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * y_stride, mask, acc[t]);
+}
+
+// Many tokens from a packed legacy panel: each chunk unpacked once into l_gemm_panel's LPanel
+// layout, then l_tile over every token tile (as k_packed_gemm for the K types).
+template <typename Block>
+void l_packed_gemm(size_t cols, const uint8_t* packed, int n_rows, const std::byte* act,
+                   size_t act_stride, size_t m, float* y, size_t y_stride) {
+  using L = LPairLayout<Block>;
+  constexpr int kChunk = kChunkCols / QK8_0;
+  LPanel panel[kChunk];
+  const size_t n_blocks = cols / QK8_0;
+  const auto mask = static_cast<__mmask16>((1u << n_rows) - 1);
+  for (size_t kb0 = 0; kb0 < n_blocks; kb0 += kChunk) {
+    const int nb = static_cast<int>(min_size(kChunk, n_blocks - kb0));
+    for (int i = 0; i < nb; ++i) {
+      const size_t block = kb0 + static_cast<size_t>(i);
+      const uint8_t* pair = packed + block / 2 * L::kBytes;
+      const size_t h = block % 2;
+      __m512i w[8];
+      l_packed_codes<Block>(pair, h, w);
+      for (int g = 0; g < 8; ++g) _mm512_store_si512(panel[i].codes[g], w[g]);
+      _mm512_store_ps(panel[i].d, _mm512_cvtph_ps(load256(pair + L::kD + h * 32)));
+      _mm512_store_ps(panel[i].c, L::P::kMin ? _mm512_cvtph_ps(load256(pair + L::kM + h * 32))
+                                             : _mm512_setzero_ps());
+    }
+    const bool first = kb0 == 0;
+    size_t t0 = 0;
+    for (; t0 + kTile <= m; t0 += kTile) {
+      l_tile<LPack<Block>::kOffset, kTile>(panel, nb, act + t0 * act_stride, act_stride, kb0,
+                                           y + t0 * y_stride, y_stride, mask, first);
+    }
+    const std::byte* a_rest = act + t0 * act_stride;
+    float* y_rest = y + t0 * y_stride;
+    with_token_count<kTile - 1>(m - t0, [&](auto nt) {
+      l_tile<LPack<Block>::kOffset, decltype(nt)::value>(panel, nb, a_rest, act_stride, kb0, y_rest,
+                                                         y_stride, mask, first);
+    });
+  }
 }
 
 // ---- Pre-packed K panels -----------------------------------------------------------------
@@ -867,11 +912,13 @@ void packed_panel(size_t cols, const std::byte* panel, int n_rows, const std::by
   constexpr size_t kBlock = kK ? QK_K : QK8_0;
   const auto mask = static_cast<__mmask16>((1u << n_rows) - 1);
   const auto* p = reinterpret_cast<const uint8_t*>(panel);
-  if constexpr (kK) {
-    if (m > static_cast<size_t>(kTile)) {
+  if (m > static_cast<size_t>(kTile)) {
+    if constexpr (kK) {
       k_packed_gemm<Block>(cols, p, n_rows, act, act_stride, m, y, y_stride);
-      return;
+    } else {
+      l_packed_gemm<Block>(cols, p, n_rows, act, act_stride, m, y, y_stride);
     }
+    return;
   }
   const size_t n_blocks = cols / kBlock;
   const size_t chunk = m <= static_cast<size_t>(kTile) ? n_blocks : kChunkCols / kBlock;
