@@ -62,6 +62,18 @@ inline void with_token_count(size_t n, Run&& run) {
   }
   (std::make_integer_sequence<int, kMax>{});
 }
+// tile(nt, activations, y) over the m tokens: whole tiles of kTile, then one of the rest
+// (nt a std::integral_constant, so the tile's token count is a template argument).
+template <typename Tile>
+inline void for_token_tiles(size_t m, const std::byte* act, size_t act_stride, float* y,
+                            size_t y_stride, Tile&& tile) {
+  size_t t0 = 0;
+  for (; t0 + kTile <= m; t0 += kTile) {
+    tile(std::integral_constant<int, kTile>{}, act + t0 * act_stride, y + t0 * y_stride);
+  }
+  with_token_count<kTile - 1>(m - t0,
+                              [&](auto nt) { tile(nt, act + t0 * act_stride, y + t0 * y_stride); });
+}
 #include "kernels/x86/avx512_unpack.h"
 #include "kernels/x86/simd_unpack.h"
 inline __m512i load512(const void* p) { return _mm512_load_si512(p); }
@@ -343,16 +355,8 @@ void k_gemm_panel(size_t cols, const std::byte* w, size_t w_row_bytes, int n_row
       }
     }
     const bool first = kb0 == 0;
-    size_t t0 = 0;
-    for (; t0 + kTile <= m; t0 += kTile) {
-      k_tile<NSB, kTile>(panel, nb, act + t0 * act_stride, act_stride, kb0, y + t0 * y_stride,
-                         y_stride, mask, first);
-    }
-    const std::byte* a_rest = act + t0 * act_stride;
-    float* y_rest = y + t0 * y_stride;
-    with_token_count<kTile - 1>(m - t0, [&](auto nt) {
-      k_tile<NSB, decltype(nt)::value>(panel, nb, a_rest, act_stride, kb0, y_rest, y_stride, mask,
-                                       first);
+    for_token_tiles(m, act, act_stride, y, y_stride, [&](auto nt, const std::byte* a, float* yt) {
+      k_tile<NSB, decltype(nt)::value>(panel, nb, a, act_stride, kb0, yt, y_stride, mask, first);
     });
   }
 }
@@ -476,15 +480,8 @@ void l_gemm_panel(size_t cols, const std::byte* w, size_t w_row_bytes, int n_row
       transpose_16x16(&row_codes[0][i * QK8_0], sizeof(row_codes[0]), dst);
     }
     const bool first = kb0 == 0;
-    size_t t0 = 0;
-    for (; t0 + kTile <= m; t0 += kTile) {
-      l_tile<LPack<Block>::kOffset, kTile>(panel, nb, act + t0 * act_stride, act_stride, kb0,
-                                           y + t0 * y_stride, y_stride, mask, first);
-    }
-    const std::byte* a_rest = act + t0 * act_stride;
-    float* y_rest = y + t0 * y_stride;
-    with_token_count<kTile - 1>(m - t0, [&](auto nt) {
-      l_tile<LPack<Block>::kOffset, decltype(nt)::value>(panel, nb, a_rest, act_stride, kb0, y_rest,
+    for_token_tiles(m, act, act_stride, y, y_stride, [&](auto nt, const std::byte* a, float* yt) {
+      l_tile<LPack<Block>::kOffset, decltype(nt)::value>(panel, nb, a, act_stride, kb0, yt,
                                                          y_stride, mask, first);
     });
   }
@@ -664,15 +661,8 @@ void l_packed_gemm(size_t cols, const uint8_t* packed, int n_rows, const std::by
                                              : _mm512_setzero_ps());
     }
     const bool first = kb0 == 0;
-    size_t t0 = 0;
-    for (; t0 + kTile <= m; t0 += kTile) {
-      l_tile<LPack<Block>::kOffset, kTile>(panel, nb, act + t0 * act_stride, act_stride, kb0,
-                                           y + t0 * y_stride, y_stride, mask, first);
-    }
-    const std::byte* a_rest = act + t0 * act_stride;
-    float* y_rest = y + t0 * y_stride;
-    with_token_count<kTile - 1>(m - t0, [&](auto nt) {
-      l_tile<LPack<Block>::kOffset, decltype(nt)::value>(panel, nb, a_rest, act_stride, kb0, y_rest,
+    for_token_tiles(m, act, act_stride, y, y_stride, [&](auto nt, const std::byte* a, float* yt) {
+      l_tile<LPack<Block>::kOffset, decltype(nt)::value>(panel, nb, a, act_stride, kb0, yt,
                                                          y_stride, mask, first);
     });
   }
@@ -890,16 +880,8 @@ void k_packed_gemm(size_t cols, const uint8_t* packed, int n_rows, const std::by
       _mm512_store_ps(k.dmin, P::dmin(sb));
     }
     const bool first = kb0 == 0;
-    size_t t0 = 0;
-    for (; t0 + kTile <= m; t0 += kTile) {
-      k_tile<NSB, kTile>(panel, nb, act + t0 * act_stride, act_stride, kb0, y + t0 * y_stride,
-                         y_stride, mask, first);
-    }
-    const std::byte* a_rest = act + t0 * act_stride;
-    float* y_rest = y + t0 * y_stride;
-    with_token_count<kTile - 1>(m - t0, [&](auto nt) {
-      k_tile<NSB, decltype(nt)::value>(panel, nb, a_rest, act_stride, kb0, y_rest, y_stride, mask,
-                                       first);
+    for_token_tiles(m, act, act_stride, y, y_stride, [&](auto nt, const std::byte* a, float* yt) {
+      k_tile<NSB, decltype(nt)::value>(panel, nb, a, act_stride, kb0, yt, y_stride, mask, first);
     });
   }
 }
