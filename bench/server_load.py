@@ -49,7 +49,9 @@ async def stream_chat(host, port, model, prompt, max_tokens, end_tokens):
         raise RuntimeError("HTTP status " + status.strip())
     while (await reader.readline()) not in (b"\r\n", b""):
         pass  # headers
-    token_times, usage, buf = [], None, b""
+    # Events are only timed while the stream runs and decoded after it ends: the client
+    # shares the machine's cores with the server, so it does as little as it can meanwhile.
+    events, buf = [], b""
     while True:
         size_line = await reader.readline()  # chunked transfer encoding
         if not size_line:
@@ -61,18 +63,21 @@ async def stream_chat(host, port, model, prompt, max_tokens, end_tokens):
         await reader.readexactly(2)
         while b"\n\n" in buf:
             event, buf = buf.split(b"\n\n", 1)
-            data = event.decode()[len("data: "):]
-            if data == "[DONE]":
-                continue
-            chunk = json.loads(data)
-            if "error" in chunk:
-                raise RuntimeError(chunk["error"]["message"])
-            if chunk.get("usage"):
-                usage = chunk["usage"]
-            for c in chunk.get("choices", []):
-                if c["delta"].get("content"):
-                    token_times.append(time.perf_counter() - t0)
+            events.append((time.perf_counter() - t0, event))
     writer.close()
+    token_times, usage = [], None
+    for t, event in events:
+        data = event.decode()[len("data: "):]
+        if data == "[DONE]":
+            continue
+        chunk = json.loads(data)
+        if "error" in chunk:
+            raise RuntimeError(chunk["error"]["message"])
+        if chunk.get("usage"):
+            usage = chunk["usage"]
+        for c in chunk.get("choices", []):
+            if c["delta"].get("content"):
+                token_times.append(t)
     if usage is None or not token_times:
         raise RuntimeError("stream ended without content or usage")
     return token_times[0], time.perf_counter() - t0, token_times, usage["completion_tokens"]

@@ -65,7 +65,7 @@ WeightView bind_matrix(const gguf::File& file, const std::string& name, size_t r
     throw std::runtime_error(file.path() + ": tensor '" + name + "' has type " +
                              std::string(type_name(t.type)) + ", which has no matmul kernel");
   }
-  return {t.name, t.type, rows, cols, t.data};
+  return {t.name, t.type, rows, cols, t.data, {}};
 }
 
 }  // namespace
@@ -162,7 +162,7 @@ Model::Model(gguf::File file) : file_(std::move(file)) {
     throw std::runtime_error(f.path() + ": tensor 'token_embd.weight' has type " +
                              std::string(type_name(embd.type)) + ", which we cannot dequantize");
   }
-  w.token_embd = {embd.name, embd.type, c.n_vocab, c.dim, embd.data};
+  w.token_embd = {embd.name, embd.type, c.n_vocab, c.dim, embd.data, {}};
 
   w.layers.resize(c.n_layers);
   for (size_t i = 0; i < c.n_layers; ++i) {

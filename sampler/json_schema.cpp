@@ -1098,7 +1098,7 @@ class SchemaCompiler {
     if (!spend()) return kAnyTypeBits;
     const ojson* s = unwrap(schema);
     if (s == nullptr || depth > kMaxProofDepth) return kAnyTypeBits;
-    if (s->is_boolean()) return s->get<bool>() ? kAnyTypeBits : 0;
+    if (s->is_boolean()) return s->get<bool>() ? unsigned{kAnyTypeBits} : 0u;
     if (!s->is_object()) return kAnyTypeBits;
     unsigned bits = kAnyTypeBits;
     if (const auto it = s->find("type"); it != s->end()) {

@@ -33,7 +33,9 @@ TEST(Sampler, ArgmaxMatchesAScanAtEveryPlace) {
       if (at + 5 < n) y[at + 5] = 100.0f;  // a later tie loses
       EXPECT_EQ(kiln::argmax(y), static_cast<int32_t>(at)) << n << " " << at;
       y[n - 1 - at % n] = std::nanf("");
-      if (n - 1 - at % n != at) EXPECT_EQ(kiln::argmax(y), static_cast<int32_t>(at)) << n;
+      if (n - 1 - at % n != at) {
+        EXPECT_EQ(kiln::argmax(y), static_cast<int32_t>(at)) << n;
+      }
     }
     std::vector<float> low(n, -INFINITY);
     EXPECT_EQ(kiln::argmax(low), 0);
