@@ -245,7 +245,8 @@ Engine::Engine(const Model& model, const EngineOptions& options)
       n_threads_(options.n_threads > 0 ? options.n_threads : default_thread_count()),
       pool_(std::make_unique<ThreadPool>(n_threads_)),
       kv_(options.kv_type, model.config().n_layers, options.n_seq,
-          default_context_length(model.config(), options.n_ctx), model.config().kv_dim()),
+          default_context_length(model.config(), options.n_ctx), model.config().n_kv_heads,
+          model.config().head_dim),
       act_precision_(options.act_precision),
       batch_gemm_(options.batch_gemm) {
   const ModelConfig& c = model.config();
@@ -262,12 +263,6 @@ Engine::Engine(const Model& model, const EngineOptions& options)
       run_length_threshold_ = kGemmMinRun;
     }
   });
-  if (options.kv_type == GgmlType::Q8_0 && c.head_dim % 32 != 0) {
-    throw std::invalid_argument(
-        "a q8_0 KV cache needs a head dimension that is a multiple of 32, "
-        "this model has " +
-        std::to_string(c.head_dim));
-  }
   const size_t b = max_batch_;
   x_.resize(b * c.dim);
   xb_.resize(b * c.dim);
@@ -404,22 +399,25 @@ std::span<const float> Engine::forward(const Batch& batch) {
 
       const auto seq = static_cast<size_t>(batch.entries[i].seq);
       const auto pos = static_cast<size_t>(batch.entries[i].pos);
-      const auto k_dst = kv_.k_row(layer, seq, pos), v_dst = kv_.v_row(layer, seq, pos);
-      switch (kv_.type()) {
-        case GgmlType::F32:
-          std::memcpy(k_dst.data(), &k_[i * kv_dim], kv_dim * sizeof(float));
-          std::memcpy(v_dst.data(), &v_[i * kv_dim], kv_dim * sizeof(float));
-          break;
-        case GgmlType::F16:
-          kernels::f32_to_f16_row(row(k_, i, kv_dim),
-                                  {reinterpret_cast<uint16_t*>(k_dst.data()), kv_dim});
-          kernels::f32_to_f16_row(row(v_, i, kv_dim),
-                                  {reinterpret_cast<uint16_t*>(v_dst.data()), kv_dim});
-          break;
-        default:  // Q8_0
-          kernels::quantize_q8_0(row(k_, i, kv_dim), k_dst);
-          kernels::quantize_q8_0(row(v_, i, kv_dim), v_dst);
-          break;
+      const size_t hd = c.head_dim;
+      for (size_t h = 0; h < c.n_kv_heads; ++h) {
+        const auto k_src = row(k_, i, kv_dim).subspan(h * hd, hd);
+        const auto v_src = row(v_, i, kv_dim).subspan(h * hd, hd);
+        const auto k_dst = kv_.k_head(layer, seq, h, pos), v_dst = kv_.v_head(layer, seq, h, pos);
+        switch (kv_.type()) {
+          case GgmlType::F32:
+            std::memcpy(k_dst.data(), k_src.data(), hd * sizeof(float));
+            std::memcpy(v_dst.data(), v_src.data(), hd * sizeof(float));
+            break;
+          case GgmlType::F16:
+            kernels::f32_to_f16_row(k_src, {reinterpret_cast<uint16_t*>(k_dst.data()), hd});
+            kernels::f32_to_f16_row(v_src, {reinterpret_cast<uint16_t*>(v_dst.data()), hd});
+            break;
+          default:  // Q8_0
+            kernels::quantize_q8_0(k_src, k_dst);
+            kernels::quantize_q8_0(v_src, v_dst);
+            break;
+        }
       }
     });
 
@@ -547,8 +545,7 @@ void Engine::attention(size_t layer, size_t n) {
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
     const size_t items = jp->n * c.n_kv_heads * runs_per_group;
     float* scores = e.scores_.data() + static_cast<size_t>(thread_index) * group * n_ctx;
-    const size_t row_bytes = e.kv_.row_bytes();
-    const size_t head_bytes = row_bytes / c.n_kv_heads;  // each head's slice, whole blocks
+    const size_t head_bytes = e.kv_.head_bytes();  // one position of one KV head
 
     for (size_t item = static_cast<size_t>(thread_index); item < items;
          item += static_cast<size_t>(n_threads)) {
@@ -561,14 +558,14 @@ void Engine::attention(size_t layer, size_t n) {
       const size_t n_pos = static_cast<size_t>(entry.pos) + 1;
       const std::span<const float> q{e.q_.data() + i * q_dim + h0 * hd, n_heads * hd};
       const std::span<float> out{e.att_.data() + i * q_dim + h0 * hd, n_heads * hd};
-      const auto k_all = e.kv_.k_rows(jp->layer, seq);
-      const auto v_all = e.kv_.v_rows(jp->layer, seq);
+      const auto k_all = e.kv_.k_head_rows(jp->layer, seq, g);
+      const auto v_all = e.kv_.v_head_rows(jp->layer, seq, g);
 
       if (e.kv_.type() == GgmlType::F16) {
         // The F16 cache (the default) has kernels for the whole sequence and head run.
-        const auto* k = reinterpret_cast<const uint16_t*>(k_all.data() + g * head_bytes);
-        const auto* v = reinterpret_cast<const uint16_t*>(v_all.data() + g * head_bytes);
-        const size_t stride = row_bytes / sizeof(uint16_t);
+        const auto* k = reinterpret_cast<const uint16_t*>(k_all.data());
+        const auto* v = reinterpret_cast<const uint16_t*>(v_all.data());
+        const size_t stride = hd;
         kernels::attention_scores_f16_group(q, n_heads, k, stride, n_pos, scale, scores, n_ctx);
         for (size_t h = 0; h < n_heads; ++h) kernels::softmax({scores + h * n_ctx, n_pos});
         kernels::attention_values_f16_group(scores, n_ctx, n_heads, n_pos, v, stride, out);
@@ -579,7 +576,7 @@ void Engine::attention(size_t layer, size_t n) {
         const std::span<float> oh = out.subspan(h * hd, hd);
         // Scores of every visible position.
         for (size_t p = 0; p < n_pos; ++p) {
-          const std::byte* k = k_all.data() + p * row_bytes + g * head_bytes;
+          const std::byte* k = k_all.data() + p * head_bytes;
           const float s = e.kv_.type() == GgmlType::F32
                               ? kernels::dot(qh, {reinterpret_cast<const float*>(k), hd})
                               : kernels::dot_q8_0(qh, {k, head_bytes});
@@ -590,7 +587,7 @@ void Engine::attention(size_t layer, size_t n) {
         // Weighted sum of the values.
         std::fill(oh.begin(), oh.end(), 0.0f);
         for (size_t p = 0; p < n_pos; ++p) {
-          const std::byte* v = v_all.data() + p * row_bytes + g * head_bytes;
+          const std::byte* v = v_all.data() + p * head_bytes;
           if (e.kv_.type() == GgmlType::F32) {
             kernels::axpy(scores[p], {reinterpret_cast<const float*>(v), hd}, oh);
           } else {

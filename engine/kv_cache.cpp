@@ -5,19 +5,28 @@
 
 namespace kiln {
 
-KvCache::KvCache(GgmlType type, size_t n_layers, size_t n_seq, size_t n_ctx, size_t kv_dim)
-    : type_(type), n_layers_(n_layers), n_seq_(n_seq), n_ctx_(n_ctx), kv_dim_(kv_dim) {
+KvCache::KvCache(GgmlType type, size_t n_layers, size_t n_seq, size_t n_ctx, size_t n_kv_heads,
+                 size_t head_dim)
+    : type_(type),
+      n_layers_(n_layers),
+      n_seq_(n_seq),
+      n_ctx_(n_ctx),
+      n_kv_heads_(n_kv_heads),
+      head_dim_(head_dim) {
   if (type != GgmlType::F32 && type != GgmlType::F16 && type != GgmlType::Q8_0) {
     throw std::invalid_argument("KV cache type " + std::string(type_name(type)) +
                                 " is not supported (use f16, f32 or q8_0)");
   }
-  if (type == GgmlType::Q8_0 && kv_dim % 32 != 0) {
-    throw std::invalid_argument("a q8_0 KV cache needs K/V widths that are multiples of 32, got " +
-                                std::to_string(kv_dim));
+  if (type == GgmlType::Q8_0 && head_dim % 32 != 0) {
+    throw std::invalid_argument(
+        "a q8_0 KV cache needs a head dimension that is a multiple of 32, got " +
+        std::to_string(head_dim));
   }
-  if (n_seq == 0 || n_ctx == 0) throw std::invalid_argument("KV cache with no slots or no context");
-  row_bytes_ = kiln::row_bytes(type, kv_dim);
-  bytes_per_tensor_ = n_layers * n_seq * n_ctx * row_bytes_;
+  if (n_seq == 0 || n_ctx == 0 || n_kv_heads == 0) {
+    throw std::invalid_argument("KV cache with no slots, no context or no heads");
+  }
+  head_bytes_ = kiln::row_bytes(type, head_dim);
+  bytes_per_tensor_ = n_layers * n_seq * n_kv_heads * n_ctx * head_bytes_;
   k_ = std::make_unique_for_overwrite<std::byte[]>(bytes_per_tensor_);
   v_ = std::make_unique_for_overwrite<std::byte[]>(bytes_per_tensor_);
   length_.assign(n_seq, 0);

@@ -1,9 +1,12 @@
 // Per-sequence key/value cache.
 //
-// Storage per layer is [n_seq slots][n_ctx positions][kv_dim] for K and for V,
-// in F16 (default), F32 or Q8_0. A sequence id is a slot index; the cache
-// tracks how many positions of each sequence are valid, so clearing and
-// truncating are O(1) (later writes overwrite the stale rows).
+// Storage per layer is [n_seq slots][n_kv_heads][n_ctx positions][head_dim] for K and
+// for V, in F16 (default), F32 or Q8_0: one KV head's positions lie together, so attention,
+// which reads one head's keys and values position after position, streams them (with the
+// heads of a position side by side, each read skipped over the others', and the hardware
+// prefetchers followed that poorly). A sequence id is a slot index; the cache tracks how
+// many positions of each sequence are valid, so clearing and truncating are O(1) (later
+// writes overwrite the stale rows).
 #pragma once
 
 #include <cstddef>
@@ -19,14 +22,17 @@ namespace kiln {
 
 class KvCache {
  public:
-  // kv_dim must be a multiple of 32 for Q8_0.
-  KvCache(GgmlType type, size_t n_layers, size_t n_seq, size_t n_ctx, size_t kv_dim);
+  // kv_dim = n_kv_heads * head_dim; head_dim must be a multiple of 32 for Q8_0.
+  KvCache(GgmlType type, size_t n_layers, size_t n_seq, size_t n_ctx, size_t n_kv_heads,
+          size_t head_dim);
 
   GgmlType type() const { return type_; }
   size_t n_seq() const { return n_seq_; }
   size_t n_ctx() const { return n_ctx_; }
-  size_t kv_dim() const { return kv_dim_; }
-  size_t row_bytes() const { return row_bytes_; }  // bytes of one K (or V) row
+  size_t kv_dim() const { return n_kv_heads_ * head_dim_; }
+  size_t n_kv_heads() const { return n_kv_heads_; }
+  size_t head_bytes() const { return head_bytes_; }  // one head of one position, K or V
+  size_t row_bytes() const { return n_kv_heads_ * head_bytes_; }  // all heads of a position
   size_t total_bytes() const { return 2 * bytes_per_tensor_; }
 
   // Valid positions of a sequence: the next token goes at this position.
@@ -38,27 +44,27 @@ class KvCache {
   // Marks positions [0, n) valid after the forward wrote them.
   void set_length(size_t seq, size_t n);
 
-  // Row of K or V for (layer, seq, pos), raw bytes in type().
-  std::span<std::byte> k_row(size_t layer, size_t seq, size_t pos) {
-    return {k_.get() + offset(layer, seq, pos), row_bytes_};
+  // K or V of one head at (layer, seq, pos): head_dim values, raw bytes in type().
+  std::span<std::byte> k_head(size_t layer, size_t seq, size_t head, size_t pos) {
+    return {k_.get() + offset(layer, seq, head, pos), head_bytes_};
   }
-  std::span<std::byte> v_row(size_t layer, size_t seq, size_t pos) {
-    return {v_.get() + offset(layer, seq, pos), row_bytes_};
+  std::span<std::byte> v_head(size_t layer, size_t seq, size_t head, size_t pos) {
+    return {v_.get() + offset(layer, seq, head, pos), head_bytes_};
   }
-  // All rows [0, n_ctx) of one (layer, seq), contiguous.
-  std::span<const std::byte> k_rows(size_t layer, size_t seq) const {
-    return {k_.get() + offset(layer, seq, 0), row_bytes_ * n_ctx_};
+  // Positions [0, n_ctx) of one head of one (layer, seq): head_bytes() apart, contiguous.
+  std::span<const std::byte> k_head_rows(size_t layer, size_t seq, size_t head) const {
+    return {k_.get() + offset(layer, seq, head, 0), head_bytes_ * n_ctx_};
   }
-  std::span<const std::byte> v_rows(size_t layer, size_t seq) const {
-    return {v_.get() + offset(layer, seq, 0), row_bytes_ * n_ctx_};
+  std::span<const std::byte> v_head_rows(size_t layer, size_t seq, size_t head) const {
+    return {v_.get() + offset(layer, seq, head, 0), head_bytes_ * n_ctx_};
   }
 
  private:
-  size_t offset(size_t layer, size_t seq, size_t pos) const {
-    return ((layer * n_seq_ + seq) * n_ctx_ + pos) * row_bytes_;
+  size_t offset(size_t layer, size_t seq, size_t head, size_t pos) const {
+    return (((layer * n_seq_ + seq) * n_kv_heads_ + head) * n_ctx_ + pos) * head_bytes_;
   }
   GgmlType type_;
-  size_t n_layers_, n_seq_, n_ctx_, kv_dim_, row_bytes_, bytes_per_tensor_;
+  size_t n_layers_, n_seq_, n_ctx_, n_kv_heads_, head_dim_, head_bytes_, bytes_per_tensor_;
   // Not zero-filled: pages are touched only as positions are written, so a
   // large -c costs address space, not resident memory.
   std::unique_ptr<std::byte[]> k_, v_;
