@@ -130,6 +130,8 @@ class Engine {
   size_t seq_length(size_t seq) const { return kv_.length(seq); }
   void clear(size_t seq) { kv_.clear(seq); }
   void truncate(size_t seq, size_t pos) { kv_.truncate(seq, pos); }
+  // Positions [0, n) of sequence dst become a copy of src's (KvCache::copy_prefix).
+  void copy_prefix(size_t src, size_t dst, size_t n) { kv_.copy_prefix(src, dst, n); }
 
   // Evaluates `tokens` for one sequence from its current length on, in chunks
   // of max_batch. Returns the logits of the last token, or of every token

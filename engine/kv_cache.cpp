@@ -1,5 +1,6 @@
 #include "engine/kv_cache.h"
 
+#include <cstring>
 #include <stdexcept>
 #include <string>
 
@@ -44,6 +45,23 @@ void KvCache::truncate(size_t seq, size_t pos) {
 }
 
 void KvCache::set_length(size_t seq, size_t n) { length_.at(seq) = n; }
+
+void KvCache::copy_prefix(size_t src, size_t dst, size_t n) {
+  if (src == dst || n > length_.at(src) || dst >= n_seq_) {
+    throw std::out_of_range("cannot copy " + std::to_string(n) + " positions of sequence " +
+                            std::to_string(src) + " to sequence " + std::to_string(dst));
+  }
+  // One contiguous run per (layer, head), for K and for V.
+  for (size_t layer = 0; layer < n_layers_; ++layer) {
+    for (size_t head = 0; head < n_kv_heads_; ++head) {
+      std::memcpy(k_.get() + offset(layer, dst, head, 0), k_.get() + offset(layer, src, head, 0),
+                  n * head_bytes_);
+      std::memcpy(v_.get() + offset(layer, dst, head, 0), v_.get() + offset(layer, src, head, 0),
+                  n * head_bytes_);
+    }
+  }
+  length_[dst] = n;
+}
 
 GgmlType parse_kv_cache_type(std::string_view name) {
   std::string lower;

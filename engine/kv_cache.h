@@ -43,6 +43,10 @@ class KvCache {
   void truncate(size_t seq, size_t pos);
   // Marks positions [0, n) valid after the forward wrote them.
   void set_length(size_t seq, size_t n);
+  // Makes positions [0, n) of sequence dst a copy of src's (a shared prompt prefix computed
+  // once): dst then holds n positions. Throws std::out_of_range for a bad slot, dst == src,
+  // or n beyond src's length.
+  void copy_prefix(size_t src, size_t dst, size_t n);
 
   // K or V of one head at (layer, seq, pos): head_dim values, raw bytes in type().
   std::span<std::byte> k_head(size_t layer, size_t seq, size_t head, size_t pos) {

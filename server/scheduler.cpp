@@ -152,43 +152,50 @@ void Scheduler::admit() {
     // prompt; among equals the one caching least, so a long cache that
     // shares nothing with this prompt is kept for one that might.
     const std::vector<TokenId>& prompt = front.job.prompt;
+    const auto shared_prefix = [&](size_t s) {
+      const auto& c = cached_[s];
+      const size_t n = std::min(c.size(), prompt.size());
+      return static_cast<size_t>(
+          std::mismatch(c.begin(), c.begin() + static_cast<ptrdiff_t>(n), prompt.begin()).first -
+          c.begin());
+    };
     size_t best = slots_.size(), best_common = 0;
     for (size_t s = 0; s < slots_.size(); ++s) {
       if (slots_[s]) continue;
-      const auto& c = cached_[s];
-      const size_t n = std::min(c.size(), prompt.size());
-      const size_t common = static_cast<size_t>(
-          std::mismatch(c.begin(), c.begin() + static_cast<ptrdiff_t>(n), prompt.begin()).first -
-          c.begin());
+      const size_t common = shared_prefix(s);
       if (best == slots_.size() || common > best_common ||
-          (common == best_common && c.size() < cached_[best].size())) {
+          (common == best_common && cached_[s].size() < cached_[best].size())) {
         best = s;
         best_common = common;
       }
     }
     if (best == slots_.size()) break;  // no free slot
-    // The last prompt token is always fed again: its logits are the first
-    // token's distribution, and the cache keeps no logits.
-    size_t reuse = options_.reuse_prompt_prefix ? std::min(best_common, prompt.size() - 1) : 0;
-    if (reuse > 0 && engine_.run_length_threshold() > 0) {
-      // Exactly as a cold run: every reused position was computed in a run of the kind the
-      // cold run computes it in, and the first piece fed, [reuse, end of its cold piece),
-      // is as long a run as the cold piece is (else reuse less of it).
-      const size_t min_run = engine_.run_length_threshold();
-      const auto long_when_cold = [&](size_t p) {
-        const auto [begin, end] = prompt_piece(p, prompt.size());
-        return end - begin >= min_run;
-      };
-      const auto& long_run = cached_long_run_[best];
-      size_t p = 0;
-      while (p < reuse && (long_run[p] != 0) == long_when_cold(p)) ++p;
-      reuse = p;
-      const auto [begin, end] = prompt_piece(reuse, prompt.size());
-      if (end - begin >= min_run && end - reuse < min_run) reuse = end - min_run;
+    size_t reuse = options_.reuse_prompt_prefix ? exact_reuse(best, best_common, prompt) : 0;
+    // Another slot, running or free, may hold more of the prompt (a shared system prompt,
+    // another user's identical start): its KV rows are copied instead of computed again.
+    size_t donor = slots_.size(), donor_reuse = reuse;
+    for (size_t s = 0; options_.reuse_prompt_prefix && s < slots_.size(); ++s) {
+      if (s == best) continue;
+      const size_t common = shared_prefix(s);
+      if (common <= donor_reuse) continue;
+      const size_t r = exact_reuse(s, common, prompt);
+      if (r > donor_reuse) {
+        donor = s;
+        donor_reuse = r;
+      }
     }
-    engine_.truncate(best, reuse);
-    cached_[best].resize(reuse);
-    cached_long_run_[best].resize(reuse);
+    if (donor != slots_.size() && engine_.copy_prefix(donor, best, donor_reuse)) {
+      cached_[best].assign(cached_[donor].begin(),
+                           cached_[donor].begin() + static_cast<ptrdiff_t>(donor_reuse));
+      cached_long_run_[best].assign(
+          cached_long_run_[donor].begin(),
+          cached_long_run_[donor].begin() + static_cast<ptrdiff_t>(donor_reuse));
+      reuse = donor_reuse;
+    } else {
+      engine_.truncate(best, reuse);
+      cached_[best].resize(reuse);
+      cached_long_run_[best].resize(reuse);
+    }
     slots_[best] =
         std::make_unique<Sequence>(std::move(front), tokenizer_, engine_.n_vocab(), admitted_++);
     queue_.pop_front();
@@ -200,6 +207,28 @@ void Scheduler::admit() {
       seq.grammar = constraints_->make(seq.job.response_format);
     }
   }
+}
+
+size_t Scheduler::exact_reuse(size_t s, size_t common, const std::vector<TokenId>& prompt) const {
+  // The last prompt token is always fed again: its logits are the first
+  // token's distribution, and the cache keeps no logits.
+  size_t reuse = std::min(common, prompt.size() - 1);
+  if (reuse == 0 || engine_.run_length_threshold() == 0) return reuse;
+  // Exactly as a cold run: every reused position was computed in a run of the
+  // kind the cold run computes it in, and the first piece fed, [reuse, end of its
+  // cold piece), is as long a run as the cold piece is (else reuse less of it).
+  const size_t min_run = engine_.run_length_threshold();
+  const auto long_when_cold = [&](size_t p) {
+    const auto [begin, end] = prompt_piece(p, prompt.size());
+    return end - begin >= min_run;
+  };
+  const auto& long_run = cached_long_run_[s];
+  size_t p = 0;
+  while (p < reuse && (long_run[p] != 0) == long_when_cold(p)) ++p;
+  reuse = p;
+  const auto [begin, end] = prompt_piece(reuse, prompt.size());
+  if (end - begin >= min_run && end - reuse < min_run) reuse = end - min_run;
+  return reuse;
 }
 
 size_t Scheduler::prefill_chunk() const {

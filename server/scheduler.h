@@ -103,6 +103,8 @@ class BatchEngine {
   virtual size_t n_vocab() const = 0;
   // Engine::run_length_threshold (0 for an engine without one).
   virtual size_t run_length_threshold() const = 0;
+  // Engine::copy_prefix; false (nothing done) for an engine without it.
+  virtual bool copy_prefix(size_t src, size_t dst, size_t n) = 0;
 };
 
 // A BatchEngine over an engine it does not own (Engine or CudaEngine).
@@ -126,6 +128,14 @@ class EngineRef final : public BatchEngine {
       return 0;
     }
   }
+  bool copy_prefix(size_t src, size_t dst, size_t n) override {
+    if constexpr (requires(E & e) { e.copy_prefix(src, dst, n); }) {
+      e_.copy_prefix(src, dst, n);
+      return true;
+    } else {
+      return false;
+    }
+  }
 
  private:
   E& e_;
@@ -138,10 +148,11 @@ struct SchedulerOptions {
   // generating get a token between pieces instead of stalling for the whole
   // prefill, and a client that leaves mid-prefill is noticed between them.
   size_t prefill_chunk = 0;
-  // Reuse the KV of a free slot whose last request shares a prompt prefix (only the rest
-  // of the prompt is computed). Exact: a prompt is always fed in the pieces a cold run
-  // would use (multiples of prefill_chunk from its start), and a cached position is reused
-  // only where it was computed in a run of the same kind (BatchEngine::
+  // Reuse the KV of a slot whose request shares a prompt prefix (only the rest of the
+  // prompt is computed): the free slot's own, or, where another slot (free or running)
+  // holds more of the prefix, a copy of that one's KV rows. Exact: a prompt is always fed in the
+  // pieces a cold run would use (multiples of prefill_chunk from its start), and a cached position
+  // is reused only where it was computed in a run of the same kind (BatchEngine::
   // run_length_threshold) as the cold run would compute it, so a request's logits are the
   // same bit for bit with or without the cache.
   bool reuse_prompt_prefix = true;
@@ -194,6 +205,9 @@ class Scheduler {
   std::pair<size_t, size_t> prompt_piece(size_t p, size_t n) const;
   // Records that `n` positions were just written to slot s's cache, in one run of n rows.
   void note_cached(size_t s, std::span<const TokenId> tokens);
+  // How many of slot s's cached positions a prompt can reuse exactly (shorter than
+  // `common`, the cached tokens it shares, where a cold run would compute them otherwise).
+  size_t exact_reuse(size_t s, size_t common, const std::vector<TokenId>& prompt) const;
 
   std::unique_ptr<BatchEngine> engine_owner_;
   BatchEngine& engine_;

@@ -501,6 +501,26 @@ TEST_F(EngineFixture, TruncateThenReevaluateGivesSameLogits) {
   EXPECT_THROW(e.truncate(0, 13), std::out_of_range);
 }
 
+TEST_F(EngineFixture, CopiedPrefixContinuesLikeTheOriginal) {
+  EngineOptions o;
+  o.kv_type = GgmlType::F32;
+  o.n_seq = 3;
+  Engine e(*model_, o);
+  const auto tokens = some_tokens(12, spec_.vocab, 6);
+  auto whole = e.eval(0, tokens, false);
+  const std::vector<float> expected(whole.begin(), whole.end());
+  // Sequence 2 takes 7 positions of sequence 0 and computes only the rest.
+  e.copy_prefix(0, 2, 7);
+  EXPECT_EQ(e.seq_length(2), 7u);
+  EXPECT_EQ(e.seq_length(0), 12u);
+  auto rest = e.eval(2, std::span(tokens).subspan(7), false);
+  for (size_t v = 0; v < spec_.vocab; ++v) ASSERT_NEAR(rest[v], expected[v], 1e-5);
+  EXPECT_THROW(e.copy_prefix(0, 0, 3), std::out_of_range);  // onto itself
+  EXPECT_THROW(e.copy_prefix(1, 2, 1), std::out_of_range);  // more than sequence 1 holds
+  EXPECT_THROW(e.copy_prefix(0, 3, 2), std::out_of_range);  // no such slot
+  EXPECT_EQ(e.seq_length(2), 12u);                          // the failed copies changed nothing
+}
+
 TEST_F(EngineFixture, ResidentWeightsAreACopyWithTheSameLogits) {
   const auto tokens = some_tokens(12, spec_.vocab, 21);
   std::vector<std::vector<float>> logits;

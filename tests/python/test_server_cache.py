@@ -80,3 +80,47 @@ def test_cached_prompts_give_a_cold_runs_logits(request, tmp_path, kiln_bin, mod
             s.stop()
         assert (reused > 50) if name == "warm" else (reused == 0)
     assert logprobs["warm"] == logprobs["cold"]
+
+
+SYSTEM = ("You are a careful assistant for a geography class. Answer in one short sentence, "
+          "name real places only, and never invent facts.")
+
+
+def second_users_logprobs(server):
+    """A first user's request (streaming, held open) and a second user's with the same system
+    prompt, asked while the first one runs: the second gets a free slot of its own, and its
+    answer's top-5 logprobs at every position."""
+    client = openai.OpenAI(base_url=server.base + "/v1", api_key="unused", max_retries=0)
+    first = client.chat.completions.create(
+        model="smol", stream=True, max_tokens=60, temperature=0,
+        messages=[{"role": "system", "content": SYSTEM},
+                  {"role": "user", "content": "Name three rivers in Europe."}])
+    next(iter(first))  # admitted, its prompt computed
+    before = cached(server)
+    r = client.chat.completions.create(
+        model="smol", max_tokens=12, temperature=0, logprobs=True, top_logprobs=5,
+        messages=[{"role": "system", "content": SYSTEM},
+                  {"role": "user", "content": "Which mountain is the highest in Africa?"}])
+    reused = cached(server) - before
+    for _ in first:
+        pass
+    return reused, [(t.token, t.logprob, [(a.token, a.logprob) for a in t.top_logprobs])
+                    for t in r.choices[0].logprobs.content]
+
+
+@pytest.mark.parametrize("model", ["q4_1", "q4_k_m"])
+def test_a_running_slots_prefix_is_copied_exactly(request, tmp_path, kiln_bin, model):
+    """The second user's shared system prompt comes from the first user's slot (copied KV
+    rows, the first still generating), with the logprobs of a server that computes it."""
+    path = request.getfixturevalue("default_model" if model == "q4_1" else "default_model_q4_k_m")
+    results = {}
+    for name, extra in (("warm", []), ("cold", ["--no-cache-prompt"])):
+        (tmp_path / name).mkdir()
+        s = KilnServer(kiln_bin, path, tmp_path / name, "--alias", "smol", *extra, parallel=2)
+        try:
+            results[name] = second_users_logprobs(s)
+        finally:
+            s.stop()
+    assert results["cold"][0] == 0
+    assert results["warm"][0] >= 20  # the system prompt and the turn's header, at least
+    assert results["warm"][1] == results["cold"][1]
