@@ -1,6 +1,7 @@
 """Prompt caching (on by default; --no-cache-prompt turns it off): a new request reuses the KV
-cache of a free slot whose last request shares a prefix with its prompt, and only the rest
-of the prompt is computed, with the same logits as a cold run, bit for bit."""
+cache of a free slot whose last request shares a prefix with its prompt, or a copy of another
+slot's (running or free) where that holds more, and only the rest of the prompt is computed,
+with the same logits as a cold run, bit for bit."""
 import openai
 import pytest
 from kiln_server import KilnServer
