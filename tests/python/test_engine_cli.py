@@ -148,6 +148,15 @@ def test_logits_are_the_same_however_the_weights_are_held(kiln_bin, default_mode
     assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
 
 
+def cpu_has_avx512_vnni():
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return all(f in flags for f in ("avx512f", "avx512bw", "avx512vl", "avx512_vnni"))
+
+
+@pytest.mark.skipif(not cpu_has_avx512_vnni(), reason="pre-packed panels need AVX-512 VNNI")
 def test_packed_k_panels_decode_as_the_gemm(kiln_bin, default_model_q4_k_m, tmp_path):
     # --hugepage-weights packs Q4_K and Q6_K too and reads the panels for every token, so one
     # token at a time (-b 1) gives the logits the GEMM gives the whole prompt in one run
