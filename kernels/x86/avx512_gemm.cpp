@@ -74,6 +74,21 @@ inline void for_token_tiles(size_t m, const std::byte* act, size_t act_stride, f
   with_token_count<kTile - 1>(m - t0,
                               [&](auto nt) { tile(nt, act + t0 * act_stride, y + t0 * y_stride); });
 }
+// A tile's start: token t's activation blocks from block kb0 on, and its 16 running sums
+// (zero where the chunk starts the sum, else what y holds). tile_end stores the sums.
+template <typename ActBlock, int NT>
+inline void tile_begin(const std::byte* act, size_t act_stride, size_t kb0, const float* y,
+                       size_t y_stride, __mmask16 mask, bool first, const ActBlock* (&a)[NT],
+                       __m512 (&acc)[NT]) {
+  for (int t = 0; t < NT; ++t) {
+    a[t] = reinterpret_cast<const ActBlock*>(act + static_cast<size_t>(t) * act_stride) + kb0;
+    acc[t] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mask, y + t * y_stride);
+  }
+}
+template <int NT>
+inline void tile_end(const __m512 (&acc)[NT], float* y, size_t y_stride, __mmask16 mask) {
+  for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * y_stride, mask, acc[t]);
+}
 #include "kernels/x86/avx512_unpack.h"
 #include "kernels/x86/simd_unpack.h"
 inline __m512i load512(const void* p) { return _mm512_load_si512(p); }
@@ -284,13 +299,8 @@ void k_tile(const KPanel* panel, int nb, const std::byte* act, size_t act_stride
             float* y, size_t y_stride, __mmask16 mask, bool first) {
   constexpr int kGroups = QK_K / 4 / NSB;  // vpdpbusd steps per sub-block
   const block_q8_K* a[NT];
-  for (int t = 0; t < NT; ++t) {
-    a[t] = reinterpret_cast<const block_q8_K*>(act + static_cast<size_t>(t) * act_stride) + kb0;
-  }
   __m512 acc[NT];
-  for (int t = 0; t < NT; ++t) {
-    acc[t] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mask, y + t * y_stride);
-  }
+  tile_begin(act, act_stride, kb0, y, y_stride, mask, first, a, acc);
   for (int i = 0; i < nb; ++i) {
     const KPanel& p = panel[i];
     __m512i sum[NT];
@@ -321,7 +331,7 @@ void k_tile(const KPanel* panel, int nb, const std::byte* act, size_t act_stride
       acc[t] = k_block_step(acc[t], d, dmin, sum[t], min_sum, a[t][i].d);
     }
   }
-  for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * y_stride, mask, acc[t]);
+  tile_end(acc, y, y_stride, mask);
 }
 
 template <typename Block>
@@ -424,13 +434,8 @@ template <int kOffset, int NT>
 void l_tile(const LPanel* panel, int nb, const std::byte* act, size_t act_stride, size_t kb0,
             float* y, size_t y_stride, __mmask16 mask, bool first) {
   const block_q8_act* a[NT];
-  for (int t = 0; t < NT; ++t) {
-    a[t] = reinterpret_cast<const block_q8_act*>(act + static_cast<size_t>(t) * act_stride) + kb0;
-  }
   __m512 acc[NT];
-  for (int t = 0; t < NT; ++t) {
-    acc[t] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mask, y + t * y_stride);
-  }
+  tile_begin(act, act_stride, kb0, y, y_stride, mask, first, a, acc);
   for (int i = 0; i < nb; ++i) {
     const LPanel& p = panel[i];
     __m512i sum[NT];
@@ -445,7 +450,7 @@ void l_tile(const LPanel* panel, int nb, const std::byte* act, size_t act_stride
     const __m512 c = _mm512_load_ps(p.c);
     for (int t = 0; t < NT; ++t) acc[t] = l_block_step<kOffset>(acc[t], d, c, sum[t], a[t][i]);
   }
-  for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * y_stride, mask, acc[t]);
+  tile_end(acc, y, y_stride, mask);
 }
 
 template <typename Block>
@@ -609,13 +614,8 @@ void l_packed_tile(const uint8_t* panel, size_t kb0, size_t nb, const std::byte*
   using L = LPairLayout<Block>;
   constexpr int kOffset = LPack<Block>::kOffset;
   const block_q8_act* a[NT];
-  for (int t = 0; t < NT; ++t) {
-    a[t] = reinterpret_cast<const block_q8_act*>(act + static_cast<size_t>(t) * act_stride) + kb0;
-  }
   __m512 acc[NT];
-  for (int t = 0; t < NT; ++t) {
-    acc[t] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mask, y + t * y_stride);
-  }
+  tile_begin(act, act_stride, kb0, y, y_stride, mask, first, a, acc);
   for (size_t i = 0; i < nb; ++i) {
     const size_t block = kb0 + i;
     const uint8_t* pair = panel + block / 2 * L::kBytes;
@@ -634,7 +634,7 @@ void l_packed_tile(const uint8_t* panel, size_t kb0, size_t nb, const std::byte*
     if constexpr (L::P::kMin) c = _mm512_cvtph_ps(load256(pair + L::kM + h * 32));
     for (int t = 0; t < NT; ++t) acc[t] = l_block_step<kOffset>(acc[t], d, c, sum[t], a[t][i]);
   }
-  for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * y_stride, mask, acc[t]);
+  tile_end(acc, y, y_stride, mask);
 }
 
 // Many tokens from a packed legacy panel: each chunk unpacked once into l_gemm_panel's LPanel
@@ -808,13 +808,8 @@ void k_packed_tile(const uint8_t* panel, size_t kb0, size_t nb, const std::byte*
   constexpr int NSB = KPack<Block>::kSubBlocks;
   constexpr int kGroups = QK_K / 4 / NSB;
   const block_q8_K* a[NT];
-  for (int t = 0; t < NT; ++t) {
-    a[t] = reinterpret_cast<const block_q8_K*>(act + static_cast<size_t>(t) * act_stride) + kb0;
-  }
   __m512 acc[NT];
-  for (int t = 0; t < NT; ++t) {
-    acc[t] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mask, y + t * y_stride);
-  }
+  tile_begin(act, act_stride, kb0, y, y_stride, mask, first, a, acc);
   for (size_t i = 0; i < nb; ++i) {
     const uint8_t* sb = panel + (kb0 + i) * P::kBytes;
     __m512i sum[NT];
@@ -849,7 +844,7 @@ void k_packed_tile(const uint8_t* panel, size_t kb0, size_t nb, const std::byte*
       acc[t] = k_block_step(acc[t], d, dmin, sum[t], min_sum, a[t][i].d);
     }
   }
-  for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * y_stride, mask, acc[t]);
+  tile_end(acc, y, y_stride, mask);
 }
 
 // Many tokens from a packed K panel: each chunk unpacked once into k_gemm_panel's KPanel
