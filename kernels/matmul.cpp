@@ -109,7 +109,7 @@ bool matmul_group_runs_like_matmul(GgmlType type, ActPrecision precision, BatchG
   return matmul_gemm == group_gemm;
 }
 
-RowJob row_job(const WeightMatrix& w, DotKernel dot, GemmPanelFn panel, ActPrecision precision) {
+RowJob row_job(const WeightMatrix& w, DotKernel dot, GemmPanelFn panel, GemmPackedFn packed) {
   RowJob j;
   j.w = w.data.data();
   j.w_row_bytes = row_bytes(w.type, w.cols);
@@ -117,7 +117,7 @@ RowJob row_job(const WeightMatrix& w, DotKernel dot, GemmPanelFn panel, ActPreci
   j.cols = w.cols;
   j.dot = dot.fn;
   j.panel = panel;
-  j.packed = panel != nullptr ? packed_panel_kernel(w, precision) : nullptr;
+  j.packed = panel != nullptr ? packed : nullptr;
   if (j.packed != nullptr) {
     j.panels = w.panels.data();
     j.panel_bytes = gemm_kernel(w.type).packed_bytes(w.cols);
@@ -222,13 +222,14 @@ void matmul(const WeightMatrix& w, std::span<const float> x, size_t m, std::span
   // The fastest path for m, whatever its rounding: where the twin beats the dot kernels,
   // it for a few rows and the GEMM beyond; else the GEMM from kGemmMinTokens rows.
   const GemmKernel gemm = gemm_kernel(w.type, precision);
+  const GemmPackedFn packed = packed_panel_kernel(w, precision);
   GemmPanelFn panel = nullptr;
-  if (gemm.act == kernel.act && fast_alone(gemm, packed_panel_kernel(w, precision) != nullptr)) {
+  if (gemm.act == kernel.act && fast_alone(gemm, packed != nullptr)) {
     panel = m <= kSmallMaxTokens ? gemm.small : gemm.fn;
   } else if (gemm.act == kernel.act && m >= kGemmMinTokens) {
     panel = gemm.fn;
   }
-  RowJob job = row_job(w, kernel, panel, precision);
+  RowJob job = row_job(w, kernel, panel, packed);
   job.act = act;
   job.act_stride = act_stride;
   job.y = y.data();

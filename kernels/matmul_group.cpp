@@ -161,11 +161,11 @@ void matmul_group(std::span<const MatmulTarget> targets, std::span<const float> 
   size_t n_units = 0;
   for (size_t i = 0; i < targets.size(); ++i) {
     const WeightMatrix& w = targets[i].w;
-    jobs[i].rows =
-        row_job(w, kernels[i],
-                batch_panel_kernel(w.type, precision, kernels[i].act, m, batch_gemm,
-                                   packed_panel_kernel(w, precision) != nullptr),
-                precision);
+    const GemmPackedFn packed = packed_panel_kernel(w, precision);
+    jobs[i].rows = row_job(
+        w, kernels[i],
+        batch_panel_kernel(w.type, precision, kernels[i].act, m, batch_gemm, packed != nullptr),
+        packed);
     RowJob& j = jobs[i].rows;
     if (kernels[i].act == ActFormat::F32) {
       j.act = reinterpret_cast<const std::byte*>(x.data());

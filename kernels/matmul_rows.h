@@ -33,8 +33,9 @@ struct RowJob {
 };
 
 // The job's kernels for m rows: the panel given (nullptr: the dot kernels), and w's packed
-// panels standing in for it where w has them (same results, no repack).
-RowJob row_job(const WeightMatrix& w, DotKernel dot, GemmPanelFn panel, ActPrecision precision);
+// panels (packed: packed_panel_kernel(w, ...), or nullptr) standing in for it where w has
+// them (same results, no repack).
+RowJob row_job(const WeightMatrix& w, DotKernel dot, GemmPanelFn panel, GemmPackedFn packed);
 
 // y[t * rows + r] for rows r of unit `unit` ([16 unit, +16)) and every token t < m.
 void run_unit(const RowJob& job, size_t unit, size_t m);
