@@ -34,6 +34,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 
 #include "kernels/blocks.h"
@@ -44,8 +45,8 @@ namespace {
 constexpr int kRows = kGemmPanelRows;  // one int32 lane per weight row
 constexpr int kTile = 8;               // tokens per register tile
 // Columns repacked at a time: the panel chunk (about 23 KB for the K types, 21 KB for the
-// legacy ones, plus 17 KB of row-major codes while packing, all on the stack) stays in L1/L2
-// while every token tile streams past it. 512 was slower and 2048 no faster (prefill
+// legacy ones, plus, for the K types, 17 KB of row-major codes while packing, all on the stack)
+// stays in L1/L2 while every token tile streams past it. 512 was slower and 2048 no faster (prefill
 // benchmarks, one thread).
 constexpr int kChunkCols = 1024;
 
@@ -96,6 +97,11 @@ inline __m512i broadcast32(const void* p) {
   int32_t v;
   std::memcpy(&v, p, 4);
   return _mm512_set1_epi32(v);
+}
+
+// 16 fp16 values in the low (high = false) or high halves of the int32 lanes -> floats.
+inline __m512 halves_to_float(__m512i v, bool high) {
+  return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(high ? _mm512_srli_epi32(v, 16) : v));
 }
 
 // The float step that ends a block, shared by every path (the GEMM's tiles, their few-token
@@ -382,27 +388,24 @@ struct alignas(64) LPanel {
 template <typename Block>
 struct LPack;
 
-// codes(b): the block's 32 codes as the panel stores them, q + kOffset (unsigned);
-// c(b): the coefficient of the activation block's s.
+// codes(b): the block's 32 codes as the few-token kernels use them, q + kOffset (unsigned);
+// the panels' c (the coefficient of the activation block's s) is m, or -kOffset d.
 template <>
 struct LPack<block_q8_0> {
   static constexpr int kOffset = 128;
   static __m256i codes(const block_q8_0& b) {
     return _mm256_xor_si256(load256(b.qs), _mm256_set1_epi8(-128));  // q + 128
   }
-  static float c(const block_q8_0& b) { return -128.0f * half_to_float(b.d); }
 };
 template <>
 struct LPack<block_q4_0> {
   static constexpr int kOffset = 8;
   static __m256i codes(const block_q4_0& b) { return unpack_nibbles_32(b.qs); }
-  static float c(const block_q4_0& b) { return -8.0f * half_to_float(b.d); }
 };
 template <>
 struct LPack<block_q4_1> {
   static constexpr int kOffset = 0;
   static __m256i codes(const block_q4_1& b) { return unpack_nibbles_32(b.qs); }
-  static float c(const block_q4_1& b) { return half_to_float(b.m); }
 };
 template <>
 struct LPack<block_q5_0> {
@@ -410,7 +413,6 @@ struct LPack<block_q5_0> {
   static __m256i codes(const block_q5_0& b) {
     return _mm256_or_si256(unpack_nibbles_32(b.qs), expand_high_bits_32(b.qh));
   }
-  static float c(const block_q5_0& b) { return -16.0f * half_to_float(b.d); }
 };
 template <>
 struct LPack<block_q5_1> {
@@ -418,15 +420,7 @@ struct LPack<block_q5_1> {
   static __m256i codes(const block_q5_1& b) {
     return _mm256_or_si256(unpack_nibbles_32(b.qs), expand_high_bits_32(b.qh));
   }
-  static float c(const block_q5_1& b) { return half_to_float(b.m); }
 };
-
-template <typename Block>
-inline void l_pack(const Block& b, int r, uint8_t* codes, LPanel& p) {
-  _mm256_store_si256(reinterpret_cast<__m256i*>(codes), LPack<Block>::codes(b));
-  p.d[r] = half_to_float(b.d);
-  p.c[r] = LPack<Block>::c(b);
-}
 
 // kOffset: codes are q + kOffset (c = -kOffset d), so the offset folds into one FMA per
 // block as d (da sum - kOffset s); 0: a separate min term c s (Q4_1, Q5_1).
@@ -453,36 +447,132 @@ void l_tile(const LPanel* panel, int nb, const std::byte* act, size_t act_stride
   tile_end(acc, y, y_stride, mask);
 }
 
+// Where the 16 rows of a panel start (rows past n_rows repeat row 0: every load stays inside
+// the matrix, and tile_end's mask drops their sums).
+struct PanelRows {
+  const uint8_t* row[kRows];
+
+  PanelRows(const std::byte* w, size_t w_row_bytes, int n_rows) {
+    for (int r = 0; r < kRows; ++r) {
+      const size_t src = r < n_rows ? static_cast<size_t>(r) : 0;
+      row[r] = reinterpret_cast<const uint8_t*>(w) + src * w_row_bytes;
+    }
+  }
+  // The Word (uint32_t or uint64_t) at byte `at` of each row, row r in element r. Scalar loads
+  // through the stack: a vpgatherdd cost more than the rest of a block's repacking (Zen 4).
+  template <typename Word>
+  void heads(size_t at, Word (&out)[kRows]) const {
+    for (int r = 0; r < kRows; ++r) std::memcpy(&out[r], row[r] + at, sizeof(Word));
+  }
+};
+
+// Dwords 0..3 of the 16 bytes at byte `at` of each row: out[k] holds dword k of row r in lane
+// r. Row 4L + j goes to 128-bit lane L of z[j], so a 4 x 4 dword transpose within each lane
+// puts rows 4L .. 4L + 3 in order.
+inline void gather_rows_16x16B(const PanelRows& rows, size_t at, __m512i out[4]) {
+  __m512i z[4];
+  for (int j = 0; j < 4; ++j) {
+    const auto lane = [&](int l) {
+      return _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows.row[4 * l + j] + at));
+    };
+    __m512i v = _mm512_castsi128_si512(lane(0));
+    v = _mm512_inserti32x4(v, lane(1), 1);
+    v = _mm512_inserti32x4(v, lane(2), 2);
+    z[j] = _mm512_inserti32x4(v, lane(3), 3);
+  }
+  const __m512i t0 = _mm512_unpacklo_epi32(z[0], z[1]), t1 = _mm512_unpackhi_epi32(z[0], z[1]);
+  const __m512i t2 = _mm512_unpacklo_epi32(z[2], z[3]), t3 = _mm512_unpackhi_epi32(z[2], z[3]);
+  out[0] = _mm512_unpacklo_epi64(t0, t2);
+  out[1] = _mm512_unpackhi_epi64(t0, t2);
+  out[2] = _mm512_unpacklo_epi64(t1, t3);
+  out[3] = _mm512_unpackhi_epi64(t1, t3);
+}
+
+// Block `block` of the 16 rows into the panel layout. The blocks' packed bytes (16 bytes of
+// nibbles, or 32 codes) are transposed across the rows first and unpacked after, 4 columns of
+// 16 rows per instruction: a decode batch from the file mapping repacks every weight once a
+// step, and this is 20% faster than unpacking row by row then transposing the codes (one
+// thread, prefill/q5_0/8tok 435 -> 351 us; 8-sequence decode of SmolLM2 Q4_K_M +6%).
+template <typename Block>
+inline void l_fill_panel(const PanelRows& rows, size_t block, LPanel& p) {
+  constexpr bool kFifth = std::is_same_v<Block, block_q5_0> || std::is_same_v<Block, block_q5_1>;
+  constexpr int kOffset = LPack<Block>::kOffset;
+  const size_t base = block * sizeof(Block);
+  // The block's head: fp16 d, then fp16 m (Q4_1, Q5_1), then the fifth bits qh (Q5_0, Q5_1).
+  static_assert(offsetof(Block, d) == 0);
+  __m512 d, m = _mm512_setzero_ps();
+  __m512i qh = _mm512_setzero_si512();
+  if constexpr (kFifth) {
+    alignas(64) uint64_t head[kRows];
+    rows.heads(base, head);
+    const __m512i lo = _mm512_load_si512(head), hi = _mm512_load_si512(head + 8);
+    // The 32 bits from bit `shift` of each row's 8 head bytes, row r in lane r.
+    const auto field = [&](int shift) {
+      return _mm512_inserti64x4(
+          _mm512_castsi256_si512(_mm512_cvtepi64_epi32(_mm512_srli_epi64(lo, shift))),
+          _mm512_cvtepi64_epi32(_mm512_srli_epi64(hi, shift)), 1);
+    };
+    const __m512i d_m = field(0);  // d and m (Q5_1; Q5_0: qh's first bytes) as two halves
+    d = halves_to_float(d_m, false);
+    if constexpr (kOffset == 0) m = halves_to_float(d_m, true);
+    qh = field(8 * offsetof(Block, qh));
+  } else {
+    alignas(64) uint32_t head[kRows];
+    rows.heads(base, head);
+    const __m512i d_m = _mm512_load_si512(head);
+    d = halves_to_float(d_m, false);
+    if constexpr (kOffset == 0) m = halves_to_float(d_m, true);
+  }
+  const __m512i low_mask = _mm512_set1_epi8(0x0F);
+  __m512i g[8];
+  if constexpr (std::is_same_v<Block, block_q8_0>) {
+    gather_rows_16x16B(rows, base + offsetof(Block, qs), g);
+    gather_rows_16x16B(rows, base + offsetof(Block, qs) + 16, g + 4);
+    for (int k = 0; k < 8; ++k) g[k] = _mm512_xor_si512(g[k], _mm512_set1_epi8(-128));
+  } else {
+    __m512i v[4];
+    gather_rows_16x16B(rows, base + offsetof(Block, qs), v);
+    for (int k = 0; k < 4; ++k) {
+      g[k] = _mm512_and_si512(v[k], low_mask);
+      g[k + 4] = _mm512_and_si512(_mm512_srli_epi16(v[k], 4), low_mask);
+    }
+    if constexpr (kFifth) {
+      // Bit c of qh is column c's fifth bit (+16): group k's 4 columns are bits 4k .. 4k + 3,
+      // all in byte k / 2 of the row's qh.
+      for (int k = 0; k < 8; ++k) {
+        const __m512i pick =
+            _mm512_add_epi32(_mm512_set1_epi32(0x01010101 * (k / 2)),
+                             _mm512_set4_epi32(0x0C0C0C0C, 0x08080808, 0x04040404, 0));
+        const __m512i bit = _mm512_set1_epi32(static_cast<int>(0x08040201u << (4 * (k % 2))));
+        const __mmask64 set = _mm512_test_epi8_mask(_mm512_shuffle_epi8(qh, pick), bit);
+        g[k] = _mm512_mask_add_epi8(g[k], set, g[k], _mm512_set1_epi8(16));
+      }
+    }
+  }
+  for (int k = 0; k < 8; ++k) _mm512_store_si512(p.codes[k], g[k]);
+  _mm512_store_ps(p.d, d);
+  _mm512_store_ps(
+      p.c, kOffset == 0 ? m : _mm512_mul_ps(d, _mm512_set1_ps(-static_cast<float>(kOffset))));
+}
+
 template <typename Block>
 void l_gemm_panel(size_t cols, const std::byte* w, size_t w_row_bytes, int n_rows,
                   const std::byte* act, size_t act_stride, size_t m, float* y, size_t y_stride) {
   constexpr int kChunk = kChunkCols / QK8_0;
-  // One spare block: codes are transposed two blocks (64 bytes a row) at a time.
-  LPanel panel[kChunk + 1];
-  alignas(64) uint8_t row_codes[kRows][kChunkCols + 64];
+  LPanel panel[kChunk];
+  const PanelRows rows(w, w_row_bytes, n_rows);
   const size_t n_blocks = cols / QK8_0;
   const auto mask = static_cast<__mmask16>((1u << n_rows) - 1);
   for (size_t kb0 = 0; kb0 < n_blocks; kb0 += kChunk) {
     const int nb = static_cast<int>(min_size(kChunk, n_blocks - kb0));
-    if (n_rows < kRows) {
-      std::memset(static_cast<void*>(panel), 0, sizeof(LPanel) * nb);
-      for (int r = n_rows; r < kRows; ++r) std::memset(row_codes[r], 0, sizeof(row_codes[r]));
-    }
-    for (int r = 0; r < n_rows; ++r) {
-      const auto* blocks = reinterpret_cast<const Block*>(w + static_cast<size_t>(r) * w_row_bytes);
-      prefetch_next_chunk<Block>(w, w_row_bytes, r, kb0, kChunk, n_blocks);
-      for (int i = 0; i < nb; ++i) {
-        l_pack(blocks[kb0 + i], r, row_codes[r] + i * QK8_0, panel[i]);
+    // The next chunk of each row (or the next panel) requested a few rows at a time, spread
+    // over this chunk's blocks.
+    int next_row = 0;
+    for (int i = 0; i < nb; ++i) {
+      for (const int until = (i + 1) * n_rows / nb; next_row < until; ++next_row) {
+        prefetch_next_chunk<Block>(w, w_row_bytes, next_row, kb0, kChunk, n_blocks);
       }
-      if (nb % 2 != 0) std::memset(row_codes[r] + nb * QK8_0, 0, QK8_0);  // the spare
-    }
-    for (int i = 0; i < nb; i += 2) {
-      uint8_t* dst[16];
-      for (int j = 0; j < 8; ++j) {
-        dst[j] = &panel[i].codes[j][0][0];
-        dst[8 + j] = &panel[i + 1].codes[j][0][0];
-      }
-      transpose_16x16(&row_codes[0][i * QK8_0], sizeof(row_codes[0]), dst);
+      l_fill_panel<Block>(rows, kb0 + i, panel[i]);
     }
     const bool first = kb0 == 0;
     for_token_tiles(m, act, act_stride, y, y_stride, [&](auto nt, const std::byte* a, float* yt) {
@@ -1005,11 +1095,6 @@ inline int32_t head32(const Block& b) {
   int32_t v;
   std::memcpy(&v, &b, 4);
   return v;
-}
-
-// 16 fp16 values in the low (high = false) or high halves of the int32 lanes -> floats.
-inline __m512 halves_to_float(__m512i v, bool high) {
-  return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(high ? _mm512_srli_epi32(v, 16) : v));
 }
 
 // Software prefetch distance: the rows are read one after another, and this keeps the
