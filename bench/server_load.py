@@ -8,7 +8,13 @@ Starts `kiln serve` on a free port (or uses --url), then measures
   3. time to first token (p50/p99) over every request, and the error count.
 
 Every request forces exactly --max-tokens tokens (end-of-turn tokens get a
--100 logit bias) at temperature 0, so runs are comparable.
+-100 logit bias) at temperature 0, so runs are comparable. One single and one
+concurrent request go first, untimed (as kiln bench warms up before it times).
+Then --rounds rounds each time --single-runs lone requests and one round of
+concurrent ones, so a ratio compares measurements made seconds apart (this
+machine's memory speed swings within minutes); the ratio reported is the median
+of the rounds' ratios. kiln bench runs before and after the server's rounds,
+and the single stream is compared with the mean of the two.
 
   python3 bench/server_load.py --kiln build/bin/kiln -m models/SmolLM2-135M-Instruct.Q4_1.gguf
 """
@@ -142,8 +148,9 @@ def main():
     ap.add_argument("-t", "--threads", type=int, default=2)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--single-runs", type=int, default=3)
-    ap.add_argument("--rounds", type=int, default=2, help="rounds of --clients concurrent requests")
+    ap.add_argument("--single-runs", type=int, default=2, help="lone requests per round")
+    ap.add_argument("--rounds", type=int, default=4,
+                    help="rounds of --single-runs lone requests then --clients concurrent ones")
     ap.add_argument("--no-kiln-bench", action="store_true")
     ap.add_argument("--serve-args", default="",
                     help="more arguments for kiln serve, e.g. \"--cache-prompt --prefill-chunk 64\"")
@@ -177,37 +184,57 @@ def main():
         model = json.load(urllib.request.urlopen(base + "/v1/models"))["data"][0]["id"]
         end_tokens = [0, 1, 2]  # SmolLM2: <|endoftext|>, <|im_start|>, <|im_end|>
 
-        single = []
-        for i in range(args.single_runs):
-            ok, errors, _ = asyncio.run(run_concurrent(args, host, port, model, 1, end_tokens))
+        def bench_tg():
+            if args.no_kiln_bench or args.url:
+                return None
+            return kiln_bench_tg(args.kiln, args.model, args.max_tokens, args.threads,
+                                 bench_flags(args.serve_args))
+
+        def run(n):
+            return asyncio.run(run_concurrent(args, host, port, model, n, end_tokens))
+
+        tg_before = bench_tg()
+        for n in (1, args.clients):  # warm-up, untimed
+            _, errors, _ = run(n)
             if errors:
                 raise errors[0]
-            single.extend(ok)
-        one_rate = statistics.median(gen_rate([r]) for r in single)
-
-        conc_rates, ttfts, n_errors, n_ok = [], [r[0] for r in single], 0, len(single)
+        single_rates, conc_rates, ratios, ttfts, n_errors, n_ok = [], [], [], [], 0, 0
         for _ in range(args.rounds):
-            ok, errors, _ = asyncio.run(run_concurrent(args, host, port, model, args.clients,
-                                                       end_tokens))
+            round_single = []
+            for _ in range(args.single_runs):
+                ok, errors, _ = run(1)
+                if errors:
+                    raise errors[0]
+                round_single.append(gen_rate(ok))
+                ttfts.append(ok[0][0])
+                n_ok += 1
+            ok, errors, _ = run(args.clients)
             n_errors += len(errors)
             n_ok += len(ok)
             for e in errors:
                 print("error:", e, file=sys.stderr)
+            single_rates.extend(round_single)
             if ok:
                 conc_rates.append(gen_rate(ok))
                 ttfts.extend(r[0] for r in ok)
+                ratios.append(conc_rates[-1] / statistics.median(round_single))
+        tg_after = bench_tg()
+        one_rate = statistics.median(single_rates)
         agg = statistics.median(conc_rates) if conc_rates else 0.0
-        tg = None if args.no_kiln_bench or args.url else kiln_bench_tg(
-            args.kiln, args.model, args.max_tokens, args.threads,
-            bench_flags(args.serve_args))
+        ratio = statistics.median(ratios) if ratios else 0.0
+        tg = None if tg_before is None else (tg_before + tg_after) / 2
 
         print(f"model: {model}; {args.max_tokens} tokens per request, temperature 0")
         if tg is not None:
             print(f"kiln bench tg{args.max_tokens}:            {tg:.1f} tokens/s "
-                  f"(server single stream: {one_rate / tg:.0%} of it)")
-        print(f"1 stream through the server:   {one_rate:.1f} tokens/s (median of {len(single)})")
+                  f"(before {tg_before:.1f}, after {tg_after:.1f}; "
+                  f"server single stream: {one_rate / tg:.0%} of it)")
+        print(f"1 stream through the server:   {one_rate:.1f} tokens/s (median of "
+              f"{len(single_rates)}: {min(single_rates):.1f} .. {max(single_rates):.1f})")
         print(f"{args.clients} concurrent streams:         {agg:.1f} tokens/s aggregate "
-              f"({agg / one_rate:.2f}x one stream)")
+              f"(median of {len(conc_rates)})")
+        print(f"{args.clients} streams / 1 stream:       {ratio:.2f}x (median of the rounds: "
+              + ", ".join(f"{r:.2f}" for r in ratios) + ")")
         print(f"time to first token:           p50 {1000 * percentile(ttfts, 0.5):.0f} ms, "
               f"p99 {1000 * percentile(ttfts, 0.99):.0f} ms over {len(ttfts)} requests")
         print(f"requests: {n_ok} ok, {n_errors} errors")
