@@ -69,6 +69,21 @@ void BM_Greedy(benchmark::State& state) {
   run_sampler(state, cfg, 0);
 }
 
+// Greedy with the end-of-turn tokens banned by logit_bias (what bench/server_load.py asks),
+// and with penalties over 32 generated tokens: sparse, without a copy of the row.
+void BM_GreedyBiased(benchmark::State& state) {
+  kiln::SamplingConfig cfg;
+  cfg.temperature = 0.0f;
+  for (int32_t t : {0, 1, 2}) cfg.logit_bias.push_back({t, -100.0f});
+  run_sampler(state, cfg, 0);
+}
+void BM_GreedyPenalised(benchmark::State& state) {
+  kiln::SamplingConfig cfg;
+  cfg.temperature = 0.0f;
+  cfg.frequency_penalty = 0.5f;
+  run_sampler(state, cfg, 32);
+}
+
 // OpenAI's defaults: temperature 1, no truncation (softmax draw over all).
 void BM_DefaultTemperature(benchmark::State& state) { run_sampler(state, {}, 0); }
 
@@ -120,6 +135,8 @@ void BM_DecodeStep(benchmark::State& state) {
 }
 
 BENCHMARK(BM_Greedy)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_GreedyBiased)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_GreedyPenalised)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_DefaultTemperature)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_TopP)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_FullChain)->Unit(benchmark::kMicrosecond);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <xsimd/xsimd.hpp>
@@ -87,12 +88,23 @@ void apply_logit_bias(std::span<float> logits, std::span<const LogitBias> bias) 
   for (const LogitBias& b : bias) logits[static_cast<size_t>(b.token)] += b.bias;
 }
 
+namespace {
+// sparse_greedy's limit: past a few dozen touched tokens its bookkeeping costs what copying
+// the row does.
+constexpr size_t kSparseGreedyMaxTouched = 64;
+
+// One generated token's logit after the penalties (count > 0).
+float apply_penalty(float l, int32_t count, float repetition, float frequency, float presence) {
+  if (repetition != 1.0f) l = l > 0.0f ? l / repetition : l * repetition;
+  return l - (frequency * static_cast<float>(count) + presence);
+}
+}  // namespace
+
 void apply_penalties(std::span<float> logits, const TokenCounts& counts, float repetition,
                      float frequency, float presence) {
   for (int32_t t : counts.seen()) {
     float& l = logits[static_cast<size_t>(t)];
-    if (repetition != 1.0f) l = l > 0.0f ? l / repetition : l * repetition;
-    l -= frequency * static_cast<float>(counts.count(t)) + presence;
+    l = apply_penalty(l, counts.count(t), repetition, frequency, presence);
   }
 }
 
@@ -238,11 +250,53 @@ SequenceSampler::SequenceSampler(SamplingConfig config, size_t n_vocab)
                     config_.presence_penalty != 0.0f || config_.frequency_penalty != 0.0f;
   work_.reserve(n_vocab);
   candidates_.items.reserve(n_vocab);
+  touched_.reserve(kSparseGreedyMaxTouched);
+}
+
+// Greedy over a row that bias and penalties change in a few places, without copying it: the
+// raw row's argmax i0 stands for every untouched token (it is the first index of the largest
+// raw value, so also of the largest untouched one) unless i0 itself is touched; the touched
+// tokens' changed values, computed as the dense path computes them, are then compared with
+// it, ties going to the lower id as argmax's. Empty when i0 is touched or not a number (the
+// caller then takes the dense path): whenever it answers, argmax of the changed row agrees.
+std::optional<int32_t> SequenceSampler::sparse_greedy(std::span<const float> logits) {
+  if (config_.logit_bias.size() + counts_.seen().size() > kSparseGreedyMaxTouched) {
+    return std::nullopt;
+  }
+  const int32_t raw = argmax(logits);
+  const float raw_value = logits[static_cast<size_t>(raw)];
+  if (std::isnan(raw_value)) return std::nullopt;
+  touched_.clear();
+  for (const LogitBias& b : config_.logit_bias) touched_.push_back(b.token);
+  for (int32_t t : counts_.seen()) touched_.push_back(t);
+  std::sort(touched_.begin(), touched_.end());
+  touched_.erase(std::unique(touched_.begin(), touched_.end()), touched_.end());
+  if (std::binary_search(touched_.begin(), touched_.end(), raw)) return std::nullopt;
+  int32_t best = raw;
+  float best_value = raw_value;
+  for (int32_t t : touched_) {
+    float v = logits[static_cast<size_t>(t)];
+    for (const LogitBias& b : config_.logit_bias) {
+      if (b.token == t) v += b.bias;
+    }
+    if (counts_.count(t) > 0) {
+      v = apply_penalty(v, counts_.count(t), config_.repetition_penalty, config_.frequency_penalty,
+                        config_.presence_penalty);
+    }
+    if (v > best_value || (v == best_value && t < best)) {
+      best = t;
+      best_value = v;
+    }
+  }
+  return best;
 }
 
 int32_t SequenceSampler::sample(std::span<const float> logits, float uniform_draw) {
   const bool greedy = config_.temperature == 0.0f;
   if (greedy && !needs_work_row_) return argmax(logits);
+  if (greedy) {
+    if (const auto token = sparse_greedy(logits)) return *token;
+  }
   work_.assign(logits.begin(), logits.end());
   apply_logit_bias(work_, config_.logit_bias);
   apply_penalties(work_, counts_, config_.repetition_penalty, config_.frequency_penalty,

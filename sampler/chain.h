@@ -17,6 +17,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -113,12 +114,15 @@ class SequenceSampler {
   const SamplingConfig& config() const { return config_; }
 
  private:
+  std::optional<int32_t> sparse_greedy(std::span<const float> logits);
+
   SamplingConfig config_;
   bool needs_work_row_;  // bias or penalties modify the logits
   TokenCounts counts_;
   std::vector<float> work_;
   Candidates candidates_;
   std::vector<float> scratch_;
+  std::vector<int32_t> touched_;  // tokens bias or penalties change (sparse_greedy)
 };
 
 }  // namespace kiln

@@ -225,6 +225,49 @@ TEST(SamplerChain, TemperatureZeroIsArgmaxAfterBiasAndPenalties) {
   }
 }
 
+// Greedy with bias or penalties answers without copying the row when it can (sparse_greedy);
+// it must pick what argmax of the changed row picks, ties, NaN and -inf included.
+TEST(SamplerChain, GreedyWithBiasAndPenaltiesMatchesTheDenseRow) {
+  std::mt19937 rng(77);
+  const float kSpecial[] = {NAN, -INFINITY, INFINITY, 0.0f, 3.0f};
+  for (int trial = 0; trial < 3000; ++trial) {
+    const size_t n = 1 + rng() % 300;
+    auto logits = random_logits(n, static_cast<unsigned>(trial));
+    // Ties, specials and a few coarse values so bias and penalties land on equal values.
+    for (size_t i = 0; i < n; ++i) {
+      if (rng() % 8 == 0) logits[i] = kSpecial[rng() % 5];
+      if (rng() % 4 == 0) logits[i] = static_cast<float>(static_cast<int>(rng() % 5));
+    }
+    kiln::SamplingConfig cfg;
+    cfg.temperature = 0.0f;
+    const int n_bias = static_cast<int>(rng() % 6);
+    const float kBiases[] = {-100.0f, -1.0f, 1.0f, 0.0f, 2.0f, 100.0f};
+    for (int b = 0; b < n_bias; ++b) {
+      // Sometimes on the raw argmax (the dense fallback), sometimes twice on one token.
+      const int32_t t = rng() % 3 == 0 ? kiln::argmax(logits) : static_cast<int32_t>(rng() % n);
+      cfg.logit_bias.push_back({t, kBiases[rng() % 6]});
+    }
+    if (rng() % 2 == 0) {
+      cfg.frequency_penalty = 0.5f * static_cast<float>(rng() % 4);
+      cfg.presence_penalty = 0.5f * static_cast<float>(rng() % 4) - 0.5f;
+      cfg.repetition_penalty = rng() % 2 == 0 ? 1.0f : 1.3f;
+    }
+    kiln::SequenceSampler sampler(cfg, n);
+    kiln::TokenCounts counts(n);
+    const int n_seen = static_cast<int>(rng() % (trial % 10 == 0 ? 90 : 8));
+    for (int k = 0; k < n_seen; ++k) {
+      const auto t = static_cast<int32_t>(rng() % n);
+      sampler.accept(t);
+      counts.add(t);
+    }
+    auto dense = logits;
+    kiln::apply_logit_bias(dense, cfg.logit_bias);
+    kiln::apply_penalties(dense, counts, cfg.repetition_penalty, cfg.frequency_penalty,
+                          cfg.presence_penalty);
+    ASSERT_EQ(sampler.sample(logits, 0.5f), kiln::argmax(dense)) << "trial " << trial;
+  }
+}
+
 TEST(SamplerChain, SameSeedSameTokens) {
   const auto logits = random_logits(1000, 11, 1.0f);
   kiln::SamplingConfig cfg;
