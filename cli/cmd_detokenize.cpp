@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "cli/command.h"
+#include "cli/option_parser.h"
 #include "gguf/gguf.h"
 #include "tokenizer/tokenizer.h"
 
@@ -36,20 +37,13 @@ int run_detokenize(Args args) {
   std::string model;
   std::vector<TokenId> ids;
   bool have_ids = false;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string_view a = args[i];
-    if (is_help_flag(a)) {
-      std::fputs(kUsage, stdout);
-      return 0;
-    } else if (a == "-m" || a == "--model") {
-      model = option_value(args, i);
-    } else if (!a.empty() && a[0] == '-') {
-      throw std::invalid_argument("unknown option '" + std::string(a) + "' (see --help)");
-    } else {
-      ids.push_back(parse_id(a));
-      have_ids = true;
-    }
-  }
+  OptionParser parser("detokenize", kUsage);
+  parser.text({"-m", "--model"}, model);
+  parser.positional([&](std::string_view a) {
+    ids.push_back(parse_id(a));
+    have_ids = true;
+  });
+  if (!parser.parse(args)) return 0;
   if (model.empty()) throw std::invalid_argument("-m MODEL.gguf is required (see --help)");
   if (!have_ids) {
     std::string word;

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "cli/command.h"
+#include "cli/option_parser.h"
 #include "sampler/grammar.h"
 #include "sampler/json_schema.h"
 
@@ -66,27 +67,14 @@ int run_grammar(Args args) {
   std::string schema_path;
   bool json_object = false, any_value = false, print = false, check = false;
   JsonGrammarOptions options;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string_view a = args[i];
-    if (is_help_flag(a)) {
-      std::fputs(kUsage, stdout);
-      return 0;
-    } else if (a == "--schema") {
-      schema_path = option_value(args, i);
-    } else if (a == "--json-object") {
-      json_object = true;
-    } else if (a == "--any-value") {
-      any_value = true;
-    } else if (a == "--max-indent") {
-      options.max_indent = static_cast<int>(parse_int_option(a, option_value(args, i), 0, 1000));
-    } else if (a == "--print") {
-      print = true;
-    } else if (a == "--check") {
-      check = true;
-    } else {
-      throw std::invalid_argument("unknown argument '" + std::string(a) + "' (see --help)");
-    }
-  }
+  OptionParser parser("grammar", kUsage);
+  parser.text({"--schema"}, schema_path);
+  parser.flag({"--json-object"}, json_object);
+  parser.flag({"--any-value"}, any_value);
+  parser.integer({"--max-indent"}, options.max_indent, 0, 1000);
+  parser.flag({"--print"}, print);
+  parser.flag({"--check"}, check);
+  if (!parser.parse(args)) return 0;
   if ((schema_path.empty() ? 0 : 1) + (json_object ? 1 : 0) + (any_value ? 1 : 0) != 1) {
     throw std::invalid_argument("give exactly one of --schema FILE, --json-object, --any-value");
   }

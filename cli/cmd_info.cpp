@@ -6,6 +6,7 @@
 #include <string>
 
 #include "cli/command.h"
+#include "cli/option_parser.h"
 #include "gguf/gguf.h"
 
 namespace kiln::cli {
@@ -172,23 +173,14 @@ void print_text(const nlohmann::json& j, bool list_tensors) {
 int run_info(Args args) {
   std::string path;
   bool json_out = false, list_tensors = false;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string_view a = args[i];
-    if (is_help_flag(a)) {
-      std::fputs(kUsage, stdout);
-      return 0;
-    } else if (a == "--json") {
-      json_out = true;
-    } else if (a == "--tensors") {
-      list_tensors = true;
-    } else if (!a.empty() && a[0] == '-') {
-      throw std::invalid_argument("unknown option '" + std::string(a) + "' (see kiln info --help)");
-    } else if (path.empty()) {
-      path = a;
-    } else {
-      throw std::invalid_argument("more than one model path given");
-    }
-  }
+  OptionParser parser("info", kUsage);
+  parser.flag({"--json"}, json_out);
+  parser.flag({"--tensors"}, list_tensors);
+  parser.positional([&](std::string_view a) {
+    if (!path.empty()) throw std::invalid_argument("more than one model path given");
+    path = a;
+  });
+  if (!parser.parse(args)) return 0;
   if (path.empty()) {
     std::fputs(kUsage, stderr);
     return 1;

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "cli/command.h"
+#include "cli/option_parser.h"
 #include "gguf/gguf.h"
 #include "gguf/writer.h"
 #include "kernels/quantize.h"
@@ -283,22 +284,11 @@ int run_quantize(Args args) {
   std::vector<std::string_view> positional;
   int threads = default_thread_count();
   bool pure = false;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string_view a = args[i];
-    if (is_help_flag(a)) {
-      std::fputs(kUsage, stdout);
-      return 0;
-    } else if (a == "-t" || a == "--threads") {
-      threads = static_cast<int>(parse_int_option(a, option_value(args, i), 1, 1024));
-    } else if (a == "--pure") {
-      pure = true;
-    } else if (a.starts_with("-") && a.size() > 1) {
-      throw std::invalid_argument("unknown option '" + std::string(a) +
-                                  "' (see kiln quantize --help)");
-    } else {
-      positional.push_back(a);
-    }
-  }
+  OptionParser parser("quantize", kUsage);
+  parser.integer({"-t", "--threads"}, threads, 1, 1024);
+  parser.flag({"--pure"}, pure);
+  parser.positional([&](std::string_view a) { positional.push_back(a); });
+  if (!parser.parse(args)) return 0;
   if (positional.size() != 3) {
     std::fputs(kUsage, stderr);
     throw std::invalid_argument("expected IN.gguf OUT.gguf TYPE, got " +

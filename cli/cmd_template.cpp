@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "cli/command.h"
+#include "cli/option_parser.h"
 #include "gguf/gguf.h"
 #include "tokenizer/chat_template.h"
 
@@ -67,43 +68,35 @@ int run_template(Args args) {
   bool add_generation_prompt = false;
   bool segments_out = false;
   nlohmann::ordered_json vars = nlohmann::ordered_json::object();
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string_view a = args[i];
-    if (is_help_flag(a)) {
-      std::string names;
-      for (auto n : ChatTemplate::builtin_names())
-        names += std::string(names.empty() ? "" : ", ") + std::string(n);
-      std::printf("%s%s\n", kUsage, names.c_str());
-      return 0;
-    }
-    if (a == "-m" || a == "--model") {
-      model_path = option_value(args, i);
-    } else if (a == "--messages") {
-      messages_path = option_value(args, i);
-    } else if (a == "--add-generation-prompt") {
-      add_generation_prompt = true;
-    } else if (a == "--var") {
-      const std::string kv(option_value(args, i));
-      const size_t eq = kv.find('=');
-      if (eq == std::string::npos || eq == 0) {
-        throw std::invalid_argument("--var expects KEY=VALUE, got '" + kv + "'");
-      }
-      const std::string value = kv.substr(eq + 1);
-      auto parsed = nlohmann::ordered_json::parse(value, nullptr, /*allow_exceptions=*/false);
-      vars[kv.substr(0, eq)] = parsed.is_discarded() ? nlohmann::ordered_json(value) : parsed;
-    } else if (a == "--chat-template") {
-      template_name = option_value(args, i);
-    } else if (a == "--bos") {
-      bos = option_value(args, i);
-    } else if (a == "--eos") {
-      eos = option_value(args, i);
-    } else if (a == "--segments") {
-      segments_out = true;
-    } else {
-      throw std::invalid_argument("unknown option '" + std::string(a) +
-                                  "' (see kiln template --help)");
-    }
+  std::string usage = kUsage;  // ends "built-in templates: ", then their names
+  const char* separator = "";
+  for (auto n : ChatTemplate::builtin_names()) {
+    usage += separator + std::string(n);
+    separator = ", ";
   }
+  usage += '\n';
+  OptionParser parser("template", usage);
+  const auto optional_text = [](std::optional<std::string>& target) {
+    return [&target](std::string_view, std::string_view v) { target = std::string(v); };
+  };
+  parser.value({"-m", "--model"}, optional_text(model_path));
+  parser.value({"--messages"}, optional_text(messages_path));
+  parser.flag({"--add-generation-prompt"}, add_generation_prompt);
+  parser.value({"--var"}, [&vars](std::string_view, std::string_view v) {
+    const std::string kv(v);
+    const size_t eq = kv.find('=');
+    if (eq == std::string::npos || eq == 0) {
+      throw std::invalid_argument("--var expects KEY=VALUE, got '" + kv + "'");
+    }
+    const std::string value = kv.substr(eq + 1);
+    auto parsed = nlohmann::ordered_json::parse(value, nullptr, /*allow_exceptions=*/false);
+    vars[kv.substr(0, eq)] = parsed.is_discarded() ? nlohmann::ordered_json(value) : parsed;
+  });
+  parser.value({"--chat-template"}, optional_text(template_name));
+  parser.value({"--bos"}, optional_text(bos));
+  parser.value({"--eos"}, optional_text(eos));
+  parser.flag({"--segments"}, segments_out);
+  if (!parser.parse(args)) return 0;
   if (!messages_path) throw std::invalid_argument("--messages FILE is required");
   if (!model_path && !template_name) {
     throw std::invalid_argument("give a model (-m MODEL.gguf) or --chat-template NAME");

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "cli/command.h"
+#include "cli/option_parser.h"
 #include "gguf/gguf.h"
 #include "tokenizer/tokenizer.h"
 
@@ -57,23 +58,12 @@ std::string read_all_stdin() {
 int run_tokenize(Args args) {
   std::string model;
   bool add_special = false, parse_special = false, pieces = false;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string_view a = args[i];
-    if (is_help_flag(a)) {
-      std::fputs(kUsage, stdout);
-      return 0;
-    } else if (a == "-m" || a == "--model") {
-      model = option_value(args, i);
-    } else if (a == "--add-special") {
-      add_special = true;
-    } else if (a == "--parse-special") {
-      parse_special = true;
-    } else if (a == "--pieces") {
-      pieces = true;
-    } else {
-      throw std::invalid_argument("unknown argument '" + std::string(a) + "' (see --help)");
-    }
-  }
+  OptionParser parser("tokenize", kUsage);
+  parser.text({"-m", "--model"}, model);
+  parser.flag({"--add-special"}, add_special);
+  parser.flag({"--parse-special"}, parse_special);
+  parser.flag({"--pieces"}, pieces);
+  if (!parser.parse(args)) return 0;
   if (model.empty()) throw std::invalid_argument("-m MODEL.gguf is required (see --help)");
   const auto file = gguf::File::open(model);
   const Tokenizer tok = Tokenizer::from_gguf(file);

@@ -1,7 +1,6 @@
-// Command-line parsing shared by the subcommands that load and run a model
-// (run, bench, logits): a small table of options, and the model options they
-// all take (-m, -t, -c, --kv-type, --device) declared once, so the commands
-// agree on spellings, ranges and error messages.
+// The model options the subcommands that load and run a model take (-m, -t, -c, --kv-type,
+// --device, ...), declared once, so the commands agree on spellings, ranges and error
+// messages.
 #pragma once
 
 #include <climits>
@@ -12,51 +11,13 @@
 #include <vector>
 
 #include "cli/command.h"
+#include "cli/option_parser.h"
 #include "engine/cuda/any_engine.h"
 #include "engine/engine.h"
 #include "gguf/ggml_types.h"
 #include "kernels/dot.h"
 
 namespace kiln::cli {
-
-// Options are matched by exact name; an option that takes a value reads the
-// next argument. -h/--help prints the usage text; anything else unknown is an
-// error that points at `kiln COMMAND --help`.
-class OptionParser {
- public:
-  OptionParser(std::string_view command, std::string_view usage)
-      : command_(command), usage_(usage) {}
-
-  // `on(option, value)`: option is the name as the user spelled it (for errors).
-  using ValueHandler = std::function<void(std::string_view option, std::string_view value)>;
-
-  void flag(std::vector<std::string_view> names, bool& target);
-  // A flag with an action (for flags that set something other than a bool).
-  void flag(std::vector<std::string_view> names, std::function<void()> on);
-  void text(std::vector<std::string_view> names, std::string& target);
-  void value(std::vector<std::string_view> names, ValueHandler on);
-  // An integer in [min, max], via parse_int_option.
-  template <typename Int>
-  void integer(std::vector<std::string_view> names, Int& target, long min, long max) {
-    value(std::move(names), [&target, min, max](std::string_view option, std::string_view v) {
-      target = static_cast<Int>(parse_int_option(option, v, min, max));
-    });
-  }
-
-  // Parses every argument; returns false when the usage was printed (the
-  // command then exits 0).
-  bool parse(Args args) const;
-
- private:
-  struct Option {
-    std::vector<std::string_view> names;
-    bool takes_value;
-    ValueHandler on;
-  };
-  std::string command_;
-  std::string_view usage_;
-  std::vector<Option> options_;
-};
 
 // Which of the model options a command takes (the model path, threads and
 // --kv-type always).

@@ -13,10 +13,28 @@ def kiln(kiln_bin, *args, check=True):
     return r
 
 
-@pytest.mark.parametrize("cmd", ["run", "logits", "bench", "synth"])
+ALL_COMMANDS = ["bench", "detokenize", "grammar", "info", "logits", "quantize", "run", "serve",
+                "synth", "template", "tokenize"]
+
+
+@pytest.mark.parametrize("cmd", ALL_COMMANDS)
 def test_help(kiln_bin, cmd):
     r = kiln(kiln_bin, cmd, "--help")
     assert r.stdout.startswith(f"usage: kiln {cmd}")
+
+
+def test_every_command_is_tested_here(kiln_bin):
+    listed = kiln(kiln_bin, "--help").stdout.split("commands:")[1].split("\n\n")[0]
+    assert sorted(line.split()[0] for line in listed.strip().splitlines()) == ALL_COMMANDS
+
+
+@pytest.mark.parametrize("cmd", ALL_COMMANDS)
+def test_every_command_rejects_an_unknown_option_the_same_way(kiln_bin, cmd):
+    # One parser for every command: the same message, naming the option and the help to read,
+    # and nothing done (exit status 1 before any model is opened).
+    r = kiln(kiln_bin, cmd, "--no-such-option", check=False)
+    assert r.returncode == 1
+    assert f"unknown option '--no-such-option' (see kiln {cmd} --help)" in r.stderr
 
 
 def test_run_greedy_is_deterministic_and_reports_speed(kiln_bin, default_model):
