@@ -27,10 +27,12 @@ enum class ActFormat { F32, Q8_act, Q8_K, Q8_act2, Q8_K2 };
 // Float weight types read float activations either way.
 enum class ActPrecision { int8, int16 };
 
-// Activation rows per kernel call: a weight block is unpacked once and used this many times.
-inline constexpr int kMaxTileTokens = 4;
+// Activation rows per kernel call, at most: a weight block is unpacked once and used for each.
+// Each kernel says how many it takes (DotKernel::tile): 4 where registers are 16 (AVX2),
+// 8 where they are 32 (AVX-512).
+inline constexpr int kMaxTileTokens = 8;
 
-// out[t] = dot(W row, activation row t) for t < nt (1..kMaxTileTokens).
+// out[t] = dot(W row, activation row t) for t < nt (1..the kernel's DotKernel::tile).
 // w_row: the row's blocks (cols elements). act: nt activation rows in the paired format,
 // act_stride bytes apart.
 using DotTileFn = void (*)(size_t cols, const std::byte* w_row, const std::byte* act,
@@ -40,6 +42,7 @@ struct DotKernel {
   ActFormat act = ActFormat::F32;
   DotTileFn fn = nullptr;  // nullptr: no kernel for this weight type
   const char* isa = "";    // "avx2" or "portable", for benchmarks and test names
+  int tile = 4;            // activation rows fn takes per call, at most (<= kMaxTileTokens)
 };
 
 // The kernel matmul uses on this CPU (SIMD where built and supported, else portable).

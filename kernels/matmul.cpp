@@ -116,6 +116,7 @@ RowJob row_job(const WeightMatrix& w, DotKernel dot, GemmPanelFn panel, GemmPack
   j.rows = w.rows;
   j.cols = w.cols;
   j.dot = dot.fn;
+  j.dot_tile = dot.tile;
   j.panel = panel;
   j.packed = panel != nullptr ? packed : nullptr;
   if (j.packed != nullptr) {
@@ -141,8 +142,9 @@ void run_unit(const RowJob& job, size_t unit, size_t m) {
   }
   float tile[kMaxTileTokens];
   // Tokens outer, rows inner: 16 rows of weights stay in L1/L2 while the token tiles pass.
-  for (size_t t0 = 0; t0 < m; t0 += kMaxTileTokens) {
-    const int nt = static_cast<int>(std::min<size_t>(kMaxTileTokens, m - t0));
+  const auto per_call = static_cast<size_t>(job.dot_tile);
+  for (size_t t0 = 0; t0 < m; t0 += per_call) {
+    const int nt = static_cast<int>(std::min(per_call, m - t0));
     const std::byte* act_tile = job.act + t0 * job.act_stride;
     for (size_t r = r0; r < r1; ++r) {
       job.dot(job.cols, job.w + r * job.w_row_bytes, act_tile, job.act_stride, nt, tile);

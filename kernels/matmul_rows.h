@@ -16,13 +16,14 @@ static_assert(kUnitRows == kGemmPanelRows);
 
 // One weight, ready to run: where its rows, activations and outputs are, and the kernel for
 // its units: its pre-packed panels (packed), else its GEMM panel (panel), else the per-row
-// dot kernel in tiles of kMaxTileTokens tokens.
+// dot kernel in tiles of dot_tile tokens.
 struct RowJob {
   const std::byte* w = nullptr;  // row-major blocks, w_row_bytes a row
   size_t w_row_bytes = 0;
   size_t rows = 0;
   size_t cols = 0;
   DotTileFn dot = nullptr;
+  int dot_tile = 4;  // DotKernel::tile
   GemmPanelFn panel = nullptr;
   GemmPackedFn packed = nullptr;
   const std::byte* panels = nullptr;  // packed: one panel_bytes panel per unit

@@ -229,10 +229,10 @@ void dot_legacy_tile(size_t cols, const std::byte* w_row, const std::byte* act, 
 
 // ---- Table -----------------------------------------------------------------------------
 
-KILN_TILE_DISPATCH(dot_q4_K, dot_q4_K_tile)
-KILN_TILE_DISPATCH(dot_q6_K, dot_q6_K_tile)
-KILN_TILE_DISPATCH(dot_q5_0, dot_legacy_tile, block_q5_0)
-KILN_TILE_DISPATCH(dot_q8_0, dot_legacy_tile, block_q8_0)
+KILN_TILE_DISPATCH_8(dot_q4_K, dot_q4_K_tile)
+KILN_TILE_DISPATCH_8(dot_q6_K, dot_q6_K_tile)
+KILN_TILE_DISPATCH_8(dot_q5_0, dot_legacy_tile, block_q5_0)
+KILN_TILE_DISPATCH_8(dot_q8_0, dot_legacy_tile, block_q8_0)
 
 bool cpu_has_avx512_vnni() {
   static const bool supported =
@@ -250,13 +250,13 @@ DotKernel dot_kernel_avx512(GgmlType type) {
   constexpr const char* isa = "avx512";
   switch (type) {
     case GgmlType::Q4_K:
-      return {ActFormat::Q8_K, dot_q4_K, isa};
+      return {ActFormat::Q8_K, dot_q4_K, isa, 8};
     case GgmlType::Q6_K:
-      return {ActFormat::Q8_K, dot_q6_K, isa};
+      return {ActFormat::Q8_K, dot_q6_K, isa, 8};
     case GgmlType::Q5_0:
-      return {ActFormat::Q8_act, dot_q5_0, isa};
+      return {ActFormat::Q8_act, dot_q5_0, isa, 8};
     case GgmlType::Q8_0:
-      return {ActFormat::Q8_act, dot_q8_0, isa};
+      return {ActFormat::Q8_act, dot_q8_0, isa, 8};
     default:
       return {};
   }

@@ -92,6 +92,7 @@ struct Legacy<block_q5_1> {
 
 // Defines NAME, a DotTileFn running TEMPLATE<ARGS..., NT> for the runtime nt (1..4): the tile
 // templates take the token count as their last template argument so it is a constant inside.
+// KILN_TILE_DISPATCH_8: the same for nt 1..8 (kernels with 32 vector registers).
 #define KILN_TILE_DISPATCH(NAME, TEMPLATE, ...)                                           \
   void NAME(size_t cols, const std::byte* w, const std::byte* act, size_t stride, int nt, \
             float* out) {                                                                 \
@@ -104,5 +105,28 @@ struct Legacy<block_q5_1> {
         return TEMPLATE<__VA_ARGS__ __VA_OPT__(, ) 3>(cols, w, act, stride, out);         \
       default:                                                                            \
         return TEMPLATE<__VA_ARGS__ __VA_OPT__(, ) 4>(cols, w, act, stride, out);         \
+    }                                                                                     \
+  }
+
+#define KILN_TILE_DISPATCH_8(NAME, TEMPLATE, ...)                                         \
+  void NAME(size_t cols, const std::byte* w, const std::byte* act, size_t stride, int nt, \
+            float* out) {                                                                 \
+    switch (nt) {                                                                         \
+      case 1:                                                                             \
+        return TEMPLATE<__VA_ARGS__ __VA_OPT__(, ) 1>(cols, w, act, stride, out);         \
+      case 2:                                                                             \
+        return TEMPLATE<__VA_ARGS__ __VA_OPT__(, ) 2>(cols, w, act, stride, out);         \
+      case 3:                                                                             \
+        return TEMPLATE<__VA_ARGS__ __VA_OPT__(, ) 3>(cols, w, act, stride, out);         \
+      case 4:                                                                             \
+        return TEMPLATE<__VA_ARGS__ __VA_OPT__(, ) 4>(cols, w, act, stride, out);         \
+      case 5:                                                                             \
+        return TEMPLATE<__VA_ARGS__ __VA_OPT__(, ) 5>(cols, w, act, stride, out);         \
+      case 6:                                                                             \
+        return TEMPLATE<__VA_ARGS__ __VA_OPT__(, ) 6>(cols, w, act, stride, out);         \
+      case 7:                                                                             \
+        return TEMPLATE<__VA_ARGS__ __VA_OPT__(, ) 7>(cols, w, act, stride, out);         \
+      default:                                                                            \
+        return TEMPLATE<__VA_ARGS__ __VA_OPT__(, ) 8>(cols, w, act, stride, out);         \
     }                                                                                     \
   }

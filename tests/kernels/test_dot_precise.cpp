@@ -185,9 +185,10 @@ void check_precise_kernel(const DotKernel& kernel, GgmlType type, size_t cols, s
     quantize_act_row(int8_kernel.act, xs.back(), std::span(act8).subspan(t * stride8, stride8));
     seen.push_back(dequantize_act(kernel.act, std::span(act).subspan(t * stride, stride), cols));
   }
+  const int tile = std::min(kernel.tile, int8_kernel.tile);
   float out8[kMaxTileTokens];
-  int8_kernel.fn(cols, w.data(), act8.data(), stride8, kMaxTileTokens, out8);
-  for (int nt = 1; nt <= kMaxTileTokens; ++nt) {
+  int8_kernel.fn(cols, w.data(), act8.data(), stride8, tile, out8);
+  for (int nt = 1; nt <= tile; ++nt) {
     float out[kMaxTileTokens + 1];
     out[nt] = -12345.0f;  // guard
     kernel.fn(cols, w.data(), act.data(), stride, nt, out);
@@ -202,7 +203,7 @@ void check_precise_kernel(const DotKernel& kernel, GgmlType type, size_t cols, s
       for (size_t j = 0; j < cols; ++j) bound += std::fabs(w_deq[j]) * seen[t].bound[j];
       EXPECT_LE(std::fabs(out[t] - truth.value), bound * 1.001 + 2 * tolerance(truth))
           << kernel.isa << " " << type_name(type) << " cols " << cols << " t " << t;
-      if (nt == kMaxTileTokens) {
+      if (nt == tile) {
         errors.int16 += std::fabs(out[t] - truth.value);
         errors.int8 += std::fabs(out8[t] - truth.value);
       }
@@ -256,10 +257,11 @@ TEST_P(PreciseDotTest, Avx2MatchesFloat64ReferenceAndPortable) {
     quantize_act_row(simd.act, activations(cols, t % 3, rng),
                      std::span(act).subspan(t * stride, stride));
   }
+  const int tile = std::min(simd.tile, portable.tile);
   float a[kMaxTileTokens], b[kMaxTileTokens];
-  simd.fn(cols, w.data(), act.data(), stride, kMaxTileTokens, a);
-  portable.fn(cols, w.data(), act.data(), stride, kMaxTileTokens, b);
-  for (int t = 0; t < kMaxTileTokens; ++t) {
+  simd.fn(cols, w.data(), act.data(), stride, tile, a);
+  portable.fn(cols, w.data(), act.data(), stride, tile, b);
+  for (int t = 0; t < tile; ++t) {
     EXPECT_NEAR(a[t], b[t], 1e-5 * std::max(1.0f, std::fabs(b[t]))) << "t " << t;
   }
 }

@@ -41,9 +41,11 @@ std::string name_of(const ::testing::TestParamInfo<GgmlType>& info) {
 
 class DotTest : public ::testing::TestWithParam<GgmlType> {};
 
-// Checks one kernel on one row against the oracle, for tiles of 1..4 activation rows.
+// Checks one kernel on one row against the oracle, for tiles of 1..kernel.tile activation rows.
 void check_kernel(const DotKernel& kernel, GgmlType type, size_t cols, std::mt19937& rng) {
   ASSERT_NE(kernel.fn, nullptr);
+  ASSERT_GE(kernel.tile, 1);
+  ASSERT_LE(kernel.tile, kMaxTileTokens);
   const auto w = random_weights(type, 1, cols, rng);
   std::vector<float> w_deq(cols);
   dequantize_row(type, w, w_deq);
@@ -55,7 +57,7 @@ void check_kernel(const DotKernel& kernel, GgmlType type, size_t cols, std::mt19
     quantize_act_row(kernel.act, x, std::span(act).subspan(t * stride, stride));
     seen.push_back(activation_as_seen(kernel.act, x));
   }
-  for (int nt = 1; nt <= kMaxTileTokens; ++nt) {
+  for (int nt = 1; nt <= kernel.tile; ++nt) {
     float out[kMaxTileTokens + 1];
     out[nt] = -12345.0f;  // guard
     kernel.fn(cols, w.data(), act.data(), stride, nt, out);
@@ -122,10 +124,14 @@ TEST_P(DotTest, Avx512KernelMatchesReferenceAndPortable) {
       quantize_act_row(simd.act, x, std::span(act).subspan(t * stride, stride));
       seen.push_back(activation_as_seen(simd.act, x));
     }
+    // A full tile of each (the portable kernel's 4 tokens, then the rest).
     float got[kMaxTileTokens], want[kMaxTileTokens];
-    simd.fn(cols, w.data(), act.data(), stride, kMaxTileTokens, got);
-    portable.fn(cols, w.data(), act.data(), stride, kMaxTileTokens, want);
-    for (int t = 0; t < kMaxTileTokens; ++t) {
+    simd.fn(cols, w.data(), act.data(), stride, simd.tile, got);
+    for (int t0 = 0; t0 < simd.tile; t0 += portable.tile) {
+      portable.fn(cols, w.data(), act.data() + t0 * stride, stride,
+                  std::min(portable.tile, simd.tile - t0), want + t0);
+    }
+    for (int t = 0; t < simd.tile; ++t) {
       // Both are within tolerance of the oracle; they differ only in float rounding order.
       EXPECT_NEAR(got[t], want[t], 2 * tolerance(reference_dot(w_deq, seen[t])))
           << "cols " << cols << " t " << t;
@@ -134,7 +140,7 @@ TEST_P(DotTest, Avx512KernelMatchesReferenceAndPortable) {
 }
 
 // A token's result must not depend on the tile size or its tile mates (batch invariance):
-// every SIMD kernel gives bit-identical outputs for a token alone and in tiles of 2..4.
+// every SIMD kernel gives bit-identical outputs for a token alone and in tiles of 2..tile.
 TEST_P(DotTest, SimdKernelsAreTileInvariant) {
   const GgmlType type = GetParam();
   std::mt19937 rng(22);
@@ -152,7 +158,7 @@ TEST_P(DotTest, SimdKernelsAreTileInvariant) {
       for (int t = 0; t < kMaxTileTokens; ++t) {
         kernel.fn(cols, w.data(), act.data() + t * stride, stride, 1, &alone[t]);
       }
-      for (int nt = 2; nt <= kMaxTileTokens; ++nt) {
+      for (int nt = 2; nt <= kernel.tile; ++nt) {
         for (int first = 0; first + nt <= kMaxTileTokens; ++first) {
           float tile[kMaxTileTokens];
           kernel.fn(cols, w.data(), act.data() + first * stride, stride, nt, tile);
