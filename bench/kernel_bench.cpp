@@ -163,7 +163,8 @@ void bench_dot(benchmark::State& state, GgmlType type, int tokens) {
 }
 
 // Decode: y (rows) = W x, weights streaming from DRAM. Several matrices are rotated so the
-// total is well past the L3 even for the smaller types.
+// total is well past the L3 even for the smaller types (KILN_NO_ROTATE: one matrix, from the
+// L3 where it fits, for the kernels' arithmetic alone).
 void bench_matvec(benchmark::State& state, GgmlType type, size_t rows, size_t cols) {
   size_t bytes = 0;
   std::vector<AlignedBuffer> matrices;
@@ -171,7 +172,7 @@ void bench_matvec(benchmark::State& state, GgmlType type, size_t rows, size_t co
   do {
     matrices.push_back(make_weights(type, rows, cols, bytes));
     total += bytes;
-  } while (total < (size_t{96} << 20));
+  } while (std::getenv("KILN_NO_ROTATE") == nullptr && total < (size_t{96} << 20));
   const auto x = make_activations(cols);
   std::vector<float> y(rows);
   std::vector<std::byte> scratch(matmul_scratch_bytes(type, cols, 1));
