@@ -90,43 +90,32 @@ struct Legacy<block_q5_1> {
   static constexpr bool kUnsigned = true;
 };
 
-// Defines NAME, a DotTileFn running TEMPLATE<ARGS..., NT> for the runtime nt (1..4): the tile
-// templates take the token count as their last template argument so it is a constant inside.
-// KILN_TILE_DISPATCH_8: the same for nt 1..8 (kernels with 32 vector registers).
-#define KILN_TILE_DISPATCH(NAME, TEMPLATE, ...)                                           \
-  void NAME(size_t cols, const std::byte* w, const std::byte* act, size_t stride, int nt, \
-            float* out) {                                                                 \
-    switch (nt) {                                                                         \
-      case 1:                                                                             \
-        return TEMPLATE<__VA_ARGS__ __VA_OPT__(, ) 1>(cols, w, act, stride, out);         \
-      case 2:                                                                             \
-        return TEMPLATE<__VA_ARGS__ __VA_OPT__(, ) 2>(cols, w, act, stride, out);         \
-      case 3:                                                                             \
-        return TEMPLATE<__VA_ARGS__ __VA_OPT__(, ) 3>(cols, w, act, stride, out);         \
-      default:                                                                            \
-        return TEMPLATE<__VA_ARGS__ __VA_OPT__(, ) 4>(cols, w, act, stride, out);         \
-    }                                                                                     \
+// f(TileSize<N>{}) for N = nt clamped to [kFirst, kMax]: the tile templates take the token
+// count as their last template argument so that it is a constant inside.
+template <int N>
+struct TileSize {
+  static constexpr int value = N;
+};
+template <int kFirst, int kMax, typename F>
+inline void with_tile_size(int nt, F&& f) {
+  if constexpr (kFirst < kMax) {
+    if (nt <= kFirst) return f(TileSize<kFirst>{});
+    return with_tile_size<kFirst + 1, kMax>(nt, f);
+  } else {
+    return f(TileSize<kMax>{});
   }
+}
 
-#define KILN_TILE_DISPATCH_8(NAME, TEMPLATE, ...)                                         \
+// Defines NAME, a DotTileFn running TEMPLATE<ARGS..., NT> for the runtime nt (1..MAX).
+#define KILN_TILE_DISPATCH_UPTO(MAX, NAME, TEMPLATE, ...)                                 \
   void NAME(size_t cols, const std::byte* w, const std::byte* act, size_t stride, int nt, \
             float* out) {                                                                 \
-    switch (nt) {                                                                         \
-      case 1:                                                                             \
-        return TEMPLATE<__VA_ARGS__ __VA_OPT__(, ) 1>(cols, w, act, stride, out);         \
-      case 2:                                                                             \
-        return TEMPLATE<__VA_ARGS__ __VA_OPT__(, ) 2>(cols, w, act, stride, out);         \
-      case 3:                                                                             \
-        return TEMPLATE<__VA_ARGS__ __VA_OPT__(, ) 3>(cols, w, act, stride, out);         \
-      case 4:                                                                             \
-        return TEMPLATE<__VA_ARGS__ __VA_OPT__(, ) 4>(cols, w, act, stride, out);         \
-      case 5:                                                                             \
-        return TEMPLATE<__VA_ARGS__ __VA_OPT__(, ) 5>(cols, w, act, stride, out);         \
-      case 6:                                                                             \
-        return TEMPLATE<__VA_ARGS__ __VA_OPT__(, ) 6>(cols, w, act, stride, out);         \
-      case 7:                                                                             \
-        return TEMPLATE<__VA_ARGS__ __VA_OPT__(, ) 7>(cols, w, act, stride, out);         \
-      default:                                                                            \
-        return TEMPLATE<__VA_ARGS__ __VA_OPT__(, ) 8>(cols, w, act, stride, out);         \
-    }                                                                                     \
+    with_tile_size<1, MAX>(nt, [&](auto n) {                                              \
+      TEMPLATE<__VA_ARGS__ __VA_OPT__(, ) decltype(n)::value>(cols, w, act, stride, out); \
+    });                                                                                   \
   }
+// 4 tokens a call for the AVX2 kernels (16 registers), 8 for the AVX-512 ones (32).
+#define KILN_TILE_DISPATCH(NAME, TEMPLATE, ...) \
+  KILN_TILE_DISPATCH_UPTO(4, NAME, TEMPLATE __VA_OPT__(, ) __VA_ARGS__)
+#define KILN_TILE_DISPATCH_8(NAME, TEMPLATE, ...) \
+  KILN_TILE_DISPATCH_UPTO(8, NAME, TEMPLATE __VA_OPT__(, ) __VA_ARGS__)
