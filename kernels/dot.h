@@ -41,7 +41,7 @@ using DotTileFn = void (*)(size_t cols, const std::byte* w_row, const std::byte*
 struct DotKernel {
   ActFormat act = ActFormat::F32;
   DotTileFn fn = nullptr;  // nullptr: no kernel for this weight type
-  const char* isa = "";    // "avx2" or "portable", for benchmarks and test names
+  const char* isa = "";    // "avx512", "avx2" or "portable", for benchmarks and test names
   int tile = 4;            // activation rows fn takes per call, at most (<= kMaxTileTokens)
 };
 
