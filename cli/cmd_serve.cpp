@@ -52,7 +52,8 @@ constexpr const char* kUsage =
     "  --act-precision P      int8 (default) or int16 (as --precise)\n"
     "  --hugepage-weights     copy the weights into 2 MiB huge pages, Q4_K, Q6_K and the\n"
     "                         legacy types as pre-packed GEMM panels: faster decode,\n"
-    "                         alone and batched, but the weights then take memory\n"
+    "                         alone and batched (recommended for many streams, and for\n"
+    "                         Q4_0/Q8_0-type models), but the weights then take memory\n"
     "                         twice (copy + page cache)\n"
     "  --no-hugepage-mmap     leave the file mapping on 4 KiB pages (default: faulted in\n"
     "                         on 2 MiB pages where the kernel provides them)\n";
