@@ -155,6 +155,8 @@ def main():
     ap.add_argument("--serve-args", default="",
                     help="more arguments for kiln serve, e.g. \"--cache-prompt --prefill-chunk 64\"")
     args = ap.parse_args()
+    if args.single_runs < 1 or args.rounds < 1 or args.clients < 1:
+        ap.error("--single-runs, --rounds and --clients must be at least 1")
 
     proc = None
     if args.url:
