@@ -5,14 +5,18 @@
 #include <benchmark/benchmark.h>
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <map>
 #include <random>
+#include <tuple>
 #include <string>
 #include <vector>
 
 #include "kernels/cuda/device_buffer.h"
 #include "kernels/cuda/kernels_cuda.h"
 #include "kernels/cuda/launch.h"
+#include "kernels/f16.h"
 #include "kernels/quantize.h"
 
 namespace {
@@ -28,20 +32,34 @@ void check(cudaError_t err, const char* what) {
   }
 }
 
-// Times `launches` calls of f on the default stream; seconds per call.
+cudaStream_t g_stream = nullptr;  // every timed launch goes here (capturable, unlike stream 0)
+
+// Seconds per call of f (which launches on g_stream): the `launches` calls are captured in
+// a CUDA graph, as the engine runs a decode step, and the graph's second replay is timed
+// with events, so the figure is device time and not the host's launch rate (on the VMs
+// here a plain launch costs the host ~10 us, more than a small matrix takes).
 template <typename F>
 double time_launches(F&& f, int launches) {
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  check(cudaStreamBeginCapture(g_stream, cudaStreamCaptureModeGlobal), "cudaStreamBeginCapture");
+  for (int i = 0; i < launches; ++i) f();
+  check(cudaStreamEndCapture(g_stream, &graph), "cudaStreamEndCapture");
+  check(cudaGraphInstantiate(&exec, graph, 0), "cudaGraphInstantiate");
   cudaEvent_t start, stop;
   check(cudaEventCreate(&start), "cudaEventCreate");
   check(cudaEventCreate(&stop), "cudaEventCreate");
-  check(cudaEventRecord(start, nullptr), "cudaEventRecord");
-  for (int i = 0; i < launches; ++i) f();
-  check(cudaEventRecord(stop, nullptr), "cudaEventRecord");
+  check(cudaGraphLaunch(exec, g_stream), "cudaGraphLaunch");  // warm-up
+  check(cudaEventRecord(start, g_stream), "cudaEventRecord");
+  check(cudaGraphLaunch(exec, g_stream), "cudaGraphLaunch");
+  check(cudaEventRecord(stop, g_stream), "cudaEventRecord");
   check(cudaEventSynchronize(stop), "cudaEventSynchronize");
   float ms = 0;
   check(cudaEventElapsedTime(&ms, start, stop), "cudaEventElapsedTime");
   (void)cudaEventDestroy(start);
   (void)cudaEventDestroy(stop);
+  (void)cudaGraphExecDestroy(exec);
+  (void)cudaGraphDestroy(graph);
   return double(ms) * 1e-3 / launches;
 }
 
@@ -54,7 +72,7 @@ double measure_copy_bandwidth() {
     best = std::min(best, time_launches(
                               [&] {
                                 check(cudaMemcpyAsync(b.data(), a.data(), bytes,
-                                                      cudaMemcpyDeviceToDevice, nullptr),
+                                                      cudaMemcpyDeviceToDevice, g_stream),
                                       "cudaMemcpyAsync");
                               },
                               2));
@@ -68,8 +86,14 @@ void report(benchmark::State& state, double seconds, size_t bytes) {
   state.counters["bandwidth_fraction"] = double(bytes) / seconds / g_copy_bandwidth;
 }
 
-// A random (rows, cols) matrix of `type` on the device.
-DeviceBuffer device_matrix(GgmlType type, size_t rows, size_t cols) {
+// Random (rows, cols) matrices of `type` on the device: enough copies that one pass over
+// them is several times the L2 cache (50 MB on an H100), so a timed launch reads its weights
+// from device memory as in a forward pass, not from the L2 a previous launch filled. Built
+// once per shape (quantizing on the host is slow) and rotated through by the timed loop.
+const std::vector<DeviceBuffer>& device_matrices(GgmlType type, size_t rows, size_t cols) {
+  static std::map<std::tuple<GgmlType, size_t, size_t>, std::vector<DeviceBuffer>> cache;
+  auto& copies = cache[{type, rows, cols}];
+  if (!copies.empty()) return copies;
   const size_t rb = kiln::row_bytes(type, cols);
   std::vector<std::byte> host(rows * rb);
   std::mt19937 rng(1);
@@ -79,24 +103,57 @@ DeviceBuffer device_matrix(GgmlType type, size_t rows, size_t cols) {
     for (float& v : row) v = dist(rng);
     kiln::kernels::quantize_row(type, row, std::span(host).subspan(r * rb, rb));
   }
-  DeviceBuffer buf(host.size(), "bench weights");
-  check(cudaMemcpy(buf.data(), host.data(), host.size(), cudaMemcpyHostToDevice), "cudaMemcpy");
+  const size_t n_copies = std::clamp<size_t>((size_t{256} << 20) / host.size(), 1, 64);
+  for (size_t i = 0; i < n_copies; ++i) {
+    copies.emplace_back(host.size(), "bench weights");
+    check(cudaMemcpy(copies.back().data(), host.data(), host.size(), cudaMemcpyHostToDevice),
+          "cudaMemcpy");
+  }
+  return copies;
+}
+
+// n random floats on the device (never zeros: they hide unwritten or misread data).
+DeviceBuffer device_floats(size_t n, uint32_t seed) {
+  std::vector<float> host(n);
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist;
+  for (float& v : host) v = dist(rng);
+  DeviceBuffer buf(n * sizeof(float), "bench activations");
+  check(cudaMemcpy(buf.data(), host.data(), buf.size(), cudaMemcpyHostToDevice), "cudaMemcpy");
   return buf;
 }
 
-// Args: type, rows, cols, m.
+// n random fp16 values on the device.
+DeviceBuffer device_halves(size_t n, uint32_t seed) {
+  std::vector<uint16_t> host(n);
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist;
+  for (uint16_t& v : host) v = kiln::kernels::fp32_to_fp16(dist(rng));
+  DeviceBuffer buf(n * sizeof(uint16_t), "bench cache");
+  check(cudaMemcpy(buf.data(), host.data(), buf.size(), cudaMemcpyHostToDevice), "cudaMemcpy");
+  return buf;
+}
+
+// Args: type, rows, cols, m, path (MatmulPath).
 void BM_matmul(benchmark::State& state) {
   const auto type = static_cast<GgmlType>(state.range(0));
   const size_t rows = size_t(state.range(1)), cols = size_t(state.range(2)),
                m = size_t(state.range(3));
-  const DeviceBuffer w = device_matrix(type, rows, cols);
-  DeviceBuffer x(m * cols * sizeof(float), "x"), y(m * rows * sizeof(float), "y");
-  check(cudaMemset(x.data(), 0, x.size()), "cudaMemset");
-  const kiln::cuda::DeviceMatrix dm{type, w.data(), rows, cols};
+  const auto path = static_cast<kiln::cuda::MatmulPath>(state.range(4));
+  const auto& w = device_matrices(type, rows, cols);
+  const DeviceBuffer x = device_floats(m * cols, 2);
+  DeviceBuffer y(m * rows * sizeof(float), "y");
+  size_t next = 0;
   for (auto _ : state) {
     const double s = time_launches(
-        [&] { kiln::cuda::launch_matmul(dm, x.as<float>(), m, y.as<float>(), nullptr); }, 20);
-    report(state, s, kiln::cuda::matmul_bytes(dm, m));
+        [&] {
+          const kiln::cuda::DeviceMatrix dm{type, w[next].data(), rows, cols};
+          next = (next + 1) % w.size();
+          kiln::cuda::launch_matmul(dm, x.as<float>(), m, y.as<float>(), g_stream, path);
+        },
+        40);
+    report(state, s, kiln::cuda::matmul_bytes({type, nullptr, rows, cols}, m));
+    state.counters["tflops"] = 2.0 * double(rows * cols * m) / s / 1e12;
   }
   state.SetLabel(std::string(kiln::type_name(type)) + " m=" + std::to_string(m));
 }
@@ -106,19 +163,19 @@ void BM_attention_decode(benchmark::State& state) {
   const kiln::cuda::AttentionShape shape{size_t(state.range(0)), size_t(state.range(1)),
                                          size_t(state.range(2)), size_t(state.range(3))};
   const size_t kv = shape.n_ctx * shape.n_kv_heads * shape.head_dim;
-  DeviceBuffer k(kv * 2, "k"), v(kv * 2, "v"), q(shape.n_heads * shape.head_dim * 4, "q");
+  const DeviceBuffer k = device_halves(kv, 3), v = device_halves(kv, 4);
+  const DeviceBuffer q = device_floats(shape.n_heads * shape.head_dim, 5);
   DeviceBuffer out(q.size(), "out");
   DeviceBuffer scratch(kiln::cuda::attention_split_scratch_floats(shape, 1) * 4, "scratch");
   DeviceBuffer idx(2 * sizeof(int32_t), "idx");
   const int32_t host_idx[2] = {0, int32_t(shape.n_ctx) - 1};
   check(cudaMemcpy(idx.data(), host_idx, sizeof host_idx, cudaMemcpyHostToDevice), "cudaMemcpy");
-  for (DeviceBuffer* b : {&k, &v, &q}) check(cudaMemset(b->data(), 0, b->size()), "cudaMemset");
   for (auto _ : state) {
     const double s = time_launches(
         [&] {
           kiln::cuda::launch_attention_split(q.as<float>(), k.as<uint16_t>(), v.as<uint16_t>(),
                                              idx.as<int32_t>(), idx.as<int32_t>() + 1, 1, shape,
-                                             scratch.as<float>(), out.as<float>(), nullptr);
+                                             scratch.as<float>(), out.as<float>(), g_stream);
         },
         20);
     report(state, s, kiln::cuda::attention_bytes(shape, 1, shape.n_ctx));
@@ -132,11 +189,17 @@ void register_benchmarks() {
   const int64_t shapes[][2] = {{3072, 3072}, {8192, 3072}, {3072, 8192}};
   for (GgmlType t : types) {
     for (const auto& s : shapes) {
-      for (int64_t m : {1, 4, 512}) {
-        benchmark::RegisterBenchmark("matmul", BM_matmul)
-            ->Args({int64_t(t), s[0], s[1], m})
-            ->UseManualTime()
-            ->Unit(benchmark::kMicrosecond);
+      for (int64_t m : {1, 4, 8, 16, 512}) {
+        // Path 0 (auto) for every m; for decode sizes also path 3, the float kernel, as the
+        // baseline the tensor-core matrix-vector kernel replaced.
+        for (auto path : {kiln::cuda::MatmulPath::kAuto, kiln::cuda::MatmulPath::kMatVecFloat}) {
+          if (path == kiln::cuda::MatmulPath::kMatVecFloat && m > 8) continue;
+          benchmark::RegisterBenchmark("matmul", BM_matmul)
+              ->Args({int64_t(t), s[0], s[1], m, int64_t(path)})
+              ->UseManualTime()
+              ->Iterations(3)
+              ->Unit(benchmark::kMicrosecond);
+        }
       }
     }
   }
@@ -144,6 +207,7 @@ void register_benchmarks() {
     benchmark::RegisterBenchmark("attention_decode", BM_attention_decode)
         ->Args({24, 8, 128, n_pos})
         ->UseManualTime()
+        ->Iterations(3)
         ->Unit(benchmark::kMicrosecond);
   }
 }
@@ -156,6 +220,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   std::printf("device: %s\n", kiln::cuda::cuda_device_description().c_str());
+  check(cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking), "cudaStreamCreate");
   g_copy_bandwidth = measure_copy_bandwidth();
   std::printf("device-to-device copy bandwidth: %.1f GB/s (read + write)\n",
               g_copy_bandwidth / 1e9);

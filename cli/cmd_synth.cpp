@@ -33,6 +33,7 @@
 #include "gguf/gguf.h"
 #include "gguf/writer.h"
 #include "kernels/quantize.h"
+#include "kernels/thread_pool.h"
 
 namespace kiln::cli {
 namespace {
@@ -52,6 +53,7 @@ struct SynthOptions {
   bool tied = false;
   bool rope_freqs = false;
   uint64_t seed = 1;
+  int threads = default_thread_count();  // rows of a matrix are filled in parallel
   std::vector<std::string> added_tokens;     // --add-token
   std::string chat_template_file;            // replaces tokenizer.chat_template when set
   std::vector<std::vector<int64_t>> chains;  // --chain: scripted successors
@@ -69,6 +71,7 @@ constexpr Preset kPresets[] = {
     {"tinyllama-1.1b", 2048, 22, 32, 4, 5632, 2048, 10000.0f, false, false},
     {"smollm2-135m", 576, 30, 9, 3, 1536, 8192, 100000.0f, true, false},
     {"llama-3.2-1b", 2048, 16, 32, 8, 8192, 131072, 500000.0f, true, true},
+    {"llama-3.2-3b", 3072, 28, 24, 8, 8192, 131072, 500000.0f, true, true},
     {"tiny", 64, 2, 4, 2, 128, 256, 10000.0f, false, false},
 };
 
@@ -79,7 +82,8 @@ constexpr const char* kUsage =
     "and the vocabulary/tokenizer metadata of OTHER.gguf.\n"
     "\n"
     "options:\n"
-    "  --preset NAME     tinyllama-1.1b (default shape), smollm2-135m, llama-3.2-1b, tiny\n"
+    "  --preset NAME     tinyllama-1.1b (default shape), smollm2-135m, llama-3.2-1b,\n"
+    "                    llama-3.2-3b, tiny\n"
     "  --dim N           embedding width (default 2048)\n"
     "  --layers N        transformer blocks (22)\n"
     "  --heads N         query heads (32)\n"
@@ -92,6 +96,8 @@ constexpr const char* kUsage =
     "  --tied            no output tensor: logits use token_embd\n"
     "  --rope-freqs      add a rope_freqs tensor (Llama 3 style frequency factors)\n"
     "  --seed N          random seed (1)\n"
+    "  -t N              threads filling the matrices (default: physical cores; the\n"
+    "                    output is the same for any N)\n"
     "  --add-token TEXT  append a user-defined token to the vocabulary (repeatable;\n"
     "                    ids follow the copied ones, in order)\n"
     "  --chat-template FILE  store this Jinja text as tokenizer.chat_template\n"
@@ -121,7 +127,7 @@ void random_row(uint64_t seed, float mean, float stddev, std::span<float> row) {
 
 class Synthesizer {
  public:
-  explicit Synthesizer(const SynthOptions& o) : o_(o) {}
+  explicit Synthesizer(const SynthOptions& o) : o_(o), pool_(o.threads) {}
 
   // A matrix (rows, cols): W ~ U with std 1/sqrt(cols) so W x keeps unit scale.
   void add_matrix(gguf::Writer& w, const std::string& name, size_t rows, size_t cols, GgmlType type,
@@ -129,13 +135,20 @@ class Synthesizer {
     check_row_shape(name, cols, type);
     const uint64_t seed = mix(o_.seed ^ mix(tensor_index_++));
     const float stddev = stddev_scale / std::sqrt(static_cast<float>(cols));
+    ThreadPool* pool = &pool_;
     w.add_tensor(name, type, {cols, rows}, [=](std::span<std::byte> out) {
-      std::vector<float> row(cols);
       const size_t rb = row_bytes(type, cols);
-      for (size_t r = 0; r < rows; ++r) {
-        random_row(seed + r, 0.0f, stddev, row);
-        kernels::quantize_row(type, row, out.subspan(r * rb, rb));
-      }
+      // Each row depends only on its own seed, so contiguous row ranges per thread give the
+      // same bytes as one thread.
+      pool->run([&](int t, int n_threads) {
+        std::vector<float> row(cols);
+        const size_t begin = rows * size_t(t) / size_t(n_threads);
+        const size_t end = rows * size_t(t + 1) / size_t(n_threads);
+        for (size_t r = begin; r < end; ++r) {
+          random_row(seed + r, 0.0f, stddev, row);
+          kernels::quantize_row(type, row, out.subspan(r * rb, rb));
+        }
+      });
     });
   }
 
@@ -181,6 +194,7 @@ class Synthesizer {
 
  private:
   const SynthOptions& o_;
+  ThreadPool pool_;
   uint64_t tensor_index_ = 0;
 };
 
@@ -392,7 +406,7 @@ int run_synth(Args args) {
     }
     if (found == nullptr) {
       throw std::invalid_argument("unknown preset '" + std::string(name) +
-                                  "' (tinyllama-1.1b, smollm2-135m, llama-3.2-1b, tiny)");
+                                  "' (tinyllama-1.1b, smollm2-135m, llama-3.2-1b, llama-3.2-3b, tiny)");
     }
     o.dim = found->dim;
     o.layers = found->layers;
@@ -429,6 +443,7 @@ int run_synth(Args args) {
   parser.text({"--chat-template"}, o.chat_template_file);
   parser.value({"--chain"}, [&o](auto, std::string_view v) { o.chains.push_back(parse_chain(v)); });
   parser.integer({"--seed"}, o.seed, 0, LONG_MAX);
+  parser.integer({"-t", "--threads"}, o.threads, 1, 1024);
   if (!parser.parse(args)) return 0;
   synthesize(o);
   std::fprintf(stderr, "kiln synth: wrote %s\n", o.out.c_str());

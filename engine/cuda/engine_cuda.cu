@@ -295,7 +295,7 @@ void CudaEngine::run_forward(const Batch& batch) {
   Device& d = *device_;
   const ModelConfig& c = config();
   const size_t n = batch.size();
-  const size_t dim = c.dim, q_dim = c.q_dim(), kv_dim = c.kv_dim(), ffn = c.ffn_dim;
+  const size_t dim = c.dim, q_dim = c.q_dim();
   const size_t b = max_batch_;
   cudaStream_t s = d.stream;
 
@@ -334,25 +334,26 @@ void CudaEngine::run_forward(const Batch& batch) {
     for (size_t layer = 0; layer < c.n_layers; ++layer) {
       const Device::Layer& l = d.layers[layer];
 
-      // Attention input: xb = rmsnorm(x) * attn_norm.
-      cuda::launch_rmsnorm(d.x, l.attn_norm, c.rms_eps, dim, n, nullptr, d.xb, s);
+      // Attention input: xb = rmsnorm(x) * attn_norm. From layer 1 on, the previous layer's
+      // FFN residual (x += xb, below) is added in the same kernel.
+      if (layer == 0) {
+        cuda::launch_rmsnorm(d.x, l.attn_norm, c.rms_eps, dim, n, nullptr, d.xb, s);
+      } else {
+        cuda::launch_add_rmsnorm(d.x, d.xb, l.attn_norm, c.rms_eps, dim, n, d.xb, s);
+      }
 
       // Projections: q (n, q_dim), k and v (n, kv_dim) = xb @ W^T.
       cuda::launch_matmul(l.attn_q, d.xb, n, d.q, s);
       cuda::launch_matmul(l.attn_k, d.xb, n, d.k, s);
       cuda::launch_matmul(l.attn_v, d.xb, n, d.v, s);
 
-      // RoPE on q and k (adjacent-pair layout: the GGUF converter permuted Q/K for it).
-      cuda::launch_rope_normal(d.q, n, c.n_heads, c.head_dim, c.rope_dim, d.rope_cos, d.rope_sin,
-                               s);
-      cuda::launch_rope_normal(d.k, n, c.n_kv_heads, c.head_dim, c.rope_dim, d.rope_cos, d.rope_sin,
-                               s);
-
-      // Store k and v in the cache at (seq, pos), converted to the cache type.
+      // RoPE on q and k (adjacent-pair layout: the GGUF converter permuted Q/K for it), and
+      // k and v stored in the cache at (seq, pos) as F16: one kernel.
       uint16_t* k_layer = d.k_cache + layer * d.layer_halves;
       uint16_t* v_layer = d.v_cache + layer * d.layer_halves;
-      cuda::launch_kv_append(d.k, d.v, d.sequences, d.positions, n, kv_dim, n_ctx_, k_layer,
-                             v_layer, s);
+      cuda::launch_rope_kv_append(d.q, d.k, d.v, n, c.n_heads, c.n_kv_heads, c.head_dim,
+                                  c.rope_dim, d.rope_cos, d.rope_sin, d.sequences, d.positions,
+                                  n_ctx_, k_layer, v_layer, s);
 
       // Attention: att = softmax(q k^T / sqrt(head_dim)) v over positions [0, pos] of
       // the entry's own sequence (causal), each query head reading its K/V group (GQA).
@@ -367,22 +368,20 @@ void CudaEngine::run_forward(const Batch& batch) {
         }
       }
 
-      // Output projection and residual: x += att @ Wo^T.
+      // Output projection and residual, then the FFN input, in one kernel after the matmul:
+      // x += att @ Wo^T; xb = rmsnorm(x) * ffn_norm.
       cuda::launch_matmul(l.attn_output, d.att, n, d.xb, s);
-      cuda::launch_add(d.x, d.xb, n * dim, s);
+      cuda::launch_add_rmsnorm(d.x, d.xb, l.ffn_norm, c.rms_eps, dim, n, d.xb, s);
 
-      // FFN input: xb = rmsnorm(x) * ffn_norm.
-      cuda::launch_rmsnorm(d.x, l.ffn_norm, c.rms_eps, dim, n, nullptr, d.xb, s);
-
-      // SwiGLU: gate = silu(xb @ Wg^T) * (xb @ Wu^T).
+      // SwiGLU input: gate = xb @ Wg^T, up = xb @ Wu^T.
       cuda::launch_matmul(l.ffn_gate, d.xb, n, d.gate, s);
       cuda::launch_matmul(l.ffn_up, d.xb, n, d.up, s);
-      cuda::launch_silu_mul(d.gate, d.up, d.gate, n * ffn, s);
 
-      // Down projection and residual: x += gate @ Wd^T.
-      cuda::launch_matmul(l.ffn_down, d.gate, n, d.xb, s);
-      cuda::launch_add(d.x, d.xb, n * dim, s);
+      // Down projection: xb = (silu(gate) * up) @ Wd^T, the product formed as it is read. Its
+      // residual x += xb is added by the next layer's first norm, or after the last layer.
+      cuda::launch_matmul_swiglu(l.ffn_down, d.gate, d.up, n, d.xb, s);
     }
+    cuda::launch_add(d.x, d.xb, n * dim, s);
 
     // Final norm of the rows that want logits, packed: xb[k] = rmsnorm(x[i_k]) * output_norm.
     cuda::launch_rmsnorm(d.x, d.output_norm, c.rms_eps, dim, n_logits, d.logit_rows, d.xb, s);

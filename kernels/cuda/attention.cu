@@ -3,7 +3,7 @@
 // with the KV group g = h / (n_heads / n_kv_heads) (GQA).
 //
 // Decode uses flash-decoding: each (query, head) has its positions cut into chunks of
-// kAttentionSplitPositions, one block per chunk writes (max, sum of exp, unnormalised
+// attention_split_positions(n_ctx), one block per chunk writes (max, sum of exp, unnormalised
 // weighted V), and a reduce kernel merges the chunks. Prefill of one sequence uses a
 // flash-attention tile kernel: 16 queries share each 32-key tile of K and V in shared
 // memory, every warp keeps an online softmax (running max and sum) per query, and the
@@ -24,26 +24,28 @@ constexpr int kMaxHeadDim = 256;
 constexpr int kMaxDimsPerLane = kMaxHeadDim / kWarpSize;
 
 size_t n_splits(size_t n_ctx) {
-  return (n_ctx + kAttentionSplitPositions - 1) / kAttentionSplitPositions;
+  const size_t chunk = attention_split_positions(n_ctx);
+  return (n_ctx + chunk - 1) / chunk;
 }
 
 // Block (query-head qh, chunk split). Partial record: [max, sum, acc[head_dim]].
 __global__ void __launch_bounds__(kSplitThreads)
     attention_split_kernel(const float* q, const uint16_t* k_cache, const uint16_t* v_cache,
                            const int32_t* seq, const int32_t* pos, int n_heads, int n_kv_heads,
-                           int head_dim, int n_ctx, int splits, float scale, float* scratch) {
+                           int head_dim, int n_ctx, int splits, int chunk, float scale,
+                           float* scratch) {
   extern __shared__ float smem[];
-  float* qs = smem;                                    // (head_dim,) q * scale
-  float* scores = qs + head_dim;                       // (chunk,)
-  float* partial = scores + kAttentionSplitPositions;  // (warps, head_dim)
+  float* qs = smem;                 // (head_dim,) q * scale
+  float* scores = qs + head_dim;    // (chunk,)
+  float* partial = scores + chunk;  // (warps, head_dim)
   __shared__ float red[32];
 
   const int qh = blockIdx.x, split = blockIdx.y;
   const int i = qh / n_heads, h = qh % n_heads;
   const int n_pos = pos[i] + 1;
-  const int start = split * static_cast<int>(kAttentionSplitPositions);
+  const int start = split * chunk;
   if (start >= n_pos) return;  // this chunk is past the query's position: the reduce skips it
-  const int end = min(start + static_cast<int>(kAttentionSplitPositions), n_pos);
+  const int end = min(start + chunk, n_pos);
   const int g = h / (n_heads / n_kv_heads), kv_dim = n_kv_heads * head_dim;
   const size_t base =
       static_cast<size_t>(seq[i]) * n_ctx * kv_dim + static_cast<size_t>(g) * head_dim;
@@ -109,12 +111,119 @@ __global__ void __launch_bounds__(kSplitThreads)
   }
 }
 
+// Decode, grouped: a block is one warp, for (query i, KV head g, chunk split), and serves
+// the G query heads that read KV head g, so each K and V row is read once for all of them.
+// The chunk goes by in runs of 32 positions: scores with a lane per position (16-byte loads
+// along the K row), an online softmax per head with warp reductions, then the weighted V
+// with lanes across dimensions. Same records as the kernel above.
+constexpr int kGroupedMaxHeads = 8;
+
+template <int G>
+__global__ void __launch_bounds__(kWarpSize)
+    attention_split_grouped_kernel(const float* q, const uint16_t* k_cache,
+                                   const uint16_t* v_cache, const int32_t* seq, const int32_t* pos,
+                                   int n_heads, int n_kv_heads, int head_dim, int n_ctx, int splits,
+                                   int chunk, float scale, float* scratch) {
+  extern __shared__ float qs[];  // (G, head_dim) q * scale
+  const int i = blockIdx.x / n_kv_heads, g = blockIdx.x % n_kv_heads, split = blockIdx.y;
+  const int n_pos = pos[i] + 1;
+  const int start = split * chunk;
+  if (start >= n_pos) return;  // past the query's position: the reduce skips this chunk
+  const int end = min(start + chunk, n_pos);
+  const int kv_dim = n_kv_heads * head_dim, q_dim = n_heads * head_dim;
+  const size_t base =
+      static_cast<size_t>(seq[i]) * n_ctx * kv_dim + static_cast<size_t>(g) * head_dim;
+  const int lane = threadIdx.x;
+  const int dims_per_lane = head_dim / kWarpSize;
+
+  // The group's heads are consecutive: q[i, g G .. g G + G - 1].
+  for (int e = lane; e < G * head_dim; e += kWarpSize) {
+    qs[e] = q[static_cast<size_t>(i) * q_dim + static_cast<size_t>(g) * G * head_dim + e] * scale;
+  }
+  __syncwarp();
+
+  float run_max[G], run_sum[G], acc[G][kMaxDimsPerLane];
+#pragma unroll
+  for (int j = 0; j < G; ++j) {
+    run_max[j] = -INFINITY;
+    run_sum[j] = 0.0f;
+#pragma unroll
+    for (int c = 0; c < kMaxDimsPerLane; ++c) acc[j][c] = 0.0f;
+  }
+
+  for (int run = start; run < end; run += kWarpSize) {
+    // Scores of position p = run + lane.
+    const int p = run + lane;
+    const bool valid = p < end;
+    float s[G];
+#pragma unroll
+    for (int j = 0; j < G; ++j) s[j] = 0.0f;
+    if (valid) {
+      const uint16_t* k = k_cache + base + static_cast<size_t>(p) * kv_dim;
+#pragma unroll 4
+      for (int d = 0; d < head_dim; d += 8) {
+        const uint4 raw = *reinterpret_cast<const uint4*>(k + d);
+        const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          const float2 kf = __half22float2(*reinterpret_cast<const __half2*>(&words[c]));
+#pragma unroll
+          for (int j = 0; j < G; ++j) {
+            s[j] += qs[j * head_dim + d + 2 * c] * kf.x + qs[j * head_dim + d + 2 * c + 1] * kf.y;
+          }
+        }
+      }
+    }
+    // Online softmax: rescale what was summed so far to the new running max.
+    float e[G];
+#pragma unroll
+    for (int j = 0; j < G; ++j) {
+      const float new_max = fmaxf(run_max[j], warp_max(valid ? s[j] : -INFINITY));
+      e[j] = valid ? expf(s[j] - new_max) : 0.0f;
+      const float alpha = expf(run_max[j] - new_max);  // 0 on the first run
+      run_sum[j] = run_sum[j] * alpha + warp_sum(e[j]);
+      run_max[j] = new_max;
+#pragma unroll
+      for (int c = 0; c < kMaxDimsPerLane; ++c) acc[j][c] *= alpha;
+    }
+    // Weighted V of the run's positions; lane covers dims lane + 32 c.
+    const int n_run = min(kWarpSize, end - run);
+    for (int r = 0; r < n_run; ++r) {
+      const uint16_t* v = v_cache + base + static_cast<size_t>(run + r) * kv_dim;
+      float vf[kMaxDimsPerLane];
+#pragma unroll
+      for (int c = 0; c < kMaxDimsPerLane; ++c) {
+        vf[c] = c < dims_per_lane ? half_bits_to_float(v[lane + c * kWarpSize]) : 0.0f;
+      }
+#pragma unroll
+      for (int j = 0; j < G; ++j) {
+        const float w = __shfl_sync(0xffffffffu, e[j], r);
+#pragma unroll
+        for (int c = 0; c < kMaxDimsPerLane; ++c) acc[j][c] += w * vf[c];
+      }
+    }
+  }
+
+#pragma unroll
+  for (int j = 0; j < G; ++j) {
+    const int qh = i * n_heads + g * G + j;
+    float* record = scratch + (static_cast<size_t>(qh) * splits + split) * (head_dim + 2);
+    if (lane == 0) {
+      record[0] = run_max[j];
+      record[1] = run_sum[j];
+    }
+#pragma unroll
+    for (int c = 0; c < kMaxDimsPerLane; ++c) {
+      if (c < dims_per_lane) record[2 + lane + c * kWarpSize] = acc[j][c];
+    }
+  }
+}
+
 // Block per query-head: merges the chunk records with the global max.
 __global__ void attention_reduce_kernel(const float* scratch, const int32_t* pos, int n_heads,
-                                        int head_dim, int splits, float* out) {
+                                        int head_dim, int splits, int chunk, float* out) {
   const int qh = blockIdx.x, i = qh / n_heads, h = qh % n_heads;
-  const int used = (pos[i] + 1 + static_cast<int>(kAttentionSplitPositions) - 1) /
-                   static_cast<int>(kAttentionSplitPositions);
+  const int used = (pos[i] + chunk) / chunk;  // chunks holding positions 0..pos[i]
   const float* records = scratch + static_cast<size_t>(qh) * splits * (head_dim + 2);
   float max = -INFINITY;
   for (int s = 0; s < used; ++s) max = fmaxf(max, records[s * (head_dim + 2)]);
@@ -273,17 +382,41 @@ void launch_attention_split(const float* q, const uint16_t* k_cache, const uint1
   if (n == 0) return;
   const size_t splits = n_splits(shape.n_ctx);
   const float scale = 1.0f / sqrtf(static_cast<float>(shape.head_dim));
-  const size_t smem =
-      (shape.head_dim + kAttentionSplitPositions + kSplitWarps * shape.head_dim) * sizeof(float);
-  const dim3 grid(static_cast<unsigned>(n * shape.n_heads), static_cast<unsigned>(splits));
-  attention_split_kernel<<<grid, kSplitThreads, smem, stream>>>(
-      q, k_cache, v_cache, seq, pos, static_cast<int>(shape.n_heads),
-      static_cast<int>(shape.n_kv_heads), static_cast<int>(shape.head_dim),
-      static_cast<int>(shape.n_ctx), static_cast<int>(splits), scale, scratch);
+  const size_t group = shape.n_heads / shape.n_kv_heads;
+  const int heads = static_cast<int>(shape.n_heads), kv_heads = static_cast<int>(shape.n_kv_heads);
+  const int head_dim = static_cast<int>(shape.head_dim), n_ctx = static_cast<int>(shape.n_ctx);
+  const int n_split = static_cast<int>(splits);
+  const int chunk = static_cast<int>(attention_split_positions(shape.n_ctx));
+  // Grouped kernel for up to 8 query heads per KV head and head_dim a multiple of 32 (16-byte
+  // K loads, whole dims per lane); the other shapes take the block-per-head kernel.
+  if (group <= kGroupedMaxHeads && shape.head_dim % kWarpSize == 0) {
+    const size_t smem = group * shape.head_dim * sizeof(float);
+    const dim3 grid(static_cast<unsigned>(n * shape.n_kv_heads), static_cast<unsigned>(splits));
+    auto launch = [&](auto kernel) {
+      kernel<<<grid, kWarpSize, smem, stream>>>(q, k_cache, v_cache, seq, pos, heads, kv_heads,
+                                                head_dim, n_ctx, n_split, chunk, scale, scratch);
+    };
+    switch (group) {
+      case 1: launch(attention_split_grouped_kernel<1>); break;
+      case 2: launch(attention_split_grouped_kernel<2>); break;
+      case 3: launch(attention_split_grouped_kernel<3>); break;
+      case 4: launch(attention_split_grouped_kernel<4>); break;
+      case 5: launch(attention_split_grouped_kernel<5>); break;
+      case 6: launch(attention_split_grouped_kernel<6>); break;
+      case 7: launch(attention_split_grouped_kernel<7>); break;
+      default: launch(attention_split_grouped_kernel<8>); break;
+    }
+  } else {
+    const size_t smem = (shape.head_dim + chunk + kSplitWarps * shape.head_dim) * sizeof(float);
+    const dim3 grid(static_cast<unsigned>(n * shape.n_heads), static_cast<unsigned>(splits));
+    attention_split_kernel<<<grid, kSplitThreads, smem, stream>>>(
+        q, k_cache, v_cache, seq, pos, heads, kv_heads, head_dim, n_ctx, n_split, chunk, scale,
+        scratch);
+  }
   KILN_CUDA_CHECK_LAUNCH();
   attention_reduce_kernel<<<static_cast<unsigned>(n * shape.n_heads), 128, 0, stream>>>(
       scratch, pos, static_cast<int>(shape.n_heads), static_cast<int>(shape.head_dim),
-      static_cast<int>(splits), out);
+      static_cast<int>(splits), chunk, out);
   KILN_CUDA_CHECK_LAUNCH();
 }
 

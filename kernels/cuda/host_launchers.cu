@@ -169,6 +169,21 @@ void matmul(const kernels::WeightMatrix& w, std::span<const float> x, size_t m, 
   d_y.download(y.first(m * w.rows));
 }
 
+void matmul_swiglu(const kernels::WeightMatrix& w, std::span<const float> gate,
+                   std::span<const float> up, size_t m, std::span<float> y) {
+  const size_t w_bytes = w.rows * row_bytes(w.type, w.cols);
+  require(w.data.size() >= w_bytes && gate.size() >= m * w.cols && up.size() >= m * w.cols &&
+              y.size() >= m * w.rows,
+          "cuda::matmul_swiglu: spans too small for the shapes");
+  const DeviceBuffer d_w = upload(w.data.first(w_bytes));
+  DeviceBuffer d_g = upload(gate.first(m * w.cols));
+  const DeviceBuffer d_u = upload(up.first(m * w.cols));
+  const GuardedOutput d_y(m * w.rows * sizeof(float));
+  launch_matmul_swiglu({w.type, d_w.data(), w.rows, w.cols}, d_g.as<float>(), d_u.as<float>(), m,
+                       d_y.as<float>(), nullptr);
+  d_y.download(y.first(m * w.rows));
+}
+
 void rmsnorm(std::span<const float> x, std::span<const float> weight, float eps,
              std::span<float> out) {
   require(weight.size() == x.size() && out.size() == x.size(), "cuda::rmsnorm: sizes differ");
@@ -176,6 +191,19 @@ void rmsnorm(std::span<const float> x, std::span<const float> weight, float eps,
   const GuardedOutput d_out(out.size_bytes());
   launch_rmsnorm(d_x.as<float>(), d_w.as<float>(), eps, x.size(), 1, nullptr, d_out.as<float>(),
                  nullptr);
+  d_out.download(out);
+}
+
+void add_rmsnorm(std::span<float> x, std::span<const float> residual,
+                 std::span<const float> weight, float eps, std::span<float> out) {
+  require(residual.size() == x.size() && weight.size() == x.size() && out.size() == x.size(),
+          "cuda::add_rmsnorm: sizes differ");
+  const GuardedOutput d_x(x.size_bytes(), std::as_bytes(x));
+  const DeviceBuffer d_r = upload(residual), d_w = upload(weight);
+  const GuardedOutput d_out(out.size_bytes());
+  launch_add_rmsnorm(d_x.as<float>(), d_r.as<float>(), d_w.as<float>(), eps, x.size(), 1,
+                     d_out.as<float>(), nullptr);
+  d_x.download(x);
   d_out.download(out);
 }
 

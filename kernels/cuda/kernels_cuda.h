@@ -34,9 +34,16 @@ void dequantize_row_host(GgmlType type, std::span<const std::byte> src, std::spa
 void matmul(const kernels::WeightMatrix& w, std::span<const float> x, size_t m, std::span<float> y,
             MatmulPath path = MatmulPath::kAuto);
 
+// Twin of kernels::silu_mul then kernels::matmul: Y = (silu(gate) * up) @ W^T.
+void matmul_swiglu(const kernels::WeightMatrix& w, std::span<const float> gate,
+                   std::span<const float> up, size_t m, std::span<float> y);
+
 // Twins of kernels::rmsnorm, softmax, silu_mul, add (one row each).
 void rmsnorm(std::span<const float> x, std::span<const float> weight, float eps,
              std::span<float> out);
+// Twin of kernels::add then kernels::rmsnorm: x += residual, out = rmsnorm(x) * weight.
+void add_rmsnorm(std::span<float> x, std::span<const float> residual,
+                 std::span<const float> weight, float eps, std::span<float> out);
 void softmax(std::span<float> x);
 void silu_mul(std::span<const float> gate, std::span<const float> up, std::span<float> out);
 void add(std::span<float> x, std::span<const float> y);

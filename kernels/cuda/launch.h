@@ -19,9 +19,15 @@ namespace kiln::cuda {
 // Weight types the CUDA matmul and dequantizer handle.
 bool has_cuda_matmul(GgmlType type);
 
-// Which matmul kernel runs: the warp-per-row matrix-vector kernel (decode, small m), the
-// tensor-core tile kernel (prefill), or the choice by m.
-enum class MatmulPath { kAuto, kMatVec, kTensorCore };
+// Which matmul kernel runs:
+//   kMatVec       decode (small m): 8 weight rows per block, K split across its warps,
+//                 weights dequantized to fp16 in registers and multiplied on the tensor cores
+//                 (mma m16n8k16, tokens as the M side, fp32 accumulation);
+//   kTensorCore   prefill: 64x64 output tiles through shared memory (wmma);
+//   kMatVecFloat  a warp per row in float arithmetic (exact float; slower, kept as a
+//                 reference path for tests and benchmarks);
+//   kAuto         kMatVec up to kMatVecMaxTokens tokens, else kTensorCore.
+enum class MatmulPath { kAuto, kMatVec, kTensorCore, kMatVecFloat };
 // Largest m that kAuto sends to the matrix-vector kernel.
 inline constexpr size_t kMatVecMaxTokens = 8;
 
@@ -38,6 +44,11 @@ struct DeviceMatrix {
 // without a kernel.
 void launch_matmul(const DeviceMatrix& w, const float* x, size_t m, float* y, cudaStream_t stream,
                    MatmulPath path = MatmulPath::kAuto);
+// Y (m, rows) = (silu(gate) * up) (m, cols) @ W^T, the SwiGLU down projection. Up to
+// kMatVecMaxTokens tokens the product is formed as the matrix-vector kernel reads its input;
+// for more, gate is overwritten with the product and the tensor-core kernel runs.
+void launch_matmul_swiglu(const DeviceMatrix& w, float* gate, const float* up, size_t m, float* y,
+                          cudaStream_t stream);
 // Bytes one matmul call moves through memory: every weight byte once, plus x and y.
 size_t matmul_bytes(const DeviceMatrix& w, size_t m);
 // Bytes moved by the other launchers (inputs read once, outputs written once).
@@ -57,6 +68,12 @@ void launch_dequantize_rows(GgmlType type, const void* src, size_t n, const int3
 // k of x, or row row_ids[k] when row_ids is not null (packing the rows that want logits).
 void launch_rmsnorm(const float* x, const float* weight, float eps, size_t n, size_t n_rows,
                     const int32_t* row_ids, float* out, cudaStream_t stream);
+
+// Residual add and the next norm in one pass: x (n_rows, n) += residual (n_rows, n), then
+// out (n_rows, n) = rmsnorm(x) * weight. out may alias residual (each element is read before
+// it is written, by the same thread).
+void launch_add_rmsnorm(float* x, const float* residual, const float* weight, float eps, size_t n,
+                        size_t n_rows, float* out, cudaStream_t stream);
 
 // x (n_rows, n) <- softmax of each row.
 void launch_softmax(float* x, size_t n, size_t n_rows, cudaStream_t stream);
@@ -84,6 +101,15 @@ void launch_kv_append(const float* k, const float* v, const int32_t* seq, const 
                       size_t n_rows, size_t kv_dim, size_t n_ctx, uint16_t* k_cache,
                       uint16_t* v_cache, cudaStream_t stream);
 
+// The two above and launch_rope_normal of q and k in one kernel: q (n_rows, n_heads *
+// head_dim) rotated in place; k (n_rows, kv_dim) rotated and v stored into the cache layer at
+// (seq[r], pos[r]) as F16 (k itself is left as it was).
+void launch_rope_kv_append(float* q, const float* k, const float* v, size_t n_rows,
+                           size_t n_heads, size_t n_kv_heads, size_t head_dim, size_t rope_dim,
+                           const float* cos, const float* sin, const int32_t* seq,
+                           const int32_t* pos, size_t n_ctx, uint16_t* k_cache, uint16_t* v_cache,
+                           cudaStream_t stream);
+
 // Attention of n queries over one layer of the F16 cache [n_seq][n_ctx][kv_dim]:
 //   out[i, h] = softmax(q[i, h] . K[seq_i, 0..pos_i, g]^T / sqrt(head_dim)) V[seq_i, 0..pos_i, g]
 // with g = h / (n_heads / n_kv_heads). q and out are (n, n_heads * head_dim).
@@ -91,14 +117,19 @@ struct AttentionShape {
   size_t n_heads, n_kv_heads, head_dim, n_ctx;
 };
 // Positions per block of the split (flash-decoding) kernel.
-inline constexpr size_t kAttentionSplitPositions = 256;
+// 32 while the context is at most 2,048, then larger so that a query has at most 64 chunks
+// (the scratch of partial records grows with the number of chunks).
+inline size_t attention_split_positions(size_t n_ctx) {
+  const size_t per_chunk = (n_ctx + 63) / 64;
+  return per_chunk <= 32 ? 32 : (per_chunk + 31) / 32 * 32;
+}
 // Bytes an attention call reads and writes: q and out, plus the K and V rows of every query's
 // visible positions (n_pos_total = sum over queries of pos + 1) for each KV head.
 size_t attention_bytes(const AttentionShape& shape, size_t n, size_t n_pos_total);
 // Scratch floats the split kernel needs for up to n queries.
 size_t attention_split_scratch_floats(const AttentionShape& shape, size_t n);
 // Flash-decoding: the KV range of each query is split across blocks (positions in chunks of
-// kAttentionSplitPositions), then a reduce kernel merges the partial softmaxes. Any batch.
+// attention_split_positions(n_ctx)), then a reduce kernel merges the partial softmaxes.
 // The grid depends only on (n, n_ctx), not on the positions, so it can live in a graph.
 void launch_attention_split(const float* q, const uint16_t* k_cache, const uint16_t* v_cache,
                             const int32_t* seq, const int32_t* pos, size_t n,

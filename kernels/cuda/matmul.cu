@@ -1,15 +1,17 @@
 // Matrix multiplication of GGUF weights (kept in their block format on the device) with float
 // activations: Y (m, rows) = X (m, cols) @ W^T, the CUDA twin of kernels::matmul.
 //
-// Decode (m <= kMatVecMaxTokens): one warp per weight row; lane l takes the 8-element chunks
-// l, l + 32, ... of the row, so a warp reads a contiguous stretch of the row per step, and
-// each dequantized chunk is used for up to 8 tokens before the next is read. Dequantize-
-// and-FMA in float: for m this small the kernel is bound by reading the weights once.
+// Decode (m <= kMatVecMaxTokens): 8 weight rows per block, K split across the block's warps,
+// weights dequantized to fp16 in registers and multiplied with x (as fp16) on the tensor
+// cores, fp32 accumulation: the float FMA version (kMatVecFloat, a warp per row) spends more
+// instructions per weight than the memory system leaves it at this arithmetic intensity.
 // Prefill: 64x64 output tiles; each k-step dequantizes a 64x32 weight tile and converts a
 // 32-wide slice of X to fp16 in shared memory, then 4 warps multiply them on the tensor cores
 // (wmma 16x16x16, fp32 accumulate).
+#include <cuda_fp16.h>
 #include <mma.h>
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 
@@ -56,6 +58,319 @@ __global__ void __launch_bounds__(kMatVecWarps* kWarpSize)
       if (lane == 0 && t0 + t < m) y[static_cast<size_t>(t0 + t) * rows + row] = s;
     }
   }
+}
+
+// ---- Decode on the tensor cores: mma.m16n8k16 with the tokens as M and 8 weight rows as N.
+//
+// Lane l of a warp is (g = l / 4, p = l % 4). For each mma it supplies
+//   B: 4 weights of row g (fp16, dequantized in registers) at 4 element positions e..e+3,
+//   A: x of token g at the same 4 positions (tokens 8..15 of the M side are zero),
+// where the positions depend on p only, so every row and every token pairs the same
+// elements (the k order inside an mma is free; A and B only have to agree). Registers:
+// b0 = (w[e], w[e+2]), b1 = (w[e+1], w[e+3]) are k-slots (2p, 2p+1) and (2p+8, 2p+9);
+// a0/a2 hold x at the same slots. The fp32 result c0, c1 is y[token g][rows 2p, 2p+1].
+// A block's warps split K; their partial sums meet in shared memory.
+constexpr int kMmaRows = 8;       // weight rows per block (the mma's N)
+constexpr int kMmaTokens = 8;     // tokens per pass (the used half of the mma's M)
+constexpr int kMmaMaxWarps = 16;  // warps per block splitting K
+
+__device__ __forceinline__ void mma_m16n8k16(float (&c)[4], uint32_t a0, uint32_t a2, uint32_t b0,
+                                             uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t half2_bits(__half2 h) {
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+__device__ __forceinline__ __half2 bits_half2(uint32_t u) {
+  return *reinterpret_cast<const __half2*>(&u);
+}
+__device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
+  return half2_bits(__floats2half2_rn(lo, hi));
+}
+
+// One token's activations: x, or with `up` set the SwiGLU product silu(x) * up computed as
+// it is read (the down projection takes gate and up directly, no silu_mul pass).
+struct XRow {
+  const float* x;
+  const float* up;
+};
+__device__ __forceinline__ float silu(float g) { return g / (1.0f + __expf(-g)); }
+
+// A registers: the activations of one token at positions e..e+3 (16-byte loads), or zeros.
+struct XFrag {
+  uint32_t a0, a2;
+};
+__device__ __forceinline__ XFrag load_x_frag(const XRow& xt, int e, bool active) {
+  if (!active) return {0u, 0u};
+  float4 f = *reinterpret_cast<const float4*>(xt.x + e);
+  if (xt.up != nullptr) {
+    const float4 u = *reinterpret_cast<const float4*>(xt.up + e);
+    f = make_float4(silu(f.x) * u.x, silu(f.y) * u.y, silu(f.z) * u.z, silu(f.w) * u.w);
+  }
+  return {pack_half2(f.x, f.z), pack_half2(f.y, f.w)};
+}
+
+// Any type: the quad of a row covers 32 consecutive elements per sub-step through dequant8
+// (lane p: elements 8p..8p+7, two mmas); a step is 4 sub-steps (128 elements).
+template <GgmlType T>
+__device__ __forceinline__ void matvec_mma_step_generic(const uint8_t* w_row, bool row_ok,
+                                                        const XRow& xt, bool token_ok, int step,
+                                                        int cols, int p, float (&c)[4]) {
+  XFrag xf[4][2];  // x fragments of the step, requested before any arithmetic
+#pragma unroll
+  for (int sub = 0; sub < 4; ++sub) {
+    const bool in_row = step * 128 + sub * 32 < cols;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      xf[sub][h] = load_x_frag(xt, step * 128 + sub * 32 + 8 * p + 4 * h, token_ok && in_row);
+    }
+  }
+#pragma unroll
+  for (int sub = 0; sub < 4; ++sub) {
+    const int e0 = step * 128 + sub * 32 + 8 * p;
+    if (step * 128 + sub * 32 >= cols) break;  // uniform across the warp
+    float v[8];
+    if (row_ok) {
+      dequant8<T>(w_row, e0, v);
+    } else {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[j] = 0.0f;
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const float* q = v + 4 * h;
+      mma_m16n8k16(c, xf[sub][h].a0, xf[sub][h].a2, pack_half2(q[0], q[2]),
+                   pack_half2(q[1], q[3]));
+    }
+  }
+}
+
+// Q4_K: a step is one 256-element block of each row. Lane p loads the block's header
+// (d, dmin, scales) and two 16-byte runs of qs: bytes [16p, 16p + 16) and [64 + 16p, ...),
+// i.e. words 4p..4p+3 and 16+4p..19+4p. Word w holds elements 64 (w / 8) + 4 (w % 8) + 0..3
+// of sub-block 2 (w / 8) in its low nibbles and of sub-block 2 (w / 8) + 1 (32 elements
+// later) in its high nibbles. Nibbles become fp16 exactly through 0x6400 | q = 1024 + q.
+struct Q4KLoads {
+  uint4 head, qa, qb;
+};
+__device__ __forceinline__ Q4KLoads load_q4_k(const uint8_t* w_row, bool row_ok, int block,
+                                              int p) {
+  if (!row_ok) return {make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0)};
+  const uint8_t* b = w_row + static_cast<size_t>(block) * sizeof(block_q4_K);
+  return {*reinterpret_cast<const uint4*>(b), *reinterpret_cast<const uint4*>(b + 16 + 16 * p),
+          *reinterpret_cast<const uint4*>(b + 80 + 16 * p)};
+}
+
+__device__ __forceinline__ void matvec_mma_q4_k_block(const Q4KLoads& L, const XRow& xt,
+                                                      bool token_ok, int block, int p,
+                                                      float (&c)[4]) {
+  // The 12 scale bytes; indexed only with constants below so they stay in registers.
+  union {
+    uint32_t u[3];
+    uint8_t b[12];
+  } scales;
+  scales.u[0] = L.head.y;
+  scales.u[1] = L.head.z;
+  scales.u[2] = L.head.w;
+  const bool odd = p >= 2;  // lanes 2, 3 take the second 64-element group of each run
+  const float d = half_bits_to_float(static_cast<uint16_t>(L.head.x & 0xFFFF));
+  const float dmin = half_bits_to_float(static_cast<uint16_t>(L.head.x >> 16));
+  const __half2 k1024 = __float2half2_rn(1024.0f);
+  const uint32_t runs[2][4] = {{L.qa.x, L.qa.y, L.qa.z, L.qa.w}, {L.qb.x, L.qb.y, L.qb.z, L.qb.w}};
+  // All 16 x fragments are requested before the first mma: issued one before each mma they
+  // were 16 L2 round trips in a row (the kernel ran at 14% of DRAM bandwidth).
+  XFrag xf[2][2][4];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int j = 2 * r + (odd ? 1 : 0);  // 64-element group of run r
+        const int e = block * 256 + 64 * j + 32 * h + 16 * (p % 2) + 4 * i;
+        xf[r][h][i] = load_x_frag(xt, e, token_ok);
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {  // run r covers 64-element group j = 2r (+1 for odd lanes)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {  // low nibbles: sub-block 2j; high: 2j + 1
+      int sc0, mn0, sc1, mn1;
+      scale_min_k4(2 * (2 * r) + h, scales.b, sc0, mn0);
+      scale_min_k4(2 * (2 * r + 1) + h, scales.b, sc1, mn1);
+      const int sc = odd ? sc1 : sc0, mn = odd ? mn1 : mn0;
+      const __half2 scale = __float2half2_rn(d * static_cast<float>(sc));
+      const __half2 neg_min = __float2half2_rn(-dmin * static_cast<float>(mn));
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const uint32_t v = runs[r][i] >> (4 * h);
+        const uint32_t q02 = (v & 0x000F000Fu) | 0x64006400u;
+        const uint32_t q13 = ((v >> 8) & 0x000F000Fu) | 0x64006400u;
+        const __half2 w02 = __hfma2(__hsub2(bits_half2(q02), k1024), scale, neg_min);
+        const __half2 w13 = __hfma2(__hsub2(bits_half2(q13), k1024), scale, neg_min);
+        const XFrag& a = xf[r][h][i];
+        mma_m16n8k16(c, a.a0, a.a2, half2_bits(w02), half2_bits(w13));
+      }
+    }
+  }
+}
+
+// Q6_K (210-byte blocks, so only 2-byte aligned): a step is one block of each row. Lane
+// p = 2h + c takes ql bytes [32p, 32p + 32): words whose low nibbles are the low 4 bits of
+// elements 128h + 32c + 0..31 and whose high nibbles those of 128h + 32(c + 2) + 0..31;
+// the matching 2-bit highs are in qh bytes [32h, 32h + 32), bit pair k of each byte for
+// quarter k. Words come from aligned 32-bit loads joined by a funnel shift.
+struct Q6KLoads {
+  uint32_t ql[8], qh[8];
+  uint32_t scales_lo, scales_hi;  // scales[8h + 2c + 0..1], scales[8h + 2c + 4..5] (int8)
+  uint32_t d;                     // half bits
+};
+
+__device__ __forceinline__ void load_words_2_aligned(const uint8_t* p, uint32_t (&out)[8]) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  const uint32_t* base = reinterpret_cast<const uint32_t*>(a & ~uintptr_t{3});
+  const uint32_t shift = static_cast<uint32_t>(a & 3) * 8;
+  uint32_t raw[9];
+#pragma unroll
+  for (int i = 0; i < 9; ++i) raw[i] = base[i];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) out[i] = __funnelshift_r(raw[i], raw[i + 1], shift);
+}
+
+__device__ __forceinline__ Q6KLoads load_q6_k(const uint8_t* w_row, bool row_ok, int block,
+                                              int p) {
+  Q6KLoads L{};
+  if (!row_ok) return L;
+  const uint8_t* b = w_row + static_cast<size_t>(block) * sizeof(block_q6_K);
+  const int h = p / 2, c = p % 2;
+  load_words_2_aligned(b + offsetof(block_q6_K, ql) + 32 * p, L.ql);
+  load_words_2_aligned(b + offsetof(block_q6_K, qh) + 32 * h, L.qh);
+  L.scales_lo = load_u16(b + offsetof(block_q6_K, scales) + 8 * h + 2 * c);
+  L.scales_hi = load_u16(b + offsetof(block_q6_K, scales) + 8 * h + 2 * c + 4);
+  L.d = load_u16(b + offsetof(block_q6_K, d));
+  return L;
+}
+
+__device__ __forceinline__ void matvec_mma_q6_k_block(const Q6KLoads& L, const XRow& xt,
+                                                      bool token_ok, int block, int p,
+                                                      float (&c)[4]) {
+  const int h = p / 2, cq = p % 2;
+  const float d = half_bits_to_float(static_cast<uint16_t>(L.d));
+  // scale[hn][i / 4]: hn 0 is quarter cq (low nibbles), 1 is quarter cq + 2.
+  __half2 scale[2][2];
+  const uint32_t packed[2] = {L.scales_lo, L.scales_hi};
+#pragma unroll
+  for (int hn = 0; hn < 2; ++hn) {
+#pragma unroll
+    for (int g = 0; g < 2; ++g) {
+      const int8_t sc = static_cast<int8_t>((packed[hn] >> (8 * g)) & 0xFF);
+      scale[hn][g] = __float2half2_rn(d * static_cast<float>(sc));
+    }
+  }
+  const __half2 k1056 = __float2half2_rn(1056.0f);  // 1024 + the offset 32
+  XFrag xf[8][2];  // every x fragment requested before the first mma (see Q4_K)
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+#pragma unroll
+    for (int hn = 0; hn < 2; ++hn) {
+      xf[i][hn] = load_x_frag(xt, block * 256 + 128 * h + 32 * (cq + 2 * hn) + 4 * i, token_ok);
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+#pragma unroll
+    for (int hn = 0; hn < 2; ++hn) {
+      const int k = cq + 2 * hn;  // quarter of the 128-element half
+      const uint32_t q4 = (L.ql[i] >> (4 * hn)) & 0x0F0F0F0Fu;
+      const uint32_t q2 = (L.qh[i] >> (2 * k)) & 0x03030303u;
+      const uint32_t q6 = q4 | (q2 << 4);
+      const uint32_t h02 = (q6 & 0x00FF00FFu) | 0x64006400u;
+      const uint32_t h13 = ((q6 >> 8) & 0x00FF00FFu) | 0x64006400u;
+      const __half2 w02 = __hmul2(__hsub2(bits_half2(h02), k1056), scale[hn][i / 4]);
+      const __half2 w13 = __hmul2(__hsub2(bits_half2(h13), k1056), scale[hn][i / 4]);
+      mma_m16n8k16(c, xf[i][hn].a0, xf[i][hn].a2, half2_bits(w02), half2_bits(w13));
+    }
+  }
+}
+
+// Runs the blocks step = warp, warp + n_warps, ... of a K-type row, the loads of the next
+// block issued before the arithmetic of the current one.
+template <typename Loads, typename LoadFn, typename BlockFn>
+__device__ __forceinline__ void matvec_mma_k_blocks(int warp, int n_warps, int steps, LoadFn load,
+                                                    BlockFn block) {
+  int step = warp;
+  Loads next{};
+  if (step < steps) next = load(step);
+  while (step < steps) {
+    const Loads cur = next;
+    const int after = step + n_warps;
+    if (after < steps) next = load(after);
+    block(cur, step);
+    step = after;
+  }
+}
+
+template <GgmlType T>
+__global__ void __launch_bounds__(kMmaMaxWarps* kWarpSize)
+    matvec_mma_kernel(const uint8_t* w, size_t row_bytes, int rows, int cols, const float* x,
+                      const float* x_up, int m, float* y) {
+  __shared__ float partial[kMmaMaxWarps][kMmaTokens][kMmaRows];
+  const int n_warps = blockDim.x / kWarpSize;
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  const int g = lane / 4, p = lane % 4;
+  const int row0 = blockIdx.x * kMmaRows;
+  const int row = row0 + g;
+  const bool row_ok = row < rows;
+  const uint8_t* w_row = w + static_cast<size_t>(row_ok ? row : 0) * row_bytes;
+  constexpr bool kBlockSteps = T == GgmlType::Q4_K || T == GgmlType::Q6_K;
+  const int steps = kBlockSteps ? cols / 256 : (cols + 127) / 128;
+
+  for (int t0 = 0; t0 < m; t0 += kMmaTokens) {
+    const bool token_ok = t0 + g < m;
+    const size_t x_row = static_cast<size_t>(token_ok ? t0 + g : 0) * cols;
+    const XRow xt{x + x_row, x_up != nullptr ? x_up + x_row : nullptr};
+    float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if constexpr (T == GgmlType::Q4_K) {
+      matvec_mma_k_blocks<Q4KLoads>(
+          warp, n_warps, steps, [&](int b) { return load_q4_k(w_row, row_ok, b, p); },
+          [&](const Q4KLoads& L, int b) { matvec_mma_q4_k_block(L, xt, token_ok, b, p, c); });
+    } else if constexpr (T == GgmlType::Q6_K) {
+      matvec_mma_k_blocks<Q6KLoads>(
+          warp, n_warps, steps, [&](int b) { return load_q6_k(w_row, row_ok, b, p); },
+          [&](const Q6KLoads& L, int b) { matvec_mma_q6_k_block(L, xt, token_ok, b, p, c); });
+    } else {
+      for (int step = warp; step < steps; step += n_warps) {
+        matvec_mma_step_generic<T>(w_row, row_ok, xt, token_ok, step, cols, p, c);
+      }
+    }
+    partial[warp][g][2 * p] = c[0];
+    partial[warp][g][2 * p + 1] = c[1];
+    __syncthreads();
+    // A block may have a single warp (32 threads) for the 64 outputs.
+    for (int o = threadIdx.x; o < kMmaTokens * kMmaRows; o += blockDim.x) {
+      const int t = o / kMmaRows, r = o % kMmaRows;
+      float sum = 0.0f;
+      for (int k = 0; k < n_warps; ++k) sum += partial[k][t][r];
+      if (t0 + t < m && row0 + r < rows) y[static_cast<size_t>(t0 + t) * rows + row0 + r] = sum;
+    }
+    __syncthreads();
+  }
+}
+
+// Warps per block of the mma matrix-vector kernel: enough blocks x warps to fill the GPU
+// (~2,000+ warps in flight hide the memory latency), never more warps than K steps.
+int matvec_mma_warps(size_t rows, size_t k_steps) {
+  const size_t row_blocks = (rows + kMmaRows - 1) / kMmaRows;
+  size_t warps = (4096 + row_blocks - 1) / row_blocks;
+  warps = std::min<size_t>(warps, kMmaMaxWarps);
+  warps = std::min<size_t>(warps, std::max<size_t>(k_steps, 1));
+  return static_cast<int>(std::max<size_t>(warps, 1));
 }
 
 constexpr int kTileM = 64;   // tokens per tile
@@ -178,23 +493,30 @@ void check_matmul_shape(const DeviceMatrix& w) {
   }
 }
 
-}  // namespace
-
-void launch_matmul(const DeviceMatrix& w, const float* x, size_t m, float* y, cudaStream_t stream,
-                   MatmulPath path) {
+void launch_matmul_impl(const DeviceMatrix& w, const float* x, const float* x_up, size_t m,
+                        float* y, cudaStream_t stream, MatmulPath path) {
   check_matmul_shape(w);
   if (m == 0) return;
   check_alignment(w.data, "the weight matrix");
   check_alignment(x, "the activations");
-  const bool matvec =
-      path == MatmulPath::kMatVec || (path == MatmulPath::kAuto && m <= kMatVecMaxTokens);
+  const bool small = path == MatmulPath::kAuto && m <= kMatVecMaxTokens;
+  const bool mma_vec = path == MatmulPath::kMatVec || small;
+  if (x_up != nullptr && !mma_vec) {
+    throw std::invalid_argument("CUDA matmul: the fused SwiGLU input needs the mma matvec path");
+  }
   const size_t rb = row_bytes(w.type, w.cols);
   const auto* data = static_cast<const uint8_t*>(w.data);
   const int rows = static_cast<int>(w.rows), cols = static_cast<int>(w.cols);
   const int mi = static_cast<int>(m);
   dispatch_weight_type(w.type, "CUDA matmul", [&](auto t) {
     constexpr GgmlType T = decltype(t)::value;
-    if (matvec) {
+    if (mma_vec) {
+      const bool block_steps = T == GgmlType::Q4_K || T == GgmlType::Q6_K;
+      const size_t k_steps = block_steps ? w.cols / 256 : (w.cols + 127) / 128;
+      const int warps = matvec_mma_warps(w.rows, k_steps);
+      matvec_mma_kernel<T><<<ceil_div(w.rows, kMmaRows), warps * kWarpSize, 0, stream>>>(
+          data, rb, rows, cols, x, x_up, mi, y);
+    } else if (path == MatmulPath::kMatVecFloat) {
       const unsigned blocks = ceil_div(w.rows, kMatVecWarps);
       if (m == 1) {
         matvec_kernel<T, 1>
@@ -209,6 +531,24 @@ void launch_matmul(const DeviceMatrix& w, const float* x, size_t m, float* y, cu
     }
   });
   KILN_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+void launch_matmul(const DeviceMatrix& w, const float* x, size_t m, float* y, cudaStream_t stream,
+                   MatmulPath path) {
+  launch_matmul_impl(w, x, nullptr, m, y, stream, path);
+}
+
+void launch_matmul_swiglu(const DeviceMatrix& w, float* gate, const float* up, size_t m, float* y,
+                          cudaStream_t stream) {
+  if (m <= kMatVecMaxTokens) {
+    check_alignment(up, "the up activations");
+    launch_matmul_impl(w, gate, up, m, y, stream, MatmulPath::kMatVec);
+  } else {
+    launch_silu_mul(gate, up, gate, m * w.cols, stream);
+    launch_matmul_impl(w, gate, nullptr, m, y, stream, MatmulPath::kAuto);
+  }
 }
 
 size_t matmul_bytes(const DeviceMatrix& w, size_t m) {

@@ -39,18 +39,64 @@ __global__ void dequantize_rows_kernel(const uint8_t* src, size_t row_bytes, int
   }
 }
 
-// One block per output row: sum of squares, then scale and weight.
-__global__ void rmsnorm_kernel(const float* x, const float* weight, float eps, int n,
-                               const int32_t* row_ids, float* out) {
+// One block per output row: (optionally x[row] += residual[row] first, written back), sum of
+// squares, then scale and weight. The row is read once into registers, a float4 per thread
+// per 4,096 elements, so the block's loads are all in flight together (a loop of dependent
+// scalar loads made this a latency-bound 11 us kernel for one 3,072-wide row on an H100).
+constexpr int kNormThreads = 1024;
+constexpr int kNormVecs = 4;  // float4s per thread held in registers: rows up to 16,384
+
+__global__ void __launch_bounds__(kNormThreads)
+    rmsnorm_kernel(float* x, const float* residual, const float* weight, float eps, int n,
+                   const int32_t* row_ids, float* out) {
   __shared__ float red[32];
   const int k = blockIdx.x;
   const size_t src_row = row_ids != nullptr ? static_cast<size_t>(row_ids[k]) : k;
-  const float* xr = x + src_row * n;
+  float* xr = x + src_row * n;
+  const float* rr = residual != nullptr ? residual + src_row * n : nullptr;
+  float* o = out + static_cast<size_t>(k) * n;
   float ss = 0.0f;
-  for (int i = threadIdx.x; i < n; i += blockDim.x) ss += xr[i] * xr[i];
+  if (n % 4 == 0 && n <= 4 * kNormVecs * kNormThreads) {
+    const int n4 = n / 4;
+    float4 v[kNormVecs];
+#pragma unroll
+    for (int j = 0; j < kNormVecs; ++j) {
+      const int idx = static_cast<int>(threadIdx.x) + j * kNormThreads;
+      if (idx < n4) {
+        v[j] = reinterpret_cast<const float4*>(xr)[idx];
+        if (rr != nullptr) {
+          const float4 r = reinterpret_cast<const float4*>(rr)[idx];
+          v[j] = make_float4(v[j].x + r.x, v[j].y + r.y, v[j].z + r.z, v[j].w + r.w);
+        }
+        ss += v[j].x * v[j].x + v[j].y * v[j].y + v[j].z * v[j].z + v[j].w * v[j].w;
+      }
+    }
+    ss = block_sum(ss, red);  // every thread has read its x and residual elements
+    const float scale = rsqrtf(ss / static_cast<float>(n) + eps);
+#pragma unroll
+    for (int j = 0; j < kNormVecs; ++j) {
+      const int idx = static_cast<int>(threadIdx.x) + j * kNormThreads;
+      if (idx < n4) {
+        if (rr != nullptr) reinterpret_cast<float4*>(xr)[idx] = v[j];
+        const float4 w = reinterpret_cast<const float4*>(weight)[idx];
+        reinterpret_cast<float4*>(o)[idx] = make_float4(v[j].x * scale * w.x, v[j].y * scale * w.y,
+                                                        v[j].z * scale * w.z, v[j].w * scale * w.w);
+      }
+    }
+    return;
+  }
+  // Any other length: scalar passes (the residual sum is written back before the barrier
+  // and only read again by the thread that wrote it).
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    float v = xr[i];
+    if (rr != nullptr) {
+      v += rr[i];
+      xr[i] = v;
+    }
+    ss += v * v;
+  }
   ss = block_sum(ss, red);
   const float scale = rsqrtf(ss / static_cast<float>(n) + eps);
-  float* o = out + static_cast<size_t>(k) * n;
   for (int i = threadIdx.x; i < n; i += blockDim.x) o[i] = xr[i] * scale * weight[i];
 }
 
@@ -134,6 +180,58 @@ __global__ void kv_append_kernel(const float* k, const float* v, const int32_t* 
   }
 }
 
+// RoPE on q and k and the KV cache append in one pass, one thread per pair of dims of a row:
+// q pairs (rotated in place), then k pairs (rotated, stored as F16 at (seq[r], pos[r])), then
+// v pairs (stored). Pairs past rope_dim / 2 of a head are not rotated.
+__global__ void rope_kv_append_kernel(float* q, const float* k, const float* v, int n_rows,
+                                      int n_heads, int n_kv_heads, int head_dim, int rope_dim,
+                                      const float* cos, const float* sin, const int32_t* seq,
+                                      const int32_t* pos, int n_ctx, uint16_t* k_cache,
+                                      uint16_t* v_cache) {
+  const int half_head = head_dim / 2, half_rope = rope_dim / 2;
+  const int q_pairs = n_heads * half_head, kv_pairs = n_kv_heads * half_head;
+  const int per_row = q_pairs + 2 * kv_pairs;
+  const int kv_dim = n_kv_heads * head_dim;
+  const int total = n_rows * per_row;
+  for (int item = blockIdx.x * blockDim.x + threadIdx.x; item < total;
+       item += gridDim.x * blockDim.x) {
+    const int r = item / per_row;
+    int j = item % per_row;
+    const float* cr = cos + r * half_rope;
+    const float* sr = sin + r * half_rope;
+    if (j < q_pairs) {
+      const int i = j % half_head;
+      if (i < half_rope) {
+        float* x = q + static_cast<size_t>(r) * n_heads * head_dim + 2 * j;
+        const float a = x[0], b = x[1], c = cr[i], s = sr[i];
+        x[0] = a * c - b * s;
+        x[1] = a * s + b * c;
+      }
+      continue;
+    }
+    j -= q_pairs;
+    const size_t dst = (static_cast<size_t>(seq[r]) * n_ctx + pos[r]) * kv_dim;
+    if (j < kv_pairs) {
+      const int i = j % half_head;
+      const float* x = k + static_cast<size_t>(r) * kv_dim + 2 * j;
+      float a = x[0], b = x[1];
+      if (i < half_rope) {
+        const float c = cr[i], s = sr[i];
+        const float ra = a * c - b * s, rb = a * s + b * c;
+        a = ra;
+        b = rb;
+      }
+      k_cache[dst + 2 * j] = float_to_half_bits(a);
+      k_cache[dst + 2 * j + 1] = float_to_half_bits(b);
+    } else {
+      j -= kv_pairs;
+      const float* x = v + static_cast<size_t>(r) * kv_dim + 2 * j;
+      v_cache[dst + 2 * j] = float_to_half_bits(x[0]);
+      v_cache[dst + 2 * j + 1] = float_to_half_bits(x[1]);
+    }
+  }
+}
+
 }  // namespace
 
 bool has_cuda_matmul(GgmlType type) {
@@ -170,8 +268,17 @@ void launch_dequantize_rows(GgmlType type, const void* src, size_t n, const int3
 void launch_rmsnorm(const float* x, const float* weight, float eps, size_t n, size_t n_rows,
                     const int32_t* row_ids, float* out, cudaStream_t stream) {
   if (n_rows == 0) return;
-  rmsnorm_kernel<<<static_cast<unsigned>(n_rows), kRowThreads, 0, stream>>>(
-      x, weight, eps, static_cast<int>(n), row_ids, out);
+  // x is only written when a residual is given.
+  rmsnorm_kernel<<<static_cast<unsigned>(n_rows), kNormThreads, 0, stream>>>(
+      const_cast<float*>(x), nullptr, weight, eps, static_cast<int>(n), row_ids, out);
+  KILN_CUDA_CHECK_LAUNCH();
+}
+
+void launch_add_rmsnorm(float* x, const float* residual, const float* weight, float eps, size_t n,
+                        size_t n_rows, float* out, cudaStream_t stream) {
+  if (n_rows == 0) return;
+  rmsnorm_kernel<<<static_cast<unsigned>(n_rows), kNormThreads, 0, stream>>>(
+      x, residual, weight, eps, static_cast<int>(n), nullptr, out);
   KILN_CUDA_CHECK_LAUNCH();
 }
 
@@ -212,6 +319,23 @@ void launch_rope_normal(float* x, size_t n_rows, size_t n_heads, size_t head_dim
   rope_normal_kernel<<<flat_blocks(total), kFlatThreads, 0, stream>>>(
       x, static_cast<int>(n_rows), static_cast<int>(n_heads), static_cast<int>(head_dim),
       static_cast<int>(rope_dim), cos, sin);
+  KILN_CUDA_CHECK_LAUNCH();
+}
+
+void launch_rope_kv_append(float* q, const float* k, const float* v, size_t n_rows,
+                           size_t n_heads, size_t n_kv_heads, size_t head_dim, size_t rope_dim,
+                           const float* cos, const float* sin, const int32_t* seq,
+                           const int32_t* pos, size_t n_ctx, uint16_t* k_cache, uint16_t* v_cache,
+                           cudaStream_t stream) {
+  const size_t total = n_rows * (n_heads + 2 * n_kv_heads) * (head_dim / 2);
+  if (total == 0) return;
+  if (head_dim % 2 != 0 || rope_dim > head_dim) {
+    throw std::invalid_argument("rope_kv_append: head_dim must be even and >= rope_dim");
+  }
+  rope_kv_append_kernel<<<flat_blocks(total), kFlatThreads, 0, stream>>>(
+      q, k, v, static_cast<int>(n_rows), static_cast<int>(n_heads), static_cast<int>(n_kv_heads),
+      static_cast<int>(head_dim), static_cast<int>(rope_dim), cos, sin, seq, pos,
+      static_cast<int>(n_ctx), k_cache, v_cache);
   KILN_CUDA_CHECK_LAUNCH();
 }
 

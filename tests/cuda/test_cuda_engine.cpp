@@ -9,6 +9,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <ostream>
 #include <random>
@@ -140,17 +142,25 @@ std::vector<int32_t> some_tokens(size_t n, size_t vocab, uint32_t seed) {
 }
 
 // Prefill `prompt` with every row's logits, then `steps` decode steps fed the CPU's greedy
-// token, on both engines.
-Agreement run_both(const Model& model, const EngineOptions& opt, size_t prompt_len, size_t steps) {
-  Engine cpu(model, opt);
-  CudaEngine gpu(model, opt);
+// token, on the CPU reference and on `candidate`.
+//
+// The CPU reference runs with int16 activations (--precise): the CUDA kernels keep
+// activations in float (decode) or fp16 (tensor cores), so the CPU's int8 default would be
+// the less accurate of the two and the comparison would measure its rounding, not the CUDA
+// kernels'.
+template <typename Candidate>
+Agreement against_precise_cpu(const Model& model, const EngineOptions& opt, Candidate& candidate,
+                              size_t prompt_len, size_t steps) {
+  EngineOptions precise = opt;
+  precise.act_precision = kiln::kernels::ActPrecision::int16;
+  Engine cpu(model, precise);
   const size_t vocab = model.config().n_vocab;
   const auto prompt = some_tokens(prompt_len, vocab, 5);
   Agreement a;
-  std::vector<float> cpu_all, gpu_all;
+  std::vector<float> cpu_all, other_all;
   cpu.eval(0, prompt, true, &cpu_all);
-  gpu.eval(0, prompt, true, &gpu_all);
-  compare_rows(cpu_all, gpu_all, vocab, a);
+  candidate.eval(0, prompt, true, &other_all);
+  compare_rows(cpu_all, other_all, vocab, a);
   int32_t token = prompt.back();
   for (size_t s = 0; s < steps; ++s) {
     const auto last = std::span<const float>(cpu_all).subspan(cpu_all.size() - vocab);
@@ -158,10 +168,15 @@ Agreement run_both(const Model& model, const EngineOptions& opt, size_t prompt_l
     const std::vector<int32_t> one{token};
     const auto c = cpu.eval(0, one, false);
     cpu_all.assign(c.begin(), c.end());
-    const auto g = gpu.eval(0, one, false);
+    const auto g = candidate.eval(0, one, false);
     compare_rows(cpu_all, g, vocab, a);
   }
   return a;
+}
+
+Agreement run_both(const Model& model, const EngineOptions& opt, size_t prompt_len, size_t steps) {
+  CudaEngine gpu(model, opt);
+  return against_precise_cpu(model, opt, gpu, prompt_len, steps);
 }
 
 class CudaEngineVsCpu : public ::testing::TestWithParam<Spec> {};
@@ -248,6 +263,28 @@ TEST(CudaEngine, DefaultModelMatchesCpu) {
   const Agreement a = run_both(model, opt, 200, 40);
   EXPECT_GE(a.top1_rate(), 0.99) << a.top1_same << " of " << a.rows;
   EXPECT_LT(a.mean_kl(), 1e-3);
+}
+
+// KILN_CUDA_TEST_MODEL: any other model (a GPU machine may hold only synthetic ones). Deep
+// models with random weights amplify every rounding difference layer by layer (on the
+// default model's shape the CPU's own int8 path is at KL 0.12, top-1 25% from its precise
+// path), so the bound is relative: the CUDA forward must be at least as close to the
+// precise CPU forward as the CPU's default int8 forward is.
+TEST(CudaEngine, OtherModelAtLeastAsCloseAsCpuInt8) {
+  KILN_REQUIRE_CUDA_DEVICE();
+  const char* other = std::getenv("KILN_CUDA_TEST_MODEL");
+  if (other == nullptr || *other == '\0') GTEST_SKIP() << "KILN_CUDA_TEST_MODEL not set";
+  const Model model = Model::load(other);
+  EngineOptions opt;
+  opt.n_ctx = 512;
+  opt.max_batch = 128;
+  const Agreement gpu = run_both(model, opt, 200, 40);
+  Engine int8(model, opt);
+  const Agreement cpu = against_precise_cpu(model, opt, int8, 200, 40);
+  std::printf("vs precise CPU: CUDA KL %.3g top-1 %.2f%%, CPU int8 KL %.3g top-1 %.2f%%\n",
+              gpu.mean_kl(), 100 * gpu.top1_rate(), cpu.mean_kl(), 100 * cpu.top1_rate());
+  EXPECT_LE(gpu.mean_kl(), cpu.mean_kl());
+  EXPECT_GE(gpu.top1_rate(), cpu.top1_rate());
 }
 
 TEST(CudaEngineErrors, MissingGpuOrUnsupportedOptionsAreNamed) {

@@ -102,14 +102,17 @@ struct MatmulCase {
 class CudaMatmul : public ::testing::TestWithParam<GgmlType> {};
 
 // Y (m, rows) = X (m, cols) @ W^T in float64 from the CPU-dequantized W. The error bound per
-// output scales with sum |w x|: float accumulation for the matrix-vector kernel, fp16
-// operands (2^-11 relative each) for the tensor-core kernel.
+// output scales with sum |w x|: float accumulation for the float matrix-vector kernel, fp16
+// operands (2^-11 relative each) for the tensor-core kernels.
 TEST_P(CudaMatmul, BothPathsMatchAFloat64Reference) {
   KILN_REQUIRE_CUDA_DEVICE();
   const GgmlType type = GetParam();
   const size_t block = kiln::traits(type).block_elements;
-  const MatmulCase cases[] = {{1, 256, 1},   {7, 512, 1},   {33, 256, 3},   {64, 768, 8},
-                              {130, 512, 9}, {96, 256, 17}, {65, 1024, 70}, {200, 256, 130}};
+  // Includes long rows split across many warps (the mma kernel gives each warp several K
+  // steps only when rows are few and K long) and token counts past one mma pass (12).
+  const MatmulCase cases[] = {{1, 256, 1},   {7, 512, 1},   {33, 256, 3},    {64, 768, 8},
+                              {130, 512, 9}, {96, 256, 17}, {65, 1024, 70},  {200, 256, 130},
+                              {40, 3072, 1}, {24, 8192, 2}, {9, 2304, 8},    {17, 4096, 12}};
   uint32_t seed = 1;
   for (const auto& c : cases) {
     const size_t cols = (c.cols + block - 1) / block * block;
@@ -122,11 +125,13 @@ TEST_P(CudaMatmul, BothPathsMatchAFloat64Reference) {
                          std::span(w_f).subspan(r * cols, cols));
     }
     const kk::WeightMatrix wm{type, w, c.rows, cols};
-    for (MatmulPath path : {MatmulPath::kMatVec, MatmulPath::kTensorCore, MatmulPath::kAuto}) {
+    for (MatmulPath path : {MatmulPath::kMatVec, MatmulPath::kTensorCore, MatmulPath::kMatVecFloat,
+                            MatmulPath::kAuto}) {
       std::vector<float> y(c.m * c.rows);
       kiln::cuda::matmul(wm, x, c.m, y, path);
       ASSERT_TRUE(all_finite(y));
-      const double tol = path == MatmulPath::kTensorCore ? 3e-3 : 1e-5;
+      // Every path but kMatVecFloat rounds weights and x to fp16 for the tensor cores.
+      const double tol = path == MatmulPath::kMatVecFloat ? 1e-5 : 3e-3;
       for (size_t t = 0; t < c.m; ++t) {
         for (size_t r = 0; r < c.rows; ++r) {
           double ref = 0, mag = 0;
@@ -154,7 +159,43 @@ TEST(CudaMatmulShapes, RejectsColumnsNotAMultipleOf32) {
   EXPECT_THROW(kiln::cuda::matmul(wm, x, 1, y), std::invalid_argument);
 }
 
-const size_t kRowSizes[] = {1, 7, 64, 255, 576, 2048, 4097};
+// The fused SwiGLU down projection against silu_mul on the CPU and a float64 product, for
+// decode sizes (fused in the matrix-vector kernel) and a prefill size (silu_mul, then the
+// tensor-core kernel).
+TEST(CudaMatmulSwiglu, MatchesSiluMulThenAFloat64Reference) {
+  KILN_REQUIRE_CUDA_DEVICE();
+  uint32_t seed = 100;
+  for (GgmlType type : {GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q8_0, GgmlType::F16}) {
+    for (size_t m : {1, 3, 8, 12}) {
+      const size_t rows = 40, cols = 1024;
+      const auto w = random_matrix(type, rows, cols, seed++);
+      const auto gate = random_floats(m * cols, seed++), up = random_floats(m * cols, seed++);
+      std::vector<float> x(m * cols), w_f(rows * cols), y(m * rows);
+      kk::silu_mul(gate, up, x);
+      const size_t rb = kiln::row_bytes(type, cols);
+      for (size_t r = 0; r < rows; ++r) {
+        kk::dequantize_row(type, std::span(w).subspan(r * rb, rb),
+                           std::span(w_f).subspan(r * cols, cols));
+      }
+      kiln::cuda::matmul_swiglu({type, w, rows, cols}, gate, up, m, y);
+      ASSERT_TRUE(all_finite(y));
+      for (size_t t = 0; t < m; ++t) {
+        for (size_t r = 0; r < rows; ++r) {
+          double ref = 0, mag = 0;
+          for (size_t k = 0; k < cols; ++k) {
+            const double p = double(w_f[r * cols + k]) * x[t * cols + k];
+            ref += p;
+            mag += std::fabs(p);
+          }
+          ASSERT_NEAR(y[t * rows + r], ref, 3e-3 * mag + 1e-6)
+              << type_name(type) << " m=" << m << " t=" << t << " r=" << r;
+        }
+      }
+    }
+  }
+}
+
+const size_t kRowSizes[] = {1, 7, 64, 255, 576, 2048, 3072, 4097, 8192, 16384, 20000};
 
 TEST(CudaOps, RmsnormMatchesCpu) {
   KILN_REQUIRE_CUDA_DEVICE();
@@ -165,6 +206,23 @@ TEST(CudaOps, RmsnormMatchesCpu) {
     kiln::cuda::rmsnorm(x, w, 1e-5f, gpu);
     ASSERT_TRUE(all_finite(gpu));
     for (size_t i = 0; i < n; ++i) ASSERT_NEAR(gpu[i], cpu[i], 1e-5f * (1 + std::fabs(cpu[i])));
+  }
+}
+
+TEST(CudaOps, AddRmsnormMatchesCpuAddThenRmsnorm) {
+  KILN_REQUIRE_CUDA_DEVICE();
+  for (size_t n : kRowSizes) {
+    const auto x0 = random_floats(n, 21, 0.5f, 3.0f), r = random_floats(n, 22, 0.0f, 2.0f);
+    const auto w = random_floats(n, 23, 1.0f, 0.2f);
+    std::vector<float> x_cpu = x0, x_gpu = x0, cpu(n), gpu(n);
+    kk::add(x_cpu, r);
+    kk::rmsnorm(x_cpu, w, 1e-5f, cpu);
+    kiln::cuda::add_rmsnorm(x_gpu, r, w, 1e-5f, gpu);
+    ASSERT_TRUE(all_finite(gpu));
+    for (size_t i = 0; i < n; ++i) {
+      ASSERT_NEAR(x_gpu[i], x_cpu[i], 1e-6f * (1 + std::fabs(x_cpu[i])));
+      ASSERT_NEAR(gpu[i], cpu[i], 1e-5f * (1 + std::fabs(cpu[i])));
+    }
   }
 }
 
