@@ -373,13 +373,14 @@ void CudaEngine::run_forward(const Batch& batch) {
       cuda::launch_matmul(l.attn_output, d.att, n, d.xb, s);
       cuda::launch_add_rmsnorm(d.x, d.xb, l.ffn_norm, c.rms_eps, dim, n, d.xb, s);
 
-      // SwiGLU input: gate = xb @ Wg^T, up = xb @ Wu^T.
+      // SwiGLU: gate = xb @ Wg^T; up = silu(gate) * (xb @ Wu^T), the product applied as the
+      // up projection writes its output.
       cuda::launch_matmul(l.ffn_gate, d.xb, n, d.gate, s);
-      cuda::launch_matmul(l.ffn_up, d.xb, n, d.up, s);
+      cuda::launch_matmul_silu_mul(l.ffn_up, d.xb, d.gate, n, d.up, s);
 
-      // Down projection: xb = (silu(gate) * up) @ Wd^T, the product formed as it is read. Its
-      // residual x += xb is added by the next layer's first norm, or after the last layer.
-      cuda::launch_matmul_swiglu(l.ffn_down, d.gate, d.up, n, d.xb, s);
+      // Down projection: xb = up @ Wd^T. Its residual x += xb is added by the next layer's
+      // first norm, or after the last layer.
+      cuda::launch_matmul(l.ffn_down, d.up, n, d.xb, s);
     }
     cuda::launch_add(d.x, d.xb, n * dim, s);
 

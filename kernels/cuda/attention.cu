@@ -160,7 +160,7 @@ __global__ void __launch_bounds__(kWarpSize)
     for (int j = 0; j < G; ++j) s[j] = 0.0f;
     if (valid) {
       const uint16_t* k = k_cache + base + static_cast<size_t>(p) * kv_dim;
-#pragma unroll 4
+#pragma unroll 8
       for (int d = 0; d < head_dim; d += 8) {
         const uint4 raw = *reinterpret_cast<const uint4*>(k + d);
         const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
@@ -186,20 +186,30 @@ __global__ void __launch_bounds__(kWarpSize)
 #pragma unroll
       for (int c = 0; c < kMaxDimsPerLane; ++c) acc[j][c] *= alpha;
     }
-    // Weighted V of the run's positions; lane covers dims lane + 32 c.
+    // Weighted V of the run's positions; lane covers dims lane + 32 c. Eight rows are
+    // requested before any is used (one row at a time, each waited for its load).
     const int n_run = min(kWarpSize, end - run);
-    for (int r = 0; r < n_run; ++r) {
-      const uint16_t* v = v_cache + base + static_cast<size_t>(run + r) * kv_dim;
-      float vf[kMaxDimsPerLane];
+    constexpr int kRows = 8;
+    for (int r0 = 0; r0 < n_run; r0 += kRows) {
+      float vf[kRows][kMaxDimsPerLane];
 #pragma unroll
-      for (int c = 0; c < kMaxDimsPerLane; ++c) {
-        vf[c] = c < dims_per_lane ? half_bits_to_float(v[lane + c * kWarpSize]) : 0.0f;
+      for (int u = 0; u < kRows; ++u) {
+        const int r = min(r0 + u, n_run - 1);  // past the run: a valid row, weight unused
+        const uint16_t* v = v_cache + base + static_cast<size_t>(run + r) * kv_dim;
+#pragma unroll
+        for (int c = 0; c < kMaxDimsPerLane; ++c) {
+          vf[u][c] = c < dims_per_lane ? half_bits_to_float(v[lane + c * kWarpSize]) : 0.0f;
+        }
       }
 #pragma unroll
-      for (int j = 0; j < G; ++j) {
-        const float w = __shfl_sync(0xffffffffu, e[j], r);
+      for (int u = 0; u < kRows; ++u) {
+        if (r0 + u >= n_run) break;  // uniform across the warp
 #pragma unroll
-        for (int c = 0; c < kMaxDimsPerLane; ++c) acc[j][c] += w * vf[c];
+        for (int j = 0; j < G; ++j) {
+          const float w = __shfl_sync(0xffffffffu, e[j], r0 + u);
+#pragma unroll
+          for (int c = 0; c < kMaxDimsPerLane; ++c) acc[j][c] += w * vf[u][c];
+        }
       }
     }
   }

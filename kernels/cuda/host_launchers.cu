@@ -169,18 +169,18 @@ void matmul(const kernels::WeightMatrix& w, std::span<const float> x, size_t m, 
   d_y.download(y.first(m * w.rows));
 }
 
-void matmul_swiglu(const kernels::WeightMatrix& w, std::span<const float> gate,
-                   std::span<const float> up, size_t m, std::span<float> y) {
+void matmul_silu_mul(const kernels::WeightMatrix& w, std::span<const float> x,
+                     std::span<const float> gate, size_t m, std::span<float> y) {
   const size_t w_bytes = w.rows * row_bytes(w.type, w.cols);
-  require(w.data.size() >= w_bytes && gate.size() >= m * w.cols && up.size() >= m * w.cols &&
+  require(w.data.size() >= w_bytes && x.size() >= m * w.cols && gate.size() >= m * w.rows &&
               y.size() >= m * w.rows,
-          "cuda::matmul_swiglu: spans too small for the shapes");
+          "cuda::matmul_silu_mul: spans too small for the shapes");
   const DeviceBuffer d_w = upload(w.data.first(w_bytes));
-  DeviceBuffer d_g = upload(gate.first(m * w.cols));
-  const DeviceBuffer d_u = upload(up.first(m * w.cols));
+  const DeviceBuffer d_x = upload(x.first(m * w.cols));
+  const DeviceBuffer d_g = upload(gate.first(m * w.rows));
   const GuardedOutput d_y(m * w.rows * sizeof(float));
-  launch_matmul_swiglu({w.type, d_w.data(), w.rows, w.cols}, d_g.as<float>(), d_u.as<float>(), m,
-                       d_y.as<float>(), nullptr);
+  launch_matmul_silu_mul({w.type, d_w.data(), w.rows, w.cols}, d_x.as<float>(), d_g.as<float>(),
+                         m, d_y.as<float>(), nullptr);
   d_y.download(y.first(m * w.rows));
 }
 

@@ -34,9 +34,9 @@ void dequantize_row_host(GgmlType type, std::span<const std::byte> src, std::spa
 void matmul(const kernels::WeightMatrix& w, std::span<const float> x, size_t m, std::span<float> y,
             MatmulPath path = MatmulPath::kAuto);
 
-// Twin of kernels::silu_mul then kernels::matmul: Y = (silu(gate) * up) @ W^T.
-void matmul_swiglu(const kernels::WeightMatrix& w, std::span<const float> gate,
-                   std::span<const float> up, size_t m, std::span<float> y);
+// Twin of kernels::matmul then kernels::silu_mul: Y = silu(gate) * (X @ W^T).
+void matmul_silu_mul(const kernels::WeightMatrix& w, std::span<const float> x,
+                     std::span<const float> gate, size_t m, std::span<float> y);
 
 // Twins of kernels::rmsnorm, softmax, silu_mul, add (one row each).
 void rmsnorm(std::span<const float> x, std::span<const float> weight, float eps,

@@ -44,11 +44,11 @@ struct DeviceMatrix {
 // without a kernel.
 void launch_matmul(const DeviceMatrix& w, const float* x, size_t m, float* y, cudaStream_t stream,
                    MatmulPath path = MatmulPath::kAuto);
-// Y (m, rows) = (silu(gate) * up) (m, cols) @ W^T, the SwiGLU down projection. Up to
-// kMatVecMaxTokens tokens the product is formed as the matrix-vector kernel reads its input;
-// for more, gate is overwritten with the product and the tensor-core kernel runs.
-void launch_matmul_swiglu(const DeviceMatrix& w, float* gate, const float* up, size_t m, float* y,
-                          cudaStream_t stream);
+// Y (m, rows) = silu(gate) * (X @ W^T) with gate (m, rows): the up projection finishing the
+// SwiGLU product. Up to kMatVecMaxTokens tokens the matrix-vector kernel applies it as it
+// writes Y; for more, a silu_mul pass follows the tensor-core kernel.
+void launch_matmul_silu_mul(const DeviceMatrix& w, const float* x, const float* gate, size_t m,
+                            float* y, cudaStream_t stream);
 // Bytes one matmul call moves through memory: every weight byte once, plus x and y.
 size_t matmul_bytes(const DeviceMatrix& w, size_t m);
 // Bytes moved by the other launchers (inputs read once, outputs written once).

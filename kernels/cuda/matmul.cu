@@ -12,6 +12,7 @@
 #include <mma.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
@@ -72,7 +73,7 @@ __global__ void __launch_bounds__(kMatVecWarps* kWarpSize)
 // A block's warps split K; their partial sums meet in shared memory.
 constexpr int kMmaRows = 8;       // weight rows per block (the mma's N)
 constexpr int kMmaTokens = 8;     // tokens per pass (the used half of the mma's M)
-constexpr int kMmaMaxWarps = 16;  // warps per block splitting K
+constexpr int kMmaMaxWarps = 8;   // warps per block splitting K
 
 __device__ __forceinline__ void mma_m16n8k16(float (&c)[4], uint32_t a0, uint32_t a2, uint32_t b0,
                                              uint32_t b1) {
@@ -93,33 +94,25 @@ __device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
   return half2_bits(__floats2half2_rn(lo, hi));
 }
 
-// One token's activations: x, or with `up` set the SwiGLU product silu(x) * up computed as
-// it is read (the down projection takes gate and up directly, no silu_mul pass).
-struct XRow {
-  const float* x;
-  const float* up;
-};
-__device__ __forceinline__ float silu(float g) { return g / (1.0f + __expf(-g)); }
-
-// A registers: the activations of one token at positions e..e+3 (16-byte loads), or zeros.
+// A registers: the activations of one token at positions e..e+3 (a 16-byte load), or zeros.
+// The load is unconditional (inactive lanes read position 0 of a valid row) and the zeros a
+// select: loads behind a divergent branch were not overlapped with each other.
 struct XFrag {
   uint32_t a0, a2;
 };
-__device__ __forceinline__ XFrag load_x_frag(const XRow& xt, int e, bool active) {
-  if (!active) return {0u, 0u};
-  float4 f = *reinterpret_cast<const float4*>(xt.x + e);
-  if (xt.up != nullptr) {
-    const float4 u = *reinterpret_cast<const float4*>(xt.up + e);
-    f = make_float4(silu(f.x) * u.x, silu(f.y) * u.y, silu(f.z) * u.z, silu(f.w) * u.w);
-  }
-  return {pack_half2(f.x, f.z), pack_half2(f.y, f.w)};
+__device__ __forceinline__ XFrag load_x_frag(const float* xt, int e, bool active) {
+  const float4 f = *reinterpret_cast<const float4*>(xt + (active ? e : 0));
+  const XFrag r{pack_half2(f.x, f.z), pack_half2(f.y, f.w)};
+  return active ? r : XFrag{0u, 0u};
 }
+
+__device__ __forceinline__ float silu(float g) { return __fdividef(g, 1.0f + __expf(-g)); }
 
 // Any type: the quad of a row covers 32 consecutive elements per sub-step through dequant8
 // (lane p: elements 8p..8p+7, two mmas); a step is 4 sub-steps (128 elements).
 template <GgmlType T>
 __device__ __forceinline__ void matvec_mma_step_generic(const uint8_t* w_row, bool row_ok,
-                                                        const XRow& xt, bool token_ok, int step,
+                                                        const float* xt, bool token_ok, int step,
                                                         int cols, int p, float (&c)[4]) {
   XFrag xf[4][2];  // x fragments of the step, requested before any arithmetic
 #pragma unroll
@@ -166,7 +159,7 @@ __device__ __forceinline__ Q4KLoads load_q4_k(const uint8_t* w_row, bool row_ok,
           *reinterpret_cast<const uint4*>(b + 80 + 16 * p)};
 }
 
-__device__ __forceinline__ void matvec_mma_q4_k_block(const Q4KLoads& L, const XRow& xt,
+__device__ __forceinline__ void matvec_mma_q4_k_block(const Q4KLoads& L, const float* xt,
                                                       bool token_ok, int block, int p,
                                                       float (&c)[4]) {
   // The 12 scale bytes; indexed only with constants below so they stay in registers.
@@ -257,7 +250,7 @@ __device__ __forceinline__ Q6KLoads load_q6_k(const uint8_t* w_row, bool row_ok,
   return L;
 }
 
-__device__ __forceinline__ void matvec_mma_q6_k_block(const Q6KLoads& L, const XRow& xt,
+__device__ __forceinline__ void matvec_mma_q6_k_block(const Q6KLoads& L, const float* xt,
                                                       bool token_ok, int block, int p,
                                                       float (&c)[4]) {
   const int h = p / 2, cq = p % 2;
@@ -319,7 +312,7 @@ __device__ __forceinline__ void matvec_mma_k_blocks(int warp, int n_warps, int s
 template <GgmlType T>
 __global__ void __launch_bounds__(kMmaMaxWarps* kWarpSize)
     matvec_mma_kernel(const uint8_t* w, size_t row_bytes, int rows, int cols, const float* x,
-                      const float* x_up, int m, float* y) {
+                      int m, const float* silu_gate, float* y) {
   __shared__ float partial[kMmaMaxWarps][kMmaTokens][kMmaRows];
   const int n_warps = blockDim.x / kWarpSize;
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
@@ -333,8 +326,7 @@ __global__ void __launch_bounds__(kMmaMaxWarps* kWarpSize)
 
   for (int t0 = 0; t0 < m; t0 += kMmaTokens) {
     const bool token_ok = t0 + g < m;
-    const size_t x_row = static_cast<size_t>(token_ok ? t0 + g : 0) * cols;
-    const XRow xt{x + x_row, x_up != nullptr ? x_up + x_row : nullptr};
+    const float* xt = x + static_cast<size_t>(token_ok ? t0 + g : 0) * cols;
     float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     if constexpr (T == GgmlType::Q4_K) {
       matvec_mma_k_blocks<Q4KLoads>(
@@ -357,17 +349,22 @@ __global__ void __launch_bounds__(kMmaMaxWarps* kWarpSize)
       const int t = o / kMmaRows, r = o % kMmaRows;
       float sum = 0.0f;
       for (int k = 0; k < n_warps; ++k) sum += partial[k][t][r];
-      if (t0 + t < m && row0 + r < rows) y[static_cast<size_t>(t0 + t) * rows + row0 + r] = sum;
+      if (t0 + t < m && row0 + r < rows) {
+        const size_t at = static_cast<size_t>(t0 + t) * rows + row0 + r;
+        // The SwiGLU product for the up projection: y = silu(gate) * (x @ W^T).
+        y[at] = silu_gate != nullptr ? silu(silu_gate[at]) * sum : sum;
+      }
     }
     __syncthreads();
   }
 }
 
-// Warps per block of the mma matrix-vector kernel: enough blocks x warps to fill the GPU
-// (~2,000+ warps in flight hide the memory latency), never more warps than K steps.
+// Warps per block of the mma matrix-vector kernel: ~3,000 warps over the GPU (enough loads in
+// flight to cover the memory latency, and few enough to be resident at once: 23 warps of 64
+// registers per SM on an H100), never more warps than K steps.
 int matvec_mma_warps(size_t rows, size_t k_steps) {
   const size_t row_blocks = (rows + kMmaRows - 1) / kMmaRows;
-  size_t warps = (4096 + row_blocks - 1) / row_blocks;
+  size_t warps = (3072 + row_blocks - 1) / row_blocks;
   warps = std::min<size_t>(warps, kMmaMaxWarps);
   warps = std::min<size_t>(warps, std::max<size_t>(k_steps, 1));
   return static_cast<int>(std::max<size_t>(warps, 1));
@@ -493,16 +490,23 @@ void check_matmul_shape(const DeviceMatrix& w) {
   }
 }
 
-void launch_matmul_impl(const DeviceMatrix& w, const float* x, const float* x_up, size_t m,
+void launch_matmul_impl(const DeviceMatrix& w, const float* x, const float* silu_gate, size_t m,
                         float* y, cudaStream_t stream, MatmulPath path) {
   check_matmul_shape(w);
   if (m == 0) return;
   check_alignment(w.data, "the weight matrix");
   check_alignment(x, "the activations");
+  // KILN_CUDA_MATVEC=float sends kAuto's decode sizes to the float kernel instead (for
+  // comparing the two inside a whole forward pass; read once).
+  static const bool auto_float = [] {
+    const char* v = std::getenv("KILN_CUDA_MATVEC");
+    return v != nullptr && std::string(v) == "float";
+  }();
   const bool small = path == MatmulPath::kAuto && m <= kMatVecMaxTokens;
-  const bool mma_vec = path == MatmulPath::kMatVec || small;
-  if (x_up != nullptr && !mma_vec) {
-    throw std::invalid_argument("CUDA matmul: the fused SwiGLU input needs the mma matvec path");
+  if (small && auto_float && silu_gate == nullptr) path = MatmulPath::kMatVecFloat;
+  const bool mma_vec = path == MatmulPath::kMatVec || (small && path == MatmulPath::kAuto);
+  if (silu_gate != nullptr && !mma_vec) {
+    throw std::invalid_argument("CUDA matmul: the fused SwiGLU product needs the matvec path");
   }
   const size_t rb = row_bytes(w.type, w.cols);
   const auto* data = static_cast<const uint8_t*>(w.data);
@@ -515,7 +519,7 @@ void launch_matmul_impl(const DeviceMatrix& w, const float* x, const float* x_up
       const size_t k_steps = block_steps ? w.cols / 256 : (w.cols + 127) / 128;
       const int warps = matvec_mma_warps(w.rows, k_steps);
       matvec_mma_kernel<T><<<ceil_div(w.rows, kMmaRows), warps * kWarpSize, 0, stream>>>(
-          data, rb, rows, cols, x, x_up, mi, y);
+          data, rb, rows, cols, x, mi, silu_gate, y);
     } else if (path == MatmulPath::kMatVecFloat) {
       const unsigned blocks = ceil_div(w.rows, kMatVecWarps);
       if (m == 1) {
@@ -540,14 +544,13 @@ void launch_matmul(const DeviceMatrix& w, const float* x, size_t m, float* y, cu
   launch_matmul_impl(w, x, nullptr, m, y, stream, path);
 }
 
-void launch_matmul_swiglu(const DeviceMatrix& w, float* gate, const float* up, size_t m, float* y,
-                          cudaStream_t stream) {
+void launch_matmul_silu_mul(const DeviceMatrix& w, const float* x, const float* gate, size_t m,
+                            float* y, cudaStream_t stream) {
   if (m <= kMatVecMaxTokens) {
-    check_alignment(up, "the up activations");
-    launch_matmul_impl(w, gate, up, m, y, stream, MatmulPath::kMatVec);
+    launch_matmul_impl(w, x, gate, m, y, stream, MatmulPath::kMatVec);
   } else {
-    launch_silu_mul(gate, up, gate, m * w.cols, stream);
-    launch_matmul_impl(w, gate, nullptr, m, y, stream, MatmulPath::kAuto);
+    launch_matmul_impl(w, x, nullptr, m, y, stream, MatmulPath::kAuto);
+    launch_silu_mul(gate, y, y, m * w.rows, stream);
   }
 }
 
