@@ -61,27 +61,29 @@ __global__ void __launch_bounds__(kMatVecWarps* kWarpSize)
   }
 }
 
-// ---- Decode on the tensor cores: mma.m16n8k16 with the tokens as M and 8 weight rows as N.
+// ---- Decode on the tensor cores: mma.m16n8k16 with 16 weight rows as M and the tokens as N.
 //
 // Lane l of a warp is (g = l / 4, p = l % 4). For each mma it supplies
-//   B: 4 weights of row g (fp16, dequantized in registers) at 4 element positions e..e+3,
-//   A: x of token g at the same 4 positions (tokens 8..15 of the M side are zero),
+//   A: 4 weights of rows g and g + 8 (fp16, dequantized in registers) at 4 element positions
+//      e..e+3 of each,
+//   B: x of token g at the same 4 positions,
 // where the positions depend on p only, so every row and every token pairs the same
 // elements (the k order inside an mma is free; A and B only have to agree). Registers:
-// b0 = (w[e], w[e+2]), b1 = (w[e+1], w[e+3]) are k-slots (2p, 2p+1) and (2p+8, 2p+9);
-// a0/a2 hold x at the same slots. The fp32 result c0, c1 is y[token g][rows 2p, 2p+1].
-// A block's warps split K; their partial sums meet in shared memory.
-constexpr int kMmaRows = 8;       // weight rows per block (the mma's N)
-constexpr int kMmaTokens = 8;     // tokens per pass (the used half of the mma's M)
-constexpr int kMmaMaxWarps = 8;   // warps per block splitting K
+// a0 = (w_g[e], w_g[e+2]) and a2 = (w_g[e+1], w_g[e+3]) are k-slots (2p, 2p+1) and
+// (2p+8, 2p+9) of row g, a1/a3 the same of row g + 8; b0/b1 hold x at those slots. The fp32
+// result c0, c1 is y[tokens 2p, 2p+1][row g], c2, c3 the same of row g + 8. A block's warps
+// split K; their partial sums meet in shared memory.
+constexpr int kMmaRows = 16;      // weight rows per block (the mma's M)
+constexpr int kMmaTokens = 8;     // tokens per pass (the mma's N)
+constexpr int kMmaMaxWarps = 16;  // warps per block splitting K
 
-__device__ __forceinline__ void mma_m16n8k16(float (&c)[4], uint32_t a0, uint32_t a2, uint32_t b0,
-                                             uint32_t b1) {
+__device__ __forceinline__ void mma_m16n8k16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                             uint32_t a3, uint32_t b0, uint32_t b1) {
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
       "{%8,%9}, {%0,%1,%2,%3};\n"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
 __device__ __forceinline__ uint32_t half2_bits(__half2 h) {
@@ -94,11 +96,11 @@ __device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
   return half2_bits(__floats2half2_rn(lo, hi));
 }
 
-// A registers: the activations of one token at positions e..e+3 (a 16-byte load), or zeros.
+// B registers: the activations of one token at positions e..e+3 (a 16-byte load), or zeros.
 // The load is unconditional (inactive lanes read position 0 of a valid row) and the zeros a
 // select: loads behind a divergent branch were not overlapped with each other.
 struct XFrag {
-  uint32_t a0, a2;
+  uint32_t x02, x13;
 };
 __device__ __forceinline__ XFrag load_x_frag(const float* xt, int e, bool active) {
   const float4 f = *reinterpret_cast<const float4*>(xt + (active ? e : 0));
@@ -106,14 +108,30 @@ __device__ __forceinline__ XFrag load_x_frag(const float* xt, int e, bool active
   return active ? r : XFrag{0u, 0u};
 }
 
+// A registers of one row for one mma: weights at e, e+2 and at e+1, e+3.
+struct WFrag {
+  uint32_t w02, w13;
+};
+
+__device__ __forceinline__ void mma_rows(float (&c)[4], const WFrag& r0, const WFrag& r8,
+                                         const XFrag& x) {
+  mma_m16n8k16(c, r0.w02, r8.w02, r0.w13, r8.w13, x.x02, x.x13);
+}
+
 __device__ __forceinline__ float silu(float g) { return __fdividef(g, 1.0f + __expf(-g)); }
 
-// Any type: the quad of a row covers 32 consecutive elements per sub-step through dequant8
-// (lane p: elements 8p..8p+7, two mmas); a step is 4 sub-steps (128 elements).
+// The two rows of a lane: g and g + 8 of the block's 16.
+struct RowPair {
+  const uint8_t* w[2];
+  bool ok[2];
+};
+
+// Any type: the quad covers 32 consecutive elements of each of its rows per sub-step through
+// dequant8 (lane p: elements 8p..8p+7, two mmas); a step is 4 sub-steps (128 elements).
 template <GgmlType T>
-__device__ __forceinline__ void matvec_mma_step_generic(const uint8_t* w_row, bool row_ok,
-                                                        const float* xt, bool token_ok, int step,
-                                                        int cols, int p, float (&c)[4]) {
+__device__ __forceinline__ void matvec_mma_step_generic(const RowPair& rows, const float* xt,
+                                                        bool token_ok, int step, int cols, int p,
+                                                        float (&c)[4]) {
   XFrag xf[4][2];  // x fragments of the step, requested before any arithmetic
 #pragma unroll
   for (int sub = 0; sub < 4; ++sub) {
@@ -127,19 +145,24 @@ __device__ __forceinline__ void matvec_mma_step_generic(const uint8_t* w_row, bo
   for (int sub = 0; sub < 4; ++sub) {
     const int e0 = step * 128 + sub * 32 + 8 * p;
     if (step * 128 + sub * 32 >= cols) break;  // uniform across the warp
-    float v[8];
-    if (row_ok) {
-      dequant8<T>(w_row, e0, v);
-    } else {
+    WFrag wf[2][2];  // [row][h]
 #pragma unroll
-      for (int j = 0; j < 8; ++j) v[j] = 0.0f;
+    for (int r = 0; r < 2; ++r) {
+      float v[8];
+      if (rows.ok[r]) {
+        dequant8<T>(rows.w[r], e0, v);
+      } else {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) v[j] = 0.0f;
+      }
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const float* q = v + 4 * h;
+        wf[r][h] = {pack_half2(q[0], q[2]), pack_half2(q[1], q[3])};
+      }
     }
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const float* q = v + 4 * h;
-      mma_m16n8k16(c, xf[sub][h].a0, xf[sub][h].a2, pack_half2(q[0], q[2]),
-                   pack_half2(q[1], q[3]));
-    }
+    for (int h = 0; h < 2; ++h) mma_rows(c, wf[0][h], wf[1][h], xf[sub][h]);
   }
 }
 
@@ -159,9 +182,9 @@ __device__ __forceinline__ Q4KLoads load_q4_k(const uint8_t* w_row, bool row_ok,
           *reinterpret_cast<const uint4*>(b + 80 + 16 * p)};
 }
 
-__device__ __forceinline__ void matvec_mma_q4_k_block(const Q4KLoads& L, const float* xt,
-                                                      bool token_ok, int block, int p,
-                                                      float (&c)[4]) {
+// One row's fp16 weights for the 16 mmas of a Q4_K block: [run r][nibble h][word i].
+__device__ __forceinline__ void dequant_q4_k_lane(const Q4KLoads& L, bool odd,
+                                                  WFrag (&out)[2][2][4]) {
   // The 12 scale bytes; indexed only with constants below so they stay in registers.
   union {
     uint32_t u[3];
@@ -170,26 +193,10 @@ __device__ __forceinline__ void matvec_mma_q4_k_block(const Q4KLoads& L, const f
   scales.u[0] = L.head.y;
   scales.u[1] = L.head.z;
   scales.u[2] = L.head.w;
-  const bool odd = p >= 2;  // lanes 2, 3 take the second 64-element group of each run
   const float d = half_bits_to_float(static_cast<uint16_t>(L.head.x & 0xFFFF));
   const float dmin = half_bits_to_float(static_cast<uint16_t>(L.head.x >> 16));
   const __half2 k1024 = __float2half2_rn(1024.0f);
   const uint32_t runs[2][4] = {{L.qa.x, L.qa.y, L.qa.z, L.qa.w}, {L.qb.x, L.qb.y, L.qb.z, L.qb.w}};
-  // All 16 x fragments are requested before the first mma: issued one before each mma they
-  // were 16 L2 round trips in a row (the kernel ran at 14% of DRAM bandwidth).
-  XFrag xf[2][2][4];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int j = 2 * r + (odd ? 1 : 0);  // 64-element group of run r
-        const int e = block * 256 + 64 * j + 32 * h + 16 * (p % 2) + 4 * i;
-        xf[r][h][i] = load_x_frag(xt, e, token_ok);
-      }
-    }
-  }
 #pragma unroll
   for (int r = 0; r < 2; ++r) {  // run r covers 64-element group j = 2r (+1 for odd lanes)
 #pragma unroll
@@ -205,11 +212,41 @@ __device__ __forceinline__ void matvec_mma_q4_k_block(const Q4KLoads& L, const f
         const uint32_t v = runs[r][i] >> (4 * h);
         const uint32_t q02 = (v & 0x000F000Fu) | 0x64006400u;
         const uint32_t q13 = ((v >> 8) & 0x000F000Fu) | 0x64006400u;
-        const __half2 w02 = __hfma2(__hsub2(bits_half2(q02), k1024), scale, neg_min);
-        const __half2 w13 = __hfma2(__hsub2(bits_half2(q13), k1024), scale, neg_min);
-        const XFrag& a = xf[r][h][i];
-        mma_m16n8k16(c, a.a0, a.a2, half2_bits(w02), half2_bits(w13));
+        out[r][h][i] = {half2_bits(__hfma2(__hsub2(bits_half2(q02), k1024), scale, neg_min)),
+                        half2_bits(__hfma2(__hsub2(bits_half2(q13), k1024), scale, neg_min))};
       }
+    }
+  }
+}
+
+__device__ __forceinline__ void matvec_mma_q4_k_block(const Q4KLoads (&L)[2], const float* xt,
+                                                      bool token_ok, int block, int p,
+                                                      float (&c)[4]) {
+  const bool odd = p >= 2;  // lanes 2, 3 take the second 64-element group of each run
+  // All 16 x fragments are requested before the first mma: issued one before each mma they
+  // were 16 L2 round trips in a row (the kernel ran at 14% of DRAM bandwidth).
+  XFrag xf[2][2][4];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int j = 2 * r + (odd ? 1 : 0);  // 64-element group of run r
+        const int e = block * 256 + 64 * j + 32 * h + 16 * (p % 2) + 4 * i;
+        xf[r][h][i] = load_x_frag(xt, e, token_ok);
+      }
+    }
+  }
+  WFrag w0[2][2][4], w8[2][2][4];
+  dequant_q4_k_lane(L[0], odd, w0);
+  dequant_q4_k_lane(L[1], odd, w8);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) mma_rows(c, w0[r][h][i], w8[r][h][i], xf[r][h][i]);
     }
   }
 }
@@ -250,10 +287,9 @@ __device__ __forceinline__ Q6KLoads load_q6_k(const uint8_t* w_row, bool row_ok,
   return L;
 }
 
-__device__ __forceinline__ void matvec_mma_q6_k_block(const Q6KLoads& L, const float* xt,
-                                                      bool token_ok, int block, int p,
-                                                      float (&c)[4]) {
-  const int h = p / 2, cq = p % 2;
+// One row's fp16 weights for the 16 mmas of a Q6_K block: [word i][nibble hn].
+__device__ __forceinline__ void dequant_q6_k_lane(const Q6KLoads& L, int p, WFrag (&out)[8][2]) {
+  const int cq = p % 2;
   const float d = half_bits_to_float(static_cast<uint16_t>(L.d));
   // scale[hn][i / 4]: hn 0 is quarter cq (low nibbles), 1 is quarter cq + 2.
   __half2 scale[2][2];
@@ -267,14 +303,6 @@ __device__ __forceinline__ void matvec_mma_q6_k_block(const Q6KLoads& L, const f
     }
   }
   const __half2 k1056 = __float2half2_rn(1056.0f);  // 1024 + the offset 32
-  XFrag xf[8][2];  // every x fragment requested before the first mma (see Q4_K)
-#pragma unroll
-  for (int i = 0; i < 8; ++i) {
-#pragma unroll
-    for (int hn = 0; hn < 2; ++hn) {
-      xf[i][hn] = load_x_frag(xt, block * 256 + 128 * h + 32 * (cq + 2 * hn) + 4 * i, token_ok);
-    }
-  }
 #pragma unroll
   for (int i = 0; i < 8; ++i) {
 #pragma unroll
@@ -285,27 +313,44 @@ __device__ __forceinline__ void matvec_mma_q6_k_block(const Q6KLoads& L, const f
       const uint32_t q6 = q4 | (q2 << 4);
       const uint32_t h02 = (q6 & 0x00FF00FFu) | 0x64006400u;
       const uint32_t h13 = ((q6 >> 8) & 0x00FF00FFu) | 0x64006400u;
-      const __half2 w02 = __hmul2(__hsub2(bits_half2(h02), k1056), scale[hn][i / 4]);
-      const __half2 w13 = __hmul2(__hsub2(bits_half2(h13), k1056), scale[hn][i / 4]);
-      mma_m16n8k16(c, xf[i][hn].a0, xf[i][hn].a2, half2_bits(w02), half2_bits(w13));
+      out[i][hn] = {half2_bits(__hmul2(__hsub2(bits_half2(h02), k1056), scale[hn][i / 4])),
+                    half2_bits(__hmul2(__hsub2(bits_half2(h13), k1056), scale[hn][i / 4]))};
     }
   }
 }
 
-// Runs the blocks step = warp, warp + n_warps, ... of a K-type row, the loads of the next
-// block issued before the arithmetic of the current one.
+__device__ __forceinline__ void matvec_mma_q6_k_block(const Q6KLoads (&L)[2], const float* xt,
+                                                      bool token_ok, int block, int p,
+                                                      float (&c)[4]) {
+  const int h = p / 2, cq = p % 2;
+  XFrag xf[8][2];  // every x fragment requested before the first mma (see Q4_K)
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+#pragma unroll
+    for (int hn = 0; hn < 2; ++hn) {
+      xf[i][hn] = load_x_frag(xt, block * 256 + 128 * h + 32 * (cq + 2 * hn) + 4 * i, token_ok);
+    }
+  }
+  WFrag w0[8][2], w8[8][2];
+  dequant_q6_k_lane(L[0], p, w0);
+  dequant_q6_k_lane(L[1], p, w8);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+#pragma unroll
+    for (int hn = 0; hn < 2; ++hn) mma_rows(c, w0[i][hn], w8[i][hn], xf[i][hn]);
+  }
+}
+
+// Runs the blocks step = warp, warp + n_warps, ... of a K-type row pair. (Loading the next
+// block before computing the current one doubled the registers held for loads, 122 a thread,
+// and with them fewer warps fit an SM; most warps have one or two steps anyway.)
 template <typename Loads, typename LoadFn, typename BlockFn>
 __device__ __forceinline__ void matvec_mma_k_blocks(int warp, int n_warps, int steps, LoadFn load,
                                                     BlockFn block) {
-  int step = warp;
-  Loads next{};
-  if (step < steps) next = load(step);
-  while (step < steps) {
-    const Loads cur = next;
-    const int after = step + n_warps;
-    if (after < steps) next = load(after);
+  for (int step = warp; step < steps; step += n_warps) {
+    Loads cur[2];
+    load(step, cur);
     block(cur, step);
-    step = after;
   }
 }
 
@@ -318,9 +363,13 @@ __global__ void __launch_bounds__(kMmaMaxWarps* kWarpSize)
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   const int g = lane / 4, p = lane % 4;
   const int row0 = blockIdx.x * kMmaRows;
-  const int row = row0 + g;
-  const bool row_ok = row < rows;
-  const uint8_t* w_row = w + static_cast<size_t>(row_ok ? row : 0) * row_bytes;
+  RowPair pair;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = row0 + g + 8 * r;
+    pair.ok[r] = row < rows;
+    pair.w[r] = w + static_cast<size_t>(pair.ok[r] ? row : 0) * row_bytes;
+  }
   constexpr bool kBlockSteps = T == GgmlType::Q4_K || T == GgmlType::Q6_K;
   const int steps = kBlockSteps ? cols / 256 : (cols + 127) / 128;
 
@@ -330,21 +379,31 @@ __global__ void __launch_bounds__(kMmaMaxWarps* kWarpSize)
     float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     if constexpr (T == GgmlType::Q4_K) {
       matvec_mma_k_blocks<Q4KLoads>(
-          warp, n_warps, steps, [&](int b) { return load_q4_k(w_row, row_ok, b, p); },
-          [&](const Q4KLoads& L, int b) { matvec_mma_q4_k_block(L, xt, token_ok, b, p, c); });
+          warp, n_warps, steps,
+          [&](int b, Q4KLoads(&L)[2]) {
+            L[0] = load_q4_k(pair.w[0], pair.ok[0], b, p);
+            L[1] = load_q4_k(pair.w[1], pair.ok[1], b, p);
+          },
+          [&](const Q4KLoads(&L)[2], int b) { matvec_mma_q4_k_block(L, xt, token_ok, b, p, c); });
     } else if constexpr (T == GgmlType::Q6_K) {
       matvec_mma_k_blocks<Q6KLoads>(
-          warp, n_warps, steps, [&](int b) { return load_q6_k(w_row, row_ok, b, p); },
-          [&](const Q6KLoads& L, int b) { matvec_mma_q6_k_block(L, xt, token_ok, b, p, c); });
+          warp, n_warps, steps,
+          [&](int b, Q6KLoads(&L)[2]) {
+            L[0] = load_q6_k(pair.w[0], pair.ok[0], b, p);
+            L[1] = load_q6_k(pair.w[1], pair.ok[1], b, p);
+          },
+          [&](const Q6KLoads(&L)[2], int b) { matvec_mma_q6_k_block(L, xt, token_ok, b, p, c); });
     } else {
       for (int step = warp; step < steps; step += n_warps) {
-        matvec_mma_step_generic<T>(w_row, row_ok, xt, token_ok, step, cols, p, c);
+        matvec_mma_step_generic<T>(pair, xt, token_ok, step, cols, p, c);
       }
     }
-    partial[warp][g][2 * p] = c[0];
-    partial[warp][g][2 * p + 1] = c[1];
+    // c0, c1: tokens 2p, 2p + 1 of row g; c2, c3: the same of row g + 8.
+    partial[warp][2 * p][g] = c[0];
+    partial[warp][2 * p + 1][g] = c[1];
+    partial[warp][2 * p][g + 8] = c[2];
+    partial[warp][2 * p + 1][g + 8] = c[3];
     __syncthreads();
-    // A block may have a single warp (32 threads) for the 64 outputs.
     for (int o = threadIdx.x; o < kMmaTokens * kMmaRows; o += blockDim.x) {
       const int t = o / kMmaRows, r = o % kMmaRows;
       float sum = 0.0f;
@@ -360,8 +419,8 @@ __global__ void __launch_bounds__(kMmaMaxWarps* kWarpSize)
 }
 
 // Warps per block of the mma matrix-vector kernel: ~3,000 warps over the GPU (enough loads in
-// flight to cover the memory latency, and few enough to be resident at once: 23 warps of 64
-// registers per SM on an H100), never more warps than K steps.
+// flight to cover the memory latency, and few enough to be resident at once), at most 16 a
+// block and never more warps than K steps.
 int matvec_mma_warps(size_t rows, size_t k_steps) {
   const size_t row_blocks = (rows + kMmaRows - 1) / kMmaRows;
   size_t warps = (3072 + row_blocks - 1) / row_blocks;
