@@ -9,8 +9,8 @@
 #include <cstdio>
 #include <map>
 #include <random>
-#include <tuple>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "kernels/cuda/device_buffer.h"

@@ -53,7 +53,7 @@ struct SynthOptions {
   bool tied = false;
   bool rope_freqs = false;
   uint64_t seed = 1;
-  int threads = default_thread_count();  // rows of a matrix are filled in parallel
+  int threads = default_thread_count();      // rows of a matrix are filled in parallel
   std::vector<std::string> added_tokens;     // --add-token
   std::string chat_template_file;            // replaces tokenizer.chat_template when set
   std::vector<std::vector<int64_t>> chains;  // --chain: scripted successors
@@ -405,8 +405,9 @@ int run_synth(Args args) {
       if (p.name == name) found = &p;
     }
     if (found == nullptr) {
-      throw std::invalid_argument("unknown preset '" + std::string(name) +
-                                  "' (tinyllama-1.1b, smollm2-135m, llama-3.2-1b, llama-3.2-3b, tiny)");
+      throw std::invalid_argument(
+          "unknown preset '" + std::string(name) +
+          "' (tinyllama-1.1b, smollm2-135m, llama-3.2-1b, llama-3.2-3b, tiny)");
     }
     o.dim = found->dim;
     o.layers = found->layers;

@@ -351,9 +351,9 @@ void CudaEngine::run_forward(const Batch& batch) {
       // k and v stored in the cache at (seq, pos) as F16: one kernel.
       uint16_t* k_layer = d.k_cache + layer * d.layer_halves;
       uint16_t* v_layer = d.v_cache + layer * d.layer_halves;
-      cuda::launch_rope_kv_append(d.q, d.k, d.v, n, c.n_heads, c.n_kv_heads, c.head_dim,
-                                  c.rope_dim, d.rope_cos, d.rope_sin, d.sequences, d.positions,
-                                  n_ctx_, k_layer, v_layer, s);
+      cuda::launch_rope_kv_append(d.q, d.k, d.v, n, c.n_heads, c.n_kv_heads, c.head_dim, c.rope_dim,
+                                  d.rope_cos, d.rope_sin, d.sequences, d.positions, n_ctx_, k_layer,
+                                  v_layer, s);
 
       // Attention: att = softmax(q k^T / sqrt(head_dim)) v over positions [0, pos] of
       // the entry's own sequence (causal), each query head reading its K/V group (GQA).

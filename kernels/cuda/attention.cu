@@ -120,10 +120,10 @@ constexpr int kGroupedMaxHeads = 8;
 
 template <int G>
 __global__ void __launch_bounds__(kWarpSize)
-    attention_split_grouped_kernel(const float* q, const uint16_t* k_cache,
-                                   const uint16_t* v_cache, const int32_t* seq, const int32_t* pos,
-                                   int n_heads, int n_kv_heads, int head_dim, int n_ctx, int splits,
-                                   int chunk, float scale, float* scratch) {
+    attention_split_grouped_kernel(const float* q, const uint16_t* k_cache, const uint16_t* v_cache,
+                                   const int32_t* seq, const int32_t* pos, int n_heads,
+                                   int n_kv_heads, int head_dim, int n_ctx, int splits, int chunk,
+                                   float scale, float* scratch) {
   extern __shared__ float qs[];  // (G, head_dim) q * scale
   const int i = blockIdx.x / n_kv_heads, g = blockIdx.x % n_kv_heads, split = blockIdx.y;
   const int n_pos = pos[i] + 1;
@@ -407,21 +407,37 @@ void launch_attention_split(const float* q, const uint16_t* k_cache, const uint1
                                                 head_dim, n_ctx, n_split, chunk, scale, scratch);
     };
     switch (group) {
-      case 1: launch(attention_split_grouped_kernel<1>); break;
-      case 2: launch(attention_split_grouped_kernel<2>); break;
-      case 3: launch(attention_split_grouped_kernel<3>); break;
-      case 4: launch(attention_split_grouped_kernel<4>); break;
-      case 5: launch(attention_split_grouped_kernel<5>); break;
-      case 6: launch(attention_split_grouped_kernel<6>); break;
-      case 7: launch(attention_split_grouped_kernel<7>); break;
-      default: launch(attention_split_grouped_kernel<8>); break;
+      case 1:
+        launch(attention_split_grouped_kernel<1>);
+        break;
+      case 2:
+        launch(attention_split_grouped_kernel<2>);
+        break;
+      case 3:
+        launch(attention_split_grouped_kernel<3>);
+        break;
+      case 4:
+        launch(attention_split_grouped_kernel<4>);
+        break;
+      case 5:
+        launch(attention_split_grouped_kernel<5>);
+        break;
+      case 6:
+        launch(attention_split_grouped_kernel<6>);
+        break;
+      case 7:
+        launch(attention_split_grouped_kernel<7>);
+        break;
+      default:
+        launch(attention_split_grouped_kernel<8>);
+        break;
     }
   } else {
     const size_t smem = (shape.head_dim + chunk + kSplitWarps * shape.head_dim) * sizeof(float);
     const dim3 grid(static_cast<unsigned>(n * shape.n_heads), static_cast<unsigned>(splits));
-    attention_split_kernel<<<grid, kSplitThreads, smem, stream>>>(
-        q, k_cache, v_cache, seq, pos, heads, kv_heads, head_dim, n_ctx, n_split, chunk, scale,
-        scratch);
+    attention_split_kernel<<<grid, kSplitThreads, smem, stream>>>(q, k_cache, v_cache, seq, pos,
+                                                                  heads, kv_heads, head_dim, n_ctx,
+                                                                  n_split, chunk, scale, scratch);
   }
   KILN_CUDA_CHECK_LAUNCH();
   attention_reduce_kernel<<<static_cast<unsigned>(n * shape.n_heads), 128, 0, stream>>>(

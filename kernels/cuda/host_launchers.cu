@@ -179,8 +179,8 @@ void matmul_silu_mul(const kernels::WeightMatrix& w, std::span<const float> x,
   const DeviceBuffer d_x = upload(x.first(m * w.cols));
   const DeviceBuffer d_g = upload(gate.first(m * w.rows));
   const GuardedOutput d_y(m * w.rows * sizeof(float));
-  launch_matmul_silu_mul({w.type, d_w.data(), w.rows, w.cols}, d_x.as<float>(), d_g.as<float>(),
-                         m, d_y.as<float>(), nullptr);
+  launch_matmul_silu_mul({w.type, d_w.data(), w.rows, w.cols}, d_x.as<float>(), d_g.as<float>(), m,
+                         d_y.as<float>(), nullptr);
   d_y.download(y.first(m * w.rows));
 }
 
@@ -194,8 +194,8 @@ void rmsnorm(std::span<const float> x, std::span<const float> weight, float eps,
   d_out.download(out);
 }
 
-void add_rmsnorm(std::span<float> x, std::span<const float> residual,
-                 std::span<const float> weight, float eps, std::span<float> out) {
+void add_rmsnorm(std::span<float> x, std::span<const float> residual, std::span<const float> weight,
+                 float eps, std::span<float> out) {
   require(residual.size() == x.size() && weight.size() == x.size() && out.size() == x.size(),
           "cuda::add_rmsnorm: sizes differ");
   const GuardedOutput d_x(x.size_bytes(), std::as_bytes(x));

@@ -42,8 +42,8 @@ void matmul_silu_mul(const kernels::WeightMatrix& w, std::span<const float> x,
 void rmsnorm(std::span<const float> x, std::span<const float> weight, float eps,
              std::span<float> out);
 // Twin of kernels::add then kernels::rmsnorm: x += residual, out = rmsnorm(x) * weight.
-void add_rmsnorm(std::span<float> x, std::span<const float> residual,
-                 std::span<const float> weight, float eps, std::span<float> out);
+void add_rmsnorm(std::span<float> x, std::span<const float> residual, std::span<const float> weight,
+                 float eps, std::span<float> out);
 void softmax(std::span<float> x);
 void silu_mul(std::span<const float> gate, std::span<const float> up, std::span<float> out);
 void add(std::span<float> x, std::span<const float> y);

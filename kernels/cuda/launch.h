@@ -104,11 +104,10 @@ void launch_kv_append(const float* k, const float* v, const int32_t* seq, const 
 // The two above and launch_rope_normal of q and k in one kernel: q (n_rows, n_heads *
 // head_dim) rotated in place; k (n_rows, kv_dim) rotated and v stored into the cache layer at
 // (seq[r], pos[r]) as F16 (k itself is left as it was).
-void launch_rope_kv_append(float* q, const float* k, const float* v, size_t n_rows,
-                           size_t n_heads, size_t n_kv_heads, size_t head_dim, size_t rope_dim,
-                           const float* cos, const float* sin, const int32_t* seq,
-                           const int32_t* pos, size_t n_ctx, uint16_t* k_cache, uint16_t* v_cache,
-                           cudaStream_t stream);
+void launch_rope_kv_append(float* q, const float* k, const float* v, size_t n_rows, size_t n_heads,
+                           size_t n_kv_heads, size_t head_dim, size_t rope_dim, const float* cos,
+                           const float* sin, const int32_t* seq, const int32_t* pos, size_t n_ctx,
+                           uint16_t* k_cache, uint16_t* v_cache, cudaStream_t stream);
 
 // Attention of n queries over one layer of the F16 cache [n_seq][n_ctx][kv_dim]:
 //   out[i, h] = softmax(q[i, h] . K[seq_i, 0..pos_i, g]^T / sqrt(head_dim)) V[seq_i, 0..pos_i, g]

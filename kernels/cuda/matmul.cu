@@ -145,7 +145,7 @@ __device__ __forceinline__ void matvec_mma_step_generic(const RowPair& rows, con
   for (int sub = 0; sub < 4; ++sub) {
     const int e0 = step * 128 + sub * 32 + 8 * p;
     if (step * 128 + sub * 32 >= cols) break;  // uniform across the warp
-    WFrag wf[2][2];  // [row][h]
+    WFrag wf[2][2];                            // [row][h]
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       float v[8];
@@ -174,8 +174,7 @@ __device__ __forceinline__ void matvec_mma_step_generic(const RowPair& rows, con
 struct Q4KLoads {
   uint4 head, qa, qb;
 };
-__device__ __forceinline__ Q4KLoads load_q4_k(const uint8_t* w_row, bool row_ok, int block,
-                                              int p) {
+__device__ __forceinline__ Q4KLoads load_q4_k(const uint8_t* w_row, bool row_ok, int block, int p) {
   if (!row_ok) return {make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0)};
   const uint8_t* b = w_row + static_cast<size_t>(block) * sizeof(block_q4_K);
   return {*reinterpret_cast<const uint4*>(b), *reinterpret_cast<const uint4*>(b + 16 + 16 * p),
@@ -273,8 +272,7 @@ __device__ __forceinline__ void load_words_2_aligned(const uint8_t* p, uint32_t 
   for (int i = 0; i < 8; ++i) out[i] = __funnelshift_r(raw[i], raw[i + 1], shift);
 }
 
-__device__ __forceinline__ Q6KLoads load_q6_k(const uint8_t* w_row, bool row_ok, int block,
-                                              int p) {
+__device__ __forceinline__ Q6KLoads load_q6_k(const uint8_t* w_row, bool row_ok, int block, int p) {
   Q6KLoads L{};
   if (!row_ok) return L;
   const uint8_t* b = w_row + static_cast<size_t>(block) * sizeof(block_q6_K);
@@ -356,8 +354,8 @@ __device__ __forceinline__ void matvec_mma_k_blocks(int warp, int n_warps, int s
 
 template <GgmlType T>
 __global__ void __launch_bounds__(kMmaMaxWarps* kWarpSize)
-    matvec_mma_kernel(const uint8_t* w, size_t row_bytes, int rows, int cols, const float* x,
-                      int m, const float* silu_gate, float* y) {
+    matvec_mma_kernel(const uint8_t* w, size_t row_bytes, int rows, int cols, const float* x, int m,
+                      const float* silu_gate, float* y) {
   __shared__ float partial[kMmaMaxWarps][kMmaTokens][kMmaRows];
   const int n_warps = blockDim.x / kWarpSize;
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;

@@ -322,11 +322,10 @@ void launch_rope_normal(float* x, size_t n_rows, size_t n_heads, size_t head_dim
   KILN_CUDA_CHECK_LAUNCH();
 }
 
-void launch_rope_kv_append(float* q, const float* k, const float* v, size_t n_rows,
-                           size_t n_heads, size_t n_kv_heads, size_t head_dim, size_t rope_dim,
-                           const float* cos, const float* sin, const int32_t* seq,
-                           const int32_t* pos, size_t n_ctx, uint16_t* k_cache, uint16_t* v_cache,
-                           cudaStream_t stream) {
+void launch_rope_kv_append(float* q, const float* k, const float* v, size_t n_rows, size_t n_heads,
+                           size_t n_kv_heads, size_t head_dim, size_t rope_dim, const float* cos,
+                           const float* sin, const int32_t* seq, const int32_t* pos, size_t n_ctx,
+                           uint16_t* k_cache, uint16_t* v_cache, cudaStream_t stream) {
   const size_t total = n_rows * (n_heads + 2 * n_kv_heads) * (head_dim / 2);
   if (total == 0) return;
   if (head_dim % 2 != 0 || rope_dim > head_dim) {

@@ -110,9 +110,9 @@ TEST_P(CudaMatmul, BothPathsMatchAFloat64Reference) {
   const size_t block = kiln::traits(type).block_elements;
   // Includes long rows split across many warps (the mma kernel gives each warp several K
   // steps only when rows are few and K long) and token counts past one mma pass (12).
-  const MatmulCase cases[] = {{1, 256, 1},   {7, 512, 1},   {33, 256, 3},    {64, 768, 8},
-                              {130, 512, 9}, {96, 256, 17}, {65, 1024, 70},  {200, 256, 130},
-                              {40, 3072, 1}, {24, 8192, 2}, {9, 2304, 8},    {17, 4096, 12}};
+  const MatmulCase cases[] = {{1, 256, 1},   {7, 512, 1},   {33, 256, 3},   {64, 768, 8},
+                              {130, 512, 9}, {96, 256, 17}, {65, 1024, 70}, {200, 256, 130},
+                              {40, 3072, 1}, {24, 8192, 2}, {9, 2304, 8},   {17, 4096, 12}};
   uint32_t seed = 1;
   for (const auto& c : cases) {
     const size_t cols = (c.cols + block - 1) / block * block;
