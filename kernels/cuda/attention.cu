@@ -402,36 +402,16 @@ void launch_attention_split(const float* q, const uint16_t* k_cache, const uint1
   if (group <= kGroupedMaxHeads && shape.head_dim % kWarpSize == 0) {
     const size_t smem = group * shape.head_dim * sizeof(float);
     const dim3 grid(static_cast<unsigned>(n * shape.n_kv_heads), static_cast<unsigned>(splits));
-    auto launch = [&](auto kernel) {
-      kernel<<<grid, kWarpSize, smem, stream>>>(q, k_cache, v_cache, seq, pos, heads, kv_heads,
-                                                head_dim, n_ctx, n_split, chunk, scale, scratch);
-    };
-    switch (group) {
-      case 1:
-        launch(attention_split_grouped_kernel<1>);
-        break;
-      case 2:
-        launch(attention_split_grouped_kernel<2>);
-        break;
-      case 3:
-        launch(attention_split_grouped_kernel<3>);
-        break;
-      case 4:
-        launch(attention_split_grouped_kernel<4>);
-        break;
-      case 5:
-        launch(attention_split_grouped_kernel<5>);
-        break;
-      case 6:
-        launch(attention_split_grouped_kernel<6>);
-        break;
-      case 7:
-        launch(attention_split_grouped_kernel<7>);
-        break;
-      default:
-        launch(attention_split_grouped_kernel<8>);
-        break;
-    }
+    // One instantiation per group size; the table keeps the dispatch to one launch.
+    using GroupedKernel = decltype(&attention_split_grouped_kernel<1>);
+    static constexpr GroupedKernel kGrouped[kGroupedMaxHeads] = {
+        &attention_split_grouped_kernel<1>, &attention_split_grouped_kernel<2>,
+        &attention_split_grouped_kernel<3>, &attention_split_grouped_kernel<4>,
+        &attention_split_grouped_kernel<5>, &attention_split_grouped_kernel<6>,
+        &attention_split_grouped_kernel<7>, &attention_split_grouped_kernel<8>};
+    kGrouped[group - 1]<<<grid, kWarpSize, smem, stream>>>(q, k_cache, v_cache, seq, pos, heads,
+                                                           kv_heads, head_dim, n_ctx, n_split,
+                                                           chunk, scale, scratch);
   } else {
     const size_t smem = (shape.head_dim + chunk + kSplitWarps * shape.head_dim) * sizeof(float);
     const dim3 grid(static_cast<unsigned>(n * shape.n_heads), static_cast<unsigned>(splits));
