@@ -6,14 +6,16 @@
 #
 #   bash bench/cuda_device_check.sh BIN_DIR VOCAB.gguf [steps]
 #
-# steps: any of tests,engine,bench,profile,kernels (default: all but profile, in that order).
+# steps: any of tests,engine,bench,profile,kernels,serve (default: all but profile, in that
+# order). serve starts `kiln serve --device cuda` on a synthetic model of the default model's
+# shape and vocabulary and sends a chat completion, a streamed one and 4 concurrent ones.
 # profile runs Nsight Compute over the first kernels of one decode step of the 3B model
 # (per-kernel duration and DRAM throughput). Each step has its own time limit so one hung
 # step leaves the others' results.
 set -uo pipefail
 bin=${1:?usage: cuda_device_check.sh BIN_DIR VOCAB.gguf [steps]}
 vocab=${2:?usage: cuda_device_check.sh BIN_DIR VOCAB.gguf [steps]}
-steps=${3:-tests,engine,bench,kernels}
+steps=${3:-tests,engine,bench,kernels,serve}
 out=${OUT:-./cuda-out}
 work=${KILN_DEVICE_WORK:-/tmp/kiln-device}
 model="$work/synth-llama-3.2-3b-Q4_K_M.gguf"
@@ -84,4 +86,38 @@ if has kernels; then
   grep -E "device|matmul|attention" "$out/kernels_bench.txt" |
     awk '{print $1, $2, $(NF-3), $(NF-2), $(NF-1), $NF}' | head -120
 fi
+if has serve; then
+  stamp serve
+  serve_model="$work/smollm2-shape-Q8_0.gguf"
+  "$bin/kiln" synth --preset smollm2-135m --type Q8_0 --vocab-from "$vocab" -t "$threads" \
+    --out "$serve_model" >/dev/null 2>&1
+  port=${KILN_SERVE_PORT:-11555}
+  "$bin/kiln" serve -m "$serve_model" --device "${KILN_SERVE_DEVICE:-cuda}" --port "$port" \
+    --parallel 4 >"$out/serve.log" 2>&1 &
+  serve_pid=$!
+  for _ in $(seq 120); do
+    curl -sf "http://127.0.0.1:$port/health" >/dev/null && break
+    sleep 0.5
+  done
+  body='{"model": "x", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 16}'
+  body=${body/\"x\"/\"$(curl -s "http://127.0.0.1:$port/v1/models" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["data"][0]["id"])')\"}
+  echo "-- chat completion:"
+  curl -s "http://127.0.0.1:$port/v1/chat/completions" -H 'Content-Type: application/json' \
+    -d "$body" | head -c 600
+  echo
+  echo "-- streamed (first events):"
+  curl -sN "http://127.0.0.1:$port/v1/chat/completions" -H 'Content-Type: application/json' \
+    -d "${body%\}}, \"stream\": true}" | head -n 6
+  echo "-- 4 concurrent, finish reasons:"
+  for i in 1 2 3 4; do
+    curl -s "http://127.0.0.1:$port/v1/chat/completions" -H 'Content-Type: application/json' \
+      -d "$body" | python3 -c 'import json,sys; print(json.load(sys.stdin)["choices"][0]["finish_reason"])' &
+  done
+  wait $(jobs -p | grep -v "^$serve_pid$") 2>/dev/null
+  kill "$serve_pid" 2>/dev/null
+  wait "$serve_pid" 2>/dev/null
+  tail -n 8 "$out/serve.log"
+fi
+
 stamp done
