@@ -28,35 +28,27 @@
 namespace kiln::cli {
 namespace {
 
-constexpr const char* kUsage =
-    "usage: kiln bench -m MODEL.gguf [-p 512] [-n 128] [-t N] [-r 5] [--decode-batch B]\n"
-    "                  [--device D] [--json]\n"
-    "\n"
-    "Measures prompt processing (pp: -p random tokens in one batch) and generation\n"
-    "(tg: -n tokens one at a time), both from an empty context, in tokens/s.\n"
-    "\n"
-    "options:\n"
-    "  -m, --model FILE   GGUF model\n"
-    "  -p, --n-prompt N   prompt tokens (512; 0 skips pp)\n"
-    "  -n, --n-gen N      generated tokens (128; 0 skips tg)\n"
-    "  -t, --threads N    threads (default: physical cores)\n"
-    "  -r, --repetitions N  timed repetitions after one warm-up (5)\n"
-    "  --decode-batch B   tg decodes B sequences together, one token each per forward\n"
-    "                     (the server's continuous batching); tokens/s counts all B (1)\n"
-    "  --kv-type T        KV cache type: f16 (default), f32, q8_0\n"
-    "  --hugepage-weights copy the weights into 2 MiB huge pages, Q4_K, Q6_K and the\n"
-    "                     legacy types as pre-packed GEMM panels: faster decode, but\n"
-    "                     the weights then take memory twice (copy + page cache)\n"
-    "  --no-hugepage-mmap leave the file mapping on 4 KiB pages (default: faulted in\n"
-    "                     on 2 MiB pages where the kernel provides them)\n"
-    "  --batch-gemm M     weight types whose decode batches use the GEMM: auto\n"
-    "                     (default; those where one token loses nothing), all, off\n"
-    "  --precise          int16 activations in the CPU matmuls (two int8 planes):\n"
-    "                     logits closer to float, somewhat slower\n"
-    "  --act-precision P  int8 (default) or int16 (as --precise)\n"
-    "  --device D         cpu (default) or cuda; on cuda the bound is the weights and KV\n"
-    "                     read per token against the device-to-device copy bandwidth\n"
-    "  --json             print one JSON object instead of the table\n";
+constexpr ModelOptionSet kModelOptions{.ctx_size = false, .device = true};
+
+std::string usage() {
+  return "usage: kiln bench -m MODEL.gguf [-p 512] [-n 128] [-t N] [-r 5] [--decode-batch B]\n"
+         "                  [--device D] [--json]\n"
+         "\n"
+         "Measures prompt processing (pp: -p random tokens in one batch) and generation\n"
+         "(tg: -n tokens one at a time), both from an empty context, in tokens/s, and tg\n"
+         "against the bound of the weights and KV rows read per token over the measured\n"
+         "memory bandwidth (on cuda: the device-to-device copy bandwidth).\n"
+         "\n"
+         "options:\n"
+         "  -m, --model FILE   GGUF model\n"
+         "  -p, --n-prompt N   prompt tokens (512; 0 skips pp)\n"
+         "  -n, --n-gen N      generated tokens (128; 0 skips tg)\n"
+         "  -r, --repetitions N  timed repetitions after one warm-up (5)\n"
+         "  --decode-batch B   tg decodes B sequences together, one token each per forward\n"
+         "                     (the server's continuous batching); tokens/s counts all B (1)\n"
+         "  --json             print one JSON object instead of the table\n" +
+         ModelOptions::help(kModelOptions, 21);
+}
 
 using Clock = std::chrono::steady_clock;
 
@@ -124,8 +116,9 @@ int run_bench(Args args) {
   ModelOptions m;
   size_t n_prompt = 512, n_gen = 128, reps = 5, decode_batch = 1;
   bool json = false;
-  OptionParser parser("bench", kUsage);
-  m.add_to(parser, {.ctx_size = false, .device = true});
+  const std::string help = usage();
+  OptionParser parser("bench", help);
+  m.add_to(parser, kModelOptions);
   parser.integer({"-p", "--n-prompt"}, n_prompt, 0, 1 << 20);
   parser.integer({"-n", "--n-gen"}, n_gen, 0, 1 << 20);
   parser.integer({"-r", "--repetitions"}, reps, 1, 1000);

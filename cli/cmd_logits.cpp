@@ -16,30 +16,27 @@
 namespace kiln::cli {
 namespace {
 
-constexpr const char* kUsage =
-    "usage: kiln logits -m MODEL.gguf (--prompt TEXT | --prompt-file FILE | --tokens \"1 2 3\")\n"
-    "                   --out FILE.npy [options]\n"
-    "\n"
-    "Writes float32 logits of every position, shape (n_tokens, n_vocab), as .npy.\n"
-    "\n"
-    "options:\n"
-    "  -m, --model FILE      GGUF model\n"
-    "  --prompt TEXT         text to tokenize (BOS added as the model asks; special\n"
-    "                        tokens written in the text are recognised)\n"
-    "  --prompt-file FILE    the same, text read from a file\n"
-    "  --tokens \"IDS\"        token ids separated by spaces or commas\n"
-    "  --out FILE.npy        output file\n"
-    "  --save-tokens FILE    also write the token ids, space separated\n"
-    "  -c, --ctx-size N      context size (default: the number of tokens)\n"
-    "  -b, --batch-size N    tokens per forward call (512)\n"
-    "  -t, --threads N       threads (default: physical cores)\n"
-    "  --kv-type T           KV cache type: f16 (default), f32, q8_0\n"
-    "  --precise             int16 activations in the CPU matmuls (two int8 planes):\n"
-    "                        logits closer to float, somewhat slower\n"
-    "  --act-precision P     int8 (default) or int16 (as --precise)\n"
-    "  --hugepage-weights    copy the weights into 2 MiB huge pages instead of reading\n"
-    "                        the memory-mapped file\n"
-    "  --no-hugepage-mmap    leave the file mapping on 4 KiB pages\n";
+constexpr ModelOptionSet kModelOptions{.ctx_size = true, .device = false};
+
+std::string usage() {
+  return "usage: kiln logits -m MODEL.gguf\n"
+         "                   (--prompt TEXT | --prompt-file FILE | --tokens \"1 2 3\")\n"
+         "                   --out FILE.npy [options]\n"
+         "\n"
+         "Writes float32 logits of every position, shape (n_tokens, n_vocab), as .npy.\n"
+         "\n"
+         "options:\n"
+         "  -m, --model FILE      GGUF model\n"
+         "  --prompt TEXT         text to tokenize (BOS added as the model asks; special\n"
+         "                        tokens written in the text are recognised)\n"
+         "  --prompt-file FILE    the same, text read from a file\n"
+         "  --tokens \"IDS\"        token ids separated by spaces or commas\n"
+         "  --out FILE.npy        output file\n"
+         "  --save-tokens FILE    also write the token ids, space separated\n"
+         "  -c, --ctx-size N      context size (default: the number of tokens)\n"
+         "  -b, --batch-size N    tokens per forward call (512)\n" +
+         ModelOptions::help(kModelOptions, 24);
+}
 
 std::vector<int32_t> parse_token_list(std::string_view text) {
   std::vector<int32_t> ids;
@@ -83,8 +80,9 @@ int run_logits(Args args) {
   std::optional<std::string> tokens_arg;
   bool have_prompt = false;
   size_t batch = 512;
-  OptionParser parser("logits", kUsage);
-  m.add_to(parser, {.ctx_size = true, .device = false});
+  const std::string help = usage();
+  OptionParser parser("logits", help);
+  m.add_to(parser, kModelOptions);
   parser.value({"--prompt", "-p"}, [&](auto, std::string_view v) {
     prompt = v;
     have_prompt = true;

@@ -19,32 +19,26 @@
 namespace kiln::cli {
 namespace {
 
-constexpr const char* kUsage =
-    "usage: kiln run -m MODEL.gguf -p PROMPT [options]\n"
-    "\n"
-    "Streams the model's continuation of PROMPT to stdout.\n"
-    "\n"
-    "options:\n"
-    "  -m, --model FILE     GGUF model\n"
-    "  -p, --prompt TEXT    the prompt\n"
-    "  -n, --n-predict N    tokens to generate at most (128)\n"
-    "  --temp F             sampling temperature; 0 is greedy (0.8)\n"
-    "  --seed N             random seed (default: from the clock)\n"
-    "  -t, --threads N      threads (default: physical cores)\n"
-    "  -c, --ctx-size N     context size (default: the model's, at most 4096)\n"
-    "  --kv-type T          KV cache type: f16 (default), f32, q8_0\n"
-    "  --precise            int16 activations in the CPU matmuls (two int8 planes):\n"
-    "                       logits closer to float, somewhat slower\n"
-    "  --act-precision P    int8 (default) or int16 (as --precise)\n"
-    "  --hugepage-weights   copy the weights into 2 MiB huge pages, most types as\n"
-    "                       pre-packed GEMM panels (faster decode; a second copy)\n"
-    "  --no-hugepage-mmap   leave the file mapping on 4 KiB pages (default: faulted in\n"
-    "                       on 2 MiB pages where the kernel provides them)\n"
-    "  --device D           where the model runs: cpu (default) or cuda\n"
-    "  --chat               apply the model's chat template to the prompt as one user\n"
-    "                       message, and stop at the end of the turn\n"
-    "  --ignore-eos         keep generating past end-of-generation tokens\n"
-    "  --ids-out FILE       write the prompt ids (line 1) and generated ids (line 2)\n";
+constexpr ModelOptionSet kModelOptions{.ctx_size = true, .device = true};
+
+std::string usage() {
+  return "usage: kiln run -m MODEL.gguf -p PROMPT [options]\n"
+         "\n"
+         "Streams the model's continuation of PROMPT to stdout.\n"
+         "\n"
+         "options:\n"
+         "  -m, --model FILE     GGUF model\n"
+         "  -p, --prompt TEXT    the prompt\n"
+         "  -n, --n-predict N    tokens to generate at most (128)\n"
+         "  --temp F             sampling temperature; 0 is greedy (0.8)\n"
+         "  --seed N             random seed (default: from the clock)\n"
+         "  -c, --ctx-size N     context size (default: the model's, at most 4096)\n"
+         "  --chat               apply the model's chat template to the prompt as one user\n"
+         "                       message, and stop at the end of the turn\n"
+         "  --ignore-eos         keep generating past end-of-generation tokens\n"
+         "  --ids-out FILE       write the prompt ids (line 1) and generated ids (line 2)\n" +
+         ModelOptions::help(kModelOptions, 23);
+}
 
 using Clock = std::chrono::steady_clock;
 
@@ -55,8 +49,9 @@ int run_run(Args args) {
   size_t n_predict = 128;
   float temperature = 0.8f;
   uint64_t seed = static_cast<uint64_t>(Clock::now().time_since_epoch().count());
-  OptionParser parser("run", kUsage);
-  m.add_to(parser);
+  const std::string help = usage();
+  OptionParser parser("run", help);
+  m.add_to(parser, kModelOptions);
   parser.value({"-p", "--prompt"}, [&](auto, std::string_view v) {
     prompt = v;
     have_prompt = true;

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "engine/kv_cache.h"
 
@@ -27,6 +28,50 @@ void ModelOptions::add_to(OptionParser& parser, ModelOptionSet accepts) {
   parser.value({"--act-precision"}, [this](std::string_view option, std::string_view v) {
     act_precision = parse_act_precision(option, v);
   });
+}
+
+std::string ModelOptions::help(ModelOptionSet accepts, size_t column) {
+  struct Entry {
+    const char* names;
+    std::vector<const char*> lines;
+    bool device_only;
+  };
+  const Entry entries[] = {
+      {"-t, --threads N", {"threads (default: physical cores)"}, false},
+      {"--kv-type T", {"KV cache type: f16 (default), f32, q8_0"}, false},
+      {"--device D", {"cpu (default) or cuda: the whole forward on an NVIDIA GPU"}, true},
+      {"--precise",
+       {"int16 activations in the CPU matmuls (two int8 planes):",
+        "logits closer to float, somewhat slower"},
+       false},
+      {"--act-precision P", {"int8 (default) or int16 (as --precise)"}, false},
+      {"--hugepage-weights",
+       {"copy the weights into 2 MiB huge pages, Q4_K, Q6_K and the",
+        "legacy types as pre-packed GEMM panels: faster decode, alone",
+        "and batched (recommended for many streams, and for Q4_0/Q8_0",
+        "models), but the weights take memory twice (copy + page cache)"},
+       false},
+      {"--no-hugepage-mmap",
+       {"leave the file mapping on 4 KiB pages (default: faulted in",
+        "on 2 MiB pages where the kernel provides them)"},
+       false},
+      {"--batch-gemm M",
+       {"weight types whose batched decode goes through the GEMM:",
+        "auto (default: those where a lone stream loses nothing),",
+        "all (the K types' twins too: slower here, for experiments),",
+        "off (outputs are the same whatever the mode)"},
+       false},
+  };
+  std::string out;
+  for (const Entry& e : entries) {
+    if (e.device_only && !accepts.device) continue;
+    std::string head = std::string("  ") + e.names;
+    head.append(head.size() + 1 < column ? column - head.size() : 1, ' ');
+    for (size_t i = 0; i < e.lines.size(); ++i) {
+      out += (i == 0 ? head : std::string(column, ' ')) + e.lines[i] + "\n";
+    }
+  }
+  return out;
 }
 
 EngineOptions ModelOptions::engine_options() const {

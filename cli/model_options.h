@@ -43,6 +43,10 @@ struct ModelOptions {
   kernels::BatchGemm batch_gemm = kernels::BatchGemm::fast;
 
   void add_to(OptionParser& parser, ModelOptionSet accepts = {});
+  // The help lines of what add_to() registers, except -m and -c (each command words those
+  // itself): one entry per option, descriptions starting at `column`, so every command
+  // describes the shared options in the same words.
+  static std::string help(ModelOptionSet accepts, size_t column);
   // The engine options these set (threads, KV type, activations, how the weights are held,
   // batch GEMM); the command adds context size, sequences and batch.
   EngineOptions engine_options() const;

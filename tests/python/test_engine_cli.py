@@ -37,6 +37,28 @@ def test_every_command_rejects_an_unknown_option_the_same_way(kiln_bin, cmd):
     assert f"unknown option '--no-such-option' (see kiln {cmd} --help)" in r.stderr
 
 
+# The model options the commands that run a model share (cli/model_options): each command's help
+# must describe every one it accepts, and accept every one it describes.
+MODEL_OPTIONS = ["-t, --threads", "--kv-type", "--precise", "--act-precision",
+                 "--hugepage-weights", "--no-hugepage-mmap", "--batch-gemm"]
+
+
+@pytest.mark.parametrize("cmd,device", [("run", True), ("bench", True), ("serve", True),
+                                        ("logits", False)])
+def test_model_options_are_described_by_every_command_that_takes_them(kiln_bin, cmd, device):
+    text = kiln(kiln_bin, cmd, "--help").stdout
+    for option in MODEL_OPTIONS + (["--device"] if device else []):
+        assert f"  {option} " in text, f"kiln {cmd} --help does not describe {option}"
+        # Accepted: a bad value names the option, never "unknown option".
+        flag = option.split(", ")[-1]
+        r = kiln(kiln_bin, cmd, flag, "bogus-value", check=False)
+        assert "unknown option" not in r.stderr, r.stderr
+    if not device:
+        assert "--device" not in text
+        r = kiln(kiln_bin, cmd, "--device", "cpu", check=False)
+        assert "unknown option '--device'" in r.stderr
+
+
 def test_run_greedy_is_deterministic_and_reports_speed(kiln_bin, default_model):
     args = ("run", "-m", default_model, "-p", "The capital of France is", "-n", "12", "--temp", "0",
             "-t", "2")
