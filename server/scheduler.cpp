@@ -152,17 +152,20 @@ void Scheduler::admit() {
     // prompt; among equals the one caching least, so a long cache that
     // shares nothing with this prompt is kept for one that might.
     const std::vector<TokenId>& prompt = front.job.prompt;
-    const auto shared_prefix = [&](size_t s) {
+    // Tokens each slot's cache shares with the prompt (slots are few: computed once for
+    // both the choice of slot and the choice of donor below).
+    shared_prefix_.resize(slots_.size());
+    for (size_t s = 0; s < slots_.size(); ++s) {
       const auto& c = cached_[s];
       const size_t n = std::min(c.size(), prompt.size());
-      return static_cast<size_t>(
+      shared_prefix_[s] = static_cast<size_t>(
           std::mismatch(c.begin(), c.begin() + static_cast<ptrdiff_t>(n), prompt.begin()).first -
           c.begin());
-    };
+    }
     size_t best = slots_.size(), best_common = 0;
     for (size_t s = 0; s < slots_.size(); ++s) {
       if (slots_[s]) continue;
-      const size_t common = shared_prefix(s);
+      const size_t common = shared_prefix_[s];
       if (best == slots_.size() || common > best_common ||
           (common == best_common && cached_[s].size() < cached_[best].size())) {
         best = s;
@@ -176,7 +179,7 @@ void Scheduler::admit() {
     size_t donor = slots_.size(), donor_reuse = reuse;
     for (size_t s = 0; options_.reuse_prompt_prefix && s < slots_.size(); ++s) {
       if (s == best) continue;
-      const size_t common = shared_prefix(s);
+      const size_t common = shared_prefix_[s];
       if (common <= donor_reuse) continue;
       const size_t r = exact_reuse(s, common, prompt);
       if (r > donor_reuse) {

@@ -229,7 +229,8 @@ class Scheduler {
   std::vector<std::vector<TokenId>> cached_;
   // Per cached position: computed in a run of at least run_length_threshold rows.
   std::vector<std::vector<uint8_t>> cached_long_run_;
-  uint64_t admitted_ = 0;  // admission counter: prefill goes oldest first
+  std::vector<size_t> shared_prefix_;  // admit(): tokens each slot's cache shares with a prompt
+  uint64_t admitted_ = 0;              // admission counter: prefill goes oldest first
   Batch batch_;
   std::vector<size_t> row_slots_;  // logits row k belongs to slots_[row_slots_[k]]
   std::vector<size_t> prefill_order_;
