@@ -382,6 +382,7 @@ void CudaEngine::run_forward(const Batch& batch) {
       // first norm, or after the last layer.
       cuda::launch_matmul(l.ffn_down, d.up, n, d.xb, s);
     }
+    // The last layer's FFN residual: x += xb.
     cuda::launch_add(d.x, d.xb, n * dim, s);
 
     // Final norm of the rows that want logits, packed: xb[k] = rmsnorm(x[i_k]) * output_norm.
