@@ -259,6 +259,31 @@ void rope_normal(std::span<float> x, size_t n_heads, size_t head_dim, size_t rop
   d_x.download(x);
 }
 
+void rope_kv_append(std::span<float> q, std::span<const float> k, std::span<const float> v,
+                    size_t n_heads, size_t n_kv_heads, size_t head_dim, size_t rope_dim,
+                    std::span<const float> cos, std::span<const float> sin,
+                    std::span<uint16_t> k_out, std::span<uint16_t> v_out) {
+  const size_t kv_dim = n_kv_heads * head_dim;
+  require(q.size() == n_heads * head_dim && k.size() == kv_dim && v.size() == kv_dim &&
+              k_out.size() == kv_dim && v_out.size() == kv_dim && rope_dim <= head_dim &&
+              cos.size() >= rope_dim / 2 && sin.size() >= rope_dim / 2,
+          "cuda::rope_kv_append: sizes disagree");
+  const int32_t zero = 0;
+  const GuardedOutput d_q(q.size_bytes(), std::as_bytes(q));
+  const DeviceBuffer d_k = upload(k), d_v = upload(v);
+  const DeviceBuffer d_cos = upload(cos.first(rope_dim / 2));
+  const DeviceBuffer d_sin = upload(sin.first(rope_dim / 2));
+  const DeviceBuffer d_zero = upload(std::span<const int32_t>(&zero, 1));
+  const GuardedOutput d_kc(k_out.size_bytes()), d_vc(v_out.size_bytes());
+  launch_rope_kv_append(d_q.as<float>(), d_k.as<float>(), d_v.as<float>(), 1, n_heads, n_kv_heads,
+                        head_dim, rope_dim, d_cos.as<float>(), d_sin.as<float>(),
+                        d_zero.as<int32_t>(), d_zero.as<int32_t>(), 1, d_kc.as<uint16_t>(),
+                        d_vc.as<uint16_t>(), nullptr);
+  d_q.download(q);
+  d_kc.download(k_out);
+  d_vc.download(v_out);
+}
+
 void f32_to_f16_row(std::span<const float> x, std::span<uint16_t> out) {
   require(x.size() == out.size(), "cuda::f32_to_f16_row: sizes differ");
   const int32_t zero = 0;

@@ -54,6 +54,12 @@ void rope_angles(int64_t pos, size_t rope_dim, float freq_base, std::span<const 
 // Twin of kernels::rope_normal.
 void rope_normal(std::span<float> x, size_t n_heads, size_t head_dim, size_t rope_dim,
                  std::span<const float> cos, std::span<const float> sin);
+// Twin of kernels::rope_normal on q and k, then kernels::f32_to_f16_row of k and v: one row
+// through the fused kernel of the forward (rope_kv_append), the cache rows at (0, 0).
+void rope_kv_append(std::span<float> q, std::span<const float> k, std::span<const float> v,
+                    size_t n_heads, size_t n_kv_heads, size_t head_dim, size_t rope_dim,
+                    std::span<const float> cos, std::span<const float> sin,
+                    std::span<uint16_t> k_out, std::span<uint16_t> v_out);
 // Twin of kernels::f32_to_f16_row, through the KV cache append kernel (one row at (0, 0)).
 void f32_to_f16_row(std::span<const float> x, std::span<uint16_t> out);
 

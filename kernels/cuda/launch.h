@@ -20,9 +20,9 @@ namespace kiln::cuda {
 bool has_cuda_matmul(GgmlType type);
 
 // Which matmul kernel runs:
-//   kMatVec       decode (small m): 8 weight rows per block, K split across its warps,
+//   kMatVec       decode (small m): 16 weight rows per block, K split across its warps,
 //                 weights dequantized to fp16 in registers and multiplied on the tensor cores
-//                 (mma m16n8k16, tokens as the M side, fp32 accumulation);
+//                 (mma m16n8k16, rows as M and tokens as N, fp32 accumulation);
 //   kTensorCore   prefill: 64x64 output tiles through shared memory (wmma);
 //   kMatVecFloat  a warp per row in float arithmetic (exact float; slower, kept as a
 //                 reference path for tests and benchmarks);

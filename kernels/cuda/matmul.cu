@@ -1,7 +1,7 @@
 // Matrix multiplication of GGUF weights (kept in their block format on the device) with float
 // activations: Y (m, rows) = X (m, cols) @ W^T, the CUDA twin of kernels::matmul.
 //
-// Decode (m <= kMatVecMaxTokens): 8 weight rows per block, K split across the block's warps,
+// Decode (m <= kMatVecMaxTokens): 16 weight rows per block, K split across the block's warps,
 // weights dequantized to fp16 in registers and multiplied with x (as fp16) on the tensor
 // cores, fp32 accumulation: the float FMA version (kMatVecFloat, a warp per row) spends more
 // instructions per weight than the memory system leaves it at this arithmetic intensity.
@@ -119,6 +119,13 @@ __device__ __forceinline__ void mma_rows(float (&c)[4], const WFrag& r0, const W
 }
 
 __device__ __forceinline__ float silu(float g) { return __fdividef(g, 1.0f + __expf(-g)); }
+
+// K steps of a row: a 256-element block for Q4_K and Q6_K (their own loaders), 128 elements
+// (4 sub-steps of dequant8) for every other type.
+template <GgmlType T>
+__host__ __device__ constexpr int matvec_mma_k_steps(int cols) {
+  return T == GgmlType::Q4_K || T == GgmlType::Q6_K ? cols / 256 : (cols + 127) / 128;
+}
 
 // The two rows of a lane: g and g + 8 of the block's 16.
 struct RowPair {
@@ -339,19 +346,6 @@ __device__ __forceinline__ void matvec_mma_q6_k_block(const Q6KLoads (&L)[2], co
   }
 }
 
-// Runs the blocks step = warp, warp + n_warps, ... of a K-type row pair. (Loading the next
-// block before computing the current one doubled the registers held for loads, 122 a thread,
-// and with them fewer warps fit an SM; most warps have one or two steps anyway.)
-template <typename Loads, typename LoadFn, typename BlockFn>
-__device__ __forceinline__ void matvec_mma_k_blocks(int warp, int n_warps, int steps, LoadFn load,
-                                                    BlockFn block) {
-  for (int step = warp; step < steps; step += n_warps) {
-    Loads cur[2];
-    load(step, cur);
-    block(cur, step);
-  }
-}
-
 template <GgmlType T>
 __global__ void __launch_bounds__(kMmaMaxWarps* kWarpSize)
     matvec_mma_kernel(const uint8_t* w, size_t row_bytes, int rows, int cols, const float* x, int m,
@@ -368,31 +362,25 @@ __global__ void __launch_bounds__(kMmaMaxWarps* kWarpSize)
     pair.ok[r] = row < rows;
     pair.w[r] = w + static_cast<size_t>(pair.ok[r] ? row : 0) * row_bytes;
   }
-  constexpr bool kBlockSteps = T == GgmlType::Q4_K || T == GgmlType::Q6_K;
-  const int steps = kBlockSteps ? cols / 256 : (cols + 127) / 128;
+  const int steps = matvec_mma_k_steps<T>(cols);
 
   for (int t0 = 0; t0 < m; t0 += kMmaTokens) {
     const bool token_ok = t0 + g < m;
     const float* xt = x + static_cast<size_t>(token_ok ? t0 + g : 0) * cols;
     float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    if constexpr (T == GgmlType::Q4_K) {
-      matvec_mma_k_blocks<Q4KLoads>(
-          warp, n_warps, steps,
-          [&](int b, Q4KLoads(&L)[2]) {
-            L[0] = load_q4_k(pair.w[0], pair.ok[0], b, p);
-            L[1] = load_q4_k(pair.w[1], pair.ok[1], b, p);
-          },
-          [&](const Q4KLoads(&L)[2], int b) { matvec_mma_q4_k_block(L, xt, token_ok, b, p, c); });
-    } else if constexpr (T == GgmlType::Q6_K) {
-      matvec_mma_k_blocks<Q6KLoads>(
-          warp, n_warps, steps,
-          [&](int b, Q6KLoads(&L)[2]) {
-            L[0] = load_q6_k(pair.w[0], pair.ok[0], b, p);
-            L[1] = load_q6_k(pair.w[1], pair.ok[1], b, p);
-          },
-          [&](const Q6KLoads(&L)[2], int b) { matvec_mma_q6_k_block(L, xt, token_ok, b, p, c); });
-    } else {
-      for (int step = warp; step < steps; step += n_warps) {
+    // Steps warp, warp + n_warps, ... of the row pair; each step's loads are issued before
+    // its arithmetic. (Loading the next step's weights during this one's doubled the
+    // registers held for loads, 122 a thread, and fewer warps fit an SM.)
+    for (int step = warp; step < steps; step += n_warps) {
+      if constexpr (T == GgmlType::Q4_K) {
+        const Q4KLoads L[2] = {load_q4_k(pair.w[0], pair.ok[0], step, p),
+                               load_q4_k(pair.w[1], pair.ok[1], step, p)};
+        matvec_mma_q4_k_block(L, xt, token_ok, step, p, c);
+      } else if constexpr (T == GgmlType::Q6_K) {
+        const Q6KLoads L[2] = {load_q6_k(pair.w[0], pair.ok[0], step, p),
+                               load_q6_k(pair.w[1], pair.ok[1], step, p)};
+        matvec_mma_q6_k_block(L, xt, token_ok, step, p, c);
+      } else {
         matvec_mma_step_generic<T>(pair, xt, token_ok, step, cols, p, c);
       }
     }
@@ -559,9 +547,12 @@ void launch_matmul_impl(const DeviceMatrix& w, const float* x, const float* silu
     const char* v = std::getenv("KILN_CUDA_MATVEC");
     return v != nullptr && std::string(v) == "float";
   }();
-  const bool small = path == MatmulPath::kAuto && m <= kMatVecMaxTokens;
-  if (small && auto_float && silu_gate == nullptr) path = MatmulPath::kMatVecFloat;
-  const bool mma_vec = path == MatmulPath::kMatVec || (small && path == MatmulPath::kAuto);
+  if (path == MatmulPath::kAuto) {
+    path = m > kMatVecMaxTokens                 ? MatmulPath::kTensorCore
+           : auto_float && silu_gate == nullptr ? MatmulPath::kMatVecFloat
+                                                : MatmulPath::kMatVec;
+  }
+  const bool mma_vec = path == MatmulPath::kMatVec;
   if (silu_gate != nullptr && !mma_vec) {
     throw std::invalid_argument("CUDA matmul: the fused SwiGLU product needs the matvec path");
   }
@@ -572,9 +563,7 @@ void launch_matmul_impl(const DeviceMatrix& w, const float* x, const float* silu
   dispatch_weight_type(w.type, "CUDA matmul", [&](auto t) {
     constexpr GgmlType T = decltype(t)::value;
     if (mma_vec) {
-      const bool block_steps = T == GgmlType::Q4_K || T == GgmlType::Q6_K;
-      const size_t k_steps = block_steps ? w.cols / 256 : (w.cols + 127) / 128;
-      const int warps = matvec_mma_warps(w.rows, k_steps);
+      const int warps = matvec_mma_warps(w.rows, matvec_mma_k_steps<T>(cols));
       matvec_mma_kernel<T><<<ceil_div(w.rows, kMmaRows), warps * kWarpSize, 0, stream>>>(
           data, rb, rows, cols, x, mi, silu_gate, y);
     } else if (path == MatmulPath::kMatVecFloat) {

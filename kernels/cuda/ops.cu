@@ -150,6 +150,13 @@ __global__ void rope_angles_kernel(const int32_t* pos, int n_rows, int rope_dim,
   }
 }
 
+// (a, b) rotated by the angle whose cosine and sine are c and s.
+__device__ __forceinline__ void rotate_pair(float& a, float& b, float c, float s) {
+  const float ra = a * c - b * s, rb = a * s + b * c;
+  a = ra;
+  b = rb;
+}
+
 // One thread per rotated pair (row k, head h, pair i): (x[2i], x[2i+1]) rotated by theta_i.
 __global__ void rope_normal_kernel(float* x, int n_rows, int n_heads, int head_dim, int rope_dim,
                                    const float* cos, const float* sin) {
@@ -159,10 +166,7 @@ __global__ void rope_normal_kernel(float* x, int n_rows, int n_heads, int head_d
        item += gridDim.x * blockDim.x) {
     const int i = item % half, h = (item / half) % n_heads, k = item / (half * n_heads);
     float* v = x + (static_cast<size_t>(k) * n_heads + h) * head_dim;
-    const float c = cos[k * half + i], s = sin[k * half + i];
-    const float a = v[2 * i], b = v[2 * i + 1];
-    v[2 * i] = a * c - b * s;
-    v[2 * i + 1] = a * s + b * c;
+    rotate_pair(v[2 * i], v[2 * i + 1], cos[k * half + i], sin[k * half + i]);
   }
 }
 
@@ -203,9 +207,7 @@ __global__ void rope_kv_append_kernel(float* q, const float* k, const float* v, 
       const int i = j % half_head;
       if (i < half_rope) {
         float* x = q + static_cast<size_t>(r) * n_heads * head_dim + 2 * j;
-        const float a = x[0], b = x[1], c = cr[i], s = sr[i];
-        x[0] = a * c - b * s;
-        x[1] = a * s + b * c;
+        rotate_pair(x[0], x[1], cr[i], sr[i]);
       }
       continue;
     }
@@ -215,12 +217,7 @@ __global__ void rope_kv_append_kernel(float* q, const float* k, const float* v, 
       const int i = j % half_head;
       const float* x = k + static_cast<size_t>(r) * kv_dim + 2 * j;
       float a = x[0], b = x[1];
-      if (i < half_rope) {
-        const float c = cr[i], s = sr[i];
-        const float ra = a * c - b * s, rb = a * s + b * c;
-        a = ra;
-        b = rb;
-      }
+      if (i < half_rope) rotate_pair(a, b, cr[i], sr[i]);
       k_cache[dst + 2 * j] = float_to_half_bits(a);
       k_cache[dst + 2 * j + 1] = float_to_half_bits(b);
     } else {

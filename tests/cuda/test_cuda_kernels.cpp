@@ -294,6 +294,35 @@ TEST(CudaOps, RopeNormalMatchesCpuIncludingPartialRotation) {
   }
 }
 
+// The forward's fused kernel: q rotated in place, k rotated and v stored as F16, against the
+// CPU's rope_normal and fp32_to_fp16 (full and partial rotation, GQA shapes).
+TEST(CudaOps, RopeKvAppendMatchesCpuRopeAndHalfRows) {
+  KILN_REQUIRE_CUDA_DEVICE();
+  struct Case {
+    size_t heads, kv_heads, head_dim, rope_dim;
+  };
+  for (const Case& c :
+       {Case{9, 3, 64, 64}, Case{24, 8, 128, 128}, Case{4, 4, 128, 64}, Case{6, 2, 32, 8}}) {
+    std::vector<float> cos(c.rope_dim / 2), sin(c.rope_dim / 2);
+    kk::rope_angles(321, c.rope_dim, 10000.0f, {}, cos, sin);
+    const size_t kv_dim = c.kv_heads * c.head_dim;
+    auto q_cpu = random_floats(c.heads * c.head_dim, 31), q_gpu = q_cpu;
+    auto k_cpu = random_floats(kv_dim, 32);
+    const auto k = k_cpu, v = random_floats(kv_dim, 33);
+    kk::rope_normal(q_cpu, c.heads, c.head_dim, c.rope_dim, cos, sin);
+    kk::rope_normal(k_cpu, c.kv_heads, c.head_dim, c.rope_dim, cos, sin);
+    std::vector<uint16_t> k_half(kv_dim), v_half(kv_dim);
+    kiln::cuda::rope_kv_append(q_gpu, k, v, c.heads, c.kv_heads, c.head_dim, c.rope_dim, cos, sin,
+                               k_half, v_half);
+    for (size_t i = 0; i < q_cpu.size(); ++i) ASSERT_NEAR(q_gpu[i], q_cpu[i], 1e-6f) << i;
+    for (size_t i = 0; i < kv_dim; ++i) {
+      // Rotated k is rounded to half once; a 1e-6 float difference may move it one half ulp.
+      ASSERT_NEAR(kk::fp16_to_fp32(k_half[i]), k_cpu[i], 1e-3f * (1 + std::fabs(k_cpu[i]))) << i;
+      ASSERT_EQ(v_half[i], kk::fp32_to_fp16(v[i])) << i;
+    }
+  }
+}
+
 TEST(CudaOps, KvAppendConvertsToHalfLikeTheCpu) {
   KILN_REQUIRE_CUDA_DEVICE();
   auto x = random_floats(1024, 18, 0.0f, 100.0f);
