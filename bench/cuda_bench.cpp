@@ -112,26 +112,24 @@ const std::vector<DeviceBuffer>& device_matrices(GgmlType type, size_t rows, siz
   return copies;
 }
 
-// n random floats on the device (never zeros: they hide unwritten or misread data).
-DeviceBuffer device_floats(size_t n, uint32_t seed) {
-  std::vector<float> host(n);
+// n normal random values on the device, as `convert` stores them (never zeros: they hide
+// unwritten or misread data).
+template <typename T, typename Convert>
+DeviceBuffer device_random(size_t n, uint32_t seed, Convert convert, const char* what) {
+  std::vector<T> host(n);
   std::mt19937 rng(seed);
   std::normal_distribution<float> dist;
-  for (float& v : host) v = dist(rng);
-  DeviceBuffer buf(n * sizeof(float), "bench activations");
+  for (T& v : host) v = convert(dist(rng));
+  DeviceBuffer buf(n * sizeof(T), what);
   check(cudaMemcpy(buf.data(), host.data(), buf.size(), cudaMemcpyHostToDevice), "cudaMemcpy");
   return buf;
 }
-
-// n random fp16 values on the device.
+DeviceBuffer device_floats(size_t n, uint32_t seed) {
+  return device_random<float>(
+      n, seed, [](float f) { return f; }, "bench activations");
+}
 DeviceBuffer device_halves(size_t n, uint32_t seed) {
-  std::vector<uint16_t> host(n);
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist;
-  for (uint16_t& v : host) v = kiln::kernels::fp32_to_fp16(dist(rng));
-  DeviceBuffer buf(n * sizeof(uint16_t), "bench cache");
-  check(cudaMemcpy(buf.data(), host.data(), buf.size(), cudaMemcpyHostToDevice), "cudaMemcpy");
-  return buf;
+  return device_random<uint16_t>(n, seed, kiln::kernels::fp32_to_fp16, "bench cache");
 }
 
 // Args: type, rows, cols, m, path (MatmulPath).

@@ -99,9 +99,9 @@ if has serve; then
     curl -sf "http://127.0.0.1:$port/health" >/dev/null && break
     sleep 0.5
   done
-  body='{"model": "x", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 16}'
-  body=${body/\"x\"/\"$(curl -s "http://127.0.0.1:$port/v1/models" |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["data"][0]["id"])')\"}
+  model_id=$(curl -s "http://127.0.0.1:$port/v1/models" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["data"][0]["id"])')
+  body='{"model": "'"$model_id"'", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 16}'
   echo "-- chat completion:"
   curl -s "http://127.0.0.1:$port/v1/chat/completions" -H 'Content-Type: application/json' \
     -d "$body" | head -c 600
