@@ -13,8 +13,9 @@ concurrent request go first, untimed (as kiln bench warms up before it times).
 Then --rounds rounds each time --single-runs lone requests and one round of
 concurrent ones, so a ratio compares measurements made seconds apart (this
 machine's memory speed swings within minutes); the ratio reported is the median
-of the rounds' ratios. kiln bench runs before and after the server's rounds,
-and the single stream is compared with the mean of the two.
+of the rounds' ratios. Each round starts with a `kiln bench` run (same model,
+threads and engine flags) while the server idles, and the single stream is
+compared with it: the median of the rounds' (lone requests / kiln bench) ratios.
 
   python3 bench/server_load.py --kiln build/bin/kiln -m models/SmolLM2-135M-Instruct.Q4_1.gguf
 """
@@ -195,13 +196,14 @@ def main():
         def run(n):
             return asyncio.run(run_concurrent(args, host, port, model, n, end_tokens))
 
-        tg_before = bench_tg()
         for n in (1, args.clients):  # warm-up, untimed
             _, errors, _ = run(n)
             if errors:
                 raise errors[0]
         single_rates, conc_rates, ratios, ttfts, n_errors, n_ok = [], [], [], [], 0, 0
+        bench_rates, single_ratios = [], []
         for _ in range(args.rounds):
+            tg_round = bench_tg()
             round_single = []
             for _ in range(args.single_runs):
                 ok, errors, _ = run(1)
@@ -216,21 +218,24 @@ def main():
             for e in errors:
                 print("error:", e, file=sys.stderr)
             single_rates.extend(round_single)
+            if tg_round is not None:
+                bench_rates.append(tg_round)
+                single_ratios.append(statistics.median(round_single) / tg_round)
             if ok:
                 conc_rates.append(gen_rate(ok))
                 ttfts.extend(r[0] for r in ok)
                 ratios.append(conc_rates[-1] / statistics.median(round_single))
-        tg_after = bench_tg()
         one_rate = statistics.median(single_rates)
         agg = statistics.median(conc_rates) if conc_rates else 0.0
         ratio = statistics.median(ratios) if ratios else 0.0
-        tg = None if tg_before is None else (tg_before + tg_after) / 2
+        tg = statistics.median(bench_rates) if bench_rates else None
 
         print(f"model: {model}; {args.max_tokens} tokens per request, temperature 0")
         if tg is not None:
-            print(f"kiln bench tg{args.max_tokens}:            {tg:.1f} tokens/s "
-                  f"(before {tg_before:.1f}, after {tg_after:.1f}; "
-                  f"server single stream: {one_rate / tg:.0%} of it)")
+            print(f"kiln bench tg{args.max_tokens}:            {tg:.1f} tokens/s (median of "
+                  f"{len(bench_rates)}: {min(bench_rates):.1f} .. {max(bench_rates):.1f})")
+            print(f"1 stream / kiln bench:         {statistics.median(single_ratios):.0%} "
+                  "(median of the rounds: " + ", ".join(f"{r:.0%}" for r in single_ratios) + ")")
         print(f"1 stream through the server:   {one_rate:.1f} tokens/s (median of "
               f"{len(single_rates)}: {min(single_rates):.1f} .. {max(single_rates):.1f})")
         print(f"{args.clients} concurrent streams:         {agg:.1f} tokens/s aggregate "
