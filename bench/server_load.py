@@ -14,8 +14,10 @@ Then --rounds rounds each time --single-runs lone requests and one round of
 concurrent ones, so a ratio compares measurements made seconds apart (this
 machine's memory speed swings within minutes); the ratio reported is the median
 of the rounds' ratios. Each round starts with a `kiln bench` run (same model,
-threads and engine flags) while the server idles, and the single stream is
-compared with it: the median of the rounds' (lone requests / kiln bench) ratios.
+threads and engine flags, tg at the depth of the lone request's prompt: the
+positions its stream decodes at) while the server idles, and the single stream
+is compared with it: the median of the rounds' (lone requests / kiln bench)
+ratios.
 
   python3 bench/server_load.py --kiln build/bin/kiln -m models/SmolLM2-135M-Instruct.Q4_1.gguf
 """
@@ -38,7 +40,8 @@ PROMPTS = ["Tell me a story about a dragon.", "Explain how rain forms.",
 
 
 async def stream_chat(host, port, model, prompt, max_tokens, end_tokens):
-    """One streamed chat completion; returns (ttft, t_done, token_times, completion_tokens)."""
+    """One streamed chat completion; returns (ttft, t_done, token_times, completion_tokens,
+    prompt_tokens)."""
     body = json.dumps({
         "model": model, "messages": [{"role": "user", "content": prompt}],
         "stream": True, "stream_options": {"include_usage": True},
@@ -87,7 +90,8 @@ async def stream_chat(host, port, model, prompt, max_tokens, end_tokens):
                 token_times.append(t)
     if usage is None or not token_times:
         raise RuntimeError("stream ended without content or usage")
-    return token_times[0], time.perf_counter() - t0, token_times, usage["completion_tokens"]
+    return (token_times[0], time.perf_counter() - t0, token_times, usage["completion_tokens"],
+            usage["prompt_tokens"])
 
 
 def gen_rate(results):
@@ -127,9 +131,9 @@ def bench_flags(serve_args):
     return out
 
 
-def kiln_bench_tg(kiln, model, n, threads, flags):
-    out = subprocess.run([kiln, "bench", "-m", model, "-p", "0", "-n", str(n), "-r", "3",
-                          "-t", str(threads), "--json", *flags],
+def kiln_bench_tg(kiln, model, n, depth, threads, flags):
+    out = subprocess.run([kiln, "bench", "-m", model, "-p", "0", "-n", str(n), "-d", str(depth),
+                          "-r", "3", "-t", str(threads), "--json", *flags],
                          capture_output=True, text=True, check=True)
     return float(json.loads(out.stdout)["tg_tps"])
 
@@ -187,19 +191,24 @@ def main():
         model = json.load(urllib.request.urlopen(base + "/v1/models"))["data"][0]["id"]
         end_tokens = [0, 1, 2]  # SmolLM2: <|endoftext|>, <|im_start|>, <|im_end|>
 
+        # kiln bench decodes at the depth the lone stream does: after its prompt.
+        depth = 0
+
         def bench_tg():
             if args.no_kiln_bench or args.url:
                 return None
-            return kiln_bench_tg(args.kiln, args.model, args.max_tokens, args.threads,
+            return kiln_bench_tg(args.kiln, args.model, args.max_tokens, depth, args.threads,
                                  bench_flags(args.serve_args))
 
         def run(n):
             return asyncio.run(run_concurrent(args, host, port, model, n, end_tokens))
 
         for n in (1, args.clients):  # warm-up, untimed
-            _, errors, _ = run(n)
+            ok, errors, _ = run(n)
             if errors:
                 raise errors[0]
+            if n == 1:
+                depth = ok[0][4]
         single_rates, conc_rates, ratios, ttfts, n_errors, n_ok = [], [], [], [], 0, 0
         bench_rates, single_ratios = [], []
         for _ in range(args.rounds):
@@ -232,7 +241,7 @@ def main():
 
         print(f"model: {model}; {args.max_tokens} tokens per request, temperature 0")
         if tg is not None:
-            print(f"kiln bench tg{args.max_tokens}:            {tg:.1f} tokens/s (median of "
+            print(f"kiln bench tg{args.max_tokens} @ d{depth}:     {tg:.1f} tokens/s (median of "
                   f"{len(bench_rates)}: {min(bench_rates):.1f} .. {max(bench_rates):.1f})")
             print(f"1 stream / kiln bench:         {statistics.median(single_ratios):.0%} "
                   "(median of the rounds: " + ", ".join(f"{r:.0%}" for r in single_ratios) + ")")

@@ -1,10 +1,10 @@
 // kiln bench: prompt-processing and generation speed of the forward pass, like
 // llama-bench's pp/tg tests: pp runs a random prompt of -p tokens as one
-// batch from an empty context; tg generates -n tokens one at a time from an
-// empty context. Reports mean ± sd over -r repetitions after one warm-up, the
-// peak RSS, and generation speed as a fraction of the memory-bandwidth bound
-// (weight and KV cache bytes read per token / read bandwidth measured here, on
-// the same threads).
+// batch; tg generates -n tokens one at a time; both from an empty context, or
+// after -d tokens already in it (llama-bench's depth). Reports mean ± sd over
+// -r repetitions after one warm-up, the peak RSS, and generation speed as a
+// fraction of the memory-bandwidth bound (weight and KV cache bytes read per
+// token / read bandwidth measured here, on the same threads).
 #include <immintrin.h>
 #include <sys/resource.h>
 
@@ -31,11 +31,12 @@ namespace {
 constexpr ModelOptionSet kModelOptions{.ctx_size = false, .device = true};
 
 std::string usage() {
-  return "usage: kiln bench -m MODEL.gguf [-p 512] [-n 128] [-t N] [-r 5] [--decode-batch B]\n"
-         "                  [--device D] [--json]\n"
+  return "usage: kiln bench -m MODEL.gguf [-p 512] [-n 128] [-d 0] [-t N] [-r 5]\n"
+         "                  [--decode-batch B] [--device D] [--json]\n"
          "\n"
          "Measures prompt processing (pp: -p random tokens in one batch) and generation\n"
-         "(tg: -n tokens one at a time), both from an empty context, in tokens/s, and tg\n"
+         "(tg: -n tokens one at a time), both from an empty context or after -d tokens\n"
+         "already in it, in tokens/s, and tg\n"
          "against the bound of the weights and KV rows read per token over the measured\n"
          "memory bandwidth (on cuda: the device-to-device copy bandwidth).\n"
          "\n"
@@ -43,6 +44,9 @@ std::string usage() {
          "  -m, --model FILE   GGUF model\n"
          "  -p, --n-prompt N   prompt tokens (512; 0 skips pp)\n"
          "  -n, --n-gen N      generated tokens (128; 0 skips tg)\n"
+         "  -d, --depth N      tokens already in the context when pp and tg start, filled\n"
+         "                     untimed before each run (0): a server's stream after its\n"
+         "                     prompt decodes at this depth\n"
          "  -r, --repetitions N  timed repetitions after one warm-up (5)\n"
          "  --decode-batch B   tg decodes B sequences together, one token each per forward\n"
          "                     (the server's continuous batching); tokens/s counts all B (1)\n"
@@ -114,13 +118,14 @@ double measure_read_bandwidth(ThreadPool& pool) {
 
 int run_bench(Args args) {
   ModelOptions m;
-  size_t n_prompt = 512, n_gen = 128, reps = 5, decode_batch = 1;
+  size_t n_prompt = 512, n_gen = 128, depth = 0, reps = 5, decode_batch = 1;
   bool json = false;
   const std::string help = usage();
   OptionParser parser("bench", help);
   m.add_to(parser, kModelOptions);
   parser.integer({"-p", "--n-prompt"}, n_prompt, 0, 1 << 20);
   parser.integer({"-n", "--n-gen"}, n_gen, 0, 1 << 20);
+  parser.integer({"-d", "--depth"}, depth, 0, 1 << 20);
   parser.integer({"-r", "--repetitions"}, reps, 1, 1000);
   parser.integer({"--decode-batch"}, decode_batch, 1, 256);
   parser.flag({"--json"}, json);
@@ -132,7 +137,7 @@ int run_bench(Args args) {
   const Model model = Model::load(model_path);
   const ModelConfig& c = model.config();
   EngineOptions o = m.engine_options();
-  o.n_ctx = std::max<size_t>(n_prompt + 1, n_gen + 1);
+  o.n_ctx = depth + std::max<size_t>(n_prompt + 1, n_gen + 1);
   o.max_batch = std::max<size_t>(decode_batch, std::min<size_t>(n_prompt, 512));
   o.n_seq = decode_batch;
   AnyEngine engine(model, o, device);
@@ -144,16 +149,22 @@ int run_bench(Args args) {
     return t;
   };
 
+  // Sequence s cleared, then -d random tokens evaluated into it (untimed).
+  auto start_at_depth = [&](size_t s) {
+    engine.clear(s);
+    if (depth > 0) engine.eval(s, random_tokens(depth), false);
+  };
   auto run_pp = [&]() {
-    engine.clear(0);
+    start_at_depth(0);
     const auto tokens = random_tokens(n_prompt);
     const auto t0 = Clock::now();
     engine.eval(0, tokens, false);
     return double(n_prompt) / seconds_since(t0);
   };
-  // Sequence s decodes token i at position i: B logits rows per forward, as in a server step.
+  // Sequence s decodes token i at position depth + i: B logits rows per forward, as in a
+  // server step.
   auto run_tg = [&]() {
-    for (size_t s = 0; s < decode_batch; ++s) engine.clear(s);
+    for (size_t s = 0; s < decode_batch; ++s) start_at_depth(s);
     const auto tokens = random_tokens(n_gen * decode_batch);
     Batch batch;
     batch.entries.reserve(decode_batch);
@@ -161,8 +172,8 @@ int run_bench(Args args) {
     for (size_t i = 0; i < n_gen; ++i) {
       batch.clear();
       for (size_t s = 0; s < decode_batch; ++s) {
-        batch.add(static_cast<int32_t>(s), static_cast<int32_t>(i), tokens[i * decode_batch + s],
-                  true);
+        batch.add(static_cast<int32_t>(s), static_cast<int32_t>(depth + i),
+                  tokens[i * decode_batch + s], true);
       }
       engine.forward(batch);
     }
@@ -188,13 +199,13 @@ int run_bench(Args args) {
     n_threads = cpu->n_threads();
     // Per token also the K and V rows attention reads, at the run's mean length.
     const KvCache& kv = cpu->kv_cache();
-    bytes_per_token += 2 * c.n_layers * kv.row_bytes() * ((n_gen + 1) / 2);
+    bytes_per_token += 2 * c.n_layers * kv.row_bytes() * (depth + (n_gen + 1) / 2);
   }
 #if defined(KILN_HAVE_CUDA) && KILN_HAVE_CUDA
   if (CudaEngine* gpu = engine.cuda()) {
     // Device memory bandwidth; per token also the KV rows read, at the run's mean length.
     bandwidth = gpu->measure_copy_bandwidth();
-    bytes_per_token += gpu->kv_bytes_read((n_gen + 1) / 2);
+    bytes_per_token += gpu->kv_bytes_read(depth + (n_gen + 1) / 2);
     device_name = gpu->device_name();
   }
 #endif
@@ -207,22 +218,28 @@ int run_bench(Args args) {
   if (json) {
     std::printf(
         "{\"model\": \"%s\", \"device\": \"%s\", \"threads\": %d, \"n_prompt\": %zu, \"n_gen\": "
-        "%zu, \"decode_batch\": %zu, "
+        "%zu, \"n_depth\": %zu, \"decode_batch\": %zu, "
         "\"repetitions\": %zu, \"pp_tps\": %.3f, \"pp_tps_sd\": %.3f, \"tg_tps\": %.3f, "
         "\"tg_tps_sd\": %.3f, \"peak_rss_bytes\": %zu, \"read_bandwidth_bytes_per_s\": %.0f, "
         "\"weight_bytes_per_token\": %zu, \"bandwidth_bound_tps\": %.3f, "
         "\"bandwidth_fraction\": %.4f}\n",
-        name.c_str(), device_name.c_str(), n_threads, n_prompt, n_gen, decode_batch, reps, pps.mean,
-        pps.sd, tgs.mean, tgs.sd, rss, bandwidth, bytes_per_token, bound_tps, fraction);
+        name.c_str(), device_name.c_str(), n_threads, n_prompt, n_gen, depth, decode_batch, reps,
+        pps.mean, pps.sd, tgs.mean, tgs.sd, rss, bandwidth, bytes_per_token, bound_tps, fraction);
   } else {
     std::printf("model: %s (%s)\ndevice: %s, threads: %d, repetitions: %zu\n", name.c_str(),
                 c.describe().c_str(), device_name.c_str(), n_threads, reps);
-    if (!pp.empty()) std::printf("pp%-6zu %10.2f ± %.2f tokens/s\n", n_prompt, pps.mean, pps.sd);
+    // llama-bench's names: pp512, tg128, and with a depth "pp512 @ d256".
+    const std::string at = depth > 0 ? " @ d" + std::to_string(depth) : "";
+    if (!pp.empty()) {
+      std::printf("%-8s %10.2f ± %.2f tokens/s\n", ("pp" + std::to_string(n_prompt) + at).c_str(),
+                  pps.mean, pps.sd);
+    }
     if (!tg.empty() && decode_batch == 1) {
-      std::printf("tg%-6zu %10.2f ± %.2f tokens/s\n", n_gen, tgs.mean, tgs.sd);
+      std::printf("%-8s %10.2f ± %.2f tokens/s\n", ("tg" + std::to_string(n_gen) + at).c_str(),
+                  tgs.mean, tgs.sd);
     } else if (!tg.empty()) {
-      std::printf("tg%zu x%zu %10.2f ± %.2f tokens/s (all sequences together)\n", n_gen,
-                  decode_batch, tgs.mean, tgs.sd);
+      std::printf("tg%zu%s x%zu %10.2f ± %.2f tokens/s (all sequences together)\n", n_gen,
+                  at.c_str(), decode_batch, tgs.mean, tgs.sd);
     }
     std::printf("peak RSS: %.1f MiB\n", double(rss) / (1 << 20));
     if (device == DeviceKind::kCpu && m.hugepage_weights) {

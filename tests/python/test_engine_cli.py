@@ -167,6 +167,22 @@ def test_bench_decode_batch_counts_every_sequence(kiln_bin, default_model):
     assert r.returncode != 0 and "--batch-gemm: expected auto, all or off" in r.stderr
 
 
+def test_bench_depth_starts_pp_and_tg_after_that_many_tokens(kiln_bin, default_model):
+    base = ("bench", "-m", default_model, "-p", "8", "-n", "3", "-r", "1", "-t", "2")
+    j = json.loads(kiln(kiln_bin, *base, "-d", "40", "--json").stdout)
+    assert j["n_depth"] == 40 and j["pp_tps"] > 0 and j["tg_tps"] > 0
+    assert json.loads(kiln(kiln_bin, *base, "--json").stdout)["n_depth"] == 0
+    # llama-bench's names for tests at a depth.
+    table = kiln(kiln_bin, *base, "--depth", "40").stdout
+    assert "pp8 @ d40" in table and "tg3 @ d40" in table
+    # Every sequence of a decode batch starts at the depth.
+    j = json.loads(kiln(kiln_bin, "bench", "-m", default_model, "-p", "0", "-n", "2", "-r", "1",
+                        "-t", "2", "-d", "20", "--decode-batch", "3", "--json").stdout)
+    assert j["n_depth"] == 20 and j["decode_batch"] == 3 and j["tg_tps"] > 0
+    r = kiln(kiln_bin, *base, "-d", "-3", check=False)
+    assert r.returncode != 0 and "-d" in r.stderr
+
+
 def test_bench_reports_how_the_weights_are_held(kiln_bin, default_model):
     base = ("bench", "-m", default_model, "-p", "0", "-n", "2", "-r", "1", "-t", "2")
     mapped = kiln(kiln_bin, *base).stdout
