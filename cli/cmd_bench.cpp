@@ -191,28 +191,30 @@ int run_bench(Args args) {
   }
   const size_t rss = peak_rss_bytes();  // before the bandwidth buffer
   double bandwidth = 0;
-  size_t bytes_per_token = model.weights().bytes_per_token();
+  // Bytes one decode step reads: the weights once, and each sequence's K and V rows.
+  size_t kv_bytes_per_seq = 0;
   int n_threads = 0;
   std::string device_name = "cpu";
   if (Engine* cpu = engine.cpu()) {
     bandwidth = measure_read_bandwidth(cpu->thread_pool());
     n_threads = cpu->n_threads();
-    // Per token also the K and V rows attention reads, at the run's mean length.
+    // The K and V rows attention reads, at the run's mean length.
     const KvCache& kv = cpu->kv_cache();
-    bytes_per_token += 2 * c.n_layers * kv.row_bytes() * (depth + (n_gen + 1) / 2);
+    kv_bytes_per_seq = 2 * c.n_layers * kv.row_bytes() * (depth + (n_gen + 1) / 2);
   }
 #if defined(KILN_HAVE_CUDA) && KILN_HAVE_CUDA
   if (CudaEngine* gpu = engine.cuda()) {
     // Device memory bandwidth; per token also the KV rows read, at the run's mean length.
     bandwidth = gpu->measure_copy_bandwidth();
-    bytes_per_token += gpu->kv_bytes_read(depth + (n_gen + 1) / 2);
+    kv_bytes_per_seq = gpu->kv_bytes_read(depth + (n_gen + 1) / 2);
     device_name = gpu->device_name();
   }
 #endif
   const Stats pps = stats(pp), tgs = stats(tg);
-  const double bound_tps = bandwidth / double(bytes_per_token);
-  // The weights are read once per step, whatever the decode batch: steps/s against the bound.
-  const double fraction = tg.empty() ? 0.0 : tgs.mean / double(decode_batch) / bound_tps;
+  const size_t bytes_per_step = model.weights().bytes_per_token() + decode_batch * kv_bytes_per_seq;
+  // Tokens/s (of all sequences) if every step only streamed its bytes at the bandwidth.
+  const double bound_tps = double(decode_batch) * bandwidth / double(bytes_per_step);
+  const double fraction = tg.empty() ? 0.0 : tgs.mean / bound_tps;
   const std::string name = std::filesystem::path(model_path).filename().string();
 
   if (json) {
@@ -221,10 +223,11 @@ int run_bench(Args args) {
         "%zu, \"n_depth\": %zu, \"decode_batch\": %zu, "
         "\"repetitions\": %zu, \"pp_tps\": %.3f, \"pp_tps_sd\": %.3f, \"tg_tps\": %.3f, "
         "\"tg_tps_sd\": %.3f, \"peak_rss_bytes\": %zu, \"read_bandwidth_bytes_per_s\": %.0f, "
-        "\"weight_bytes_per_token\": %zu, \"bandwidth_bound_tps\": %.3f, "
+        "\"weight_bytes_per_token\": %zu, \"bytes_per_step\": %zu, \"bandwidth_bound_tps\": %.3f, "
         "\"bandwidth_fraction\": %.4f}\n",
         name.c_str(), device_name.c_str(), n_threads, n_prompt, n_gen, depth, decode_batch, reps,
-        pps.mean, pps.sd, tgs.mean, tgs.sd, rss, bandwidth, bytes_per_token, bound_tps, fraction);
+        pps.mean, pps.sd, tgs.mean, tgs.sd, rss, bandwidth, bytes_per_step / decode_batch,
+        bytes_per_step, bound_tps, fraction);
   } else {
     std::printf("model: %s (%s)\ndevice: %s, threads: %d, repetitions: %zu\n", name.c_str(),
                 c.describe().c_str(), device_name.c_str(), n_threads, reps);
@@ -250,9 +253,9 @@ int run_bench(Args args) {
                   double(huge.huge_bytes) / (1 << 20), double(huge.mapped_bytes) / (1 << 20),
                   huge.reread ? " (page cache re-read once for them)" : "");
     }
-    std::printf(
-        "read bandwidth: %.2f GB/s, weights + KV per token: %.1f MiB -> bound %.1f tokens/s",
-        bandwidth / 1e9, double(bytes_per_token) / (1 << 20), bound_tps);
+    std::printf("read bandwidth: %.2f GB/s, weights + KV per %s: %.1f MiB -> bound %.1f tokens/s",
+                bandwidth / 1e9, decode_batch == 1 ? "token" : "step",
+                double(bytes_per_step) / (1 << 20), bound_tps);
     if (!tg.empty()) std::printf(", tg at %.0f%% of it", 100.0 * fraction);
     std::printf("\n");
   }
