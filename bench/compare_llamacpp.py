@@ -2,12 +2,13 @@
 """kiln bench vs llama.cpp (llama-cpp-python) on the same GGUF files, same threads, same prompt
 and generation lengths, in one run; prints a markdown table with the ratios.
 
-    python3 bench/compare_llamacpp.py [--kiln build/bin/kiln] [-p 512] [-n 128] [-t 2] [-r 3]
-        [--model FILE ...] [--prepare] [--kiln-args "--hugepage-weights"]
+    python3 bench/compare_llamacpp.py [--kiln build/bin/kiln] [-p 512] [-n 128] [-d 0] [-t 2]
+        [-r 3] [--model FILE ...] [--prepare] [--kiln-args "--hugepage-weights"]
 
 Both sides measure the same things as llama-bench: pp = one batch of -p random tokens from an
-empty context; tg = -n tokens decoded one at a time from an empty context; mean ± sd over -r
-repetitions after a warm-up. llama.cpp is driven through llama-cpp-python's low-level API
+empty context; tg = -n tokens decoded one at a time from an empty context; with -d, both after
+that many random tokens already in the context (llama-bench's depth, filled untimed before
+each run); mean ± sd over -r repetitions after a warm-up. llama.cpp is driven through llama-cpp-python's low-level API
 (llama_decode), so Python adds a few microseconds per token, not a logits copy.
 
 Models by default: models/SmolLM2-135M-Instruct-Q4_K_M.gguf (tools/fetch_model.sh makes it with
@@ -66,13 +67,14 @@ def mean_sd(xs):
     return m, sd
 
 
-def bench_kiln(kiln, model, p, n, t, r, extra):
-    out = subprocess.run([kiln, "bench", "-m", str(model), "-p", str(p), "-n", str(n), "-t", str(t),
-                          "-r", str(r), "--json", *extra], check=True, capture_output=True, text=True)
+def bench_kiln(kiln, model, p, n, d, t, r, extra):
+    out = subprocess.run([kiln, "bench", "-m", str(model), "-p", str(p), "-n", str(n), "-d", str(d),
+                          "-t", str(t), "-r", str(r), "--json", *extra], check=True,
+                         capture_output=True, text=True)
     return json.loads(out.stdout)
 
 
-def bench_llamacpp(model, p, n, t, r):
+def bench_llamacpp(model, p, n, d, t, r):
     import llama_cpp as L
 
     L.llama_backend_init()
@@ -81,9 +83,9 @@ def bench_llamacpp(model, p, n, t, r):
     if not lm:
         raise RuntimeError(f"llama.cpp could not load {model}")
     cparams = L.llama_context_default_params()
-    cparams.n_ctx = max(p, n) + 16
-    cparams.n_batch = max(p, 1)
-    cparams.n_ubatch = max(p, 1)
+    cparams.n_ctx = d + max(p, n) + 16
+    cparams.n_batch = max(p, 512 if d else 1)
+    cparams.n_ubatch = cparams.n_batch
     cparams.n_threads = t
     cparams.n_threads_batch = t
     ctx = L.llama_init_from_model(lm, cparams)
@@ -97,8 +99,15 @@ def bench_llamacpp(model, p, n, t, r):
         if L.llama_decode(ctx, L.llama_batch_get_one(arr, len(tokens))) != 0:
             raise RuntimeError("llama_decode failed")
 
-    def run_pp():
+    def start_at_depth():
         L.llama_memory_clear(mem, True)
+        fill = [rng.randrange(n_vocab) for _ in range(d)]
+        for i in range(0, d, cparams.n_batch):
+            decode(fill[i:i + cparams.n_batch])
+        L.llama_synchronize(ctx)
+
+    def run_pp():
+        start_at_depth()
         toks = [rng.randrange(n_vocab) for _ in range(p)]
         t0 = time.perf_counter()
         decode(toks)
@@ -106,7 +115,7 @@ def bench_llamacpp(model, p, n, t, r):
         return p / (time.perf_counter() - t0)
 
     def run_tg():
-        L.llama_memory_clear(mem, True)
+        start_at_depth()
         toks = [rng.randrange(n_vocab) for _ in range(n)]
         t0 = time.perf_counter()
         for tok in toks:
@@ -127,11 +136,11 @@ def bench_llamacpp(model, p, n, t, r):
     return res
 
 
-def bench_llamacpp_in_child(model, p, n, t, r):
+def bench_llamacpp_in_child(model, p, n, d, t, r):
     """bench_llamacpp in a fresh process, so its peak RSS is llama.cpp's for this model alone."""
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(1) as pool:
-        return pool.apply(bench_llamacpp, (model, p, n, t, r))
+        return pool.apply(bench_llamacpp, (model, p, n, d, t, r))
 
 
 def cpu_name():
@@ -150,6 +159,8 @@ def main(argv=None):
     ap.add_argument("--model", action="append", help="GGUF file (repeatable)")
     ap.add_argument("-p", type=int, default=512)
     ap.add_argument("-n", type=int, default=128)
+    ap.add_argument("-d", "--depth", type=int, default=0,
+                    help="tokens already in the context when pp and tg start")
     ap.add_argument("-t", type=int, default=os.cpu_count() or 1)
     ap.add_argument("-r", type=int, default=3)
     ap.add_argument("--prepare", action="store_true", help="make missing benchmark models first")
@@ -161,7 +172,8 @@ def main(argv=None):
 
     import llama_cpp
     print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs; threads {args.t}; "
-          f"llama-cpp-python {llama_cpp.__version__}; pp{args.p} tg{args.n}, {args.r} repetitions"
+          f"llama-cpp-python {llama_cpp.__version__}; pp{args.p} tg{args.n}"
+          + (f" @ d{args.depth}" if args.depth else "") + f", {args.r} repetitions"
           + (f"; kiln {args.kiln_args}" if args.kiln_args else "") + "\n")
     print("| model | kiln pp t/s | llama.cpp pp t/s | pp ratio | kiln tg t/s | llama.cpp tg t/s "
           "| tg ratio | kiln tg / bandwidth bound | kiln peak RSS | llama.cpp peak RSS |")
@@ -170,9 +182,9 @@ def main(argv=None):
         if not model.exists():
             print(f"| {model.name} | missing (run with --prepare) ||||||||", flush=True)
             continue
-        k = bench_kiln(args.kiln, model, args.p, args.n, args.t, args.r,
+        k = bench_kiln(args.kiln, model, args.p, args.n, args.depth, args.t, args.r,
                        shlex.split(args.kiln_args))
-        ll = bench_llamacpp_in_child(model, args.p, args.n, args.t, args.r)
+        ll = bench_llamacpp_in_child(model, args.p, args.n, args.depth, args.t, args.r)
         pp_ratio = k["pp_tps"] / ll["pp"][0] if args.p else float("nan")
         tg_ratio = k["tg_tps"] / ll["tg"][0] if args.n else float("nan")
         print(f"| {model.name} | {k['pp_tps']:.1f} ± {k['pp_tps_sd']:.1f} | {ll['pp'][0]:.1f} ± "
