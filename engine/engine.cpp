@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cerrno>
 #include <cmath>
 #include <cstdint>
@@ -32,6 +33,25 @@ constexpr size_t kHugePage = size_t{2} << 20;
 // (decode: one token per sequence) go through matmul_group: one dispatch for the weights
 // that share an input, with the activations quantized once.
 constexpr size_t kGemmMinRun = 8;
+
+// Attention of a lone token (a decode step: its sequence's only row in the batch) over more
+// than kSplitMinPositions positions of an F16 cache is split over chunks of positions, each
+// chunk one work item for the KV head's whole group of query heads, the pieces combined by
+// their softmax maxima and sums after: a decode token of a model with few KV heads (SmolLM2:
+// 3) otherwise had one item per query head, which 2 threads share unevenly and which each
+// read the KV head's rows again. The chunks depend on the position count alone, so a
+// sequence's logits stay the same alone or batched. Rows of a prompt piece keep one item per
+// (row, KV head, heads run): they are many already.
+constexpr size_t kSplitMinPositions = 512;
+constexpr size_t kSplitMinChunk = 256;  // positions
+constexpr size_t kMaxSplitChunks = 16;
+
+// The chunk length (a multiple of 16 positions) and count for n_pos positions.
+std::pair<size_t, size_t> split_chunks(size_t n_pos) {
+  const size_t want = std::min(kMaxSplitChunks, (n_pos + kSplitMinChunk - 1) / kSplitMinChunk);
+  const size_t len = ((n_pos + want - 1) / want + 15) / 16 * 16;
+  return {len, (n_pos + len - 1) / len};
+}
 
 // Fills dst with `dst.size()` bytes of the file at `path` from `offset`, through pread so
 // the file mapping's pages are never touched (they would count in our RSS a second time).
@@ -275,6 +295,10 @@ Engine::Engine(const Model& model, const EngineOptions& options)
   rope_cos_.resize(b * (c.rope_dim / 2));
   rope_sin_.resize(b * (c.rope_dim / 2));
   scores_.resize(static_cast<size_t>(n_threads_) * (c.n_heads / c.n_kv_heads) * kv_.n_ctx());
+  split_out_.resize(kv_.n_seq() * kMaxSplitChunks * c.q_dim());
+  split_stats_.resize(kv_.n_seq() * kMaxSplitChunks * c.n_heads);
+  split_entry_.resize(kv_.n_seq());
+  split_item_start_.resize(kv_.n_seq() + 1);
   logits_.resize(b * c.n_vocab);
   row_seq_.resize(b);
   logit_seq_.resize(b);
@@ -524,34 +548,90 @@ void Engine::attention(size_t layer, size_t n) {
   // Work items are (entry, KV head, run of the query heads that share it): one pass over
   // the KV head's cache serves the whole run. Runs are whole groups when there are enough
   // items to keep every thread busy, else split (a lone decode token of a model with few
-  // KV heads). Items are dealt round-robin: in a prompt later entries see more positions,
-  // so contiguous runs would leave threads idle.
+  // KV heads). A lone token with a long context is split over positions instead (see
+  // kSplitMinPositions): items (split entry, KV head, chunk) come first. Threads claim items
+  // one at a time, so uneven items (later prompt rows see more positions) even out.
   const ModelConfig& c = config();
   const size_t group = c.n_heads / c.n_kv_heads;
   const size_t want_items = 4 * static_cast<size_t>(n_threads_);
   const size_t splits = std::min(group, (want_items + n * c.n_kv_heads - 1) / (n * c.n_kv_heads));
   const size_t run = (group + splits - 1) / splits;  // query heads per item
+
+  // The entries split over positions: lone rows of their sequence (at most one per sequence
+  // in any batch the server builds; past n_seq of them the rest stay whole).
+  size_t n_split = 0, split_items = 0;
+  split_item_start_[0] = 0;
+  if (kv_.type() == GgmlType::F16) {
+    for (size_t i = 0; i < n && n_split < split_entry_.size(); ++i) {
+      const int32_t seq = entries_[i].seq;
+      const bool lone =
+          (i == 0 || entries_[i - 1].seq != seq) && (i + 1 == n || entries_[i + 1].seq != seq);
+      const auto n_pos = static_cast<size_t>(entries_[i].pos) + 1;
+      if (!lone || n_pos <= kSplitMinPositions) continue;
+      split_entry_[n_split] = i;
+      split_items += c.n_kv_heads * split_chunks(n_pos).second;
+      split_item_start_[++n_split] = split_items;
+    }
+  }
   struct Job {
     Engine* self;
-    size_t layer, n, run;
-  } job{this, layer, n, run};
-  const Job* jp = &job;
-  pool_->run([jp](int thread_index, int n_threads) {
+    size_t layer, n, run, n_split, split_items;
+    std::atomic<size_t> next{0};
+  } job{this, layer, n, run, n_split, split_items};
+  Job* jp = &job;
+  pool_->run([jp](int thread_index, int) {
     Engine& e = *jp->self;
     const ModelConfig& c = e.config();
     const size_t hd = c.head_dim, q_dim = c.q_dim(), n_ctx = e.kv_.n_ctx();
     const size_t group = c.n_heads / c.n_kv_heads;
     const size_t runs_per_group = (group + jp->run - 1) / jp->run;
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-    const size_t items = jp->n * c.n_kv_heads * runs_per_group;
+    const size_t items = jp->split_items + jp->n * c.n_kv_heads * runs_per_group;
     float* scores = e.scores_.data() + static_cast<size_t>(thread_index) * group * n_ctx;
     const size_t head_bytes = e.kv_.head_bytes();  // one position of one KV head
 
-    for (size_t item = static_cast<size_t>(thread_index); item < items;
-         item += static_cast<size_t>(n_threads)) {
-      const size_t i = item / (c.n_kv_heads * runs_per_group);
-      const size_t g = item / runs_per_group % c.n_kv_heads;
-      const size_t h0 = g * group + item % runs_per_group * jp->run;  // first query head
+    for (size_t item = jp->next.fetch_add(1, std::memory_order_relaxed); item < items;
+         item = jp->next.fetch_add(1, std::memory_order_relaxed)) {
+      if (item < jp->split_items) {
+        // Chunk `chunk` of split entry `s`, KV head g: the group's unnormalised softmax
+        // pieces over the chunk's positions, and their weighted sums of V.
+        const size_t s = static_cast<size_t>(
+            std::upper_bound(
+                e.split_item_start_.begin() + 1,
+                e.split_item_start_.begin() + static_cast<std::ptrdiff_t>(jp->n_split) + 1, item) -
+            (e.split_item_start_.begin() + 1));
+        const size_t i = e.split_entry_[s];
+        const BatchEntry& entry = e.entries_[i];
+        const auto [len, n_chunks] = split_chunks(static_cast<size_t>(entry.pos) + 1);
+        const size_t local = item - e.split_item_start_[s];
+        const size_t g = local / n_chunks, chunk = local % n_chunks;
+        const size_t p0 = chunk * len;
+        const size_t m = std::min(static_cast<size_t>(entry.pos) + 1 - p0, len);
+        const auto seq = static_cast<size_t>(entry.seq);
+        const auto* k =
+            reinterpret_cast<const uint16_t*>(e.kv_.k_head_rows(jp->layer, seq, g).data());
+        const auto* v =
+            reinterpret_cast<const uint16_t*>(e.kv_.v_head_rows(jp->layer, seq, g).data());
+        const std::span<const float> q{e.q_.data() + i * q_dim + g * group * hd, group * hd};
+        kernels::attention_scores_f16_group(q, group, k + p0 * hd, hd, m, scale, scores, n_ctx);
+        kernels::SoftmaxPiece* stats =
+            e.split_stats_.data() + (s * kMaxSplitChunks + chunk) * c.n_heads + g * group;
+        for (size_t h = 0; h < group; ++h) stats[h] = kernels::softmax_exp({scores + h * n_ctx, m});
+        const std::span<float> out{
+            e.split_out_.data() + (s * kMaxSplitChunks + chunk) * q_dim + g * group * hd,
+            group * hd};
+        kernels::attention_values_f16_group(scores, n_ctx, group, m, v + p0 * hd, hd, out);
+        continue;
+      }
+      const size_t whole = item - jp->split_items;
+      const size_t i = whole / (c.n_kv_heads * runs_per_group);
+      if (std::find(e.split_entry_.begin(),
+                    e.split_entry_.begin() + static_cast<std::ptrdiff_t>(jp->n_split),
+                    i) != e.split_entry_.begin() + static_cast<std::ptrdiff_t>(jp->n_split)) {
+        continue;  // done in chunks above
+      }
+      const size_t g = whole / runs_per_group % c.n_kv_heads;
+      const size_t h0 = g * group + whole % runs_per_group * jp->run;  // first query head
       const size_t n_heads = std::min(jp->run, (g + 1) * group - h0);
       const BatchEntry& entry = e.entries_[i];
       const auto seq = static_cast<size_t>(entry.seq);
@@ -597,6 +677,32 @@ void Engine::attention(size_t layer, size_t n) {
       }
     }
   });
+
+  // The split entries' pieces combined, chunk by chunk in order: with M the largest chunk
+  // maximum, out = sum_c exp(max_c - M) out_c / sum_c exp(max_c - M) sum_c.
+  const size_t hd = c.head_dim, q_dim = c.q_dim();
+  for (size_t s = 0; s < n_split; ++s) {
+    const size_t i = split_entry_[s];
+    const size_t n_chunks = split_chunks(static_cast<size_t>(entries_[i].pos) + 1).second;
+    for (size_t h = 0; h < c.n_heads; ++h) {
+      const auto piece = [&](size_t chunk) {
+        return split_stats_[(s * kMaxSplitChunks + chunk) * c.n_heads + h];
+      };
+      float max = piece(0).max;
+      for (size_t chunk = 1; chunk < n_chunks; ++chunk) max = std::max(max, piece(chunk).max);
+      float total = 0;
+      for (size_t chunk = 0; chunk < n_chunks; ++chunk) {
+        total += std::exp(piece(chunk).max - max) * piece(chunk).sum;
+      }
+      const std::span<float> out{att_.data() + i * q_dim + h * hd, hd};
+      std::fill(out.begin(), out.end(), 0.0f);
+      for (size_t chunk = 0; chunk < n_chunks; ++chunk) {
+        const float w = std::exp(piece(chunk).max - max) / total;
+        kernels::axpy(w, {split_out_.data() + (s * kMaxSplitChunks + chunk) * q_dim + h * hd, hd},
+                      out);
+      }
+    }
+  }
 }
 
 std::span<const float> Engine::logits_row(size_t k) const {

@@ -50,8 +50,8 @@ void rmsnorm(std::span<const float> x, std::span<const float> weight, float eps,
   for (size_t i = 0; i < x.size(); ++i) out[i] = x[i] * scale * weight[i];
 }
 
-void softmax(std::span<float> x) {
-  if (x.empty()) return;
+SoftmaxPiece softmax_exp(std::span<float> x) {
+  if (x.empty()) return {};
   // exp is the cost here (attention runs it n_ctx times per head and token):
   // vectorised with xsimd, whose exp is accurate to about 1 ulp.
   using Batch = xsimd::batch<float, xsimd::avx2>;  // the ISA every build targets
@@ -71,9 +71,18 @@ void softmax(std::span<float> x) {
     x[i] = std::exp(x[i] - max);
     sum += x[i];
   }
-  const float inv = 1.0f / sum;
+  return {max, sum};
+}
+
+void softmax(std::span<float> x) {
+  if (x.empty()) return;
+  using Batch = xsimd::batch<float, xsimd::avx2>;
+  constexpr size_t kLanes = Batch::size;
+  const size_t n = x.size();
+  const float inv = 1.0f / softmax_exp(x).sum;
   const Batch vinv(inv);
-  for (i = 0; i + kLanes <= n; i += kLanes) {
+  size_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
     (Batch::load_unaligned(&x[i]) * vinv).store_unaligned(&x[i]);
   }
   for (; i < n; ++i) x[i] *= inv;

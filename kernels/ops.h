@@ -19,6 +19,14 @@ void rmsnorm(std::span<const float> x, std::span<const float> weight, float eps,
 // x (n,) <- softmax(x), numerically stable (subtracts the max).
 void softmax(std::span<float> x);
 
+// The unnormalised half of softmax: x (n,) <- exp(x - max(x)); returns max(x) and the sum
+// of the exponentials, so that pieces of one softmax can be combined later (attention
+// split over chunks of positions). softmax(x) is this, then x / sum.
+struct SoftmaxPiece {
+  float max = 0, sum = 0;
+};
+SoftmaxPiece softmax_exp(std::span<float> x);
+
 // out (n,) = silu(gate) * up, silu(g) = g / (1 + exp(-g)). out may alias gate or up.
 void silu_mul(std::span<const float> gate, std::span<const float> up, std::span<float> out);
 

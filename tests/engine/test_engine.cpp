@@ -326,6 +326,44 @@ INSTANTIATE_TEST_SUITE_P(
                       Variant{"wide_head_q8kv", wide_head_spec(), GgmlType::Q8_0, 0.3}),
     [](const auto& info) { return info.param.name; });
 
+// A lone token over more than 512 positions of an F16 cache has its attention split over
+// chunks of positions and the pieces combined (engine.cpp, kSplitMinPositions). Decoded one
+// token per call (max_batch 1: every row lone, split from position 512 on) it must match the
+// float64 oracle as the unsplit F16 path does, and match the rows of the same positions
+// computed unsplit (prompt pieces of 64 rows) far more closely than the cache's rounding.
+TEST(EngineLongContext, SplitAttentionMatchesOracleAndTheUnsplitRows) {
+  TinySpec spec;
+  spec.ctx = 1024;
+  const TinyModel tiny = write_tiny_model(spec, "long_context.gguf");
+  const Model model = Model::load(tiny.path);
+  const size_t n_tokens = 1000;  // up to 4 chunks of 256
+  const auto tokens = some_tokens(n_tokens, spec.vocab, 11);
+  const auto ref = reference_forward(spec, tiny.tensors, tokens);
+  std::vector<std::vector<float>> runs;
+  for (size_t max_batch : {1, 64}) {
+    EngineOptions o;
+    o.kv_type = GgmlType::F16;
+    o.n_threads = 2;
+    o.max_batch = max_batch;
+    Engine engine(model, o);
+    runs.emplace_back();
+    engine.eval(0, tokens, true, &runs.back());
+  }
+  double worst_ref = 0, worst_pair = 0;
+  for (size_t i = 0; i < n_tokens; ++i) {
+    const std::span<const float> split{runs[0].data() + i * spec.vocab, spec.vocab};
+    const std::span<const float> whole{runs[1].data() + i * spec.vocab, spec.vocab};
+    worst_ref = std::max(worst_ref, max_abs_diff(split, ref[i]));
+    for (size_t v = 0; v < spec.vocab; ++v) {
+      ASSERT_TRUE(std::isfinite(split[v])) << "position " << i;
+      worst_pair = std::max(worst_pair, double(std::fabs(split[v] - whole[v])));
+    }
+  }
+  EXPECT_LT(worst_ref, 2e-2);
+  EXPECT_LT(worst_pair, 1e-3);
+  fs::remove(tiny.path);
+}
+
 class EngineFixture : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -397,13 +435,15 @@ TEST_F(EngineFixture, BatchedDecodeOfSeveralSequencesEqualsEachAlone) {
 // With batch_gemm the 10 decode rows go through the GEMM and a lone token through its
 // few-token twin, which must agree bit for bit.
 void check_batch_invariance(kiln::kernels::BatchGemm batch_gemm, bool resident = false,
-                            GgmlType type = GgmlType::Q8_0) {
+                            GgmlType type = GgmlType::Q8_0, size_t prompt_len = 12,
+                            size_t n_seq = 10) {
   TinySpec spec;
   spec.matrix_type = type;
   if (kiln::traits(type).block_elements == 256) spec.dim = spec.ffn = 256;
+  const size_t steps = 3;
+  spec.ctx = std::max<size_t>(spec.ctx, prompt_len + steps);
   const TinyModel tiny = write_tiny_model(spec, "invariance.gguf");
   const Model model = Model::load(tiny.path);
-  const size_t n_seq = 10, prompt_len = 12, steps = 3;
   std::vector<std::vector<int32_t>> prompts;
   for (size_t s = 0; s < n_seq; ++s) prompts.push_back(some_tokens(prompt_len, spec.vocab, 40 + s));
   const auto next = some_tokens(n_seq * steps, spec.vocab, 7);
@@ -432,6 +472,7 @@ void check_batch_invariance(kiln::kernels::BatchGemm batch_gemm, bool resident =
   EngineOptions o;
   o.n_threads = 2;
   o.n_seq = n_seq;
+  o.max_batch = std::max<size_t>(o.max_batch, n_seq * prompt_len);
   o.batch_gemm = batch_gemm;
   o.resident_weights = resident;
   Engine e(model, o);
@@ -481,6 +522,13 @@ TEST(EngineBatchInvariance, SameWithPrePackedPanels) {
 TEST(EngineBatchInvariance, SameWithPrePackedKPanels) {
   check_batch_invariance(kiln::kernels::BatchGemm::fast, /*resident=*/true, GgmlType::Q4_K);
   check_batch_invariance(kiln::kernels::BatchGemm::fast, /*resident=*/true, GgmlType::Q6_K);
+}
+
+// Decode steps past 512 positions split their attention over positions: still the same
+// alone and batched (the chunks depend on the position count only).
+TEST(EngineBatchInvariance, SameWithAttentionSplitOverLongContexts) {
+  check_batch_invariance(kiln::kernels::BatchGemm::fast, /*resident=*/false, GgmlType::Q8_0,
+                         /*prompt_len=*/700, /*n_seq=*/3);
 }
 
 TEST_F(EngineFixture, TruncateThenReevaluateGivesSameLogits) {

@@ -73,6 +73,32 @@ TEST(Ops, SoftmaxMatchesFormulaAndSurvivesLargeInputs) {
   }
 }
 
+// Pieces of one softmax, combined by their maxima and sums, give the whole softmax: what
+// the engine's attention split over chunks of positions relies on.
+TEST(Ops, SoftmaxPiecesCombineIntoTheWholeSoftmax) {
+  std::mt19937 rng(13);
+  for (size_t n : kLengths) {
+    if (n < 2) continue;
+    auto x = random_vector(n, rng, 8.0f);
+    auto whole = x;
+    kiln::kernels::softmax(whole);
+    const size_t cut = n / 3 + 1;
+    auto a = std::vector<float>(x.begin(), x.begin() + long(cut));
+    auto b = std::vector<float>(x.begin() + long(cut), x.end());
+    const auto pa = kiln::kernels::softmax_exp(a);
+    const auto pb = kiln::kernels::softmax_exp(b);
+    EXPECT_EQ(pa.max, *std::max_element(x.begin(), x.begin() + long(cut)));
+    const float max = std::max(pa.max, pb.max);
+    const float total = std::exp(pa.max - max) * pa.sum + std::exp(pb.max - max) * pb.sum;
+    for (size_t i = 0; i < n; ++i) {
+      const float piece =
+          i < cut ? a[i] * std::exp(pa.max - max) : b[i - cut] * std::exp(pb.max - max);
+      EXPECT_NEAR(piece / total, whole[i], 1e-6) << n << " " << i;
+    }
+  }
+  EXPECT_EQ(kiln::kernels::softmax_exp({}).sum, 0.0f);
+}
+
 TEST(Ops, SiluMul) {
   std::mt19937 rng(4);
   for (size_t n : kLengths) {
