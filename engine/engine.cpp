@@ -46,6 +46,13 @@ constexpr size_t kSplitMinPositions = 512;
 constexpr size_t kSplitMinChunk = 256;  // positions
 constexpr size_t kMaxSplitChunks = 16;
 
+// Rows of one sequence in a batch (a prompt piece) take their attention in tiles of up to
+// kTileRows consecutive rows: one item reads each K row and converts it to float once for
+// the tile's rows x heads, where a row at a time read the whole cache again for every row
+// (prompt processing at a depth was bound by that traffic). Scores past a row's own
+// position get zero weight, so each row's result is what it alone would get.
+constexpr size_t kTileRows = 8;
+
 // The chunk length (a multiple of 16 positions) and count for n_pos positions.
 std::pair<size_t, size_t> split_chunks(size_t n_pos) {
   const size_t want = std::min(kMaxSplitChunks, (n_pos + kSplitMinChunk - 1) / kSplitMinChunk);
@@ -294,7 +301,11 @@ Engine::Engine(const Model& model, const EngineOptions& options)
   up_.resize(b * c.ffn_dim);
   rope_cos_.resize(b * (c.rope_dim / 2));
   rope_sin_.resize(b * (c.rope_dim / 2));
-  scores_.resize(static_cast<size_t>(n_threads_) * (c.n_heads / c.n_kv_heads) * kv_.n_ctx());
+  scores_.resize(static_cast<size_t>(n_threads_) * kTileRows * (c.n_heads / c.n_kv_heads) *
+                 kv_.n_ctx());
+  tile_q_.resize(static_cast<size_t>(n_threads_) * kTileRows * c.q_dim() / c.n_kv_heads);
+  tile_out_.resize(tile_q_.size());
+  tile_start_.resize(max_batch_ + 1);
   split_out_.resize(kv_.n_seq() * kMaxSplitChunks * c.q_dim());
   split_stats_.resize(kv_.n_seq() * kMaxSplitChunks * c.n_heads);
   split_entry_.resize(kv_.n_seq());
@@ -553,8 +564,18 @@ void Engine::attention(size_t layer, size_t n) {
   // one at a time, so uneven items (later prompt rows see more positions) even out.
   const ModelConfig& c = config();
   const size_t group = c.n_heads / c.n_kv_heads;
+  // Tiles: up to kTileRows consecutive rows of one sequence (F16 cache; else one row each).
+  const size_t tile_rows = kv_.type() == GgmlType::F16 ? kTileRows : 1;
+  size_t n_tiles = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const bool extends =
+        i > 0 && entries_[i].seq == entries_[i - 1].seq && i - tile_start_[n_tiles - 1] < tile_rows;
+    if (!extends) tile_start_[n_tiles++] = i;
+  }
+  tile_start_[n_tiles] = n;
   const size_t want_items = 4 * static_cast<size_t>(n_threads_);
-  const size_t splits = std::min(group, (want_items + n * c.n_kv_heads - 1) / (n * c.n_kv_heads));
+  const size_t splits =
+      std::min(group, (want_items + n_tiles * c.n_kv_heads - 1) / (n_tiles * c.n_kv_heads));
   const size_t run = (group + splits - 1) / splits;  // query heads per item
 
   // The entries split over positions: lone rows of their sequence (at most one per sequence
@@ -575,9 +596,9 @@ void Engine::attention(size_t layer, size_t n) {
   }
   struct Job {
     Engine* self;
-    size_t layer, n, run, n_split, split_items;
+    size_t layer, n_tiles, run, n_split, split_items;
     std::atomic<size_t> next{0};
-  } job{this, layer, n, run, n_split, split_items};
+  } job{this, layer, n_tiles, run, n_split, split_items};
   Job* jp = &job;
   pool_->run([jp](int thread_index, int) {
     Engine& e = *jp->self;
@@ -586,8 +607,11 @@ void Engine::attention(size_t layer, size_t n) {
     const size_t group = c.n_heads / c.n_kv_heads;
     const size_t runs_per_group = (group + jp->run - 1) / jp->run;
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-    const size_t items = jp->split_items + jp->n * c.n_kv_heads * runs_per_group;
-    float* scores = e.scores_.data() + static_cast<size_t>(thread_index) * group * n_ctx;
+    const size_t items = jp->split_items + jp->n_tiles * c.n_kv_heads * runs_per_group;
+    const auto ti = static_cast<size_t>(thread_index);
+    float* scores = e.scores_.data() + ti * kTileRows * group * n_ctx;
+    float* tile_q = e.tile_q_.data() + ti * kTileRows * group * hd;
+    float* tile_out = e.tile_out_.data() + ti * kTileRows * group * hd;
     const size_t head_bytes = e.kv_.head_bytes();  // one position of one KV head
 
     for (size_t item = jp->next.fetch_add(1, std::memory_order_relaxed); item < items;
@@ -624,33 +648,55 @@ void Engine::attention(size_t layer, size_t n) {
         continue;
       }
       const size_t whole = item - jp->split_items;
-      const size_t i = whole / (c.n_kv_heads * runs_per_group);
-      if (std::find(e.split_entry_.begin(),
+      const size_t t = whole / (c.n_kv_heads * runs_per_group);
+      const size_t i0 = e.tile_start_[t], rows = e.tile_start_[t + 1] - i0;
+      if (rows == 1 &&
+          std::find(e.split_entry_.begin(),
                     e.split_entry_.begin() + static_cast<std::ptrdiff_t>(jp->n_split),
-                    i) != e.split_entry_.begin() + static_cast<std::ptrdiff_t>(jp->n_split)) {
+                    i0) != e.split_entry_.begin() + static_cast<std::ptrdiff_t>(jp->n_split)) {
         continue;  // done in chunks above
       }
       const size_t g = whole / runs_per_group % c.n_kv_heads;
       const size_t h0 = g * group + whole % runs_per_group * jp->run;  // first query head
       const size_t n_heads = std::min(jp->run, (g + 1) * group - h0);
-      const BatchEntry& entry = e.entries_[i];
-      const auto seq = static_cast<size_t>(entry.seq);
-      const size_t n_pos = static_cast<size_t>(entry.pos) + 1;
-      const std::span<const float> q{e.q_.data() + i * q_dim + h0 * hd, n_heads * hd};
-      const std::span<float> out{e.att_.data() + i * q_dim + h0 * hd, n_heads * hd};
+      const BatchEntry& last = e.entries_[i0 + rows - 1];
+      const auto seq = static_cast<size_t>(last.seq);
       const auto k_all = e.kv_.k_head_rows(jp->layer, seq, g);
       const auto v_all = e.kv_.v_head_rows(jp->layer, seq, g);
 
       if (e.kv_.type() == GgmlType::F16) {
-        // The F16 cache (the default) has kernels for the whole sequence and head run.
+        // The tile's rows x heads query vectors side by side, their scores over the last
+        // row's positions, each row's softmax over its own (zero weight past them), values.
         const auto* k = reinterpret_cast<const uint16_t*>(k_all.data());
         const auto* v = reinterpret_cast<const uint16_t*>(v_all.data());
-        const size_t stride = hd;
-        kernels::attention_scores_f16_group(q, n_heads, k, stride, n_pos, scale, scores, n_ctx);
-        for (size_t h = 0; h < n_heads; ++h) kernels::softmax({scores + h * n_ctx, n_pos});
-        kernels::attention_values_f16_group(scores, n_ctx, n_heads, n_pos, v, stride, out);
+        const size_t n_q = rows * n_heads, max_pos = static_cast<size_t>(last.pos) + 1;
+        for (size_t r = 0; r < rows; ++r) {
+          std::copy_n(e.q_.data() + (i0 + r) * q_dim + h0 * hd, n_heads * hd,
+                      tile_q + r * n_heads * hd);
+        }
+        kernels::attention_scores_f16_group({tile_q, n_q * hd}, n_q, k, hd, max_pos, scale, scores,
+                                            n_ctx);
+        for (size_t r = 0; r < rows; ++r) {
+          const auto n_pos = static_cast<size_t>(e.entries_[i0 + r].pos) + 1;
+          for (size_t h = 0; h < n_heads; ++h) {
+            float* row_scores = scores + (r * n_heads + h) * n_ctx;
+            kernels::softmax({row_scores, n_pos});
+            std::fill(row_scores + n_pos, row_scores + max_pos, 0.0f);
+          }
+        }
+        kernels::attention_values_f16_group(scores, n_ctx, n_q, max_pos, v, hd,
+                                            {tile_out, n_q * hd});
+        for (size_t r = 0; r < rows; ++r) {
+          std::copy_n(tile_out + r * n_heads * hd, n_heads * hd,
+                      e.att_.data() + (i0 + r) * q_dim + h0 * hd);
+        }
         continue;
       }
+      // F32 and Q8_0 caches: tiles of one row.
+      const size_t i = i0;
+      const size_t n_pos = static_cast<size_t>(last.pos) + 1;
+      const std::span<const float> q{e.q_.data() + i * q_dim + h0 * hd, n_heads * hd};
+      const std::span<float> out{e.att_.data() + i * q_dim + h0 * hd, n_heads * hd};
       for (size_t h = 0; h < n_heads; ++h) {
         const std::span<const float> qh = q.subspan(h * hd, hd);
         const std::span<float> oh = out.subspan(h * hd, hd);
