@@ -40,8 +40,8 @@ constexpr size_t kGemmMinRun = 8;
 // their softmax maxima and sums after: a decode token of a model with few KV heads (SmolLM2:
 // 3) otherwise had one item per query head, which 2 threads share unevenly and which each
 // read the KV head's rows again. The chunks depend on the position count alone, so a
-// sequence's logits stay the same alone or batched. Rows of a prompt piece keep one item per
-// (row, KV head, heads run): they are many already.
+// sequence's logits stay the same alone or batched. Rows of a prompt piece are many already:
+// they go in tiles (kTileRows).
 constexpr size_t kSplitMinPositions = 512;
 constexpr size_t kSplitMinChunk = 256;  // positions
 constexpr size_t kMaxSplitChunks = 16;
@@ -305,7 +305,7 @@ Engine::Engine(const Model& model, const EngineOptions& options)
                  kv_.n_ctx());
   tile_q_.resize(static_cast<size_t>(n_threads_) * kTileRows * c.q_dim() / c.n_kv_heads);
   tile_out_.resize(tile_q_.size());
-  tile_start_.resize(max_batch_ + 1);
+  tiles_.resize(max_batch_);
   split_out_.resize(kv_.n_seq() * kMaxSplitChunks * c.q_dim());
   split_stats_.resize(kv_.n_seq() * kMaxSplitChunks * c.n_heads);
   split_entry_.resize(kv_.n_seq());
@@ -556,44 +556,42 @@ void Engine::project(std::initializer_list<kernels::MatmulTarget> targets, std::
 }
 
 void Engine::attention(size_t layer, size_t n) {
-  // Work items are (entry, KV head, run of the query heads that share it): one pass over
-  // the KV head's cache serves the whole run. Runs are whole groups when there are enough
-  // items to keep every thread busy, else split (a lone decode token of a model with few
-  // KV heads). A lone token with a long context is split over positions instead (see
-  // kSplitMinPositions): items (split entry, KV head, chunk) come first. Threads claim items
-  // one at a time, so uneven items (later prompt rows see more positions) even out.
+  // Work items are (tile, KV head, run of the query heads that share it): one pass over the
+  // KV head's cache serves the tile's rows and the whole run. Runs are whole groups when
+  // there are enough items to keep every thread busy, else split (a lone decode token of a
+  // model with few KV heads). A lone token with a long context is split over positions
+  // instead (see kSplitMinPositions): items (split entry, KV head, chunk), first, and no
+  // tile. Threads claim items one at a time, so uneven items (later prompt rows see more
+  // positions) even out.
   const ModelConfig& c = config();
   const size_t group = c.n_heads / c.n_kv_heads;
-  // Tiles: up to kTileRows consecutive rows of one sequence (F16 cache; else one row each).
-  const size_t tile_rows = kv_.type() == GgmlType::F16 ? kTileRows : 1;
-  size_t n_tiles = 0;
-  for (size_t i = 0; i < n; ++i) {
-    const bool extends =
-        i > 0 && entries_[i].seq == entries_[i - 1].seq && i - tile_start_[n_tiles - 1] < tile_rows;
-    if (!extends) tile_start_[n_tiles++] = i;
-  }
-  tile_start_[n_tiles] = n;
-  const size_t want_items = 4 * static_cast<size_t>(n_threads_);
-  const size_t splits =
-      std::min(group, (want_items + n_tiles * c.n_kv_heads - 1) / (n_tiles * c.n_kv_heads));
-  const size_t run = (group + splits - 1) / splits;  // query heads per item
-
-  // The entries split over positions: lone rows of their sequence (at most one per sequence
-  // in any batch the server builds; past n_seq of them the rest stay whole).
-  size_t n_split = 0, split_items = 0;
+  const bool f16 = kv_.type() == GgmlType::F16;
+  // One pass over the rows: the split entries (lone rows of their sequence past
+  // kSplitMinPositions; at most n_seq of them, one per sequence in any batch the server
+  // builds), and tiles of up to kTileRows consecutive rows of one sequence for the rest
+  // (F16 cache; else one row each).
+  size_t n_tiles = 0, n_split = 0, split_items = 0;
   split_item_start_[0] = 0;
-  if (kv_.type() == GgmlType::F16) {
-    for (size_t i = 0; i < n && n_split < split_entry_.size(); ++i) {
-      const int32_t seq = entries_[i].seq;
-      const bool lone =
-          (i == 0 || entries_[i - 1].seq != seq) && (i + 1 == n || entries_[i + 1].seq != seq);
-      const auto n_pos = static_cast<size_t>(entries_[i].pos) + 1;
-      if (!lone || n_pos <= kSplitMinPositions) continue;
+  for (size_t i = 0; i < n; ++i) {
+    const int32_t seq = entries_[i].seq;
+    const bool after_same = i > 0 && entries_[i - 1].seq == seq;
+    const bool lone = !after_same && (i + 1 == n || entries_[i + 1].seq != seq);
+    const auto n_pos = static_cast<size_t>(entries_[i].pos) + 1;
+    if (f16 && lone && n_pos > kSplitMinPositions && n_split < split_entry_.size()) {
       split_entry_[n_split] = i;
       split_items += c.n_kv_heads * split_chunks(n_pos).second;
       split_item_start_[++n_split] = split_items;
+    } else if (after_same && tiles_[n_tiles - 1].rows < (f16 ? kTileRows : 1)) {
+      ++tiles_[n_tiles - 1].rows;  // (a split row is lone: the next row is not after_same)
+    } else {
+      tiles_[n_tiles++] = {i, 1};
     }
   }
+  const size_t want_items = 4 * static_cast<size_t>(n_threads_);
+  const size_t tile_items = std::max<size_t>(1, n_tiles * c.n_kv_heads);
+  const size_t splits = std::min(group, (want_items + tile_items - 1) / tile_items);
+  const size_t run = (group + splits - 1) / splits;  // query heads per item
+
   struct Job {
     Engine* self;
     size_t layer, n_tiles, run, n_split, split_items;
@@ -649,13 +647,7 @@ void Engine::attention(size_t layer, size_t n) {
       }
       const size_t whole = item - jp->split_items;
       const size_t t = whole / (c.n_kv_heads * runs_per_group);
-      const size_t i0 = e.tile_start_[t], rows = e.tile_start_[t + 1] - i0;
-      if (rows == 1 &&
-          std::find(e.split_entry_.begin(),
-                    e.split_entry_.begin() + static_cast<std::ptrdiff_t>(jp->n_split),
-                    i0) != e.split_entry_.begin() + static_cast<std::ptrdiff_t>(jp->n_split)) {
-        continue;  // done in chunks above
-      }
+      const size_t i0 = e.tiles_[t].first, rows = e.tiles_[t].rows;
       const size_t g = whole / runs_per_group % c.n_kv_heads;
       const size_t h0 = g * group + whole % runs_per_group * jp->run;  // first query head
       const size_t n_heads = std::min(jp->run, (g + 1) * group - h0);

@@ -182,11 +182,14 @@ class Engine {
   std::vector<kernels::SoftmaxPiece> split_stats_;  // (n_seq, chunks, n_heads) max and sum
   std::vector<size_t> split_entry_;                 // (n_seq) batch rows split this layer
   std::vector<size_t> split_item_start_;            // (n_seq + 1) first work item of each
-  std::vector<size_t> tile_start_;  // (B + 1) first row of each attention tile (engine.cpp)
-  std::vector<float> tile_q_;       // (n_threads, tile rows x heads per KV head, head_dim)
-  std::vector<float> tile_out_;     // (n_threads, tile rows x heads per KV head, head_dim)
-  std::vector<float> kv_row_;       // (n_threads, kv_dim) staging for quantized cache rows
-  std::vector<float> logits_;       // (B, n_vocab)
+  struct AttentionTile {
+    size_t first, rows;  // consecutive batch rows of one sequence
+  };
+  std::vector<AttentionTile> tiles_;  // (B) this layer's attention tiles (engine.cpp)
+  std::vector<float> tile_q_;         // (n_threads, tile rows x heads per KV head, head_dim)
+  std::vector<float> tile_out_;       // (n_threads, tile rows x heads per KV head, head_dim)
+  std::vector<float> kv_row_;         // (n_threads, kv_dim) staging for quantized cache rows
+  std::vector<float> logits_;         // (B, n_vocab)
   std::vector<std::byte> matmul_scratch_;
   std::vector<int32_t> row_seq_;    // (B) sequence of each batch row
   std::vector<int32_t> logit_seq_;  // (B) sequence of each packed logits row
