@@ -3,7 +3,7 @@
 and generation lengths, in one run; prints a markdown table with the ratios.
 
     python3 bench/compare_llamacpp.py [--kiln build/bin/kiln] [-p 512] [-n 128] [-d 0] [-t 2]
-        [-r 3] [--model FILE ...] [--prepare] [--kiln-args "--hugepage-weights"]
+        [-r 3] [--rounds 1] [--model FILE ...] [--prepare] [--kiln-args "--hugepage-weights"]
 
 Both sides measure the same things as llama-bench: pp = one batch of -p random tokens from an
 empty context; tg = -n tokens decoded one at a time from an empty context; with -d, both after
@@ -17,8 +17,12 @@ kiln quantize) and models/synth-tinyllama-1.1b-Q4_K_M.gguf, which --prepare make
 temporary disk, 0.7 GB kept).
 Peak RSS is reported for both: llama.cpp runs in a child process of its own for it. Note that
 llama.cpp (CPU_REPACK, on by default) copies the Q4_K tensors it can interleave into anonymous
-memory at load, so it does not decode them from the memory-mapped file; kiln does unless
-given --hugepage-weights.
+memory at load, so it does not decode them from the memory-mapped file; kiln decodes from
+its panel cache (the same weights pre-packed once into a file of their own, memory-mapped;
+--kiln-args=--no-panel-cache: from the model's own blocks).
+With --rounds N both engines run N times per model, alternating which goes first, and the
+row gives medians and the median of the N rounds' ratios: this machine's memory bandwidth
+swings by 2x within seconds, so one run of each can compare two different machines.
 """
 from __future__ import annotations
 
@@ -143,6 +147,31 @@ def bench_llamacpp_in_child(model, p, n, d, t, r):
         return pool.apply(bench_llamacpp, (model, p, n, d, t, r))
 
 
+def median(xs):
+    xs = sorted(xs)
+    h = len(xs) // 2
+    return xs[h] if len(xs) % 2 else (xs[h - 1] + xs[h]) / 2
+
+
+def print_rounds(model, rounds, args):
+    """One table row from several rounds: medians, and the median of the rounds' ratios
+    (each round's ratio compares two runs made seconds apart)."""
+    def column(key_k, key_l):
+        ks = [k[key_k] for k, _ in rounds]
+        ls = [ll[key_l][0] for _, ll in rounds]
+        ratios = [a / b for a, b in zip(ks, ls)]
+        cells = (f"{median(ks):.1f} | {median(ls):.1f} | **{median(ratios):.2f}x** ("
+                 + ", ".join(f"{x:.2f}" for x in ratios) + ")")
+        return cells
+    pp = column("pp_tps", "pp") if args.p else "| |"
+    tg = column("tg_tps", "tg") if args.n else "| |"
+    frac = median([k["bandwidth_fraction"] for k, _ in rounds])
+    rss_k = max(k["peak_rss_bytes"] for k, _ in rounds)
+    rss_l = max(ll["peak_rss_bytes"] for _, ll in rounds)
+    print(f"| {model.name} | {pp} | {tg} | {100 * frac:.0f}% | {rss_k / 2**20:.0f} MiB | "
+          f"{rss_l / 2**20:.0f} MiB |", flush=True)
+
+
 def cpu_name():
     try:
         for line in open("/proc/cpuinfo"):
@@ -165,6 +194,10 @@ def main(argv=None):
     ap.add_argument("-r", type=int, default=3)
     ap.add_argument("--prepare", action="store_true", help="make missing benchmark models first")
     ap.add_argument("--kiln-args", default="", help="extra kiln bench flags, e.g. --hugepage-weights")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run both engines this many times per model, alternating which goes "
+                         "first; the table gives the medians and the median of the rounds' ratios "
+                         "(this machine's memory bandwidth swings within seconds)")
     args = ap.parse_args(argv)
     if args.prepare:
         prepare(args.kiln)
@@ -174,7 +207,9 @@ def main(argv=None):
     print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs; threads {args.t}; "
           f"llama-cpp-python {llama_cpp.__version__}; pp{args.p} tg{args.n}"
           + (f" @ d{args.depth}" if args.depth else "") + f", {args.r} repetitions"
-          + (f"; kiln {args.kiln_args}" if args.kiln_args else "") + "\n")
+          + (f"; kiln {args.kiln_args}" if args.kiln_args else "")
+          + (f"; {args.rounds} rounds (medians; ratio: median of the rounds' ratios)"
+             if args.rounds > 1 else "") + "\n")
     print("| model | kiln pp t/s | llama.cpp pp t/s | pp ratio | kiln tg t/s | llama.cpp tg t/s "
           "| tg ratio | kiln tg / bandwidth bound | kiln peak RSS | llama.cpp peak RSS |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -182,9 +217,27 @@ def main(argv=None):
         if not model.exists():
             print(f"| {model.name} | missing (run with --prepare) ||||||||", flush=True)
             continue
-        k = bench_kiln(args.kiln, model, args.p, args.n, args.depth, args.t, args.r,
-                       shlex.split(args.kiln_args))
-        ll = bench_llamacpp_in_child(model, args.p, args.n, args.depth, args.t, args.r)
+        rounds = []
+        for i in range(max(1, args.rounds)):
+            def run_kiln():
+                return bench_kiln(args.kiln, model, args.p, args.n, args.depth, args.t, args.r,
+                                  shlex.split(args.kiln_args))
+
+            def run_llama():
+                return bench_llamacpp_in_child(model, args.p, args.n, args.depth, args.t, args.r)
+
+            # Odd rounds start with llama.cpp, so neither side always runs in the first slot.
+            if i % 2 == 0:
+                k = run_kiln()
+                ll = run_llama()
+            else:
+                ll = run_llama()
+                k = run_kiln()
+            rounds.append((k, ll))
+        if len(rounds) > 1:
+            print_rounds(model, rounds, args)
+            continue
+        k, ll = rounds[0]
         pp_ratio = k["pp_tps"] / ll["pp"][0] if args.p else float("nan")
         tg_ratio = k["tg_tps"] / ll["tg"][0] if args.n else float("nan")
         print(f"| {model.name} | {k['pp_tps']:.1f} ± {k['pp_tps_sd']:.1f} | {ll['pp'][0]:.1f} ± "

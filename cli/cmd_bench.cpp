@@ -4,7 +4,8 @@
 // after -d tokens already in it (llama-bench's depth). Reports mean ± sd over
 // -r repetitions after one warm-up, the peak RSS, and generation speed as a
 // fraction of the memory-bandwidth bound (weight and KV cache bytes read per
-// token / read bandwidth measured here, on the same threads).
+// token / read bandwidth measured here, on the same threads, around every tg
+// repetition: the median of each repetition against the bandwidth of its moment).
 #include <immintrin.h>
 #include <sys/resource.h>
 
@@ -37,8 +38,8 @@ std::string usage() {
          "Measures prompt processing (pp: -p random tokens in one batch) and generation\n"
          "(tg: -n tokens one at a time), both from an empty context or after -d tokens\n"
          "already in it, in tokens/s, and tg against the bound of the weights and KV rows\n"
-         "read per step over the measured memory bandwidth (on cuda: the device-to-device\n"
-         "copy bandwidth).\n"
+         "read per step over the memory bandwidth measured around each repetition (on\n"
+         "cuda: the device-to-device copy bandwidth).\n"
          "\n"
          "options:\n"
          "  -m, --model FILE   GGUF model\n"
@@ -82,20 +83,16 @@ size_t peak_rss_bytes() {
   return static_cast<size_t>(u.ru_maxrss) * 1024;  // Linux reports KiB
 }
 
-// Read bandwidth in bytes/s: every thread sums its slice of a buffer much
-// larger than the caches; best of a few passes. The buffer is in huge pages, like
-// the engine's resident weights: on 4 KiB pages the same sum reads ~15% slower
-// (TLB misses, and the prefetchers stop at every page boundary), which would
-// understate the bound.
-double measure_read_bandwidth(ThreadPool& pool) {
-  const size_t bytes = size_t{512} << 20;
-  const size_t n = bytes / sizeof(float);
-  const HugePageBuffer memory(bytes);
-  const std::span<float> buf{reinterpret_cast<float*>(memory.bytes().data()), n};
-  std::fill(buf.begin(), buf.end(), 1.0f);
+// Read bandwidth in bytes/s: every thread sums its slice of `memory`, a buffer much larger
+// than the caches; best of a few passes. The buffer is in huge pages, like the engine's
+// weights: on 4 KiB pages the same sum reads ~15% slower (TLB misses, and the prefetchers
+// stop at every page boundary), which would understate the bound.
+double measure_read_bandwidth(ThreadPool& pool, const HugePageBuffer& memory) {
+  const size_t n = memory.bytes().size() / sizeof(float);
+  const std::span<const float> buf{reinterpret_cast<const float*>(memory.bytes().data()), n};
   std::vector<float> sink(static_cast<size_t>(pool.size()) * 16);
   double best = 0;
-  for (int pass = 0; pass < 5; ++pass) {
+  for (int pass = 0; pass < 3; ++pass) {
     const auto t0 = Clock::now();
     pool.run([&](int ti, int nt) {
       const size_t per = (n / 64 + static_cast<size_t>(nt) - 1) / static_cast<size_t>(nt) * 64;
@@ -111,9 +108,25 @@ double measure_read_bandwidth(ThreadPool& pool) {
       _mm256_storeu_ps(&sink[static_cast<size_t>(ti) * 16],
                        _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
     });
-    best = std::max(best, double(bytes) / seconds_since(t0));
+    best = std::max(best, double(memory.bytes().size()) / seconds_since(t0));
   }
   return best;
+}
+
+// A buffer for measure_read_bandwidth, filled so its pages are really there.
+HugePageBuffer bandwidth_buffer() {
+  HugePageBuffer memory(size_t{512} << 20);
+  const std::span<float> buf{reinterpret_cast<float*>(memory.bytes().data()),
+                             memory.bytes().size() / sizeof(float)};
+  std::fill(buf.begin(), buf.end(), 1.0f);
+  return memory;
+}
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t h = v.size() / 2;
+  return v.size() % 2 ? v[h] : (v[h - 1] + v[h]) / 2;
 }
 
 int run_bench(Args args) {
@@ -180,23 +193,38 @@ int run_bench(Args args) {
     return double(n_gen * decode_batch) / seconds_since(t0);
   };
 
+  // The machine's memory bandwidth swings within seconds (it is shared), so on the CPU it is
+  // measured around every tg repetition and each repetition is compared with the bandwidth
+  // of its own moment (the mean of the measurements before and after it).
+  Engine* cpu = engine.cpu();
+  HugePageBuffer bandwidth_memory;
+  std::vector<double> bandwidths;
+  const auto sample_bandwidth = [&] {
+    if (cpu != nullptr)
+      bandwidths.push_back(measure_read_bandwidth(cpu->thread_pool(), bandwidth_memory));
+  };
   std::vector<double> pp, tg;
+  size_t rss = 0;
   if (n_prompt > 0) {
     run_pp();  // warm-up: page in the weights, spin up the pool
     for (size_t r = 0; r < reps; ++r) pp.push_back(run_pp());
   }
+  if (n_gen > 0) run_tg();  // warm-up
+  rss = peak_rss_bytes();   // before the bandwidth buffer (the forward allocates nothing after)
+  if (cpu != nullptr) bandwidth_memory = bandwidth_buffer();
+  sample_bandwidth();
   if (n_gen > 0) {
-    run_tg();
-    for (size_t r = 0; r < reps; ++r) tg.push_back(run_tg());
+    for (size_t r = 0; r < reps; ++r) {
+      tg.push_back(run_tg());
+      sample_bandwidth();
+    }
   }
-  const size_t rss = peak_rss_bytes();  // before the bandwidth buffer
-  double bandwidth = 0;
+  double bandwidth = median(bandwidths);
   // Bytes one decode step reads: the weights once, and each sequence's K and V rows.
   size_t kv_bytes_per_seq = 0;
   int n_threads = 0;
   std::string device_name = "cpu";
-  if (Engine* cpu = engine.cpu()) {
-    bandwidth = measure_read_bandwidth(cpu->thread_pool());
+  if (cpu != nullptr) {
     n_threads = cpu->n_threads();
     // The K and V rows attention reads, at the run's mean length.
     const KvCache& kv = cpu->kv_cache();
@@ -213,8 +241,18 @@ int run_bench(Args args) {
   const Stats pps = stats(pp), tgs = stats(tg);
   const size_t bytes_per_step = model.weights().bytes_per_token() + decode_batch * kv_bytes_per_seq;
   // Tokens/s (of all sequences) if every step only streamed its bytes at the bandwidth.
-  const double bound_tps = double(decode_batch) * bandwidth / double(bytes_per_step);
-  const double fraction = tg.empty() ? 0.0 : tgs.mean / bound_tps;
+  const auto bound = [&](double bytes_per_s) {
+    return double(decode_batch) * bytes_per_s / double(bytes_per_step);
+  };
+  const double bound_tps = bound(bandwidth);
+  // The median over the repetitions of tg / the bound of its moment (the GPU: one bound).
+  std::vector<double> fractions;
+  for (size_t r = 0; r < tg.size(); ++r) {
+    const double bw =
+        bandwidths.size() == tg.size() + 1 ? (bandwidths[r] + bandwidths[r + 1]) / 2 : bandwidth;
+    fractions.push_back(tg[r] / bound(bw));
+  }
+  const double fraction = median(fractions);
   const std::string name = std::filesystem::path(model_path).filename().string();
 
   if (json) {
@@ -245,18 +283,17 @@ int run_bench(Args args) {
                   at.c_str(), decode_batch, tgs.mean, tgs.sd);
     }
     std::printf("peak RSS: %.1f MiB\n", double(rss) / (1 << 20));
-    if (device == DeviceKind::kCpu && m.hugepage_weights) {
-      std::printf("weights: a resident copy on 2 MiB pages (--hugepage-weights)\n");
-    } else if (device == DeviceKind::kCpu && m.hugepage_mmap) {
-      const auto huge = model.file().map_on_huge_pages();
-      std::printf("weights: mapped, %.1f of %.1f MiB on 2 MiB pages%s\n",
-                  double(huge.huge_bytes) / (1 << 20), double(huge.mapped_bytes) / (1 << 20),
-                  huge.reread ? " (page cache re-read once for them)" : "");
+    if (const Engine* cpu = engine.cpu()) {
+      std::printf("weights: %s\n", cpu->weights_description().c_str());
     }
-    std::printf("read bandwidth: %.2f GB/s, weights + KV per %s: %.1f MiB -> bound %.1f tokens/s",
-                bandwidth / 1e9, decode_batch == 1 ? "token" : "step",
-                double(bytes_per_step) / (1 << 20), bound_tps);
-    if (!tg.empty()) std::printf(", tg at %.0f%% of it", 100.0 * fraction);
+    std::printf("read bandwidth: %.2f GB/s%s, weights + KV per %s: %.1f MiB -> bound %.1f tokens/s",
+                bandwidth / 1e9, bandwidths.size() > 1 ? " (median)" : "",
+                decode_batch == 1 ? "token" : "step", double(bytes_per_step) / (1 << 20),
+                bound_tps);
+    if (!tg.empty()) {
+      std::printf(", tg at %.0f%% of it%s", 100.0 * fraction,
+                  bandwidths.size() > 1 ? " (median of each repetition against its moment's)" : "");
+    }
     std::printf("\n");
   }
   return 0;

@@ -156,6 +156,9 @@ int run_run(Args args) {
                double(tokens.size()) / prompt_s);
   std::fprintf(stderr, "generation: %zu tokens in %.2f s (%.1f tokens/s)\n", generated, gen_s,
                generated > 0 ? double(generated) / gen_s : 0.0);
+  if (const Engine* cpu = engine.cpu()) {
+    std::fprintf(stderr, "weights: %s\n", cpu->weights_description().c_str());
+  }
   return 0;
 }
 

@@ -22,6 +22,11 @@ void ModelOptions::add_to(OptionParser& parser, ModelOptionSet accepts) {
   parser.flag({"--precise"}, [this] { act_precision = kernels::ActPrecision::int16; });
   parser.flag({"--hugepage-weights"}, [this] { hugepage_weights = true; });
   parser.flag({"--no-hugepage-mmap"}, [this] { hugepage_mmap = false; });
+  parser.value({"--panel-cache"}, [this](std::string_view option, std::string_view v) {
+    if (v.empty()) throw std::invalid_argument(std::string(option) + ": expected a folder");
+    panel_cache_dir = std::string(v);
+  });
+  parser.flag({"--no-panel-cache"}, [this] { panel_cache_dir.clear(); });
   parser.value({"--batch-gemm"}, [this](std::string_view option, std::string_view v) {
     batch_gemm = kernels::parse_batch_gemm(option, v);
   });
@@ -50,6 +55,17 @@ std::string ModelOptions::help(ModelOptionSet accepts, size_t column) {
         "legacy types as pre-packed GEMM panels: faster decode, alone",
         "and batched (recommended for many streams, and for Q4_0/Q8_0",
         "models), but the weights take memory twice (copy + page cache)"},
+       false},
+      {"--panel-cache DIR",
+       {"keep the weights as pre-packed GEMM panels in a file there,",
+        "memory-mapped: packed on first use (seconds, and disk space",
+        "about the size of the model), mapped at once after; decode",
+        "~1.2x faster on K-quants (default: $KILN_CACHE_DIR, else",
+        "$XDG_CACHE_HOME/kiln, else ~/.cache/kiln)"},
+       false},
+      {"--no-panel-cache",
+       {"no panel cache: decode reads the model's own blocks (slower;",
+        "logits and outputs are the same either way)"},
        false},
       {"--no-hugepage-mmap",
        {"leave the file mapping on 4 KiB pages (default: faulted in",
@@ -81,6 +97,7 @@ EngineOptions ModelOptions::engine_options() const {
   o.act_precision = act_precision;
   o.resident_weights = hugepage_weights;
   o.huge_page_mapping = hugepage_mmap;
+  o.panel_cache_dir = panel_cache_dir;
   o.batch_gemm = batch_gemm;
   return o;
 }

@@ -39,6 +39,9 @@ struct ModelOptions {
   bool hugepage_weights = false;
   // --no-hugepage-mmap clears it: EngineOptions::huge_page_mapping.
   bool hugepage_mmap = true;
+  // --panel-cache DIR, --no-panel-cache: EngineOptions::panel_cache_dir (default:
+  // default_panel_cache_dir(); "" after --no-panel-cache).
+  std::string panel_cache_dir = default_panel_cache_dir().string();
   // --batch-gemm auto|all|off: EngineOptions::batch_gemm.
   kernels::BatchGemm batch_gemm = kernels::BatchGemm::fast;
 

@@ -60,27 +60,26 @@ std::pair<size_t, size_t> split_chunks(size_t n_pos) {
   return {len, (n_pos + len - 1) / len};
 }
 
-// Fills dst with `dst.size()` bytes of the file at `path` from `offset`, through pread so
-// the file mapping's pages are never touched (they would count in our RSS a second time).
-// False when the file cannot be read that way; the caller then copies from the mapping.
-bool read_file_range(const std::string& path, uint64_t file_size, uint64_t offset,
-                     std::span<std::byte> dst) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return false;
-  struct stat st {};
-  // The same size as the mapped file, else this is not the file the model came from.
-  bool ok =
-      fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) == file_size;
-  size_t done = 0;
-  while (ok && done < dst.size()) {
-    const ssize_t got =
-        ::pread(fd, dst.data() + done, dst.size() - done, static_cast<off_t>(offset + done));
-    if (got < 0 && errno == EINTR) continue;
-    ok = got > 0;
-    if (ok) done += static_cast<size_t>(got);
+// The forward reads this matrix as pre-packed panels where it has them (resident weights or
+// the panel cache): the packed kernels read int8 activations (int16 ones keep every matrix
+// as blocks), and a type's panels serve a lone token when its GEMM twin is as fast alone or
+// its packed kernel is (or under BatchGemm::all, always).
+bool reads_panels(const WeightView& v, kernels::ActPrecision precision, kernels::BatchGemm policy) {
+  return precision == kernels::ActPrecision::int8 &&
+         kernels::packed_panels_bytes(v.type, v.rows, v.cols) > 0 &&
+         (kernels::gemm_kernel(v.type).small_fast_alone ||
+          kernels::gemm_kernel(v.type).packed_fast_alone || policy == kernels::BatchGemm::all);
+}
+
+// The weights' float vectors: the norms, and the RoPE frequency factors where present.
+std::vector<std::span<const float>*> float_vectors(Weights& w) {
+  std::vector<std::span<const float>*> floats{&w.output_norm};
+  if (!w.rope_freqs.empty()) floats.push_back(&w.rope_freqs);
+  for (LayerWeights& l : w.layers) {
+    floats.push_back(&l.attn_norm);
+    floats.push_back(&l.ffn_norm);
   }
-  ::close(fd);
-  return ok;
+  return floats;
 }
 
 // Resident weights: a copy of the model's weights in `buffer` (huge pages), made without
@@ -105,13 +104,7 @@ Weights copy_weights(const Model& model, kernels::ActPrecision precision, kernel
 
   std::vector<WeightView*> matrices;
   w.for_each_matrix([&](WeightView& m) { matrices.push_back(&m); });
-  // The packed kernels read int8 activations; int16 ones keep every matrix as blocks.
-  const auto packs = [&](const WeightView& v) {
-    return precision == kernels::ActPrecision::int8 &&
-           kernels::packed_panels_bytes(v.type, v.rows, v.cols) > 0 &&
-           (kernels::gemm_kernel(v.type).small_fast_alone ||
-            kernels::gemm_kernel(v.type).packed_fast_alone || policy == kernels::BatchGemm::all);
-  };
+  const auto packs = [&](const WeightView& v) { return reads_panels(v, precision, policy); };
   // The byte spans to copy, each once (a tied output shares the embedding's bytes).
   std::vector<std::span<const std::byte>*> raw;
   const auto add_raw = [&](std::span<const std::byte>& s) {
@@ -125,12 +118,7 @@ Weights copy_weights(const Model& model, kernels::ActPrecision precision, kernel
   for (WeightView* m : matrices) {
     if (!packs(*m)) add_raw(m->data);
   }
-  std::vector<std::span<const float>*> floats{&w.output_norm};
-  if (!w.rope_freqs.empty()) floats.push_back(&w.rope_freqs);
-  for (LayerWeights& l : w.layers) {
-    floats.push_back(&l.attn_norm);
-    floats.push_back(&l.ffn_norm);
-  }
+  const std::vector<std::span<const float>*> floats = float_vectors(w);
   size_t total = 0, largest_packed = 0;
   for (const auto* r : raw) total += aligned(r->size());
   for (const auto* fl : floats) total += aligned(fl->size_bytes());
@@ -154,7 +142,7 @@ Weights copy_weights(const Model& model, kernels::ActPrecision precision, kernel
   // The file's bytes behind `src` (a view into the mapping) into dst.
   const auto read = [&](std::span<const std::byte> src, std::span<std::byte> dst) {
     const uint64_t at = f.data_offset() + static_cast<uint64_t>(src.data() - section);
-    if (!read_file_range(f.path(), f.file_size(), at, dst)) {
+    if (!gguf::read_file_range(f.path(), f.file_size(), at, dst)) {
       std::memcpy(dst.data(), src.data(), src.size());
     }
   };
@@ -278,9 +266,17 @@ Engine::Engine(const Model& model, const EngineOptions& options)
       batch_gemm_(options.batch_gemm) {
   const ModelConfig& c = model.config();
   if (max_batch_ == 0) throw std::invalid_argument("max_batch must be at least 1");
+  resident_weights_ = options.resident_weights;
+  huge_page_mapping_ = options.huge_page_mapping;
+  bool every_matrix_packed = false;
   if (options.resident_weights) {
     weights_ = copy_weights(model, act_precision_, batch_gemm_, resident_, *pool_);
-  } else if (options.huge_page_mapping) {
+  } else if (!options.panel_cache_dir.empty()) {
+    every_matrix_packed = attach_panel_cache(options.panel_cache_dir);
+  }
+  // With every matrix read from the panel cache, the model's mapping serves only the
+  // embedding rows and the norms: faulted in as read, not all of it.
+  if (!options.resident_weights && options.huge_page_mapping && !every_matrix_packed) {
     model.file().map_on_huge_pages();
   }
   // (After the copy: a matrix's path depends on whether it has pre-packed panels.)
@@ -343,6 +339,74 @@ Engine::Engine(const Model& model, const EngineOptions& options)
 }
 
 Engine::~Engine() = default;
+
+bool Engine::attach_panel_cache(const std::filesystem::path& dir) {
+  std::vector<WeightView*> packed;
+  bool every = true;
+  weights_.for_each_matrix([&](WeightView& m) {
+    if (reads_panels(m, act_precision_, batch_gemm_)) {
+      packed.push_back(&m);
+    } else {
+      every = false;
+    }
+  });
+  if (packed.empty()) return false;
+  std::vector<kernels::WeightMatrix> matrices;
+  for (const WeightView* m : packed) matrices.push_back(as_matrix(*m));
+  try {
+    panel_cache_ = PanelCache::open(model_.file(), matrices, dir, *pool_);
+  } catch (const std::runtime_error& e) {
+    panel_cache_error_ = e.what();  // the forward reads the blocks: slower, the same results
+    return false;
+  }
+  for (size_t i = 0; i < packed.size(); ++i) packed[i]->panels = panel_cache_.panels(i);
+  // The norms, copied out of the mapping (read through pread): each sits between two
+  // matrices in the file, and faulting it in would map the 2 MiB page around it, ~90 MiB of
+  // RSS for a 22-layer model whose matrices the forward no longer reads there.
+  const std::vector<std::span<const float>*> floats = float_vectors(weights_);
+  size_t n = 0;
+  for (const auto* f : floats) n += f->size();
+  float_copies_.resize(n);
+  const gguf::File& file = model_.file();
+  size_t at = 0;
+  for (auto* f : floats) {
+    const std::span<float> dst(float_copies_.data() + at, f->size());
+    const auto offset =
+        static_cast<uint64_t>(reinterpret_cast<const std::byte*>(f->data()) - file.bytes().data());
+    if (!gguf::read_file_range(file.path(), file.file_size(), offset,
+                               std::as_writable_bytes(dst))) {
+      std::copy(f->begin(), f->end(), dst.begin());
+    }
+    *f = dst;
+    at += f->size();
+  }
+  return every;
+}
+
+std::string Engine::weights_description() const {
+  char line[512];
+  if (resident_weights_) return "a resident copy on 2 MiB pages (--hugepage-weights)";
+  std::string out = "mapped";
+  if (huge_page_mapping_ && panel_cache_.empty()) {
+    const auto huge = model_.file().map_on_huge_pages();  // the constructor's report
+    std::snprintf(line, sizeof line, ", %.1f of %.1f MiB on 2 MiB pages%s",
+                  double(huge.huge_bytes) / (1 << 20), double(huge.mapped_bytes) / (1 << 20),
+                  huge.reread ? " (page cache re-read once for them)" : "");
+    out += line;
+  }
+  if (!panel_cache_.empty()) {
+    const auto huge = panel_cache_.huge_pages();
+    std::snprintf(line, sizeof line,
+                  "; pre-packed panels %s %s in %.1f s (%.1f MiB, %.1f on 2 MiB pages)",
+                  panel_cache_.created() ? "packed into" : "from", panel_cache_.path().c_str(),
+                  panel_cache_.seconds(), double(panel_cache_.bytes()) / (1 << 20),
+                  double(huge.huge_bytes) / (1 << 20));
+    out += line;
+  } else if (!panel_cache_error_.empty()) {
+    out += "; no panel cache: " + panel_cache_error_;
+  }
+  return out;
+}
 
 void validate_batch(const Batch& batch, size_t n_vocab, size_t max_batch, size_t n_ctx,
                     std::span<size_t> next_pos) {

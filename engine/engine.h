@@ -11,14 +11,17 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <filesystem>
 #include <initializer_list>
 #include <memory>
 #include <span>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "engine/kv_cache.h"
 #include "engine/model.h"
+#include "engine/panel_cache.h"
 #include "kernels/matmul.h"
 #include "kernels/ops.h"
 
@@ -60,6 +63,12 @@ struct EngineOptions {
   // cache is re-read once if it holds the file in small pages). Decode streams the mapped
   // weights as fast as a huge-page copy then, without the copy (--no-hugepage-mmap: off).
   bool huge_page_mapping = true;
+  // Without resident_weights: the folder of the panel cache (engine/panel_cache.h), from
+  // which the matrices the forward reads as pre-packed panels are memory-mapped (packed
+  // into it on first use); empty: none, the forward reads the model's own blocks. Where
+  // the cache can neither be read nor written the engine runs without it and says why
+  // (weights_description()). The CLI's default is default_panel_cache_dir().
+  std::filesystem::path panel_cache_dir;
   // Activation quantization of the matmuls: int16 (two int8 planes) for accuracy close to
   // float activations (issue #5) at some speed cost; int8 is the fast default.
   kernels::ActPrecision act_precision = kernels::ActPrecision::int8;
@@ -108,8 +117,13 @@ class Engine {
   std::span<const float> logits_row(size_t k) const;
 
   const Model& model() const { return model_; }
-  // The weights the forward reads: the model's, or their resident copy.
+  // The weights the forward reads: the model's, their resident copy, or the model's with
+  // panels from the panel cache.
   const Weights& weights() const { return weights_; }
+  // Where the forward's weights come from, in one line for logs and benchmarks ("mapped,
+  // 578.0 of 636.9 MiB on 2 MiB pages", the panel cache used or made, or why not).
+  std::string weights_description() const;
+  const PanelCache& panel_cache() const { return panel_cache_; }
   const ModelConfig& config() const { return model_.config(); }
   size_t n_ctx() const { return kv_.n_ctx(); }
   size_t n_seq() const { return kv_.n_seq(); }
@@ -142,6 +156,9 @@ class Engine {
 
  private:
   void validate(const Batch& batch);
+  // Points the packed matrices' panels into the panel cache in `dir`. True when every
+  // matrix the forward reads then has its panels there.
+  bool attach_panel_cache(const std::filesystem::path& dir);
   void attention(size_t layer, size_t n);
   // y_i = x @ W_i^T for every target, where all the W_i read the same input x (n rows);
   // row_seq[r] is the sequence row r belongs to (it picks the kernel path, see there).
@@ -157,6 +174,13 @@ class Engine {
   // panels instead (WeightView::panels): the GEMM's results without its per-call repack.
   HugePageBuffer resident_;
   Weights weights_;
+  // Panels of the matrices the forward reads packed, mapped from the panel cache file (with
+  // panel_cache_dir), and why the cache is not used where it was asked for but failed.
+  PanelCache panel_cache_;
+  std::string panel_cache_error_;
+  std::vector<float> float_copies_;  // the norms, with the panel cache (attach_panel_cache)
+  bool resident_weights_ = false;
+  bool huge_page_mapping_ = false;
   size_t run_length_threshold_ = 0;
   size_t max_batch_;
   int n_threads_;

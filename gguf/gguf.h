@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "gguf/ggml_types.h"
+#include "gguf/mapped_file.h"
 
 namespace kiln::gguf {
 
@@ -101,6 +102,8 @@ class File {
   uint32_t alignment() const { return alignment_; }
   uint64_t data_offset() const { return data_offset_; }
   uint64_t file_size() const { return bytes_.size(); }
+  // The whole file: the mapping, or the buffer given to parse().
+  std::span<const std::byte> bytes() const { return bytes_; }
 
   // Metadata in file order.
   const std::vector<std::pair<std::string_view, Value>>& metadata() const { return kv_; }
@@ -134,28 +137,17 @@ class File {
   const TensorInfo* find_tensor(std::string_view name) const;
   const TensorInfo& tensor(std::string_view name) const;  // throws naming the tensor
 
-  // How much of a mapped file sits on 2 MiB pages (page-cache folios of that size, mapped
-  // by one page-table entry each: streaming the weights then costs far fewer TLB misses).
-  struct HugePageMapping {
-    size_t mapped_bytes = 0;  // the mapping's size (0: a parsed buffer, not a mapped file)
-    size_t huge_bytes = 0;    // of which on 2 MiB pages
-    bool reread = false;      // the page cache was dropped and re-read to get them
-  };
-  // Faults the whole mapping in (open() already advised it for huge pages). Where the page
-  // cache holds a tenth or more of the file in small pages (written or read before without
-  // the advice) and the file has at least min_reread_bytes, drops the file's unmapped cached
-  // pages and faults them in again, so the kernel reads it into 2 MiB folios where the
-  // filesystem supports them. Done once per file; later calls return the first report.
-  // Never throws.
+  // The mapped file's pages on 2 MiB pages (MappedFile::map_on_huge_pages; a parsed buffer
+  // reports nothing). Never throws.
+  using HugePageMapping = gguf::HugePageMapping;
   HugePageMapping map_on_huge_pages(size_t min_reread_bytes = size_t{32} << 20) const;
 
  private:
-  struct Mapping;
   File() = default;
   void parse_all();
 
   std::string name_;
-  std::unique_ptr<Mapping> mapping_;
+  std::unique_ptr<MappedFile> mapping_;
   std::span<const std::byte> bytes_;
   uint32_t version_ = 0;
   uint32_t alignment_ = 32;

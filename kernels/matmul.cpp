@@ -63,6 +63,12 @@ size_t packed_panels_bytes(GgmlType type, size_t rows, size_t cols) {
   return (rows + kUnitRows - 1) / kUnitRows * gemm.packed_bytes(cols);
 }
 
+std::string packed_panels_layout(GgmlType type) {
+  const GemmKernel gemm = gemm_kernel(type);
+  if (gemm.pack == nullptr) return "";
+  return std::string(gemm.isa) + "/v" + std::to_string(kPackedPanelsVersion);
+}
+
 void pack_panels(const WeightMatrix& w, std::span<std::byte> out, ThreadPool& pool) {
   const size_t needed = packed_panels_bytes(w.type, w.rows, w.cols);
   if (needed == 0) fail(w, "no pre-packed panels for this tensor type on this CPU");

@@ -10,6 +10,7 @@
 
 #include <cstddef>
 #include <span>
+#include <string>
 #include <string_view>
 
 #include "gguf/ggml_types.h"
@@ -36,6 +37,12 @@ struct WeightMatrix {
 // the ISA limit) has no pre-packed panels for the type or cols is not a multiple of its
 // block size.
 size_t packed_panels_bytes(GgmlType type, size_t rows, size_t cols);
+// Version of the pre-packed panel layouts: part of every packed_panels_layout() tag, so
+// panels kept on disk (the engine's panel cache) by a build with another layout are packed
+// again. Bump it whenever a pack function's output changes.
+inline constexpr int kPackedPanelsVersion = 1;
+// "ISA/vN" of the panels pack_panels writes for this type on this CPU, "" where it has none.
+std::string packed_panels_layout(GgmlType type);
 // Packs w.data into `out` (packed_panels_bytes(...) bytes, 64-byte aligned), 16-row panels
 // shared out across the pool. Throws std::invalid_argument for a type without pre-packed
 // panels or sizes that do not match.

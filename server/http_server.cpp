@@ -196,15 +196,7 @@ void HttpServer::load_model(const std::function<void(std::string_view)>& progres
   if (Engine* cpu = s.engine->cpu()) {
     batch_engine = std::make_unique<EngineRef<Engine>>(*cpu);
     where = std::to_string(cpu->n_threads()) + " threads";
-    if (eo.resident_weights) {
-      where += ", weights copied to 2 MiB pages";
-    } else if (eo.huge_page_mapping) {
-      const auto huge = s.model->file().map_on_huge_pages();  // the engine's report
-      char mapped[96];
-      std::snprintf(mapped, sizeof mapped, ", weights mapped (%zu of %zu MiB on 2 MiB pages)",
-                    huge.huge_bytes >> 20, huge.mapped_bytes >> 20);
-      where += mapped;
-    }
+    where += ", weights " + cpu->weights_description();
   }
 #if defined(KILN_HAVE_CUDA) && KILN_HAVE_CUDA
   if (CudaEngine* cuda = s.engine->cuda()) {

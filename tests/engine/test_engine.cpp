@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <new>
 #include <random>
@@ -21,6 +22,7 @@
 #include "gguf/writer.h"
 #include "kernels/matmul.h"
 #include "kernels/quantize.h"
+#include "kernels/quants.h"
 #include "tests/engine/alloc_counter.h"
 
 namespace {
@@ -41,6 +43,8 @@ struct TinySpec {
   std::string skip_tensor;       // leave this tensor out
   std::string bad_shape_tensor;  // write this one with one row too many
   GgmlType matrix_type = GgmlType::F32;
+  // Quantized matrices: the oracle gets the dequantized values (else the unquantized ones).
+  bool oracle_sees_quantized = false;
 };
 
 // The weights as float64, kept by the test as its own oracle input.
@@ -78,6 +82,8 @@ TinyModel write_tiny_model(const TinySpec& s, const std::string& file_name, uint
   static std::vector<std::vector<float>> storage;
   storage.clear();
   storage.reserve(64);
+  static std::vector<std::vector<std::byte>> quantized;  // the same for quantized tensors
+  quantized.clear();
   auto add = [&](const std::string& name, std::vector<uint64_t> ne, double mean, double sd,
                  GgmlType type) {
     if (name == s.skip_tensor) return;
@@ -102,11 +108,18 @@ TinyModel write_tiny_model(const TinySpec& s, const std::string& file_name, uint
         auto* h = reinterpret_cast<_Float16*>(out.data());
         for (size_t i = 0; i < src.size(); ++i) h[i] = static_cast<_Float16>(src[i]);
       });
-    } else {  // quantized (the float64 oracle then sees the unquantized values)
+    } else if (!s.oracle_sees_quantized) {  // the float64 oracle sees the unquantized values
       w.add_tensor(name, type, ne,
                    [src = std::span<const float>(data), type](std::span<std::byte> out) {
                      kiln::kernels::quantize_row(type, src, out);
                    });
+    } else {  // the oracle sees the file's values: quantized, then dequantized as the spec says
+      auto& q = quantized.emplace_back(kiln::row_bytes(type, n));
+      kiln::kernels::quantize_row(type, data, q);
+      std::vector<float> back(n);
+      kiln::kernels::dequantize_row(type, q, back);
+      std::copy(back.begin(), back.end(), ref.begin());
+      w.add_tensor(name, type, ne, std::span<const std::byte>(q));
     }
   };
   const GgmlType mt = s.matrix_type;
@@ -668,6 +681,172 @@ TEST(EngineLoad, ErrorsNameTheProblem) {
   s.skip_tensor = "output.weight";  // absent output: tied to the embedding, not an error
   const TinyModel tiny = write_tiny_model(s, "tied.gguf");
   EXPECT_TRUE(Model::load(tiny.path).weights().tied_output);
+  fs::remove(tiny.path);
+}
+
+// ---- The panel cache (engine/panel_cache.h) ----
+
+// Logits of a prompt (every row: the GEMM path) and of two decode steps after it (one token:
+// the matrix-vector path), with the panel cache in `dir` (empty: none).
+struct CacheRun {
+  std::vector<float> logits;
+  bool cached = false;   // the forward read panels from the cache file
+  bool created = false;  // ... which this engine packed
+  std::string description;
+};
+
+CacheRun run_with_panel_cache(const Model& model, const fs::path& dir, size_t vocab,
+                              bool resident = false) {
+  EngineOptions o;
+  o.n_threads = 2;
+  o.panel_cache_dir = dir;
+  o.resident_weights = resident;
+  Engine e(model, o);
+  CacheRun r;
+  r.cached = !e.panel_cache().empty();
+  r.created = e.panel_cache().created();
+  r.description = e.weights_description();
+  if (r.cached) {
+    // The matrices' panels are views into the cache file's mapping.
+    const auto file = e.panel_cache().file_bytes();
+    const auto panels = e.weights().layers[0].ffn_up.panels;
+    EXPECT_FALSE(panels.empty());
+    EXPECT_TRUE(panels.data() >= file.data() &&
+                panels.data() + panels.size() <= file.data() + file.size());
+  }
+  e.eval(0, some_tokens(12, vocab, 3), true, &r.logits);
+  for (int32_t tok : some_tokens(2, vocab, 4)) {
+    const auto l = e.eval(0, std::span(&tok, 1), false);
+    r.logits.insert(r.logits.end(), l.begin(), l.end());
+  }
+  return r;
+}
+
+// Flips one byte of a file at `offset`.
+void flip_byte(const fs::path& path, size_t offset) {
+  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekg(static_cast<std::streamoff>(offset));
+  char c = 0;
+  f.read(&c, 1);
+  c = static_cast<char>(c ^ 0x5a);
+  f.seekp(static_cast<std::streamoff>(offset));
+  f.write(&c, 1);
+}
+
+TEST(EnginePanelCache, PackedOnceThenMappedWithTheSameLogitsAsTheBlocks) {
+  for (GgmlType type : {GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q8_0}) {
+    if (kiln::kernels::packed_panels_bytes(type, 32, 256) == 0) {
+      GTEST_SKIP() << "no pre-packed panels on this CPU";
+    }
+    SCOPED_TRACE(kiln::type_name(type));
+    TinySpec spec;
+    spec.matrix_type = type;
+    spec.dim = spec.ffn = 256;
+    spec.oracle_sees_quantized = true;
+    const TinyModel tiny = write_tiny_model(spec, "panel_cache.gguf");
+    const fs::path dir = temp_path("panel_cache_dir");
+    fs::remove_all(dir);
+    const Model model = Model::load(tiny.path);
+    // The same panels packed into anonymous memory (--hugepage-weights): the reference, bit
+    // for bit. The model's own blocks: the same integer sums, but a K type's per-row dot
+    // kernel rounds and adds the blocks' floats in another order; both must be as close to
+    // the float64 oracle (the error is the activations' int8 rounding).
+    const CacheRun resident = run_with_panel_cache(model, {}, spec.vocab, /*resident=*/true);
+    const CacheRun blocks = run_with_panel_cache(model, {}, spec.vocab);
+    EXPECT_FALSE(blocks.cached);
+    std::vector<int32_t> all_tokens = some_tokens(12, spec.vocab, 3);
+    for (int32_t tok : some_tokens(2, spec.vocab, 4)) all_tokens.push_back(tok);
+    const auto ref = reference_forward(spec, tiny.tensors, all_tokens);
+    const auto worst = [&](const std::vector<float>& logits) {
+      double w = 0;
+      for (size_t i = 0; i < all_tokens.size(); ++i) {
+        w = std::max(w, max_abs_diff({logits.data() + i * spec.vocab, spec.vocab}, ref[i]));
+      }
+      return w;
+    };
+    const double err_blocks = worst(blocks.logits), err_panels = worst(resident.logits);
+    std::printf("%s: max |logit - oracle| blocks %.4f, panels %.4f\n",
+                std::string(kiln::type_name(type)).c_str(), err_blocks, err_panels);
+    EXPECT_LT(err_panels, 1.5 * err_blocks + 1e-3);
+
+    const CacheRun first = run_with_panel_cache(model, dir, spec.vocab);
+    EXPECT_TRUE(first.cached && first.created) << first.description;
+    EXPECT_NE(first.description.find("packed into"), std::string::npos) << first.description;
+    EXPECT_EQ(first.logits, resident.logits);  // bit for bit
+    const CacheRun second = run_with_panel_cache(model, dir, spec.vocab);
+    EXPECT_TRUE(second.cached);
+    EXPECT_FALSE(second.created) << second.description;
+    EXPECT_NE(second.description.find("from " + dir.string()), std::string::npos);
+    EXPECT_EQ(second.logits, resident.logits);
+    // One file, no temporary left behind.
+    EXPECT_EQ(std::distance(fs::directory_iterator(dir), fs::directory_iterator{}), 1);
+    fs::remove_all(dir);
+    fs::remove(tiny.path);
+  }
+}
+
+TEST(EnginePanelCache, StaleOrDamagedFilesArePackedAgain) {
+  if (kiln::kernels::packed_panels_bytes(GgmlType::Q4_K, 32, 256) == 0) {
+    GTEST_SKIP() << "no pre-packed panels on this CPU";
+  }
+  TinySpec spec;
+  spec.matrix_type = GgmlType::Q4_K;
+  spec.dim = spec.ffn = 256;
+  const fs::path dir = temp_path("panel_cache_stale");
+  fs::remove_all(dir);
+  TinyModel tiny = write_tiny_model(spec, "panel_cache_stale.gguf", 7);
+  fs::path cache;
+  {
+    const Model model = Model::load(tiny.path);
+    EXPECT_TRUE(run_with_panel_cache(model, dir, spec.vocab).created);
+    cache = kiln::panel_cache_file(dir, tiny.path);
+    ASSERT_TRUE(fs::exists(cache));
+  }
+  // The same path, other weights (same size and tensor table): packed again, and the logits
+  // are the new model's.
+  tiny = write_tiny_model(spec, "panel_cache_stale.gguf", 8);
+  const Model model = Model::load(tiny.path);
+  const CacheRun blocks = run_with_panel_cache(model, {}, spec.vocab, /*resident=*/true);
+  const CacheRun repacked = run_with_panel_cache(model, dir, spec.vocab);
+  EXPECT_TRUE(repacked.created) << repacked.description;
+  EXPECT_EQ(repacked.logits, blocks.logits);
+  EXPECT_FALSE(run_with_panel_cache(model, dir, spec.vocab).created);
+
+  const size_t size = fs::file_size(cache);
+  // A byte of the header, then of the first matrix's first panel (the panels start at 2 MiB):
+  // each makes the file unusable, packed again.
+  for (size_t offset : {size_t{20}, (size_t{2} << 20) + 7}) {
+    flip_byte(cache, offset);
+    const CacheRun r = run_with_panel_cache(model, dir, spec.vocab);
+    EXPECT_TRUE(r.created) << "byte " << offset << " flipped: " << r.description;
+    EXPECT_EQ(r.logits, blocks.logits);
+  }
+  // Cut short.
+  fs::resize_file(cache, size / 2);
+  const CacheRun r = run_with_panel_cache(model, dir, spec.vocab);
+  EXPECT_TRUE(r.created);
+  EXPECT_EQ(r.logits, blocks.logits);
+  EXPECT_EQ(fs::file_size(cache), size);
+  fs::remove_all(dir);
+  fs::remove(tiny.path);
+}
+
+TEST(EnginePanelCache, AFolderThatCannotBeWrittenLeavesTheBlocksAndSaysWhy) {
+  if (kiln::kernels::packed_panels_bytes(GgmlType::Q4_K, 32, 256) == 0) {
+    GTEST_SKIP() << "no pre-packed panels on this CPU";
+  }
+  TinySpec spec;
+  spec.matrix_type = GgmlType::Q4_K;
+  spec.dim = spec.ffn = 256;
+  const TinyModel tiny = write_tiny_model(spec, "panel_cache_unwritable.gguf");
+  const Model model = Model::load(tiny.path);
+  const CacheRun blocks = run_with_panel_cache(model, {}, spec.vocab);
+  // A folder below a regular file cannot be made (even by root).
+  const CacheRun r = run_with_panel_cache(model, tiny.path / "cache", spec.vocab);
+  EXPECT_FALSE(r.cached);
+  EXPECT_NE(r.description.find("no panel cache: cannot write the panel cache"), std::string::npos)
+      << r.description;
+  EXPECT_EQ(r.logits, blocks.logits);
   fs::remove(tiny.path);
 }
 

@@ -40,3 +40,12 @@ def default_model_q4_k_m() -> pathlib.Path:
     if not DEFAULT_MODEL_Q4_K_M.exists():
         pytest.skip(f"{DEFAULT_MODEL_Q4_K_M} missing (tools/setup.sh makes it with kiln quantize)")
     return DEFAULT_MODEL_Q4_K_M
+
+
+@pytest.fixture(scope="session", autouse=True)
+def panel_cache_dir(tmp_path_factory) -> pathlib.Path:
+    """The kiln processes the tests start keep their panel cache (engine/panel_cache.h) here,
+    not in ~/.cache/kiln: the tests' temporary models would leave files there."""
+    path = tmp_path_factory.mktemp("panel-cache")
+    os.environ["KILN_CACHE_DIR"] = str(path)
+    return path

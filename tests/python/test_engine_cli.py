@@ -183,27 +183,6 @@ def test_bench_depth_starts_pp_and_tg_after_that_many_tokens(kiln_bin, default_m
     assert r.returncode != 0 and "-d" in r.stderr
 
 
-def test_bench_reports_how_the_weights_are_held(kiln_bin, default_model):
-    base = ("bench", "-m", default_model, "-p", "0", "-n", "2", "-r", "1", "-t", "2")
-    mapped = kiln(kiln_bin, *base).stdout
-    # The default: the file mapping, on 2 MiB pages as far as the kernel grants them.
-    assert "weights: mapped, " in mapped and " MiB on 2 MiB pages" in mapped
-    small = kiln(kiln_bin, *base, "--no-hugepage-mmap").stdout
-    assert "weights:" not in small and "tg2" in small
-    resident = kiln(kiln_bin, *base, "--hugepage-weights").stdout
-    assert "weights: a resident copy on 2 MiB pages" in resident
-
-
-def test_logits_are_the_same_however_the_weights_are_held(kiln_bin, default_model, tmp_path):
-    outs = []
-    for i, flags in enumerate(([], ["--no-hugepage-mmap"], ["--hugepage-weights"])):
-        out = tmp_path / f"l{i}.npy"
-        kiln(kiln_bin, "logits", "-m", default_model, "--prompt", "Huge pages or small ones",
-             "--out", out, "-t", "2", *flags)
-        outs.append(np.load(out))
-    assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
-
-
 def cpu_has_avx512_vnni():
     try:
         flags = open("/proc/cpuinfo").read()
@@ -212,21 +191,83 @@ def cpu_has_avx512_vnni():
     return all(f in flags for f in ("avx512f", "avx512bw", "avx512vl", "avx512_vnni"))
 
 
+def test_bench_reports_how_the_weights_are_held(kiln_bin, default_model):
+    base = ("bench", "-m", default_model, "-p", "0", "-n", "2", "-r", "1", "-t", "2")
+    # Without the panel cache: the file mapping, on 2 MiB pages as far as the kernel grants them.
+    mapped = kiln(kiln_bin, *base, "--no-panel-cache").stdout
+    assert "weights: mapped, " in mapped and " MiB on 2 MiB pages" in mapped
+    small = kiln(kiln_bin, *base, "--no-panel-cache", "--no-hugepage-mmap").stdout
+    assert "weights: mapped\n" in small and "tg2" in small
+    resident = kiln(kiln_bin, *base, "--hugepage-weights").stdout
+    assert "weights: a resident copy on 2 MiB pages" in resident
+
+
+def test_logits_are_the_same_however_the_weights_are_held(kiln_bin, default_model, tmp_path):
+    # The default model is Q4_1 and Q8_0: their panels give the blocks' results bit for bit.
+    outs = []
+    for i, flags in enumerate(([], ["--no-panel-cache"], ["--no-hugepage-mmap", "--no-panel-cache"],
+                               ["--hugepage-weights"])):
+        out = tmp_path / f"l{i}.npy"
+        kiln(kiln_bin, "logits", "-m", default_model, "--prompt", "Huge pages or small ones",
+             "--out", out, "-t", "2", *flags)
+        outs.append(np.load(out))
+    for other in outs[1:]:
+        assert np.array_equal(outs[0], other)
+
+
+@pytest.mark.skipif(not cpu_has_avx512_vnni(), reason="pre-packed panels need AVX-512 VNNI")
+def test_panel_cache_is_packed_once_then_mapped(kiln_bin, default_model_q4_k_m, tmp_path):
+    cache = tmp_path / "panels"
+    base = ("bench", "-m", default_model_q4_k_m, "-p", "0", "-n", "2", "-r", "1", "-t", "2",
+            "--panel-cache", cache)
+    first = kiln(kiln_bin, *base).stdout
+    assert f"pre-packed panels packed into {cache}/SmolLM2-135M-Instruct-Q4_K_M-" in first, first
+    files = list(cache.iterdir())
+    assert len(files) == 1 and files[0].suffix == ".panels", files
+    second = kiln(kiln_bin, *base).stdout
+    assert f"pre-packed panels from {files[0]}" in second, second
+    assert list(cache.iterdir()) == files
+    # Greedy text through the cache is the text from the model's own blocks.
+    run = ("run", "-m", default_model_q4_k_m, "-p", "The capital of France is", "-n", "24",
+           "--temp", "0", "-t", "2")
+    cached = kiln(kiln_bin, *run, "--panel-cache", cache)
+    assert f"weights: mapped; pre-packed panels from {files[0]}" in cached.stderr
+    blocks = kiln(kiln_bin, *run, "--no-panel-cache")
+    assert cached.stdout == blocks.stdout and len(cached.stdout) > 20
+
+
+def test_an_unwritable_panel_cache_runs_without_it_and_says_why(kiln_bin, default_model_q4_k_m,
+                                                               tmp_path):
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    r = kiln(kiln_bin, "run", "-m", default_model_q4_k_m, "-p", "Hello", "-n", "4", "--temp", "0",
+             "-t", "2", "--panel-cache", not_a_folder / "cache")
+    assert "no panel cache: cannot write the panel cache" in r.stderr, r.stderr
+    assert "--no-panel-cache" in r.stderr
+    r = kiln(kiln_bin, "run", "-m", default_model_q4_k_m, "-p", "Hello", "-n", "1",
+             "--panel-cache", "", check=False)
+    assert r.returncode != 0 and "--panel-cache: expected a folder" in r.stderr
+
+
 @pytest.mark.skipif(not cpu_has_avx512_vnni(), reason="pre-packed panels need AVX-512 VNNI")
 def test_packed_k_panels_decode_as_the_gemm(kiln_bin, default_model_q4_k_m, tmp_path):
-    # --hugepage-weights packs Q4_K and Q6_K too and reads the panels for every token, so one
-    # token at a time (-b 1) gives the logits the GEMM gives the whole prompt in one run
-    # (from the mapping, where a lone token takes the per-row kernels instead).
+    # Pre-packed panels (the panel cache, by default, or --hugepage-weights) hold Q4_K and Q6_K
+    # too and are read for every token, so one token at a time (-b 1) gives the logits the GEMM
+    # gives the whole prompt in one run (from the model's own blocks a lone token takes the
+    # per-row kernels instead).
     outs = {}
-    for name, flags in {"mapped_run": ["-b", "512"], "packed_tokens": ["-b", "1", "--hugepage-weights"],
-                        "mapped_tokens": ["-b", "1"]}.items():
+    for name, flags in {"blocks_run": ["-b", "512", "--no-panel-cache"],
+                        "packed_tokens": ["-b", "1", "--hugepage-weights"],
+                        "cached_tokens": ["-b", "1"],
+                        "blocks_tokens": ["-b", "1", "--no-panel-cache"]}.items():
         out = tmp_path / f"{name}.npy"
         kiln(kiln_bin, "logits", "-m", default_model_q4_k_m, "--prompt",
              "One token at a time, or all at once", "--out", out, "-t", "2", *flags)
         outs[name] = np.load(out)
-    assert np.array_equal(outs["packed_tokens"], outs["mapped_run"])
-    # The per-row kernels round otherwise, so the comparison above is not vacuous.
-    assert not np.array_equal(outs["mapped_tokens"], outs["mapped_run"])
+    assert np.array_equal(outs["packed_tokens"], outs["blocks_run"])
+    assert np.array_equal(outs["cached_tokens"], outs["blocks_run"])
+    # The per-row kernels round otherwise, so the comparisons above are not vacuous.
+    assert not np.array_equal(outs["blocks_tokens"], outs["blocks_run"])
 
 
 def test_unsupported_architecture_is_named(kiln_bin, repo_root, tmp_path):

@@ -1,0 +1,278 @@
+#include "engine/panel_cache.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+#include <system_error>
+
+#include "kernels/matmul_rows.h"
+#include "kernels/quants.h"
+
+namespace kiln {
+namespace {
+
+constexpr char kMagic[8] = {'K', 'I', 'L', 'N', 'P', 'N', 'L', '\0'};
+constexpr uint32_t kFormatVersion = 1;
+constexpr size_t kHugePage = size_t{2} << 20;
+constexpr size_t kMatrixAlign = 4096;
+
+struct PanelCacheHeader {
+  char magic[8];
+  uint32_t version;
+  uint32_t n_matrices;
+  uint64_t model_size;       // bytes of the model file
+  int64_t model_mtime_ns;    // its modification time
+  uint64_t model_head_hash;  // FNV-1a of its bytes before the tensor data
+  uint64_t data_offset;      // first panel byte, 2 MiB aligned
+  uint64_t file_size;        // bytes of this file
+};
+static_assert(sizeof(PanelCacheHeader) == 56);
+
+struct PanelCacheEntry {
+  uint32_t type;  // GgmlType
+  uint32_t reserved;
+  uint64_t rows, cols;
+  uint64_t offset;  // of the panels in this file, 4 KiB aligned
+  uint64_t bytes;   // packed_panels_bytes(type, rows, cols)
+  char layout[24];  // packed_panels_layout(type), zero padded
+};
+static_assert(sizeof(PanelCacheEntry) == 64);
+
+size_t align_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
+
+uint64_t fnv1a(std::span<const std::byte> bytes, uint64_t h = 14695981039346656037ull) {
+  for (const std::byte b : bytes) {
+    h ^= static_cast<uint8_t>(b);
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+std::string mib(size_t bytes) { return std::to_string((bytes + (1 << 19)) >> 20) + " MiB"; }
+
+// The header and entries a valid cache file for these matrices has, byte for byte.
+struct Expected {
+  PanelCacheHeader header{};
+  std::vector<PanelCacheEntry> entries;
+};
+
+Expected expected_layout(const gguf::File& model, std::span<const kernels::WeightMatrix> matrices) {
+  struct stat st {};
+  if (::stat(model.path().c_str(), &st) != 0) {
+    throw std::runtime_error(model.path() +
+                             ": cannot stat the model file: " + std::strerror(errno));
+  }
+  Expected e;
+  PanelCacheHeader& h = e.header;
+  std::memcpy(h.magic, kMagic, sizeof kMagic);
+  h.version = kFormatVersion;
+  h.n_matrices = static_cast<uint32_t>(matrices.size());
+  h.model_size = model.file_size();
+  h.model_mtime_ns = int64_t{st.st_mtim.tv_sec} * 1'000'000'000 + st.st_mtim.tv_nsec;
+  h.model_head_hash =
+      fnv1a(model.bytes().first(std::min<uint64_t>(model.data_offset(), model.bytes().size())));
+  h.data_offset =
+      align_up(sizeof(PanelCacheHeader) + matrices.size() * sizeof(PanelCacheEntry), kHugePage);
+  size_t offset = h.data_offset;
+  for (const kernels::WeightMatrix& w : matrices) {
+    PanelCacheEntry en{};
+    en.type = static_cast<uint32_t>(w.type);
+    en.rows = w.rows;
+    en.cols = w.cols;
+    en.bytes = kernels::packed_panels_bytes(w.type, w.rows, w.cols);
+    if (en.bytes == 0) {
+      throw std::invalid_argument(std::string("panel cache: no pre-packed panels for ") +
+                                  std::string(type_name(w.type)) + " on this CPU");
+    }
+    const std::string layout = kernels::packed_panels_layout(w.type);
+    std::memcpy(en.layout, layout.data(), std::min(layout.size(), sizeof en.layout - 1));
+    en.offset = offset;
+    offset = align_up(offset + en.bytes, kMatrixAlign);
+    e.entries.push_back(en);
+  }
+  h.file_size =
+      e.entries.empty() ? h.data_offset : e.entries.back().offset + e.entries.back().bytes;
+  return e;
+}
+
+// Where matrix w's blocks start in the model file.
+uint64_t file_offset(const gguf::File& model, const kernels::WeightMatrix& w) {
+  return static_cast<uint64_t>(w.data.data() - model.bytes().data());
+}
+
+// Reads w's first `rows` rows of blocks from the model file (not its mapping).
+void read_rows(const gguf::File& model, const kernels::WeightMatrix& w, size_t rows,
+               std::vector<std::byte>& out) {
+  out.resize(rows * row_bytes(w.type, w.cols));
+  if (!gguf::read_file_range(model.path(), model.file_size(), file_offset(model, w), out)) {
+    throw std::runtime_error(model.path() + ": cannot read the model file again to pack its " +
+                             "weights (was it changed or removed since it was opened?)");
+  }
+}
+
+// The cache file at `path` matches `e`, and each matrix's first panel is what this build
+// packs from the model now: its spans into `file`, or empty.
+std::vector<std::span<const std::byte>> check(const gguf::MappedFile& file, const Expected& e,
+                                              const gguf::File& model,
+                                              std::span<const kernels::WeightMatrix> matrices,
+                                              ThreadPool& pool) {
+  const std::span<const std::byte> bytes = file.bytes();
+  const size_t table = sizeof(PanelCacheHeader) + e.entries.size() * sizeof(PanelCacheEntry);
+  if (bytes.size() != e.header.file_size || bytes.size() < table) return {};
+  if (std::memcmp(bytes.data(), &e.header, sizeof e.header) != 0) return {};
+  if (!e.entries.empty() && std::memcmp(bytes.data() + sizeof e.header, e.entries.data(),
+                                        e.entries.size() * sizeof(PanelCacheEntry)) != 0) {
+    return {};
+  }
+  std::vector<std::span<const std::byte>> panels;
+  std::vector<std::byte> blocks, first;
+  for (size_t i = 0; i < matrices.size(); ++i) {
+    const kernels::WeightMatrix& w = matrices[i];
+    const PanelCacheEntry& en = e.entries[i];
+    const size_t rows = std::min(kernels::kUnitRows, w.rows);
+    read_rows(model, w, rows, blocks);
+    first.assign(kernels::packed_panels_bytes(w.type, rows, w.cols), std::byte{0});
+    kernels::pack_panels({w.type, blocks, rows, w.cols}, first, pool);
+    const std::span<const std::byte> p = bytes.subspan(en.offset, en.bytes);
+    if (std::memcmp(p.data(), first.data(), first.size()) != 0) return {};
+    panels.push_back(p);
+  }
+  return panels;
+}
+
+// Closes a descriptor and removes a half-written temporary file unless released.
+struct TempFile {
+  std::string path;
+  int fd = -1;
+  void* map = nullptr;
+  size_t map_size = 0;
+  ~TempFile() {
+    if (map != nullptr) munmap(map, map_size);
+    if (fd >= 0) ::close(fd);
+    if (!path.empty()) ::unlink(path.c_str());
+  }
+};
+
+[[noreturn]] void fail_write(const std::filesystem::path& what, const std::string& why) {
+  throw std::runtime_error("cannot write the panel cache " + what.string() + ": " + why +
+                           " (--panel-cache DIR puts it elsewhere; --no-panel-cache reads the "
+                           "model's own blocks: slower decode, the same results)");
+}
+
+// Packs the matrices into a new cache file at `path`: written under a temporary name in the
+// same folder, synced, then renamed over `path`.
+void write_cache(const std::filesystem::path& path, const Expected& e, const gguf::File& model,
+                 std::span<const kernels::WeightMatrix> matrices, ThreadPool& pool) {
+  std::error_code ec;
+  std::filesystem::create_directories(path.parent_path(), ec);
+  if (ec) fail_write(path.parent_path(), "cannot create the folder: " + ec.message());
+  TempFile tmp;
+  tmp.path = path.string() + ".tmp." + std::to_string(::getpid());
+  tmp.fd = ::open(tmp.path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (tmp.fd < 0) {
+    const std::string why = std::strerror(errno);
+    tmp.path.clear();
+    fail_write(path, why);
+  }
+  const size_t size = e.header.file_size;
+  // Reserve the blocks now: a store into a mapped hole the disk has no room for would kill
+  // the process (SIGBUS) instead of failing here.
+  if (const int err = posix_fallocate(tmp.fd, 0, static_cast<off_t>(size)); err != 0) {
+    fail_write(path, "cannot reserve " + mib(size) + ": " + std::strerror(err));
+  }
+  tmp.map = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, tmp.fd, 0);
+  if (tmp.map == MAP_FAILED) {
+    tmp.map = nullptr;
+    fail_write(path, std::string("cannot map it: ") + std::strerror(errno));
+  }
+  tmp.map_size = size;
+  auto* out = static_cast<std::byte*>(tmp.map);
+  std::memcpy(out, &e.header, sizeof e.header);
+  std::memcpy(out + sizeof e.header, e.entries.data(), e.entries.size() * sizeof(PanelCacheEntry));
+  std::vector<std::byte> blocks;
+  for (size_t i = 0; i < matrices.size(); ++i) {
+    const kernels::WeightMatrix& w = matrices[i];
+    read_rows(model, w, w.rows, blocks);
+    const PanelCacheEntry& en = e.entries[i];
+    kernels::pack_panels({w.type, blocks, w.rows, w.cols}, {out + en.offset, en.bytes}, pool);
+  }
+  munmap(tmp.map, size);
+  tmp.map = nullptr;
+  if (fdatasync(tmp.fd) != 0) fail_write(path, std::string("sync: ") + std::strerror(errno));
+  if (std::rename(tmp.path.c_str(), path.c_str()) != 0) {
+    fail_write(path, std::string("rename: ") + std::strerror(errno));
+  }
+  tmp.path.clear();  // renamed: nothing to remove
+}
+
+}  // namespace
+
+std::filesystem::path default_panel_cache_dir() {
+  const auto env = [](const char* name) -> std::string {
+    const char* v = std::getenv(name);
+    return v != nullptr ? v : "";
+  };
+  if (const std::string dir = env("KILN_CACHE_DIR"); !dir.empty()) return dir;
+  if (const std::string xdg = env("XDG_CACHE_HOME"); !xdg.empty()) {
+    return std::filesystem::path(xdg) / "kiln";
+  }
+  if (const std::string home = env("HOME"); !home.empty()) {
+    return std::filesystem::path(home) / ".cache" / "kiln";
+  }
+  return {};
+}
+
+std::filesystem::path panel_cache_file(const std::filesystem::path& dir,
+                                       const std::filesystem::path& model_path) {
+  std::error_code ec;
+  std::filesystem::path absolute = std::filesystem::absolute(model_path, ec);
+  if (ec) absolute = model_path;
+  const std::string key = absolute.lexically_normal().string();
+  char hash[17];
+  std::snprintf(hash, sizeof hash, "%016llx",
+                static_cast<unsigned long long>(fnv1a(std::as_bytes(std::span(key)))));
+  return dir / (model_path.stem().string() + "-" + hash + ".panels");
+}
+
+PanelCache PanelCache::open(const gguf::File& model,
+                            std::span<const kernels::WeightMatrix> matrices,
+                            const std::filesystem::path& dir, ThreadPool& pool) {
+  const auto t0 = std::chrono::steady_clock::now();
+  PanelCache c;
+  c.path_ = panel_cache_file(dir, model.path());
+  const Expected e = expected_layout(model, matrices);
+  const auto try_map = [&] {
+    try {
+      c.file_ = gguf::MappedFile::open(c.path_);
+    } catch (const std::runtime_error&) {
+      return false;  // no file yet (or unreadable): packed again
+    }
+    c.panels_ = check(c.file_, e, model, matrices, pool);
+    return !c.panels_.empty() || matrices.empty();
+  };
+  if (!try_map()) {
+    c.file_ = {};
+    write_cache(c.path_, e, model, matrices, pool);
+    c.created_ = true;
+    if (!try_map()) {
+      throw std::runtime_error("the panel cache " + c.path_.string() +
+                               " just written does not read back the same (was it changed "
+                               "meanwhile?)");
+    }
+  }
+  c.huge_ = c.file_.map_on_huge_pages();
+  c.seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return c;
+}
+
+}  // namespace kiln
