@@ -267,7 +267,6 @@ Engine::Engine(const Model& model, const EngineOptions& options)
   const ModelConfig& c = model.config();
   if (max_batch_ == 0) throw std::invalid_argument("max_batch must be at least 1");
   resident_weights_ = options.resident_weights;
-  huge_page_mapping_ = options.huge_page_mapping;
   bool every_matrix_packed = false;
   if (options.resident_weights) {
     weights_ = copy_weights(model, act_precision_, batch_gemm_, resident_, *pool_);
@@ -278,6 +277,7 @@ Engine::Engine(const Model& model, const EngineOptions& options)
   // embedding rows and the norms: faulted in as read, not all of it.
   if (!options.resident_weights && options.huge_page_mapping && !every_matrix_packed) {
     model.file().map_on_huge_pages();
+    model_mapping_faulted_in_ = true;
   }
   // (After the copy: a matrix's path depends on whether it has pre-packed panels.)
   weights_.for_each_matrix([&](const WeightView& m) {
@@ -355,7 +355,7 @@ bool Engine::attach_panel_cache(const std::filesystem::path& dir) {
   for (const WeightView* m : packed) matrices.push_back(as_matrix(*m));
   try {
     panel_cache_ = PanelCache::open(model_.file(), matrices, dir, *pool_);
-  } catch (const std::runtime_error& e) {
+  } catch (const std::exception& e) {
     panel_cache_error_ = e.what();  // the forward reads the blocks: slower, the same results
     return false;
   }
@@ -387,7 +387,7 @@ std::string Engine::weights_description() const {
   char line[512];
   if (resident_weights_) return "a resident copy on 2 MiB pages (--hugepage-weights)";
   std::string out = "mapped";
-  if (huge_page_mapping_ && panel_cache_.empty()) {
+  if (model_mapping_faulted_in_) {
     const auto huge = model_.file().map_on_huge_pages();  // the constructor's report
     std::snprintf(line, sizeof line, ", %.1f of %.1f MiB on 2 MiB pages%s",
                   double(huge.huge_bytes) / (1 << 20), double(huge.mapped_bytes) / (1 << 20),

@@ -180,7 +180,7 @@ class Engine {
   std::string panel_cache_error_;
   std::vector<float> float_copies_;  // the norms, with the panel cache (attach_panel_cache)
   bool resident_weights_ = false;
-  bool huge_page_mapping_ = false;
+  bool model_mapping_faulted_in_ = false;  // on 2 MiB pages where granted (huge_page_mapping)
   size_t run_length_threshold_ = 0;
   size_t max_batch_;
   int n_threads_;

@@ -1,6 +1,7 @@
 #include "engine/panel_cache.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -169,6 +170,23 @@ struct TempFile {
                            "model's own blocks: slower decode, the same results)");
 }
 
+// Removes `path`.tmp.PID files whose process is gone (killed while packing): each is as
+// large as the cache. A live process's file is left to it.
+void remove_abandoned_temporaries(const std::filesystem::path& path) {
+  const std::string prefix = path.filename().string() + ".tmp.";
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(path.parent_path(), ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind(prefix, 0) != 0) continue;
+    char* end = nullptr;
+    const long pid = std::strtol(name.c_str() + prefix.size(), &end, 10);
+    if (end == nullptr || *end != '\0' || pid <= 0) continue;
+    if (::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) {
+      std::filesystem::remove(entry.path(), ec);
+    }
+  }
+}
+
 // Packs the matrices into a new cache file at `path`: written under a temporary name in the
 // same folder, synced, then renamed over `path`.
 void write_cache(const std::filesystem::path& path, const Expected& e, const gguf::File& model,
@@ -176,6 +194,7 @@ void write_cache(const std::filesystem::path& path, const Expected& e, const ggu
   std::error_code ec;
   std::filesystem::create_directories(path.parent_path(), ec);
   if (ec) fail_write(path.parent_path(), "cannot create the folder: " + ec.message());
+  remove_abandoned_temporaries(path);
   TempFile tmp;
   tmp.path = path.string() + ".tmp." + std::to_string(::getpid());
   tmp.fd = ::open(tmp.path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);

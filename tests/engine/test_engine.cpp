@@ -780,6 +780,18 @@ TEST(EnginePanelCache, PackedOnceThenMappedWithTheSameLogitsAsTheBlocks) {
     EXPECT_EQ(second.logits, resident.logits);
     // One file, no temporary left behind.
     EXPECT_EQ(std::distance(fs::directory_iterator(dir), fs::directory_iterator{}), 1);
+    // A temporary file of a process that died while packing is removed by the next packing;
+    // a live process's is not.
+    const fs::path cache = kiln::panel_cache_file(dir, tiny.path);
+    const fs::path dead = cache.string() + ".tmp.2147483646";
+    const fs::path live = cache.string() + ".tmp." + std::to_string(getppid());
+    std::ofstream(dead) << "half";
+    std::ofstream(live) << "mine";
+    fs::remove(cache);
+    EXPECT_TRUE(run_with_panel_cache(model, dir, spec.vocab).created);
+    EXPECT_FALSE(fs::exists(dead));
+    EXPECT_TRUE(fs::exists(live));
+    EXPECT_TRUE(fs::exists(cache));
     fs::remove_all(dir);
     fs::remove(tiny.path);
   }
