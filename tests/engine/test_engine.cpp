@@ -722,6 +722,16 @@ CacheRun run_with_panel_cache(const Model& model, const fs::path& dir, size_t vo
   return r;
 }
 
+bool has_panels(GgmlType type) { return kiln::kernels::packed_panels_bytes(type, 32, 256) > 0; }
+
+// A tiny model whose matrices are `type` and 256 wide (a K block).
+TinySpec panel_spec(GgmlType type) {
+  TinySpec spec;
+  spec.matrix_type = type;
+  spec.dim = spec.ffn = 256;
+  return spec;
+}
+
 // Flips one byte of a file at `offset`.
 void flip_byte(const fs::path& path, size_t offset) {
   std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
@@ -735,13 +745,9 @@ void flip_byte(const fs::path& path, size_t offset) {
 
 TEST(EnginePanelCache, PackedOnceThenMappedWithTheSameLogitsAsTheBlocks) {
   for (GgmlType type : {GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q8_0}) {
-    if (kiln::kernels::packed_panels_bytes(type, 32, 256) == 0) {
-      GTEST_SKIP() << "no pre-packed panels on this CPU";
-    }
+    if (!has_panels(type)) GTEST_SKIP() << "no pre-packed panels on this CPU";
     SCOPED_TRACE(kiln::type_name(type));
-    TinySpec spec;
-    spec.matrix_type = type;
-    spec.dim = spec.ffn = 256;
+    TinySpec spec = panel_spec(type);
     spec.oracle_sees_quantized = true;
     const TinyModel tiny = write_tiny_model(spec, "panel_cache.gguf");
     const fs::path dir = temp_path("panel_cache_dir");
@@ -798,12 +804,8 @@ TEST(EnginePanelCache, PackedOnceThenMappedWithTheSameLogitsAsTheBlocks) {
 }
 
 TEST(EnginePanelCache, StaleOrDamagedFilesArePackedAgain) {
-  if (kiln::kernels::packed_panels_bytes(GgmlType::Q4_K, 32, 256) == 0) {
-    GTEST_SKIP() << "no pre-packed panels on this CPU";
-  }
-  TinySpec spec;
-  spec.matrix_type = GgmlType::Q4_K;
-  spec.dim = spec.ffn = 256;
+  if (!has_panels(GgmlType::Q4_K)) GTEST_SKIP() << "no pre-packed panels on this CPU";
+  const TinySpec spec = panel_spec(GgmlType::Q4_K);
   const fs::path dir = temp_path("panel_cache_stale");
   fs::remove_all(dir);
   TinyModel tiny = write_tiny_model(spec, "panel_cache_stale.gguf", 7);
@@ -844,12 +846,8 @@ TEST(EnginePanelCache, StaleOrDamagedFilesArePackedAgain) {
 }
 
 TEST(EnginePanelCache, AFolderThatCannotBeWrittenLeavesTheBlocksAndSaysWhy) {
-  if (kiln::kernels::packed_panels_bytes(GgmlType::Q4_K, 32, 256) == 0) {
-    GTEST_SKIP() << "no pre-packed panels on this CPU";
-  }
-  TinySpec spec;
-  spec.matrix_type = GgmlType::Q4_K;
-  spec.dim = spec.ffn = 256;
+  if (!has_panels(GgmlType::Q4_K)) GTEST_SKIP() << "no pre-packed panels on this CPU";
+  const TinySpec spec = panel_spec(GgmlType::Q4_K);
   const TinyModel tiny = write_tiny_model(spec, "panel_cache_unwritable.gguf");
   const Model model = Model::load(tiny.path);
   const CacheRun blocks = run_with_panel_cache(model, {}, spec.vocab);
