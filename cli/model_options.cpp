@@ -98,6 +98,10 @@ EngineOptions ModelOptions::engine_options() const {
   o.resident_weights = hugepage_weights;
   o.huge_page_mapping = hugepage_mmap;
   o.panel_cache_dir = panel_cache_dir;
+  // A model's first start packs its panel cache: seconds for a 1B model, so say so.
+  o.progress = [](std::string_view line) {
+    std::fprintf(stderr, "%.*s\n", static_cast<int>(line.size()), line.data());
+  };
   o.batch_gemm = batch_gemm;
   return o;
 }

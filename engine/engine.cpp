@@ -271,7 +271,7 @@ Engine::Engine(const Model& model, const EngineOptions& options)
   if (options.resident_weights) {
     weights_ = copy_weights(model, act_precision_, batch_gemm_, resident_, *pool_);
   } else if (!options.panel_cache_dir.empty()) {
-    every_matrix_packed = attach_panel_cache(options.panel_cache_dir);
+    every_matrix_packed = attach_panel_cache(options.panel_cache_dir, options.progress);
   }
   // With every matrix read from the panel cache, the model's mapping serves only the
   // embedding rows and the norms: faulted in as read, not all of it.
@@ -340,7 +340,8 @@ Engine::Engine(const Model& model, const EngineOptions& options)
 
 Engine::~Engine() = default;
 
-bool Engine::attach_panel_cache(const std::filesystem::path& dir) {
+bool Engine::attach_panel_cache(const std::filesystem::path& dir,
+                                const std::function<void(std::string_view)>& progress) {
   std::vector<WeightView*> packed;
   bool every = true;
   weights_.for_each_matrix([&](WeightView& m) {
@@ -354,7 +355,7 @@ bool Engine::attach_panel_cache(const std::filesystem::path& dir) {
   std::vector<kernels::WeightMatrix> matrices;
   for (const WeightView* m : packed) matrices.push_back(as_matrix(*m));
   try {
-    panel_cache_ = PanelCache::open(model_.file(), matrices, dir, *pool_);
+    panel_cache_ = PanelCache::open(model_.file(), matrices, dir, *pool_, progress);
   } catch (const std::exception& e) {
     panel_cache_error_ = e.what();  // the forward reads the blocks: slower, the same results
     return false;

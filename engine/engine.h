@@ -12,11 +12,13 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <initializer_list>
 #include <memory>
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "engine/kv_cache.h"
@@ -69,6 +71,9 @@ struct EngineOptions {
   // the cache can neither be read nor written the engine runs without it and says why
   // (weights_description()). The CLI's default is default_panel_cache_dir().
   std::filesystem::path panel_cache_dir;
+  // Told what takes long at construction (packing the panel cache on a model's first use),
+  // one line at a time; may be empty.
+  std::function<void(std::string_view)> progress;
   // Activation quantization of the matmuls: int16 (two int8 planes) for accuracy close to
   // float activations (issue #5) at some speed cost; int8 is the fast default.
   kernels::ActPrecision act_precision = kernels::ActPrecision::int8;
@@ -158,7 +163,8 @@ class Engine {
   void validate(const Batch& batch);
   // Points the packed matrices' panels into the panel cache in `dir`. True when every
   // matrix the forward reads then has its panels there.
-  bool attach_panel_cache(const std::filesystem::path& dir);
+  bool attach_panel_cache(const std::filesystem::path& dir,
+                          const std::function<void(std::string_view)>& progress);
   void attention(size_t layer, size_t n);
   // y_i = x @ W_i^T for every target, where all the W_i read the same input x (n rows);
   // row_seq[r] is the sequence row r belongs to (it picks the kernel path, see there).

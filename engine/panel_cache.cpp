@@ -265,7 +265,8 @@ std::filesystem::path panel_cache_file(const std::filesystem::path& dir,
 
 PanelCache PanelCache::open(const gguf::File& model,
                             std::span<const kernels::WeightMatrix> matrices,
-                            const std::filesystem::path& dir, ThreadPool& pool) {
+                            const std::filesystem::path& dir, ThreadPool& pool,
+                            const std::function<void(std::string_view)>& progress) {
   const auto t0 = std::chrono::steady_clock::now();
   PanelCache c;
   c.path_ = panel_cache_file(dir, model.path());
@@ -281,6 +282,10 @@ PanelCache PanelCache::open(const gguf::File& model,
   };
   if (!try_map()) {
     c.file_ = {};
+    if (progress) {
+      progress("packing the weights into the panel cache " + c.path_.string() + " (" +
+               mib(e.header.file_size) + "; once per model file)");
+    }
     write_cache(c.path_, e, model, matrices, pool);
     c.created_ = true;
     if (!try_map()) {

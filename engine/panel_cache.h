@@ -22,8 +22,10 @@
 
 #include <cstddef>
 #include <filesystem>
+#include <functional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "gguf/gguf.h"
@@ -53,8 +55,10 @@ class PanelCache {
   // model's mapped pages of these matrices are never touched. Throws std::runtime_error
   // with a message a user can act on when the file can neither be used nor written (no
   // such folder and none can be made, no permission, not enough disk space).
+  // `progress` (may be empty) is told before a file is packed.
   static PanelCache open(const gguf::File& model, std::span<const kernels::WeightMatrix> matrices,
-                         const std::filesystem::path& dir, ThreadPool& pool);
+                         const std::filesystem::path& dir, ThreadPool& pool,
+                         const std::function<void(std::string_view)>& progress = {});
 
   bool empty() const { return panels_.empty(); }
   // Matrix i's panels, in the order given to open().

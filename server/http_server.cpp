@@ -63,22 +63,26 @@ bool constant_time_equal(std::string_view a, std::string_view b) {
   return diff == 0;
 }
 
-// Reads every page of the mapped weights once, so the first request does not
-// pay for page faults, and so loading can report real progress.
-void fault_in_weights(const gguf::File& file,
-                      const std::function<void(std::string_view)>& progress) {
+// Reads every page of the weights the CPU forward reads once (pre-packed panels where it
+// has them, else the model's blocks; the embedding table), so the first request does not
+// pay for page faults, and so loading can report real progress. The model's blocks of a
+// matrix read as panels are not touched: they would count in the RSS a second time.
+void fault_in_weights(const Weights& w, const std::function<void(std::string_view)>& progress) {
+  std::vector<std::span<const std::byte>> spans{w.token_embd.data};
+  w.for_each_matrix([&](const WeightView& m) {
+    const std::span<const std::byte> bytes = m.panels.empty() ? m.data : m.panels;
+    if (bytes.data() != w.token_embd.data.data()) spans.push_back(bytes);  // tied output
+  });
   size_t total = 0;
-  for (const auto& t : file.tensors()) total += t.data.size();
+  for (const auto& s : spans) total += s.size();
   size_t done = 0;
   int reported = 0;
   volatile unsigned char sink = 0;
-  for (const auto& t : file.tensors()) {
+  for (const auto& s : spans) {
     unsigned char acc = 0;
-    for (size_t off = 0; off < t.data.size(); off += 4096) {
-      acc ^= static_cast<unsigned char>(t.data[off]);
-    }
+    for (size_t off = 0; off < s.size(); off += 4096) acc ^= static_cast<unsigned char>(s[off]);
     sink = sink ^ acc;
-    done += t.data.size();
+    done += s.size();
     const int pct = total ? static_cast<int>(100 * done / total) : 100;
     if (pct >= reported + 10) {
       reported = pct - pct % 10;
@@ -167,7 +171,6 @@ void HttpServer::load_model(const std::function<void(std::string_view)>& progres
   progress("loading " + s.options.model_path);
   s.model.emplace(Model::load(s.options.model_path));
   const gguf::File& file = s.model->file();
-  fault_in_weights(file, progress);
   s.tokenizer.emplace(Tokenizer::from_gguf(file));
   try {
     s.chat_template.emplace(s.options.chat_template.empty()
@@ -190,10 +193,12 @@ void HttpServer::load_model(const std::function<void(std::string_view)>& progres
   eo.n_seq = std::max<size_t>(1, s.options.parallel);
   // Room for one decode token per sequence plus a prompt chunk.
   eo.max_batch = std::max<size_t>(1, s.options.prefill_chunk) + eo.n_seq;
+  eo.progress = progress;  // the panel cache says when it packs (a model's first start)
   s.engine = std::make_unique<AnyEngine>(*s.model, eo, s.options.device);
   std::unique_ptr<BatchEngine> batch_engine;
   std::string where;
   if (Engine* cpu = s.engine->cpu()) {
+    fault_in_weights(cpu->weights(), progress);
     batch_engine = std::make_unique<EngineRef<Engine>>(*cpu);
     where = std::to_string(cpu->n_threads()) + " threads";
     where += ", weights " + cpu->weights_description();

@@ -84,3 +84,43 @@ def test_a_burst_of_connections_is_accepted_at_once(kiln_bin, default_model, tmp
         assert max(t for _, t in results) < 0.9, sorted(t for _, t in results)[-3:]
     finally:
         server.stop()
+
+
+def mapped_rss_kib(pid, path):
+    """Resident KiB of the process's mappings of `path` (from /proc/PID/smaps)."""
+    total, current = 0, None
+    for line in open(f"/proc/{pid}/smaps"):
+        fields = line.split()
+        if "-" in fields[0] and len(fields) >= 5:
+            current = fields[5] if len(fields) >= 6 else None
+        elif fields[0] == "Rss:" and current == str(path):
+            total += int(fields[1])
+    return total
+
+
+def test_the_panel_cache_serves_without_the_models_blocks_in_memory(kiln_bin, default_model_q4_k_m,
+                                                                   tmp_path):
+    # The server faults in what the forward reads: the panels, and of the model file only the
+    # embedding rows (and nothing of the matrices, which would count in its RSS twice).
+    cache = tmp_path / "panels"
+    server = KilnServer(kiln_bin, default_model_q4_k_m, tmp_path, "--panel-cache", cache)
+    try:
+        log = server.log_path.read_text()
+        assert "packing the weights into the panel cache" in log, log
+        assert "pre-packed panels packed into" in log, log
+        panels = next(cache.iterdir())
+        text, n = greedy(server, max_tokens=8)
+        assert text and n == 8
+        model_kib = mapped_rss_kib(server.proc.pid, default_model_q4_k_m.resolve())
+        panels_kib = mapped_rss_kib(server.proc.pid, panels.resolve())
+        assert panels_kib > 0.9 * panels.stat().st_size / 1024, (panels_kib, panels.stat().st_size)
+        # SmolLM2's tied embedding is 28 of the file's 98 MiB.
+        assert model_kib < 0.5 * default_model_q4_k_m.stat().st_size / 1024, model_kib
+    finally:
+        server.stop()
+    again = KilnServer(kiln_bin, default_model_q4_k_m, tmp_path, "--panel-cache", cache)
+    try:
+        assert f"pre-packed panels from {panels}" in again.log_path.read_text()
+        assert greedy(again, max_tokens=8) == (text, n)
+    finally:
+        again.stop()
