@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
@@ -170,7 +171,7 @@ struct TempFile {
                            "model's own blocks: slower decode, the same results)");
 }
 
-// Removes `path`.tmp.PID files whose process is gone (killed while packing): each is as
+// Removes `path`.tmp.PID-N files whose process is gone (killed while packing): each is as
 // large as the cache. A live process's file is left to it.
 void remove_abandoned_temporaries(const std::filesystem::path& path) {
   const std::string prefix = path.filename().string() + ".tmp.";
@@ -180,7 +181,7 @@ void remove_abandoned_temporaries(const std::filesystem::path& path) {
     if (name.rfind(prefix, 0) != 0) continue;
     char* end = nullptr;
     const long pid = std::strtol(name.c_str() + prefix.size(), &end, 10);
-    if (end == nullptr || *end != '\0' || pid <= 0) continue;
+    if (end == nullptr || *end != '-' || pid <= 0) continue;
     if (::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) {
       std::filesystem::remove(entry.path(), ec);
     }
@@ -196,7 +197,10 @@ void write_cache(const std::filesystem::path& path, const Expected& e, const ggu
   if (ec) fail_write(path.parent_path(), "cannot create the folder: " + ec.message());
   remove_abandoned_temporaries(path);
   TempFile tmp;
-  tmp.path = path.string() + ".tmp." + std::to_string(::getpid());
+  // PID-N: unique among processes and among the engines of one process.
+  static std::atomic<unsigned> serial{0};
+  tmp.path = path.string() + ".tmp." + std::to_string(::getpid()) + "-" +
+             std::to_string(serial.fetch_add(1));
   tmp.fd = ::open(tmp.path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (tmp.fd < 0) {
     const std::string why = std::strerror(errno);

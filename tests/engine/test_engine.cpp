@@ -789,8 +789,8 @@ TEST(EnginePanelCache, PackedOnceThenMappedWithTheSameLogitsAsTheBlocks) {
     // A temporary file of a process that died while packing is removed by the next packing;
     // a live process's is not.
     const fs::path cache = kiln::panel_cache_file(dir, tiny.path);
-    const fs::path dead = cache.string() + ".tmp.2147483646";
-    const fs::path live = cache.string() + ".tmp." + std::to_string(getppid());
+    const fs::path dead = cache.string() + ".tmp.2147483646-0";
+    const fs::path live = cache.string() + ".tmp." + std::to_string(getppid()) + "-0";
     std::ofstream(dead) << "half";
     std::ofstream(live) << "mine";
     fs::remove(cache);
