@@ -24,7 +24,11 @@ constexpr size_t kParallelQuantizeRows = 4;
 // least one). The first claims are large (few atomic operations), the last ones a single
 // unit, so threads run out of work within about one unit of each other; and no claim holds
 // so much work that a thread descheduled by the OS keeps the others waiting for long.
-constexpr size_t kClaimDivisor = 4;
+// 1: with 2 threads, halves, then quarters, ... Each claim costs a contended atomic and
+// restarts the claimer's memory stream somewhere else; SmolLM2's matrices are 36-96 units of
+// 4-16 KiB, and 1/8 claims (kClaimDivisor 4) made its decode 20% slower (260-267 vs 320-336
+// tokens/s, alternated; TinyLlama 2-3% slower; decode batches of 8 the same).
+constexpr size_t kClaimDivisor = 1;
 
 [[noreturn]] void fail(const WeightMatrix& w, const std::string& what) {
   throw std::invalid_argument("matmul_group: " + std::string(type_name(w.type)) + " weight (" +
