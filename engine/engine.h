@@ -58,7 +58,8 @@ struct EngineOptions {
   // Copy the weights out of the file mapping into anonymous memory backed by 2 MiB
   // transparent huge pages (see Engine). Costs a copy of the tensor data at construction and
   // a second home for the weights (the file's pages stay in the page cache), so it is
-  // opt-in (--hugepage-weights); by default the forward reads the memory-mapped file.
+  // opt-in (--hugepage-weights); by default the forward reads the memory-mapped file and,
+  // with panel_cache_dir, the memory-mapped panel cache.
   bool resident_weights = false;
   // Without resident_weights: fault the file mapping in at construction, on 2 MiB pages
   // where the kernel and filesystem provide them (gguf::File::map_on_huge_pages; the page

@@ -50,7 +50,8 @@ struct WeightView {
   size_t cols = 0;
   std::span<const std::byte> data;  // view into the mapping
   // The same weights as pre-packed GEMM panels (kernels::pack_panels), or empty: the engine
-  // makes them with resident weights, for the types that have them.
+  // makes them with resident weights, or maps them from its panel cache, for the types that
+  // have them.
   std::span<const std::byte> panels;
 };
 
