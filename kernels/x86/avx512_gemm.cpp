@@ -737,6 +737,19 @@ inline void l_packed_codes(const uint8_t* pair, size_t h, __m512i w[8]) {
   }
 }
 
+// A decode batch of 2+ tokens stays on each packed block for NT times the dot products, long
+// enough that the hardware prefetchers fall behind the panel stream (perf: the stalls sit on
+// the code loads). So these tiles request the block this far ahead into the L2 (11-17 KiB):
+// `kiln bench --decode-batch 8`, alternated, SmolLM2 (Q5_0/Q8_0) ~1000 -> ~1400 tokens/s,
+// TinyLlama (Q4_K/Q6_K) 155 -> 238; batches of 2-4 +5-25%. A lone token (NT 1) streams fast
+// enough on its own, and the same requests made TinyLlama's decode slower: not for NT 1.
+constexpr size_t kPackedPrefetchKBlocks = 4;  // K super-blocks of 16 rows: 2368-3392 bytes
+constexpr size_t kPackedPrefetchLPairs = 16;  // pairs of legacy blocks of 16 rows: 576-1088
+inline void prefetch_l2(const void* p, size_t bytes) {
+  const auto* c = static_cast<const char*>(p);
+  for (size_t o = 0; o < bytes; o += 64) _mm_prefetch(c + o, _MM_HINT_T2);
+}
+
 // l_tile over packed blocks [kb0, kb0 + nb) of the panel.
 template <typename Block, int NT>
 void l_packed_tile(const uint8_t* panel, size_t kb0, size_t nb, const std::byte* act,
@@ -750,6 +763,9 @@ void l_packed_tile(const uint8_t* panel, size_t kb0, size_t nb, const std::byte*
     const size_t block = kb0 + i;
     const uint8_t* pair = panel + block / 2 * L::kBytes;
     const size_t h = block % 2;
+    if constexpr (NT >= 2) {
+      if (h == 0 || i == 0) prefetch_l2(pair + kPackedPrefetchLPairs * L::kBytes, L::kBytes);
+    }
     __m512i w[8];
     l_packed_codes<Block>(pair, h, w);
     __m512i sum[NT];
@@ -935,6 +951,7 @@ void k_packed_tile(const uint8_t* panel, size_t kb0, size_t nb, const std::byte*
   tile_begin(act, act_stride, kb0, y, y_stride, mask, first, a, acc);
   for (size_t i = 0; i < nb; ++i) {
     const uint8_t* sb = panel + (kb0 + i) * P::kBytes;
+    if constexpr (NT >= 2) prefetch_l2(sb + kPackedPrefetchKBlocks * P::kBytes, P::kBytes);
     __m512i sum[NT];
     for (int t = 0; t < NT; ++t) sum[t] = _mm512_setzero_si512();
       // Unrolled, so each group's code vector is found without branches or index arithmetic.
