@@ -204,13 +204,12 @@ int run_bench(Args args) {
       bandwidths.push_back(measure_read_bandwidth(cpu->thread_pool(), bandwidth_memory));
   };
   std::vector<double> pp, tg;
-  size_t rss = 0;
   if (n_prompt > 0) {
     run_pp();  // warm-up: page in the weights, spin up the pool
     for (size_t r = 0; r < reps; ++r) pp.push_back(run_pp());
   }
-  if (n_gen > 0) run_tg();  // warm-up
-  rss = peak_rss_bytes();   // before the bandwidth buffer (the forward allocates nothing after)
+  if (n_gen > 0) run_tg();              // warm-up
+  const size_t rss = peak_rss_bytes();  // before the bandwidth buffer (no allocation after)
   if (cpu != nullptr) bandwidth_memory = bandwidth_buffer();
   sample_bandwidth();
   if (n_gen > 0) {

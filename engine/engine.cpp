@@ -71,6 +71,17 @@ bool reads_panels(const WeightView& v, kernels::ActPrecision precision, kernels:
           kernels::gemm_kernel(v.type).packed_fast_alone || policy == kernels::BatchGemm::all);
 }
 
+// The file's bytes behind `src` (a view into f's mapping) into dst, read through pread so
+// the mapping's pages are not faulted in (they would count in our RSS a second time); from
+// the mapping where the file cannot be read that way.
+void copy_out_of_mapping(const gguf::File& f, std::span<const std::byte> src,
+                         std::span<std::byte> dst) {
+  const auto at = static_cast<uint64_t>(src.data() - f.bytes().data());
+  if (!gguf::read_file_range(f.path(), f.file_size(), at, dst)) {
+    std::memcpy(dst.data(), src.data(), src.size());
+  }
+}
+
 // The weights' float vectors: the norms, and the RoPE frequency factors where present.
 std::vector<std::span<const float>*> float_vectors(Weights& w) {
   std::vector<std::span<const float>*> floats{&w.output_norm};
@@ -96,11 +107,10 @@ Weights copy_weights(const Model& model, kernels::ActPrecision precision, kernel
   const auto aligned = [](size_t n) { return (n + kAlign - 1) / kAlign * kAlign; };
   const gguf::File& f = model.file();
   Weights w = model.weights();
-  const std::byte* section = nullptr;  // the data section in the mapping
-  for (const gguf::TensorInfo& t : f.tensors()) {
-    if (!t.data.empty()) section = t.data.data() - t.offset;
+  if (std::all_of(f.tensors().begin(), f.tensors().end(),
+                  [](const gguf::TensorInfo& t) { return t.data.empty(); })) {
+    return w;  // no tensor data to copy
   }
-  if (section == nullptr) return w;
 
   std::vector<WeightView*> matrices;
   w.for_each_matrix([&](WeightView& m) { matrices.push_back(&m); });
@@ -139,12 +149,8 @@ Weights copy_weights(const Model& model, kernels::ActPrecision precision, kernel
     offset += aligned(bytes);
     return out;
   };
-  // The file's bytes behind `src` (a view into the mapping) into dst.
   const auto read = [&](std::span<const std::byte> src, std::span<std::byte> dst) {
-    const uint64_t at = f.data_offset() + static_cast<uint64_t>(src.data() - section);
-    if (!gguf::read_file_range(f.path(), f.file_size(), at, dst)) {
-      std::memcpy(dst.data(), src.data(), src.size());
-    }
+    copy_out_of_mapping(f, src, dst);
   };
   const std::byte* embedding = w.token_embd.data.data();
   for (auto* r : raw) {
@@ -266,7 +272,6 @@ Engine::Engine(const Model& model, const EngineOptions& options)
       batch_gemm_(options.batch_gemm) {
   const ModelConfig& c = model.config();
   if (max_batch_ == 0) throw std::invalid_argument("max_batch must be at least 1");
-  resident_weights_ = options.resident_weights;
   bool every_matrix_packed = false;
   if (options.resident_weights) {
     weights_ = copy_weights(model, act_precision_, batch_gemm_, resident_, *pool_);
@@ -368,16 +373,10 @@ bool Engine::attach_panel_cache(const std::filesystem::path& dir,
   size_t n = 0;
   for (const auto* f : floats) n += f->size();
   float_copies_.resize(n);
-  const gguf::File& file = model_.file();
   size_t at = 0;
   for (auto* f : floats) {
     const std::span<float> dst(float_copies_.data() + at, f->size());
-    const auto offset =
-        static_cast<uint64_t>(reinterpret_cast<const std::byte*>(f->data()) - file.bytes().data());
-    if (!gguf::read_file_range(file.path(), file.file_size(), offset,
-                               std::as_writable_bytes(dst))) {
-      std::copy(f->begin(), f->end(), dst.begin());
-    }
+    copy_out_of_mapping(model_.file(), std::as_bytes(*f), std::as_writable_bytes(dst));
     *f = dst;
     at += f->size();
   }
@@ -386,7 +385,8 @@ bool Engine::attach_panel_cache(const std::filesystem::path& dir,
 
 std::string Engine::weights_description() const {
   char line[512];
-  if (resident_weights_) return "a resident copy on 2 MiB pages (--hugepage-weights)";
+  // (Empty where resident weights were asked for but could not be copied: then mapped.)
+  if (!resident_.bytes().empty()) return "a resident copy on 2 MiB pages (--hugepage-weights)";
   std::string out = "mapped";
   if (model_mapping_faulted_in_) {
     const auto huge = model_.file().map_on_huge_pages();  // the constructor's report

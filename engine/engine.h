@@ -185,8 +185,7 @@ class Engine {
   // panel_cache_dir), and why the cache is not used where it was asked for but failed.
   PanelCache panel_cache_;
   std::string panel_cache_error_;
-  std::vector<float> float_copies_;  // the norms, with the panel cache (attach_panel_cache)
-  bool resident_weights_ = false;
+  std::vector<float> float_copies_;        // the norms, with the panel cache (attach_panel_cache)
   bool model_mapping_faulted_in_ = false;  // on 2 MiB pages where granted (huge_page_mapping)
   size_t run_length_threshold_ = 0;
   size_t max_batch_;
