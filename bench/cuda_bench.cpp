@@ -141,13 +141,17 @@ void BM_matmul(benchmark::State& state) {
   const auto& w = device_matrices(type, rows, cols);
   const DeviceBuffer x = device_floats(m * cols, 2);
   DeviceBuffer y(m * rows * sizeof(float), "y");
+  const DeviceBuffer ws(
+      m > kiln::cuda::kMatVecMaxTokens ? kiln::cuda::gemm_workspace_bytes(m, cols, rows * cols) : 0,
+      "the GEMM workspace");
   size_t next = 0;
   for (auto _ : state) {
     const double s = time_launches(
         [&] {
           const kiln::cuda::DeviceMatrix dm{type, w[next].data(), rows, cols};
           next = (next + 1) % w.size();
-          kiln::cuda::launch_matmul(dm, x.as<float>(), m, y.as<float>(), g_stream, path);
+          kiln::cuda::launch_matmul(dm, x.as<float>(), m, y.as<float>(), {ws.data(), ws.size()},
+                                    g_stream, path);
         },
         40);
     report(state, s, kiln::cuda::matmul_bytes({type, nullptr, rows, cols}, m));
@@ -188,10 +192,23 @@ void register_benchmarks() {
   for (GgmlType t : types) {
     for (const auto& s : shapes) {
       for (int64_t m : {1, 4, 8, 16, 512}) {
-        // Path 0 (auto) for every m; for decode sizes also path 3, the float kernel, as the
-        // baseline the tensor-core matrix-vector kernel replaced.
-        for (auto path : {kiln::cuda::MatmulPath::kAuto, kiln::cuda::MatmulPath::kMatVecFloat}) {
-          if (path == kiln::cuda::MatmulPath::kMatVecFloat && m > 8) continue;
+        // Path 0 (auto) for every m; for decode sizes also the other matrix-vector kernels
+        // (1 mma, 3 float, 4 int8 where it applies), for prefill the tile kernel (5) that the
+        // workspace GEMM replaced.
+        using kiln::cuda::MatmulPath;
+        for (auto path : {MatmulPath::kAuto, MatmulPath::kMatVec, MatmulPath::kMatVecFloat,
+                          MatmulPath::kMatVecInt8, MatmulPath::kTensorCoreTiles}) {
+          const bool decode = m <= int64_t(kiln::cuda::kMatVecMaxTokens);
+          if (path == MatmulPath::kMatVec || path == MatmulPath::kMatVecFloat) {
+            if (!decode) continue;
+          } else if (path == MatmulPath::kMatVecInt8) {
+            if (!kiln::cuda::has_int8_matvec(t) ||
+                m > int64_t(kiln::cuda::kMatVecInt8MaxTokens)) {
+              continue;
+            }
+          } else if (path == MatmulPath::kTensorCoreTiles) {
+            if (decode) continue;
+          }
           benchmark::RegisterBenchmark("matmul", BM_matmul)
               ->Args({int64_t(t), s[0], s[1], m, int64_t(path)})
               ->UseManualTime()

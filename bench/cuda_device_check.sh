@@ -59,9 +59,14 @@ if has bench; then
     tee "$out/bench_3b.txt"
   timeout 120 "$bin/kiln" bench -m "$model" --device cuda -p 0 -n 128 -r ${KILN_BENCH_REPS:-3} --decode-batch 8 2>&1 |
     tee "$out/bench_3b_b8.txt"
-  echo "-- the same decode with the float matrix-vector kernel (KILN_CUDA_MATVEC=float):"
-  KILN_CUDA_MATVEC=float timeout 120 "$bin/kiln" bench -m "$model" --device cuda -p 0 -n 128 \
-    -r ${KILN_BENCH_REPS:-3} 2>&1 | tee "$out/bench_3b_float.txt" | grep -E "tg128|bound"
+  for kernel in mma float; do
+    echo "-- the same decode with KILN_CUDA_MATVEC=$kernel (the $kernel matrix-vector kernel):"
+    KILN_CUDA_MATVEC=$kernel timeout 120 "$bin/kiln" bench -m "$model" --device cuda -p 0 -n 128 \
+      -r ${KILN_BENCH_REPS:-3} 2>&1 | tee "$out/bench_3b_$kernel.txt" | grep -E "tg128|bound"
+  done
+  echo "-- the same decode with KILN_CUDA_INT8_X=inline (int8 kernel quantizing x itself):"
+  KILN_CUDA_INT8_X=inline timeout 120 "$bin/kiln" bench -m "$model" --device cuda -p 0 -n 128 \
+    -r ${KILN_BENCH_REPS:-3} 2>&1 | tee "$out/bench_3b_inline.txt" | grep -E "tg128|bound"
 fi
 
 if has profile; then

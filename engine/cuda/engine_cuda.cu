@@ -54,8 +54,14 @@ struct CudaEngine::Device {
   // Activations (max_batch rows) and scratch, one allocation.
   cuda::DeviceBuffer activations;
   float *x, *xb, *q, *k, *v, *att, *gate, *up, *rope_cos, *rope_sin, *attn_scratch, *logits;
+  // xb of a lone token quantized by its norm for the int8 matrix-vector kernel.
+  cuda::QuantizedX xb_q8;
   int32_t *tokens, *positions, *sequences, *logit_rows;  // (max_batch) each, device
   int32_t* staging = nullptr;  // pinned host copy of the four index arrays
+
+  // fp16 copies of X and of W for the prefill GEMM (empty when max_batch takes no GEMM).
+  cuda::DeviceBuffer gemm_buffer;
+  cuda::GemmWorkspace gemm_ws;
 
   std::map<std::pair<size_t, size_t>, cudaGraphExec_t> graphs;  // (n, n_logits) -> decode step
 
@@ -178,21 +184,29 @@ CudaEngine::CudaEngine(const Model& model, const EngineOptions& options)
   const size_t kv_bytes = 2 * c.n_layers * d.layer_halves * sizeof(uint16_t);
   const cuda::AttentionShape shape{c.n_heads, c.n_kv_heads, c.head_dim, n_ctx_};
   const size_t split_queries = std::min(b, kSplitQueriesPerLaunch);
-  const size_t float_counts[] = {b * c.dim,
-                                 b * c.dim,
-                                 b * c.q_dim(),
-                                 b * c.kv_dim(),
-                                 b * c.kv_dim(),
-                                 b * c.q_dim(),
-                                 b * c.ffn_dim,
-                                 b * c.ffn_dim,
-                                 b * half_rope,
-                                 b * half_rope,
-                                 cuda::attention_split_scratch_floats(shape, split_queries),
-                                 b * c.n_vocab};
+  const size_t float_counts[] = {
+      b * c.dim, b * c.dim, b * c.q_dim(), b * c.kv_dim(), b * c.kv_dim(), b * c.q_dim(),
+      b * c.ffn_dim, b * c.ffn_dim, b * half_rope, b * half_rope,
+      cuda::attention_split_scratch_floats(shape, split_queries), b * c.n_vocab,
+      // xb_q8: int8 values (as floats' bytes), scales, sums
+      cuda::kMatVecInt8MaxTokens * c.dim / sizeof(float), cuda::kMatVecInt8MaxTokens * c.dim / 8,
+      cuda::kMatVecInt8MaxTokens * c.dim / 8};
   size_t activation_bytes = 0;
   for (size_t n : float_counts) activation_bytes += align_up(n * sizeof(float));
   activation_bytes += 4 * align_up(b * sizeof(int32_t));
+  size_t gemm_bytes = 0;
+  if (b > cuda::kMatVecMaxTokens) {
+    size_t max_cols = w.output.cols, max_elements = w.output.rows * w.output.cols;
+    for (const auto& l : w.layers) {
+      for (const WeightView* m :
+           {&l.attn_q, &l.attn_k, &l.attn_v, &l.attn_output, &l.ffn_gate, &l.ffn_up, &l.ffn_down}) {
+        max_cols = std::max(max_cols, m->cols);
+        max_elements = std::max(max_elements, m->rows * m->cols);
+      }
+    }
+    gemm_bytes = cuda::gemm_workspace_bytes(b, max_cols, max_elements);
+  }
+  activation_bytes += gemm_bytes;
 
   // Everything must fit before anything is allocated.
   size_t free_bytes = 0, total_bytes = 0;
@@ -234,18 +248,36 @@ CudaEngine::CudaEngine(const Model& model, const EngineOptions& options)
   d.k_cache = d.kv.as<uint16_t>();
   d.v_cache = d.k_cache + c.n_layers * d.layer_halves;
 
-  d.activations = cuda::DeviceBuffer(activation_bytes, "activations and scratch");
+  d.activations = cuda::DeviceBuffer(activation_bytes - gemm_bytes, "activations and scratch");
   auto* cursor = d.activations.as<std::byte>();
-  float** float_buffers[] = {
-      &d.x,        &d.xb,           &d.q,     &d.k, &d.v, &d.att, &d.gate, &d.up, &d.rope_cos,
-      &d.rope_sin, &d.attn_scratch, &d.logits};
+  float* q8_values = nullptr;
+  float** float_buffers[] = {&d.x,
+                             &d.xb,
+                             &d.q,
+                             &d.k,
+                             &d.v,
+                             &d.att,
+                             &d.gate,
+                             &d.up,
+                             &d.rope_cos,
+                             &d.rope_sin,
+                             &d.attn_scratch,
+                             &d.logits,
+                             &q8_values,
+                             &d.xb_q8.d,
+                             &d.xb_q8.sum};
   for (size_t i = 0; i < std::size(float_counts); ++i) {
     *float_buffers[i] = reinterpret_cast<float*>(cursor);
     cursor += align_up(float_counts[i] * sizeof(float));
   }
+  d.xb_q8.q = reinterpret_cast<int8_t*>(q8_values);
   for (int32_t** p : {&d.tokens, &d.positions, &d.sequences, &d.logit_rows}) {
     *p = reinterpret_cast<int32_t*>(cursor);
     cursor += align_up(b * sizeof(int32_t));
+  }
+  if (gemm_bytes > 0) {
+    d.gemm_buffer = cuda::DeviceBuffer(gemm_bytes, "the prefill GEMM's fp16 operands");
+    d.gemm_ws = {d.gemm_buffer.data(), d.gemm_buffer.size()};
   }
   // The four index arrays are contiguous on the device (each padded to kAlign): one copy.
   KILN_CUDA_CHECK(
@@ -258,10 +290,17 @@ CudaEngine::CudaEngine(const Model& model, const EngineOptions& options)
 
 CudaEngine::~CudaEngine() = default;
 
+void CudaEngine::set_batch_invariant(bool on) {
+  batch_invariant_ = on;
+  for (auto& [key, exec] : device_->graphs) (void)cudaGraphExecDestroy(exec);
+  device_->graphs.clear();
+}
+
 size_t CudaEngine::weight_bytes() const { return device_->weights.size(); }
 size_t CudaEngine::kv_cache_bytes() const { return device_->kv.size(); }
 size_t CudaEngine::device_bytes() const {
-  return device_->weights.size() + device_->kv.size() + device_->activations.size();
+  return device_->weights.size() + device_->kv.size() + device_->activations.size() +
+         device_->gemm_buffer.size();
 }
 size_t CudaEngine::kv_bytes_read(size_t n_pos) const {
   return 2 * config().n_layers * n_pos * config().kv_dim() * sizeof(uint16_t);
@@ -319,6 +358,16 @@ void CudaEngine::run_forward(const Batch& batch) {
                                   cudaMemcpyHostToDevice, s));
 
   const cuda::AttentionShape shape{c.n_heads, c.n_kv_heads, c.head_dim, n_ctx_};
+  // Decode batches keep to the mma matrix-vector kernel when results must not depend on the
+  // batch (the int8 kernel of a lone token rounds x differently); kAuto chooses otherwise.
+  const cuda::MatmulPath path = batch_invariant_ && n <= cuda::kMatVecMaxTokens
+                                    ? cuda::MatmulPath::kMatVec
+                                    : cuda::MatmulPath::kAuto;
+  // The norms write an int8 copy of xb where the int8 kernel will read it (a lone token).
+  const cuda::QuantizedX xb_q8 =
+      path == cuda::MatmulPath::kAuto && n <= cuda::kMatVecInt8MaxTokens && dim % 8 == 0
+          ? d.xb_q8
+          : cuda::QuantizedX{};
   // Prefill of one sequence takes the tiled kernel; decode batches (what graphs hold) the split.
   const bool tiled = single_seq && n > cuda::kMatVecMaxTokens && cuda::can_tile_attention(shape);
   const int32_t seq0 = batch.entries[0].seq;
@@ -334,18 +383,19 @@ void CudaEngine::run_forward(const Batch& batch) {
     for (size_t layer = 0; layer < c.n_layers; ++layer) {
       const Device::Layer& l = d.layers[layer];
 
-      // Attention input: xb = rmsnorm(x) * attn_norm. From layer 1 on, the previous layer's
-      // FFN residual (x += xb, below) is added in the same kernel.
+      // Attention input: xb = rmsnorm(x) * attn_norm (for a lone token also quantized to int8
+      // for the projections' int8 kernel). From layer 1 on, the previous layer's FFN residual
+      // (x += xb, below) is added in the same kernel.
       if (layer == 0) {
-        cuda::launch_rmsnorm(d.x, l.attn_norm, c.rms_eps, dim, n, nullptr, d.xb, s);
+        cuda::launch_rmsnorm(d.x, l.attn_norm, c.rms_eps, dim, n, nullptr, d.xb, s, xb_q8);
       } else {
-        cuda::launch_add_rmsnorm(d.x, d.xb, l.attn_norm, c.rms_eps, dim, n, d.xb, s);
+        cuda::launch_add_rmsnorm(d.x, d.xb, l.attn_norm, c.rms_eps, dim, n, d.xb, s, xb_q8);
       }
 
-      // Projections: q (n, q_dim), k and v (n, kv_dim) = xb @ W^T.
-      cuda::launch_matmul(l.attn_q, d.xb, n, d.q, s);
-      cuda::launch_matmul(l.attn_k, d.xb, n, d.k, s);
-      cuda::launch_matmul(l.attn_v, d.xb, n, d.v, s);
+      // Projections: q (n, q_dim), k and v (n, kv_dim) = xb @ W^T (one kernel for all three
+      // for a lone token of the K types).
+      cuda::launch_matmul_qkv(l.attn_q, l.attn_k, l.attn_v, d.xb, n, d.q, d.k, d.v, d.gemm_ws, s,
+                              path, xb_q8);
 
       // RoPE on q and k (adjacent-pair layout: the GGUF converter permuted Q/K for it), and
       // k and v stored in the cache at (seq, pos) as F16: one kernel.
@@ -368,19 +418,22 @@ void CudaEngine::run_forward(const Batch& batch) {
         }
       }
 
-      // Output projection and residual, then the FFN input, in one kernel after the matmul:
-      // x += att @ Wo^T; xb = rmsnorm(x) * ffn_norm.
-      cuda::launch_matmul(l.attn_output, d.att, n, d.xb, s);
-      cuda::launch_add_rmsnorm(d.x, d.xb, l.ffn_norm, c.rms_eps, dim, n, d.xb, s);
+      // Output projection and residual, then the FFN input (and its int8 copy, as above), in
+      // one kernel after the matmul: x += att @ Wo^T; xb = rmsnorm(x) * ffn_norm. (Adding
+      // into x in the projections' epilogue instead cost each block a dependent load of x at
+      // its end: 1-2 us more per projection on an H100.)
+      cuda::launch_matmul(l.attn_output, d.att, n, d.xb, d.gemm_ws, s, path);
+      cuda::launch_add_rmsnorm(d.x, d.xb, l.ffn_norm, c.rms_eps, dim, n, d.xb, s, xb_q8);
 
-      // SwiGLU: gate = xb @ Wg^T; up = silu(gate) * (xb @ Wu^T), the product applied as the
-      // up projection writes its output.
-      cuda::launch_matmul(l.ffn_gate, d.xb, n, d.gate, s);
-      cuda::launch_matmul_silu_mul(l.ffn_up, d.xb, d.gate, n, d.up, s);
+      // SwiGLU: up = silu(xb @ Wg^T) * (xb @ Wu^T). A lone token of the K types: one kernel
+      // (both rows' dots and their product); otherwise gate = xb @ Wg^T, then the up
+      // projection applying the product as it writes.
+      cuda::launch_matmul_swiglu(l.ffn_gate, l.ffn_up, d.xb, n, d.gate, d.up, d.gemm_ws, s, path,
+                                 xb_q8);
 
       // Down projection: xb = up @ Wd^T. Its residual x += xb is added by the next layer's
       // first norm, or after the last layer.
-      cuda::launch_matmul(l.ffn_down, d.up, n, d.xb, s);
+      cuda::launch_matmul(l.ffn_down, d.up, n, d.xb, d.gemm_ws, s, path);
     }
     // The last layer's FFN residual: x += xb.
     cuda::launch_add(d.x, d.xb, n * dim, s);
@@ -389,7 +442,10 @@ void CudaEngine::run_forward(const Batch& batch) {
     cuda::launch_rmsnorm(d.x, d.output_norm, c.rms_eps, dim, n_logits, d.logit_rows, d.xb, s);
 
     // Logits: (n_logits, n_vocab) = xb @ output^T.
-    cuda::launch_matmul(d.output, d.xb, n_logits, d.logits, s);
+    cuda::launch_matmul(d.output, d.xb, n_logits, d.logits, d.gemm_ws, s,
+                        batch_invariant_ && n_logits <= cuda::kMatVecMaxTokens
+                            ? cuda::MatmulPath::kMatVec
+                            : cuda::MatmulPath::kAuto);
   };
 
   // Decode-sized batches run from a graph captured on first use: their kernel grids depend

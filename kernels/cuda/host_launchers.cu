@@ -1,6 +1,7 @@
 // Host launchers of kernels_cuda.h (copy in, launch, copy out) and the device buffer.
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -156,6 +157,13 @@ void dequantize_row_host(GgmlType type, std::span<const std::byte> src, std::spa
   });
 }
 
+// The GEMM's workspace for one call: X, and W in chunks of 128 rows (the smallest the kernel
+// takes), so the tests' matrices of more than 128 rows also check the chunking.
+static DeviceBuffer test_gemm_workspace(const kernels::WeightMatrix& w, size_t m) {
+  const size_t bytes = (m * w.cols * 2 + 255) / 256 * 256 + 128 * w.cols * 2;
+  return DeviceBuffer(bytes, "the GEMM workspace");
+}
+
 void matmul(const kernels::WeightMatrix& w, std::span<const float> x, size_t m, std::span<float> y,
             MatmulPath path) {
   const size_t w_bytes = w.rows * row_bytes(w.type, w.cols);
@@ -164,8 +172,9 @@ void matmul(const kernels::WeightMatrix& w, std::span<const float> x, size_t m, 
   const DeviceBuffer d_w = upload(w.data.first(w_bytes));
   const DeviceBuffer d_x = upload(x.first(m * w.cols));
   const GuardedOutput d_y(m * w.rows * sizeof(float));
-  launch_matmul({w.type, d_w.data(), w.rows, w.cols}, d_x.as<float>(), m, d_y.as<float>(), nullptr,
-                path);
+  const DeviceBuffer ws = test_gemm_workspace(w, m);
+  launch_matmul({w.type, d_w.data(), w.rows, w.cols}, d_x.as<float>(), m, d_y.as<float>(),
+                {ws.data(), ws.size()}, nullptr, path);
   d_y.download(y.first(m * w.rows));
 }
 
@@ -179,32 +188,128 @@ void matmul_silu_mul(const kernels::WeightMatrix& w, std::span<const float> x,
   const DeviceBuffer d_x = upload(x.first(m * w.cols));
   const DeviceBuffer d_g = upload(gate.first(m * w.rows));
   const GuardedOutput d_y(m * w.rows * sizeof(float));
+  const DeviceBuffer ws = test_gemm_workspace(w, m);
   launch_matmul_silu_mul({w.type, d_w.data(), w.rows, w.cols}, d_x.as<float>(), d_g.as<float>(), m,
-                         d_y.as<float>(), nullptr);
+                         d_y.as<float>(), {ws.data(), ws.size()}, nullptr);
   d_y.download(y.first(m * w.rows));
 }
 
+// The input of the fused projections: x itself, or rmsnorm(x) * norm_weight with its int8
+// copy (what the forward's norms hand the int8 kernel).
+struct ProjectionInput {
+  DeviceBuffer x, norm, normed, q8_values, q8_scales, q8_sums;
+  QuantizedX q8;
+  ProjectionInput(std::span<const float> host_x, std::span<const float> norm_weight, size_t m,
+                  size_t cols)
+      : x(upload(host_x.first(m * cols))) {
+    if (norm_weight.empty()) return;
+    require(norm_weight.size() == cols, "the norm weight's length differs from the rows'");
+    norm = upload(norm_weight);
+    normed = DeviceBuffer(m * cols * sizeof(float), "the normed rows");
+    q8_values = DeviceBuffer(m * cols, "int8 rows");
+    q8_scales = DeviceBuffer(m * cols / 8 * sizeof(float), "int8 scales");
+    q8_sums = DeviceBuffer(m * cols / 8 * sizeof(float), "int8 sums");
+    q8 = {q8_values.as<int8_t>(), q8_scales.as<float>(), q8_sums.as<float>()};
+    launch_rmsnorm(x.as<float>(), norm.as<float>(), 1e-5f, cols, m, nullptr, normed.as<float>(),
+                   nullptr, q8);
+  }
+  const float* rows() const {
+    return normed.data() != nullptr ? normed.as<float>() : x.as<float>();
+  }
+};
+
+void matmul_qkv(const kernels::WeightMatrix& wq, const kernels::WeightMatrix& wk,
+                const kernels::WeightMatrix& wv, std::span<const float> x, size_t m,
+                std::span<float> q, std::span<float> k, std::span<float> v,
+                std::span<const float> norm_weight) {
+  const kernels::WeightMatrix* ws[] = {&wq, &wk, &wv};
+  const std::span<float> outs[] = {q, k, v};
+  std::vector<DeviceBuffer> d_w;
+  std::vector<GuardedOutput> d_y;
+  for (int i = 0; i < 3; ++i) {
+    const size_t w_bytes = ws[i]->rows * row_bytes(ws[i]->type, ws[i]->cols);
+    require(ws[i]->data.size() >= w_bytes && ws[i]->cols == wq.cols &&
+                outs[i].size() >= m * ws[i]->rows,
+            "cuda::matmul_qkv: spans too small or widths differ");
+    d_w.push_back(upload(ws[i]->data.first(w_bytes)));
+    d_y.emplace_back(m * ws[i]->rows * sizeof(float));
+  }
+  require(x.size() >= m * wq.cols, "cuda::matmul_qkv: x too small");
+  const ProjectionInput in(x, norm_weight, m, wq.cols);
+  const DeviceBuffer gemm = test_gemm_workspace(wq, m);
+  auto dm = [&](int i) {
+    return DeviceMatrix{ws[i]->type, d_w[i].data(), ws[i]->rows, ws[i]->cols};
+  };
+  launch_matmul_qkv(dm(0), dm(1), dm(2), in.rows(), m, d_y[0].as<float>(), d_y[1].as<float>(),
+                    d_y[2].as<float>(), {gemm.data(), gemm.size()}, nullptr, MatmulPath::kAuto,
+                    in.q8);
+  for (int i = 0; i < 3; ++i) d_y[i].download(outs[i].first(m * ws[i]->rows));
+}
+
+void matmul_swiglu(const kernels::WeightMatrix& w_gate, const kernels::WeightMatrix& w_up,
+                   std::span<const float> x, size_t m, std::span<float> y,
+                   std::span<const float> norm_weight) {
+  const size_t g_bytes = w_gate.rows * row_bytes(w_gate.type, w_gate.cols);
+  const size_t u_bytes = w_up.rows * row_bytes(w_up.type, w_up.cols);
+  require(w_gate.data.size() >= g_bytes && w_up.data.size() >= u_bytes &&
+              w_gate.rows == w_up.rows && w_gate.cols == w_up.cols && x.size() >= m * w_gate.cols &&
+              y.size() >= m * w_up.rows,
+          "cuda::matmul_swiglu: spans too small or shapes differ");
+  const DeviceBuffer d_g = upload(w_gate.data.first(g_bytes)),
+                     d_u = upload(w_up.data.first(u_bytes));
+  const ProjectionInput in(x, norm_weight, m, w_gate.cols);
+  const DeviceBuffer gate_out(m * w_gate.rows * sizeof(float), "the gate projection");
+  const GuardedOutput d_y(m * w_up.rows * sizeof(float));
+  const DeviceBuffer gemm = test_gemm_workspace(w_gate, m);
+  launch_matmul_swiglu({w_gate.type, d_g.data(), w_gate.rows, w_gate.cols},
+                       {w_up.type, d_u.data(), w_up.rows, w_up.cols}, in.rows(), m,
+                       gate_out.as<float>(), d_y.as<float>(), {gemm.data(), gemm.size()}, nullptr,
+                       MatmulPath::kAuto, in.q8);
+  d_y.download(y.first(m * w_up.rows));
+}
+
+// Device buffers (guarded) for a norm's int8 copy of n values, and the copy back.
+struct Int8Output {
+  GuardedOutput q, d, sum;
+  explicit Int8Output(size_t n) : q(n), d(n / 8 * sizeof(float)), sum(n / 8 * sizeof(float)) {}
+  QuantizedX view() const { return {q.as<int8_t>(), d.as<float>(), sum.as<float>()}; }
+  void download(size_t n, Int8Rows& out) const {
+    out.q.resize(n);
+    out.d.resize(n / 8);
+    out.sum.resize(n / 8);
+    q.download(std::span(out.q));
+    d.download(std::span(out.d));
+    sum.download(std::span(out.sum));
+  }
+};
+
 void rmsnorm(std::span<const float> x, std::span<const float> weight, float eps,
-             std::span<float> out) {
+             std::span<float> out, Int8Rows* q8) {
   require(weight.size() == x.size() && out.size() == x.size(), "cuda::rmsnorm: sizes differ");
   const DeviceBuffer d_x = upload(x), d_w = upload(weight);
   const GuardedOutput d_out(out.size_bytes());
+  const std::optional<Int8Output> d_q8 =
+      q8 != nullptr ? std::optional<Int8Output>(x.size()) : std::nullopt;
   launch_rmsnorm(d_x.as<float>(), d_w.as<float>(), eps, x.size(), 1, nullptr, d_out.as<float>(),
-                 nullptr);
+                 nullptr, d_q8 ? d_q8->view() : QuantizedX{});
   d_out.download(out);
+  if (d_q8) d_q8->download(x.size(), *q8);
 }
 
 void add_rmsnorm(std::span<float> x, std::span<const float> residual, std::span<const float> weight,
-                 float eps, std::span<float> out) {
+                 float eps, std::span<float> out, Int8Rows* q8) {
   require(residual.size() == x.size() && weight.size() == x.size() && out.size() == x.size(),
           "cuda::add_rmsnorm: sizes differ");
   const GuardedOutput d_x(x.size_bytes(), std::as_bytes(x));
   const DeviceBuffer d_r = upload(residual), d_w = upload(weight);
   const GuardedOutput d_out(out.size_bytes());
+  const std::optional<Int8Output> d_q8 =
+      q8 != nullptr ? std::optional<Int8Output>(x.size()) : std::nullopt;
   launch_add_rmsnorm(d_x.as<float>(), d_r.as<float>(), d_w.as<float>(), eps, x.size(), 1,
-                     d_out.as<float>(), nullptr);
+                     d_out.as<float>(), nullptr, d_q8 ? d_q8->view() : QuantizedX{});
   d_x.download(x);
   d_out.download(out);
+  if (d_q8) d_q8->download(x.size(), *q8);
 }
 
 void softmax(std::span<float> x) {

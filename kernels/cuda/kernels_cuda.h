@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "gguf/ggml_types.h"
 #include "kernels/cuda/launch.h"
@@ -38,12 +39,35 @@ void matmul(const kernels::WeightMatrix& w, std::span<const float> x, size_t m, 
 void matmul_silu_mul(const kernels::WeightMatrix& w, std::span<const float> x,
                      std::span<const float> gate, size_t m, std::span<float> y);
 
-// Twins of kernels::rmsnorm, softmax, silu_mul, add (one row each).
+// Twin of three kernels::matmul calls on one input: the forward's Q, K and V projections
+// (launch_matmul_qkv: one launch where the int8 kernel takes them). With a norm weight (cols,)
+// the input is first rmsnorm(x) * weight (eps 1e-5) through launch_rmsnorm with its int8 copy,
+// as in the forward; else x itself, quantized by the int8 kernel.
+void matmul_qkv(const kernels::WeightMatrix& wq, const kernels::WeightMatrix& wk,
+                const kernels::WeightMatrix& wv, std::span<const float> x, size_t m,
+                std::span<float> q, std::span<float> k, std::span<float> v,
+                std::span<const float> norm_weight = {});
+
+// Twin of kernels::matmul of the gate and up matrices then kernels::silu_mul:
+// Y = silu(X @ Wgate^T) * (X @ Wup^T) (launch_matmul_swiglu); the norm as above.
+void matmul_swiglu(const kernels::WeightMatrix& w_gate, const kernels::WeightMatrix& w_up,
+                   std::span<const float> x, size_t m, std::span<float> y,
+                   std::span<const float> norm_weight = {});
+
+// The int8 copy of its output a norm can write for the int8 matrix-vector kernel (QuantizedX:
+// values, and a scale and a float sum per run of 8).
+struct Int8Rows {
+  std::vector<int8_t> q;
+  std::vector<float> d, sum;
+};
+
+// Twins of kernels::rmsnorm, softmax, silu_mul, add (one row each); with q8, the norm's int8
+// copy comes back too.
 void rmsnorm(std::span<const float> x, std::span<const float> weight, float eps,
-             std::span<float> out);
+             std::span<float> out, Int8Rows* q8 = nullptr);
 // Twin of kernels::add then kernels::rmsnorm: x += residual, out = rmsnorm(x) * weight.
 void add_rmsnorm(std::span<float> x, std::span<const float> residual, std::span<const float> weight,
-                 float eps, std::span<float> out);
+                 float eps, std::span<float> out, Int8Rows* q8 = nullptr);
 void softmax(std::span<float> x);
 void silu_mul(std::span<const float> gate, std::span<const float> up, std::span<float> out);
 void add(std::span<float> x, std::span<const float> y);

@@ -23,13 +23,33 @@ bool has_cuda_matmul(GgmlType type);
 //   kMatVec       decode (small m): 16 weight rows per block, K split across its warps,
 //                 weights dequantized to fp16 in registers and multiplied on the tensor cores
 //                 (mma m16n8k16, rows as M and tokens as N, fp32 accumulation);
-//   kTensorCore   prefill: 64x64 output tiles through shared memory (wmma);
-//   kMatVecFloat  a warp per row in float arithmetic (exact float; slower, kept as a
-//                 reference path for tests and benchmarks);
-//   kAuto         kMatVec up to kMatVecMaxTokens tokens, else kTensorCore.
-enum class MatmulPath { kAuto, kMatVec, kTensorCore, kMatVecFloat };
-// Largest m that kAuto sends to the matrix-vector kernel.
+//   kMatVecInt8   decode of Q4_K and Q6_K up to kMatVecInt8MaxTokens tokens: codes kept as
+//                 integers, x quantized to int8 per 8-16 values, dp4a (has_int8_matvec);
+//   kTensorCore   prefill: X and W converted to fp16 in the workspace, then an fp16 GEMM on
+//                 the tensor cores (ldmatrix + mma, 3-stage cp.async pipeline);
+//   kTensorCoreTiles  prefill without a workspace: 64x64 output tiles dequantized into
+//                 shared memory at every k-step (wmma); slower, kept as a fallback;
+//   kMatVecFloat  a warp per row in float arithmetic (exact float; the decode kernel of the
+//                 other types for one token, and a reference path for tests);
+//   kAuto         decode sizes (m <= kMatVecMaxTokens): kMatVecInt8 where it applies, else
+//                 kMatVecFloat for one token, else kMatVec; prefill: kTensorCore with a
+//                 workspace, kTensorCoreTiles without.
+enum class MatmulPath { kAuto, kMatVec, kTensorCore, kMatVecFloat, kMatVecInt8, kTensorCoreTiles };
+// Largest m that kAuto sends to the matrix-vector kernels.
 inline constexpr size_t kMatVecMaxTokens = 8;
+// Largest m of the int8 matrix-vector kernel (its dp4a work grows with m, the mma kernel's
+// hardly: on an H100 at 4 tokens the int8 kernel took 2.4x the mma kernel's time).
+inline constexpr size_t kMatVecInt8MaxTokens = 1;
+bool has_int8_matvec(GgmlType type);
+
+// Activations quantized for the int8 matrix-vector kernel, row-major like x (m, cols): q the
+// int8 values, d (m, cols / 8) the scale of each run of 8 (x ~ d * q, d = max|x| / 127), sum
+// (m, cols / 8) the float sum of each run (Q4_K's min term). q null: none.
+struct QuantizedX {
+  int8_t* q = nullptr;
+  float* d = nullptr;
+  float* sum = nullptr;
+};
 
 // A weight matrix W (rows, cols) in device memory: rows of row_bytes(type, cols) bytes.
 struct DeviceMatrix {
@@ -39,16 +59,45 @@ struct DeviceMatrix {
   size_t cols;
 };
 
+// Device scratch of the prefill GEMM (fp16 copies of X and of a chunk of W), owned by the
+// caller so that the forward pass allocates nothing.
+struct GemmWorkspace {
+  void* data = nullptr;
+  size_t bytes = 0;
+};
+// Bytes a workspace needs for up to max_m tokens, rows of up to max_cols, and matrices of up
+// to max_matrix_elements weights (larger ones go through in chunks of rows).
+size_t gemm_workspace_bytes(size_t max_m, size_t max_cols, size_t max_matrix_elements);
+
 // Y (m, rows) = X (m, cols) @ W^T. X and Y are row-major, dense. cols must be a multiple of
 // 32 (every block size divides it); throws std::invalid_argument otherwise or for a type
-// without a kernel.
-void launch_matmul(const DeviceMatrix& w, const float* x, size_t m, float* y, cudaStream_t stream,
+// without a kernel. `ws` is used for m > kMatVecMaxTokens (may be empty otherwise).
+void launch_matmul(const DeviceMatrix& w, const float* x, size_t m, float* y,
+                   const GemmWorkspace& ws, cudaStream_t stream,
                    MatmulPath path = MatmulPath::kAuto);
 // Y (m, rows) = silu(gate) * (X @ W^T) with gate (m, rows): the up projection finishing the
 // SwiGLU product. Up to kMatVecMaxTokens tokens the matrix-vector kernel applies it as it
 // writes Y; for more, a silu_mul pass follows the tensor-core kernel.
 void launch_matmul_silu_mul(const DeviceMatrix& w, const float* x, const float* gate, size_t m,
-                            float* y, cudaStream_t stream);
+                            float* y, const GemmWorkspace& ws, cudaStream_t stream,
+                            MatmulPath path = MatmulPath::kAuto);
+// The attention projections q (m, q rows), k and v (m, kv rows) = X (m, cols) @ W^T of each:
+// one launch where the int8 kernel takes all three (kAuto, m <= kMatVecInt8MaxTokens), else
+// three through `path`.
+// xq, when set, is x quantized by the norm that wrote it (launch_rmsnorm): the int8 kernel
+// reads it instead of quantizing x itself in every block.
+void launch_matmul_qkv(const DeviceMatrix& wq, const DeviceMatrix& wk, const DeviceMatrix& wv,
+                       const float* x, size_t m, float* q, float* k, float* v,
+                       const GemmWorkspace& ws, cudaStream_t stream,
+                       MatmulPath path = MatmulPath::kAuto, const QuantizedX& xq = {});
+// The FFN's SwiGLU input: Y (m, rows) = silu(X @ Wgate^T) * (X @ Wup^T). One launch where the
+// int8 kernel takes both (kAuto, same type, m <= kMatVecInt8MaxTokens); else the gate
+// projection into gate_out (m, rows), then the up projection applying the product as it
+// writes Y.
+void launch_matmul_swiglu(const DeviceMatrix& w_gate, const DeviceMatrix& w_up, const float* x,
+                          size_t m, float* gate_out, float* y, const GemmWorkspace& ws,
+                          cudaStream_t stream, MatmulPath path = MatmulPath::kAuto,
+                          const QuantizedX& xq = {});
 // Bytes one matmul call moves through memory: every weight byte once, plus x and y.
 size_t matmul_bytes(const DeviceMatrix& w, size_t m);
 // Bytes moved by the other launchers (inputs read once, outputs written once).
@@ -66,14 +115,17 @@ void launch_dequantize_rows(GgmlType type, const void* src, size_t n, const int3
 
 // out (n_rows, n) = x[row] / sqrt(mean(x[row]^2) + eps) * weight (n,), where x[row] is row
 // k of x, or row row_ids[k] when row_ids is not null (packing the rows that want logits).
+// With q8.q set, the output rows are also written quantized for the int8 matrix-vector kernel
+// (n a multiple of 8, at most 16,384).
 void launch_rmsnorm(const float* x, const float* weight, float eps, size_t n, size_t n_rows,
-                    const int32_t* row_ids, float* out, cudaStream_t stream);
+                    const int32_t* row_ids, float* out, cudaStream_t stream,
+                    const QuantizedX& q8 = {});
 
 // Residual add and the next norm in one pass: x (n_rows, n) += residual (n_rows, n), then
 // out (n_rows, n) = rmsnorm(x) * weight. out may alias residual (each element is read before
 // it is written, by the same thread).
 void launch_add_rmsnorm(float* x, const float* residual, const float* weight, float eps, size_t n,
-                        size_t n_rows, float* out, cudaStream_t stream);
+                        size_t n_rows, float* out, cudaStream_t stream, const QuantizedX& q8 = {});
 
 // x (n_rows, n) <- softmax of each row.
 void launch_softmax(float* x, size_t n, size_t n_rows, cudaStream_t stream);

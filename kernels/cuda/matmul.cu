@@ -1,23 +1,27 @@
 // Matrix multiplication of GGUF weights (kept in their block format on the device) with float
 // activations: Y (m, rows) = X (m, cols) @ W^T, the CUDA twin of kernels::matmul.
 //
+// The dispatch between the kernels (launch_matmul_impl) and two of them:
 // Decode (m <= kMatVecMaxTokens): 16 weight rows per block, K split across the block's warps,
 // weights dequantized to fp16 in registers and multiplied with x (as fp16) on the tensor
 // cores, fp32 accumulation: the float FMA version (kMatVecFloat, a warp per row) spends more
-// instructions per weight than the memory system leaves it at this arithmetic intensity.
-// Prefill: 64x64 output tiles; each k-step dequantizes a 64x32 weight tile and converts a
-// 32-wide slice of X to fp16 in shared memory, then 4 warps multiply them on the tensor cores
-// (wmma 16x16x16, fp32 accumulate).
+// instructions per weight than the memory system leaves it at this arithmetic intensity for
+// the K types (for one token of the legacy types it is the faster one). One token of Q4_K /
+// Q6_K goes to the int8 kernel (matvec_int8.cu).
+// Prefill: the fp16 GEMM through the workspace (gemm.cu); without a workspace, 64x64 output
+// tiles dequantized into shared memory at every k-step (wmma 16x16x16, fp32 accumulate).
 #include <cuda_fp16.h>
 #include <mma.h>
 
 #include <algorithm>
 #include <cstdlib>
+#include <initializer_list>
 #include <stdexcept>
 #include <string>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/dequant.cuh"
+#include "kernels/cuda/gemm.h"
 #include "kernels/cuda/launch.h"
 
 namespace kiln::cuda {
@@ -535,26 +539,73 @@ void check_matmul_shape(const DeviceMatrix& w) {
   }
 }
 
+// KILN_CUDA_MATVEC=float|mma sends kAuto's decode sizes to that kernel instead (for comparing
+// them inside a whole forward pass; read once).
+const std::string& matvec_kernel_override() {
+  static const std::string value = [] {
+    const char* v = std::getenv("KILN_CUDA_MATVEC");
+    return std::string(v != nullptr ? v : "");
+  }();
+  return value;
+}
+
+// x quantized ahead, unless KILN_CUDA_INT8_X=inline asks the int8 kernel to quantize x itself
+// (for comparing the two; read once).
+QuantizedX ahead(const QuantizedX& xq) {
+  static const bool inline_x = [] {
+    const char* v = std::getenv("KILN_CUDA_INT8_X");
+    return v != nullptr && std::string(v) == "inline";
+  }();
+  return inline_x ? QuantizedX{} : xq;
+}
+
+// Whether kAuto gives these matrices (one input of m tokens) to the int8 kernel.
+bool int8_takes(std::initializer_list<const DeviceMatrix*> ws, size_t m) {
+  if (m == 0 || m > kMatVecInt8MaxTokens || !matvec_kernel_override().empty()) return false;
+  for (const DeviceMatrix* w : ws) {
+    if (!has_int8_matvec(w->type) || w->cols != (*ws.begin())->cols) return false;
+  }
+  return true;
+}
+
 void launch_matmul_impl(const DeviceMatrix& w, const float* x, const float* silu_gate, size_t m,
-                        float* y, cudaStream_t stream, MatmulPath path) {
+                        float* y, const GemmWorkspace& ws, cudaStream_t stream, MatmulPath path) {
   check_matmul_shape(w);
   if (m == 0) return;
   check_alignment(w.data, "the weight matrix");
   check_alignment(x, "the activations");
-  // KILN_CUDA_MATVEC=float sends kAuto's decode sizes to the float kernel instead (for
-  // comparing the two inside a whole forward pass; read once).
-  static const bool auto_float = [] {
-    const char* v = std::getenv("KILN_CUDA_MATVEC");
-    return v != nullptr && std::string(v) == "float";
-  }();
+  // KILN_CUDA_MATVEC=float|mma sends kAuto's decode sizes to that kernel instead (for
+  // comparing them inside a whole forward pass; read once).
+  const std::string& matvec_override = matvec_kernel_override();
   if (path == MatmulPath::kAuto) {
-    path = m > kMatVecMaxTokens                 ? MatmulPath::kTensorCore
-           : auto_float && silu_gate == nullptr ? MatmulPath::kMatVecFloat
-                                                : MatmulPath::kMatVec;
+    if (m > kMatVecMaxTokens) {
+      path = ws.data != nullptr ? MatmulPath::kTensorCore : MatmulPath::kTensorCoreTiles;
+    } else if (matvec_override == "float" && silu_gate == nullptr) {
+      path = MatmulPath::kMatVecFloat;
+    } else if (matvec_override == "mma") {
+      path = MatmulPath::kMatVec;
+    } else if (has_int8_matvec(w.type) && m <= kMatVecInt8MaxTokens && silu_gate == nullptr) {
+      path = MatmulPath::kMatVecInt8;
+    } else if (m == 1 && silu_gate == nullptr) {
+      // One token of the other types: the warp-per-row float kernel read 1.3-2.1 TB/s on an
+      // H100 where the mma kernel read 0.3-1.2 (the mma's 16-row groups win from 4 tokens).
+      path = MatmulPath::kMatVecFloat;
+    } else {
+      path = MatmulPath::kMatVec;
+    }
   }
-  const bool mma_vec = path == MatmulPath::kMatVec;
-  if (silu_gate != nullptr && !mma_vec) {
-    throw std::invalid_argument("CUDA matmul: the fused SwiGLU product needs the matvec path");
+  if (silu_gate != nullptr && path != MatmulPath::kMatVec) {
+    throw std::invalid_argument("CUDA matmul: the fused SwiGLU product needs the mma matvec path");
+  }
+  if (path == MatmulPath::kMatVecInt8) {
+    const DeviceMatrix one[] = {w};
+    float* const out[] = {y};
+    launch_matvec_int8(one, out, x, QuantizedX{}, m, stream);
+    return;
+  }
+  if (path == MatmulPath::kTensorCore) {
+    launch_gemm_dequantized(w, x, m, y, ws, stream);
+    return;
   }
   const size_t rb = row_bytes(w.type, w.cols);
   const auto* data = static_cast<const uint8_t*>(w.data);
@@ -562,7 +613,7 @@ void launch_matmul_impl(const DeviceMatrix& w, const float* x, const float* silu
   const int mi = static_cast<int>(m);
   dispatch_weight_type(w.type, "CUDA matmul", [&](auto t) {
     constexpr GgmlType T = decltype(t)::value;
-    if (mma_vec) {
+    if (path == MatmulPath::kMatVec) {
       const int warps = matvec_mma_warps(w.rows, matvec_mma_k_steps<T>(cols));
       matvec_mma_kernel<T><<<ceil_div(w.rows, kMmaRows), warps * kWarpSize, 0, stream>>>(
           data, rb, rows, cols, x, mi, silu_gate, y);
@@ -585,19 +636,52 @@ void launch_matmul_impl(const DeviceMatrix& w, const float* x, const float* silu
 
 }  // namespace
 
-void launch_matmul(const DeviceMatrix& w, const float* x, size_t m, float* y, cudaStream_t stream,
-                   MatmulPath path) {
-  launch_matmul_impl(w, x, nullptr, m, y, stream, path);
+void launch_matmul(const DeviceMatrix& w, const float* x, size_t m, float* y,
+                   const GemmWorkspace& ws, cudaStream_t stream, MatmulPath path) {
+  launch_matmul_impl(w, x, nullptr, m, y, ws, stream, path);
 }
 
 void launch_matmul_silu_mul(const DeviceMatrix& w, const float* x, const float* gate, size_t m,
-                            float* y, cudaStream_t stream) {
+                            float* y, const GemmWorkspace& ws, cudaStream_t stream,
+                            MatmulPath path) {
   if (m <= kMatVecMaxTokens) {
-    launch_matmul_impl(w, x, gate, m, y, stream, MatmulPath::kMatVec);
+    launch_matmul_impl(w, x, gate, m, y, ws, stream, path);
   } else {
-    launch_matmul_impl(w, x, nullptr, m, y, stream, MatmulPath::kAuto);
+    launch_matmul_impl(w, x, nullptr, m, y, ws, stream, path);
     launch_silu_mul(gate, y, y, m * w.rows, stream);
   }
+}
+
+void launch_matmul_qkv(const DeviceMatrix& wq, const DeviceMatrix& wk, const DeviceMatrix& wv,
+                       const float* x, size_t m, float* q, float* k, float* v,
+                       const GemmWorkspace& ws, cudaStream_t stream, MatmulPath path,
+                       const QuantizedX& xq) {
+  if (path == MatmulPath::kAuto && int8_takes({&wq, &wk, &wv}, m)) {
+    for (const DeviceMatrix* w : {&wq, &wk, &wv}) check_matmul_shape(*w);
+    check_alignment(x, "the activations");
+    const DeviceMatrix mats[] = {wq, wk, wv};
+    float* const outs[] = {q, k, v};
+    launch_matvec_int8(mats, outs, x, ahead(xq), m, stream);
+    return;
+  }
+  launch_matmul(wq, x, m, q, ws, stream, path);
+  launch_matmul(wk, x, m, k, ws, stream, path);
+  launch_matmul(wv, x, m, v, ws, stream, path);
+}
+
+void launch_matmul_swiglu(const DeviceMatrix& w_gate, const DeviceMatrix& w_up, const float* x,
+                          size_t m, float* gate_out, float* y, const GemmWorkspace& ws,
+                          cudaStream_t stream, MatmulPath path, const QuantizedX& xq) {
+  if (path == MatmulPath::kAuto && int8_takes({&w_gate, &w_up}, m) && w_gate.type == w_up.type &&
+      w_gate.rows == w_up.rows) {
+    check_matmul_shape(w_gate);
+    check_matmul_shape(w_up);
+    check_alignment(x, "the activations");
+    launch_matvec_int8_swiglu(w_gate, w_up, x, ahead(xq), m, y, stream);
+    return;
+  }
+  launch_matmul(w_gate, x, m, gate_out, ws, stream, path);
+  launch_matmul_silu_mul(w_up, x, gate_out, m, y, ws, stream, path);
 }
 
 size_t matmul_bytes(const DeviceMatrix& w, size_t m) {

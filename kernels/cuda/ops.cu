@@ -48,7 +48,7 @@ constexpr int kNormVecs = 4;  // float4s per thread held in registers: rows up t
 
 __global__ void __launch_bounds__(kNormThreads)
     rmsnorm_kernel(float* x, const float* residual, const float* weight, float eps, int n,
-                   const int32_t* row_ids, float* out) {
+                   const int32_t* row_ids, float* out, QuantizedX q8) {
   __shared__ float red[32];
   const int k = blockIdx.x;
   const size_t src_row = row_ids != nullptr ? static_cast<size_t>(row_ids[k]) : k;
@@ -79,8 +79,36 @@ __global__ void __launch_bounds__(kNormThreads)
       if (idx < n4) {
         if (rr != nullptr) reinterpret_cast<float4*>(xr)[idx] = v[j];
         const float4 w = reinterpret_cast<const float4*>(weight)[idx];
-        reinterpret_cast<float4*>(o)[idx] = make_float4(v[j].x * scale * w.x, v[j].y * scale * w.y,
-                                                        v[j].z * scale * w.z, v[j].w * scale * w.w);
+        v[j] = make_float4(v[j].x * scale * w.x, v[j].y * scale * w.y, v[j].z * scale * w.z,
+                           v[j].w * scale * w.w);
+        reinterpret_cast<float4*>(o)[idx] = v[j];
+      }
+    }
+    if (q8.q != nullptr) {
+      // Runs of 8 for the int8 matrix-vector kernel: threads 2i and 2i + 1 hold one run's two
+      // float4s (n / 4 is even, so both are in the row or both past it).
+#pragma unroll
+      for (int j = 0; j < kNormVecs; ++j) {
+        const int idx = static_cast<int>(threadIdx.x) + j * kNormThreads;
+        const bool ok = idx < n4;
+        const float4 f = ok ? v[j] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        float amax = fmaxf(fmaxf(fabsf(f.x), fabsf(f.y)), fmaxf(fabsf(f.z), fabsf(f.w)));
+        float sum = f.x + f.y + f.z + f.w;
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        if (ok) {
+          const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+          const uint32_t word = (static_cast<uint32_t>(__float2int_rn(f.x * inv)) & 0xFFu) |
+                                ((static_cast<uint32_t>(__float2int_rn(f.y * inv)) & 0xFFu) << 8) |
+                                ((static_cast<uint32_t>(__float2int_rn(f.z * inv)) & 0xFFu) << 16) |
+                                (static_cast<uint32_t>(__float2int_rn(f.w * inv)) << 24);
+          const size_t at = static_cast<size_t>(k) * n + 4 * static_cast<size_t>(idx);
+          *reinterpret_cast<uint32_t*>(q8.q + at) = word;
+          if (idx % 2 == 0) {
+            q8.d[at / 8] = amax / 127.0f;
+            q8.sum[at / 8] = sum;
+          }
+        }
       }
     }
     return;
@@ -262,20 +290,36 @@ void launch_dequantize_rows(GgmlType type, const void* src, size_t n, const int3
   KILN_CUDA_CHECK_LAUNCH();
 }
 
+void check_int8_output(const QuantizedX& q8, size_t n) {
+  if (q8.q != nullptr && (n % 8 != 0 || n > 4 * kNormVecs * kNormThreads)) {
+    throw std::invalid_argument(
+        "rmsnorm: the int8 copy needs a width that is a multiple of 8, "
+        "at most 16384; got " +
+        std::to_string(n));
+  }
+}
+
 void launch_rmsnorm(const float* x, const float* weight, float eps, size_t n, size_t n_rows,
-                    const int32_t* row_ids, float* out, cudaStream_t stream) {
+                    const int32_t* row_ids, float* out, cudaStream_t stream, const QuantizedX& q8) {
   if (n_rows == 0) return;
+  if (q8.q != nullptr && (n % 8 != 0 || n > 4 * kNormVecs * kNormThreads)) {
+    throw std::invalid_argument(
+        "rmsnorm: int8 output needs a width that is a multiple of 8, at "
+        "most 16384; got " +
+        std::to_string(n));
+  }
   // x is only written when a residual is given.
   rmsnorm_kernel<<<static_cast<unsigned>(n_rows), kNormThreads, 0, stream>>>(
-      const_cast<float*>(x), nullptr, weight, eps, static_cast<int>(n), row_ids, out);
+      const_cast<float*>(x), nullptr, weight, eps, static_cast<int>(n), row_ids, out, q8);
   KILN_CUDA_CHECK_LAUNCH();
 }
 
 void launch_add_rmsnorm(float* x, const float* residual, const float* weight, float eps, size_t n,
-                        size_t n_rows, float* out, cudaStream_t stream) {
+                        size_t n_rows, float* out, cudaStream_t stream, const QuantizedX& q8) {
   if (n_rows == 0) return;
+  check_int8_output(q8, n);
   rmsnorm_kernel<<<static_cast<unsigned>(n_rows), kNormThreads, 0, stream>>>(
-      x, residual, weight, eps, static_cast<int>(n), nullptr, out);
+      x, residual, weight, eps, static_cast<int>(n), nullptr, out, q8);
   KILN_CUDA_CHECK_LAUNCH();
 }
 

@@ -125,20 +125,40 @@ TEST_P(CudaMatmul, BothPathsMatchAFloat64Reference) {
                          std::span(w_f).subspan(r * cols, cols));
     }
     const kk::WeightMatrix wm{type, w, c.rows, cols};
-    for (MatmulPath path : {MatmulPath::kMatVec, MatmulPath::kTensorCore, MatmulPath::kMatVecFloat,
-                            MatmulPath::kAuto}) {
+    for (MatmulPath path :
+         {MatmulPath::kMatVec, MatmulPath::kTensorCore, MatmulPath::kMatVecFloat,
+          MatmulPath::kMatVecInt8, MatmulPath::kTensorCoreTiles, MatmulPath::kAuto}) {
+      const bool int8 = path == MatmulPath::kMatVecInt8;
+      if (int8 && (!kiln::cuda::has_int8_matvec(type) || c.m > kiln::cuda::kMatVecInt8MaxTokens)) {
+        continue;
+      }
+      const bool int8_used =
+          int8 || (path == MatmulPath::kAuto && kiln::cuda::has_int8_matvec(type) &&
+                   c.m <= kiln::cuda::kMatVecInt8MaxTokens);
       std::vector<float> y(c.m * c.rows);
       kiln::cuda::matmul(wm, x, c.m, y, path);
       ASSERT_TRUE(all_finite(y));
-      // Every path but kMatVecFloat rounds weights and x to fp16 for the tensor cores.
+      // kMatVecFloat is float arithmetic; the tensor-core paths round weights and x to fp16
+      // (2^-11 relative each); the int8 path rounds each x to a multiple of its group's
+      // max|x| / 127, an error of at most max|x| / 254 per element.
       const double tol = path == MatmulPath::kMatVecFloat ? 1e-5 : 3e-3;
       for (size_t t = 0; t < c.m; ++t) {
+        double x_max = 0;
+        for (size_t k = 0; k < cols; ++k)
+          x_max = std::max(x_max, double(std::fabs(x[t * cols + k])));
         for (size_t r = 0; r < c.rows; ++r) {
-          double ref = 0, mag = 0;
+          double ref = 0, mag = 0, w_abs = 0;
           for (size_t k = 0; k < cols; ++k) {
             const double p = double(w_f[r * cols + k]) * x[t * cols + k];
             ref += p;
             mag += std::fabs(p);
+            w_abs += std::fabs(w_f[r * cols + k]);
+          }
+          if (int8_used) {
+            ASSERT_NEAR(y[t * c.rows + r], ref, w_abs * x_max / 254.0 + 1e-5 * mag + 1e-6)
+                << type_name(type) << " rows=" << c.rows << " cols=" << cols << " m=" << c.m
+                << " path=" << int(path) << " t=" << t << " r=" << r;
+            continue;
           }
           ASSERT_NEAR(y[t * c.rows + r], ref, tol * mag + 1e-6)
               << type_name(type) << " rows=" << c.rows << " cols=" << cols << " m=" << c.m
@@ -151,6 +171,137 @@ TEST_P(CudaMatmul, BothPathsMatchAFloat64Reference) {
 
 INSTANTIATE_TEST_SUITE_P(AllTypes, CudaMatmul, ::testing::ValuesIn(kWeightTypes),
                          [](const auto& info) { return std::string(type_name(info.param)); });
+
+// Float64 reference rows of Y = X @ W^T and the bound of the path that ran: the int8
+// kernel's (x rounded to max|x| / 127 steps, see CudaMatmul) or fp16 operands'.
+struct ReferenceProduct {
+  std::vector<double> y, bound;  // (m, rows)
+};
+ReferenceProduct reference_product(GgmlType type, const std::vector<std::byte>& w, size_t rows,
+                                   size_t cols, const std::vector<float>& x, size_t m, bool int8) {
+  std::vector<float> w_f(rows * cols);
+  const size_t rb = kiln::row_bytes(type, cols);
+  for (size_t r = 0; r < rows; ++r) {
+    kk::dequantize_row(type, std::span(w).subspan(r * rb, rb),
+                       std::span(w_f).subspan(r * cols, cols));
+  }
+  ReferenceProduct out{std::vector<double>(m * rows), std::vector<double>(m * rows)};
+  for (size_t t = 0; t < m; ++t) {
+    double x_max = 0;
+    for (size_t k = 0; k < cols; ++k) x_max = std::max(x_max, double(std::fabs(x[t * cols + k])));
+    for (size_t r = 0; r < rows; ++r) {
+      double dot = 0, mag = 0, w_abs = 0;
+      for (size_t k = 0; k < cols; ++k) {
+        const double p = double(w_f[r * cols + k]) * x[t * cols + k];
+        dot += p;
+        mag += std::fabs(p);
+        w_abs += std::fabs(w_f[r * cols + k]);
+      }
+      out.y[t * rows + r] = dot;
+      out.bound[t * rows + r] = (int8 ? w_abs * x_max / 254.0 + 1e-5 * mag : 3e-3 * mag) + 1e-6;
+    }
+  }
+  return out;
+}
+
+// Rows of rmsnorm(x) * g (eps 1e-5) in float64, rounded to float (what the products read).
+std::vector<float> rmsnormed(const std::vector<float>& x, const std::vector<float>& g, size_t m) {
+  const size_t n = g.size();
+  std::vector<float> out(m * n);
+  for (size_t t = 0; t < m; ++t) {
+    double ss = 0;
+    for (size_t k = 0; k < n; ++k) ss += double(x[t * n + k]) * x[t * n + k];
+    const double inv = 1.0 / std::sqrt(ss / double(n) + 1e-5);
+    for (size_t k = 0; k < n; ++k) out[t * n + k] = float(x[t * n + k] * inv * g[k]);
+  }
+  return out;
+}
+
+// Q, K and V in one launch (the int8 kernel, one token of K types, V of another type than Q
+// and K as in Q4_K_M) or three (other types or more tokens): each output against float64.
+TEST(CudaMatmulQkv, EachProjectionMatchesAFloat64Reference) {
+  KILN_REQUIRE_CUDA_DEVICE();
+  struct Case {
+    GgmlType q, k, v;
+    size_t m;
+  };
+  const Case cases[] = {{GgmlType::Q4_K, GgmlType::Q4_K, GgmlType::Q6_K, 1},
+                        {GgmlType::Q6_K, GgmlType::Q4_K, GgmlType::Q4_K, 1},
+                        {GgmlType::Q4_K, GgmlType::Q4_K, GgmlType::Q6_K, 3},
+                        {GgmlType::Q8_0, GgmlType::Q8_0, GgmlType::Q8_0, 1},
+                        {GgmlType::Q4_K, GgmlType::Q8_0, GgmlType::Q6_K, 1}};
+  const size_t cols = 768, rows[3] = {70, 17, 33};
+  uint32_t seed = 300;
+  for (const Case& c : cases) {
+    const GgmlType types[3] = {c.q, c.k, c.v};
+    const bool int8 = c.m <= kiln::cuda::kMatVecInt8MaxTokens &&
+                      std::all_of(types, types + 3, kiln::cuda::has_int8_matvec);
+    std::vector<std::byte> w[3];
+    std::vector<float> y[3];
+    for (int i = 0; i < 3; ++i) {
+      w[i] = random_matrix(types[i], rows[i], cols, seed++);
+      y[i].resize(c.m * rows[i]);
+    }
+    const auto x = random_floats(c.m * cols, seed++);
+    const auto g = random_floats(cols, seed++, 1.0f);
+    // The input as it comes (quantized by the int8 kernel), or normed with its int8 copy
+    // made by the norm (as in the forward).
+    for (const bool normed : {false, true}) {
+      kiln::cuda::matmul_qkv({c.q, w[0], rows[0], cols}, {c.k, w[1], rows[1], cols},
+                             {c.v, w[2], rows[2], cols}, x, c.m, y[0], y[1], y[2],
+                             normed ? std::span<const float>(g) : std::span<const float>());
+      const auto xr = normed ? rmsnormed(x, g, c.m) : x;
+      for (int i = 0; i < 3; ++i) {
+        ASSERT_TRUE(all_finite(y[i]));
+        const bool int8_here = int8 || (c.m <= kiln::cuda::kMatVecInt8MaxTokens &&
+                                        kiln::cuda::has_int8_matvec(types[i]));
+        const auto ref = reference_product(types[i], w[i], rows[i], cols, xr, c.m, int8_here);
+        for (size_t j = 0; j < y[i].size(); ++j) {
+          ASSERT_NEAR(y[i][j], ref.y[j], ref.bound[j])
+              << "projection " << i << " " << type_name(types[i]) << " m=" << c.m << " j=" << j
+              << " normed=" << normed;
+        }
+      }
+    }
+  }
+}
+
+// silu(X @ Wgate^T) * (X @ Wup^T): one launch for one token of a K type (rows in pairs, an odd
+// count checks the last pair), two launches otherwise.
+TEST(CudaMatmulSwiglu, MatchesFloat64ProjectionsThenSiluMul) {
+  KILN_REQUIRE_CUDA_DEVICE();
+  uint32_t seed = 400;
+  for (GgmlType type : {GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q8_0}) {
+    for (size_t m : {1, 3}) {
+      const size_t rows = 33, cols = 512;
+      const auto wg = random_matrix(type, rows, cols, seed++);
+      const auto wu = random_matrix(type, rows, cols, seed++);
+      const auto x = random_floats(m * cols, seed++);
+      const auto norm = random_floats(cols, seed++, 1.0f);
+      for (const bool normed : {false, true}) {
+        std::vector<float> y(m * rows);
+        kiln::cuda::matmul_swiglu({type, wg, rows, cols}, {type, wu, rows, cols}, x, m, y,
+                                  normed ? std::span<const float>(norm) : std::span<const float>());
+        ASSERT_TRUE(all_finite(y));
+        const bool int8 =
+            kiln::cuda::has_int8_matvec(type) && m <= kiln::cuda::kMatVecInt8MaxTokens;
+        const auto xr = normed ? rmsnormed(x, norm, m) : x;
+        const auto g = reference_product(type, wg, rows, cols, xr, m, int8);
+        const auto u = reference_product(type, wu, rows, cols, xr, m, int8);
+        for (size_t j = 0; j < y.size(); ++j) {
+          const double gv = g.y[j], sig = 1.0 / (1.0 + std::exp(-gv)), silu_g = gv * sig;
+          const double ref = silu_g * u.y[j];
+          // d silu / dg = sig (1 + g (1 - sig)), at most 1.1 in magnitude.
+          const double bound = std::fabs(silu_g) * u.bound[j] +
+                               1.1 * g.bound[j] * std::fabs(u.y[j]) + g.bound[j] * u.bound[j] +
+                               1e-5 * std::fabs(ref) + 1e-6;
+          ASSERT_NEAR(y[j], ref, bound)
+              << type_name(type) << " m=" << m << " j=" << j << " normed=" << normed;
+        }
+      }
+    }
+  }
+}
 
 TEST(CudaMatmulShapes, RejectsColumnsNotAMultipleOf32) {
   KILN_REQUIRE_CUDA_DEVICE();
@@ -178,19 +329,26 @@ TEST(CudaMatmulSiluMul, MatchesAFloat64ProductThenSiluMul) {
       }
       kiln::cuda::matmul_silu_mul({type, w, rows, cols}, x, gate, m, y);
       ASSERT_TRUE(all_finite(y));
+      const bool int8 = kiln::cuda::has_int8_matvec(type) && m <= kiln::cuda::kMatVecInt8MaxTokens;
       for (size_t t = 0; t < m; ++t) {
+        double x_max = 0;
+        for (size_t k = 0; k < cols; ++k)
+          x_max = std::max(x_max, double(std::fabs(x[t * cols + k])));
         for (size_t r = 0; r < rows; ++r) {
-          double dot = 0, mag = 0;
+          double dot = 0, mag = 0, w_abs = 0;
           for (size_t k = 0; k < cols; ++k) {
             const double p = double(w_f[r * cols + k]) * x[t * cols + k];
             dot += p;
             mag += std::fabs(p);
+            w_abs += std::fabs(w_f[r * cols + k]);
           }
+          // The int8 path's bound (see CudaMatmul) where it runs, else fp16 operands.
+          const double bound = int8 ? w_abs * x_max / 254.0 + 1e-5 * mag : 3e-3 * mag;
           const double g = gate[t * rows + r], silu_g = g / (1.0 + std::exp(-g));
           const double ref = silu_g * dot;
           // The product's fp16-operand bound scaled by silu(g), and fast exp/divide rounding.
           ASSERT_NEAR(y[t * rows + r], ref,
-                      std::fabs(silu_g) * (3e-3 * mag + 1e-6) + 1e-5 * std::fabs(ref) + 1e-6)
+                      std::fabs(silu_g) * (bound + 1e-6) + 1e-5 * std::fabs(ref) + 1e-6)
               << type_name(type) << " m=" << m << " t=" << t << " r=" << r;
         }
       }
@@ -226,6 +384,41 @@ TEST(CudaOps, AddRmsnormMatchesCpuAddThenRmsnorm) {
       ASSERT_NEAR(x_gpu[i], x_cpu[i], 1e-6f * (1 + std::fabs(x_cpu[i])));
       ASSERT_NEAR(gpu[i], cpu[i], 1e-5f * (1 + std::fabs(cpu[i])));
     }
+  }
+}
+
+// The int8 copy the norms write for the int8 matrix-vector kernel: per run of 8 outputs, the
+// scale max|out| / 127, each value within half a step of its output, and the float sum.
+void expect_int8_copy(std::span<const float> out, const kiln::cuda::Int8Rows& q8) {
+  for (size_t g = 0; g < out.size() / 8; ++g) {
+    double amax = 0, sum = 0;
+    for (size_t i = 8 * g; i < 8 * g + 8; ++i) {
+      amax = std::max(amax, double(std::fabs(out[i])));
+      sum += out[i];
+    }
+    ASSERT_NEAR(q8.d[g], amax / 127.0, 1e-6 * amax) << "run " << g;
+    ASSERT_NEAR(q8.sum[g], sum, 1e-5 * (1 + amax)) << "run " << g;
+    for (size_t i = 8 * g; i < 8 * g + 8; ++i) {
+      ASSERT_NEAR(double(q8.q[i]) * q8.d[g], out[i], 0.5001 * q8.d[g] + 1e-12) << "i " << i;
+    }
+  }
+}
+
+TEST(CudaOps, NormsWriteAnInt8CopyForTheInt8Kernel) {
+  KILN_REQUIRE_CUDA_DEVICE();
+  for (size_t n : kRowSizes) {
+    const auto x0 = random_floats(n, 31, 0.5f, 3.0f), r = random_floats(n, 32, 0.0f, 2.0f);
+    const auto w = random_floats(n, 33, 1.0f, 0.2f);
+    std::vector<float> out(n), x = x0;
+    kiln::cuda::Int8Rows q8;
+    if (n % 8 != 0 || n > 16384) {  // the copy needs runs of 8 and the register-held row
+      EXPECT_THROW(kiln::cuda::rmsnorm(x0, w, 1e-5f, out, &q8), std::invalid_argument) << n;
+      continue;
+    }
+    kiln::cuda::rmsnorm(x0, w, 1e-5f, out, &q8);
+    expect_int8_copy(out, q8);
+    kiln::cuda::add_rmsnorm(x, r, w, 1e-5f, out, &q8);
+    expect_int8_copy(out, q8);
   }
 }
 
