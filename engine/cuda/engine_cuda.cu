@@ -121,7 +121,12 @@ CudaEngine::CudaEngine(const Model& model, const EngineOptions& options)
     : model_(model),
       max_batch_(options.max_batch),
       n_ctx_(default_context_length(model.config(), options.n_ctx)),
-      n_seq_(options.n_seq) {
+      n_seq_(options.n_seq),
+      // --precise (act_precision int16): fp16 activations in every decode matmul (the mma
+      // kernel), which also gives a sequence the same logits alone or batched. By default a
+      // lone token of the K types takes the faster int8 kernel, whose rounding of x moves the
+      // logits a little from the mma kernel's (mean KL ~3e-3 on a synthetic Q4_K model).
+      batch_invariant_(options.act_precision == kernels::ActPrecision::int16) {
   const ModelConfig& c = model.config();
   const Weights& w = model.weights();
   if (max_batch_ == 0) throw std::invalid_argument("max_batch must be at least 1");
@@ -289,12 +294,6 @@ CudaEngine::CudaEngine(const Model& model, const EngineOptions& options)
 }
 
 CudaEngine::~CudaEngine() = default;
-
-void CudaEngine::set_batch_invariant(bool on) {
-  batch_invariant_ = on;
-  for (auto& [key, exec] : device_->graphs) (void)cudaGraphExecDestroy(exec);
-  device_->graphs.clear();
-}
 
 size_t CudaEngine::weight_bytes() const { return device_->weights.size(); }
 size_t CudaEngine::kv_cache_bytes() const { return device_->kv.size(); }

@@ -59,11 +59,6 @@ class CudaEngine {
 
   // Replay decode steps from CUDA graphs (default on); off runs every kernel directly.
   void set_use_graphs(bool on) { use_graphs_ = on; }
-  // Decode batches give every sequence exactly the logits it would get alone (the mma
-  // matrix-vector kernel for every decode size). Off (default), a lone token of the K types
-  // takes the faster int8 kernel, whose x rounding differs from the mma kernel's in the last
-  // bits of the logits. Drops the captured graphs.
-  void set_batch_invariant(bool on);
   // Device bytes held: weights, KV cache, activations and scratch.
   size_t device_bytes() const;
   size_t weight_bytes() const;
@@ -85,8 +80,8 @@ class CudaEngine {
   size_t max_batch_;
   size_t n_ctx_;
   size_t n_seq_;
-  bool use_graphs_ = true;
   bool batch_invariant_ = false;
+  bool use_graphs_ = true;
   std::vector<size_t> length_;    // (n_seq) valid positions of each sequence
   std::vector<size_t> next_pos_;  // (n_seq) validation scratch
   std::vector<float> logits_;     // (max_batch, n_vocab) host copy of the wanted rows
