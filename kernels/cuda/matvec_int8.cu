@@ -265,37 +265,50 @@ struct Int8Args {
   QuantizedX xq;  // x quantized ahead (by the RMSNorm before), or q null: quantize here
 };
 
+// The per-type pieces of a chunk, picked once by type: the weights' loads, x (quantized ahead
+// or here) and their dot product.
+template <GgmlType T>
+struct Int8Chunk;
+template <>
+struct Int8Chunk<GgmlType::Q4_K> {
+  using W = Q4KW;
+  using X = Q4KX;
+  static __device__ W load_w(const uint8_t* row, int c) { return load_w_q4_k(row, c); }
+  static __device__ X load_x(const QuantizedX& xq, size_t at, int c) {
+    return load_x_q4_k(xq, at, c);
+  }
+  static __device__ X quantize(const float* xt, int c) { return quantize_x_q4_k(xt, c); }
+  static __device__ float dot(const W& w, const X& x, int c) { return dot_q4_k(w, x, c); }
+};
+template <>
+struct Int8Chunk<GgmlType::Q6_K> {
+  using W = Q6KW;
+  using X = Q6KX;
+  static __device__ W load_w(const uint8_t* row, int c) { return load_w_q6_k(row, c); }
+  static __device__ X load_x(const QuantizedX& xq, size_t at, int c) {
+    return load_x_q6_k(xq, at, c);
+  }
+  static __device__ X quantize(const float* xt, int c) { return quantize_x_q6_k(xt, c); }
+  static __device__ float dot(const W& w, const X& x, int c) { return dot_q6_k(w, x, c); }
+};
+
 template <GgmlType T, int NT, bool kAhead>
 __device__ __forceinline__ void accumulate_chunks(const uint8_t* const (&rows)[kInt8Slots],
                                                   const float* x, const QuantizedX& xq, int cols,
                                                   int m, float (&acc)[kInt8Slots][NT]) {
+  using C = Int8Chunk<T>;
   const int chunks = cols / 32;
   for (int c = threadIdx.x; c < chunks; c += kInt8Threads) {
-    if constexpr (T == GgmlType::Q4_K) {
-      Q4KW wv[kInt8Slots];
+    typename C::W wv[kInt8Slots];  // every row's loads first, then the arithmetic
 #pragma unroll
-      for (int r = 0; r < kInt8Slots; ++r) wv[r] = load_w_q4_k(rows[r], c);
+    for (int r = 0; r < kInt8Slots; ++r) wv[r] = C::load_w(rows[r], c);
 #pragma unroll
-      for (int t = 0; t < NT; ++t) {
-        if (t < m) {
-          const size_t at = static_cast<size_t>(t) * cols;
-          const Q4KX xv = kAhead ? load_x_q4_k(xq, at, c) : quantize_x_q4_k(x + at, c);
+    for (int t = 0; t < NT; ++t) {
+      if (t < m) {
+        const size_t at = static_cast<size_t>(t) * cols;
+        const typename C::X xv = kAhead ? C::load_x(xq, at, c) : C::quantize(x + at, c);
 #pragma unroll
-          for (int r = 0; r < kInt8Slots; ++r) acc[r][t] += dot_q4_k(wv[r], xv, c);
-        }
-      }
-    } else {
-      Q6KW wv[kInt8Slots];
-#pragma unroll
-      for (int r = 0; r < kInt8Slots; ++r) wv[r] = load_w_q6_k(rows[r], c);
-#pragma unroll
-      for (int t = 0; t < NT; ++t) {
-        if (t < m) {
-          const size_t at = static_cast<size_t>(t) * cols;
-          const Q6KX xv = kAhead ? load_x_q6_k(xq, at, c) : quantize_x_q6_k(x + at, c);
-#pragma unroll
-          for (int r = 0; r < kInt8Slots; ++r) acc[r][t] += dot_q6_k(wv[r], xv, c);
-        }
+        for (int r = 0; r < kInt8Slots; ++r) acc[r][t] += C::dot(wv[r], xv, c);
       }
     }
   }

@@ -99,86 +99,17 @@ struct MatmulCase {
   size_t rows, cols, m;
 };
 
-class CudaMatmul : public ::testing::TestWithParam<GgmlType> {};
-
-// Y (m, rows) = X (m, cols) @ W^T in float64 from the CPU-dequantized W. The error bound per
-// output scales with sum |w x|: float accumulation for the float matrix-vector kernel, fp16
-// operands (2^-11 relative each) for the tensor-core kernels.
-TEST_P(CudaMatmul, BothPathsMatchAFloat64Reference) {
-  KILN_REQUIRE_CUDA_DEVICE();
-  const GgmlType type = GetParam();
-  const size_t block = kiln::traits(type).block_elements;
-  // Includes long rows split across many warps (the mma kernel gives each warp several K
-  // steps only when rows are few and K long) and token counts past one mma pass (12).
-  const MatmulCase cases[] = {{1, 256, 1},   {7, 512, 1},   {33, 256, 3},   {64, 768, 8},
-                              {130, 512, 9}, {96, 256, 17}, {65, 1024, 70}, {200, 256, 130},
-                              {40, 3072, 1}, {24, 8192, 2}, {9, 2304, 8},   {17, 4096, 12}};
-  uint32_t seed = 1;
-  for (const auto& c : cases) {
-    const size_t cols = (c.cols + block - 1) / block * block;
-    const auto w = random_matrix(type, c.rows, cols, seed++);
-    const auto x = random_floats(c.m * cols, seed++);
-    std::vector<float> w_f(c.rows * cols);
-    const size_t rb = kiln::row_bytes(type, cols);
-    for (size_t r = 0; r < c.rows; ++r) {
-      kk::dequantize_row(type, std::span(w).subspan(r * rb, rb),
-                         std::span(w_f).subspan(r * cols, cols));
-    }
-    const kk::WeightMatrix wm{type, w, c.rows, cols};
-    for (MatmulPath path :
-         {MatmulPath::kMatVec, MatmulPath::kTensorCore, MatmulPath::kMatVecFloat,
-          MatmulPath::kMatVecInt8, MatmulPath::kTensorCoreTiles, MatmulPath::kAuto}) {
-      const bool int8 = path == MatmulPath::kMatVecInt8;
-      if (int8 && (!kiln::cuda::has_int8_matvec(type) || c.m > kiln::cuda::kMatVecInt8MaxTokens)) {
-        continue;
-      }
-      const bool int8_used =
-          int8 || (path == MatmulPath::kAuto && kiln::cuda::has_int8_matvec(type) &&
-                   c.m <= kiln::cuda::kMatVecInt8MaxTokens);
-      std::vector<float> y(c.m * c.rows);
-      kiln::cuda::matmul(wm, x, c.m, y, path);
-      ASSERT_TRUE(all_finite(y));
-      // kMatVecFloat is float arithmetic; the tensor-core paths round weights and x to fp16
-      // (2^-11 relative each); the int8 path rounds each x to a multiple of its group's
-      // max|x| / 127, an error of at most max|x| / 254 per element.
-      const double tol = path == MatmulPath::kMatVecFloat ? 1e-5 : 3e-3;
-      for (size_t t = 0; t < c.m; ++t) {
-        double x_max = 0;
-        for (size_t k = 0; k < cols; ++k)
-          x_max = std::max(x_max, double(std::fabs(x[t * cols + k])));
-        for (size_t r = 0; r < c.rows; ++r) {
-          double ref = 0, mag = 0, w_abs = 0;
-          for (size_t k = 0; k < cols; ++k) {
-            const double p = double(w_f[r * cols + k]) * x[t * cols + k];
-            ref += p;
-            mag += std::fabs(p);
-            w_abs += std::fabs(w_f[r * cols + k]);
-          }
-          if (int8_used) {
-            ASSERT_NEAR(y[t * c.rows + r], ref, w_abs * x_max / 254.0 + 1e-5 * mag + 1e-6)
-                << type_name(type) << " rows=" << c.rows << " cols=" << cols << " m=" << c.m
-                << " path=" << int(path) << " t=" << t << " r=" << r;
-            continue;
-          }
-          ASSERT_NEAR(y[t * c.rows + r], ref, tol * mag + 1e-6)
-              << type_name(type) << " rows=" << c.rows << " cols=" << cols << " m=" << c.m
-              << " path=" << int(path) << " t=" << t << " r=" << r;
-        }
-      }
-    }
-  }
-}
-
-INSTANTIATE_TEST_SUITE_P(AllTypes, CudaMatmul, ::testing::ValuesIn(kWeightTypes),
-                         [](const auto& info) { return std::string(type_name(info.param)); });
-
-// Float64 reference rows of Y = X @ W^T and the bound of the path that ran: the int8
-// kernel's (x rounded to max|x| / 127 steps, see CudaMatmul) or fp16 operands'.
+// Float64 reference rows of Y = X @ W^T (W dequantized on the CPU) and the error bound of
+// the path's rounding, per output: float accumulation; fp16 operands (2^-11 relative each,
+// the tensor-core paths); or int8 x, each rounded to a step of its run's max|x| / 127, an
+// error of at most max|x| / 254 per element.
+enum class Rounding { kFloat, kFp16, kInt8 };
 struct ReferenceProduct {
   std::vector<double> y, bound;  // (m, rows)
 };
 ReferenceProduct reference_product(GgmlType type, const std::vector<std::byte>& w, size_t rows,
-                                   size_t cols, const std::vector<float>& x, size_t m, bool int8) {
+                                   size_t cols, const std::vector<float>& x, size_t m,
+                                   Rounding rounding) {
   std::vector<float> w_f(rows * cols);
   const size_t rb = kiln::row_bytes(type, cols);
   for (size_t r = 0; r < rows; ++r) {
@@ -198,11 +129,61 @@ ReferenceProduct reference_product(GgmlType type, const std::vector<std::byte>& 
         w_abs += std::fabs(w_f[r * cols + k]);
       }
       out.y[t * rows + r] = dot;
-      out.bound[t * rows + r] = (int8 ? w_abs * x_max / 254.0 + 1e-5 * mag : 3e-3 * mag) + 1e-6;
+      out.bound[t * rows + r] = (rounding == Rounding::kInt8    ? w_abs * x_max / 254.0 + 1e-5 * mag
+                                 : rounding == Rounding::kFloat ? 1e-5 * mag
+                                                                : 3e-3 * mag) +
+                                1e-6;
     }
   }
   return out;
 }
+
+class CudaMatmul : public ::testing::TestWithParam<GgmlType> {};
+
+// Y (m, rows) = X (m, cols) @ W^T in float64 from the CPU-dequantized W. The error bound per
+// output scales with sum |w x|: float accumulation for the float matrix-vector kernel, fp16
+// operands (2^-11 relative each) for the tensor-core kernels.
+TEST_P(CudaMatmul, BothPathsMatchAFloat64Reference) {
+  KILN_REQUIRE_CUDA_DEVICE();
+  const GgmlType type = GetParam();
+  const size_t block = kiln::traits(type).block_elements;
+  // Includes long rows split across many warps (the mma kernel gives each warp several K
+  // steps only when rows are few and K long) and token counts past one mma pass (12).
+  const MatmulCase cases[] = {{1, 256, 1},   {7, 512, 1},   {33, 256, 3},   {64, 768, 8},
+                              {130, 512, 9}, {96, 256, 17}, {65, 1024, 70}, {200, 256, 130},
+                              {40, 3072, 1}, {24, 8192, 2}, {9, 2304, 8},   {17, 4096, 12}};
+  uint32_t seed = 1;
+  for (const auto& c : cases) {
+    const size_t cols = (c.cols + block - 1) / block * block;
+    const auto w = random_matrix(type, c.rows, cols, seed++);
+    const auto x = random_floats(c.m * cols, seed++);
+    const kk::WeightMatrix wm{type, w, c.rows, cols};
+    for (MatmulPath path :
+         {MatmulPath::kMatVec, MatmulPath::kTensorCore, MatmulPath::kMatVecFloat,
+          MatmulPath::kMatVecInt8, MatmulPath::kTensorCoreTiles, MatmulPath::kAuto}) {
+      const bool int8_fits =
+          kiln::cuda::has_int8_matvec(type) && c.m <= kiln::cuda::kMatVecInt8MaxTokens;
+      if (path == MatmulPath::kMatVecInt8 && !int8_fits) continue;
+      std::vector<float> y(c.m * c.rows);
+      kiln::cuda::matmul(wm, x, c.m, y, path);
+      ASSERT_TRUE(all_finite(y));
+      const Rounding rounding =
+          path == MatmulPath::kMatVecInt8 || (path == MatmulPath::kAuto && int8_fits)
+              ? Rounding::kInt8
+          : path == MatmulPath::kMatVecFloat ? Rounding::kFloat
+                                             : Rounding::kFp16;
+      const auto ref = reference_product(type, w, c.rows, cols, x, c.m, rounding);
+      for (size_t j = 0; j < y.size(); ++j) {
+        ASSERT_NEAR(y[j], ref.y[j], ref.bound[j])
+            << type_name(type) << " rows=" << c.rows << " cols=" << cols << " m=" << c.m
+            << " path=" << int(path) << " t=" << j / c.rows << " r=" << j % c.rows;
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllTypes, CudaMatmul, ::testing::ValuesIn(kWeightTypes),
+                         [](const auto& info) { return std::string(type_name(info.param)); });
 
 // Rows of rmsnorm(x) * g (eps 1e-5) in float64, rounded to float (what the products read).
 std::vector<float> rmsnormed(const std::vector<float>& x, const std::vector<float>& g, size_t m) {
@@ -255,7 +236,8 @@ TEST(CudaMatmulQkv, EachProjectionMatchesAFloat64Reference) {
         ASSERT_TRUE(all_finite(y[i]));
         const bool int8_here = int8 || (c.m <= kiln::cuda::kMatVecInt8MaxTokens &&
                                         kiln::cuda::has_int8_matvec(types[i]));
-        const auto ref = reference_product(types[i], w[i], rows[i], cols, xr, c.m, int8_here);
+        const auto ref = reference_product(types[i], w[i], rows[i], cols, xr, c.m,
+                                           int8_here ? Rounding::kInt8 : Rounding::kFp16);
         for (size_t j = 0; j < y[i].size(); ++j) {
           ASSERT_NEAR(y[i][j], ref.y[j], ref.bound[j])
               << "projection " << i << " " << type_name(types[i]) << " m=" << c.m << " j=" << j
@@ -286,8 +268,9 @@ TEST(CudaMatmulSwiglu, MatchesFloat64ProjectionsThenSiluMul) {
         const bool int8 =
             kiln::cuda::has_int8_matvec(type) && m <= kiln::cuda::kMatVecInt8MaxTokens;
         const auto xr = normed ? rmsnormed(x, norm, m) : x;
-        const auto g = reference_product(type, wg, rows, cols, xr, m, int8);
-        const auto u = reference_product(type, wu, rows, cols, xr, m, int8);
+        const Rounding rounding = int8 ? Rounding::kInt8 : Rounding::kFp16;
+        const auto g = reference_product(type, wg, rows, cols, xr, m, rounding);
+        const auto u = reference_product(type, wu, rows, cols, xr, m, rounding);
         for (size_t j = 0; j < y.size(); ++j) {
           const double gv = g.y[j], sig = 1.0 / (1.0 + std::exp(-gv)), silu_g = gv * sig;
           const double ref = silu_g * u.y[j];
@@ -321,36 +304,18 @@ TEST(CudaMatmulSiluMul, MatchesAFloat64ProductThenSiluMul) {
       const size_t rows = 40, cols = 1024;
       const auto w = random_matrix(type, rows, cols, seed++);
       const auto x = random_floats(m * cols, seed++), gate = random_floats(m * rows, seed++);
-      std::vector<float> w_f(rows * cols), y(m * rows);
-      const size_t rb = kiln::row_bytes(type, cols);
-      for (size_t r = 0; r < rows; ++r) {
-        kk::dequantize_row(type, std::span(w).subspan(r * rb, rb),
-                           std::span(w_f).subspan(r * cols, cols));
-      }
+      std::vector<float> y(m * rows);
       kiln::cuda::matmul_silu_mul({type, w, rows, cols}, x, gate, m, y);
       ASSERT_TRUE(all_finite(y));
-      const bool int8 = kiln::cuda::has_int8_matvec(type) && m <= kiln::cuda::kMatVecInt8MaxTokens;
-      for (size_t t = 0; t < m; ++t) {
-        double x_max = 0;
-        for (size_t k = 0; k < cols; ++k)
-          x_max = std::max(x_max, double(std::fabs(x[t * cols + k])));
-        for (size_t r = 0; r < rows; ++r) {
-          double dot = 0, mag = 0, w_abs = 0;
-          for (size_t k = 0; k < cols; ++k) {
-            const double p = double(w_f[r * cols + k]) * x[t * cols + k];
-            dot += p;
-            mag += std::fabs(p);
-            w_abs += std::fabs(w_f[r * cols + k]);
-          }
-          // The int8 path's bound (see CudaMatmul) where it runs, else fp16 operands.
-          const double bound = int8 ? w_abs * x_max / 254.0 + 1e-5 * mag : 3e-3 * mag;
-          const double g = gate[t * rows + r], silu_g = g / (1.0 + std::exp(-g));
-          const double ref = silu_g * dot;
-          // The product's fp16-operand bound scaled by silu(g), and fast exp/divide rounding.
-          ASSERT_NEAR(y[t * rows + r], ref,
-                      std::fabs(silu_g) * (bound + 1e-6) + 1e-5 * std::fabs(ref) + 1e-6)
-              << type_name(type) << " m=" << m << " t=" << t << " r=" << r;
-        }
+      // The product applied by a matvec epilogue (the mma kernel: the int8 one does not take
+      // a gate) or after the GEMM: fp16 operands either way.
+      const auto ref = reference_product(type, w, rows, cols, x, m, Rounding::kFp16);
+      for (size_t j = 0; j < y.size(); ++j) {
+        const double g = gate[j], silu_g = g / (1.0 + std::exp(-g));
+        const double want = silu_g * ref.y[j];
+        // The product's bound scaled by silu(g), and fast exp/divide rounding.
+        ASSERT_NEAR(y[j], want, std::fabs(silu_g) * ref.bound[j] + 1e-5 * std::fabs(want) + 1e-6)
+            << type_name(type) << " m=" << m << " j=" << j;
       }
     }
   }
