@@ -24,7 +24,7 @@ bool has_cuda_matmul(GgmlType type);
 //                 weights dequantized to fp16 in registers and multiplied on the tensor cores
 //                 (mma m16n8k16, rows as M and tokens as N, fp32 accumulation);
 //   kMatVecInt8   decode of Q4_K and Q6_K up to kMatVecInt8MaxTokens tokens: codes kept as
-//                 integers, x quantized to int8 per 8-16 values, dp4a (has_int8_matvec);
+//                 integers, x quantized to int8 per run of 8 values, dp4a (has_int8_matvec);
 //   kTensorCore   prefill: X and W converted to fp16 in the workspace, then an fp16 GEMM on
 //                 the tensor cores (ldmatrix + mma, 3-stage cp.async pipeline);
 //   kTensorCoreTiles  prefill without a workspace: 64x64 output tiles dequantized into

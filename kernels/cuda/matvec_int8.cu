@@ -4,10 +4,11 @@
 // The tensor-core matrix-vector kernel (matmul.cu) turns every weight into fp16 before the
 // mma; at one token that costs ~3 instructions per 2 weights and kept Q4_K at 0.8-1.3 TB/s on
 // an H100. Here the 4- or 6-bit codes stay integers: a lane takes a 32-weight chunk of a row
-// (16 bytes of Q4_K codes, or 8 positions of each quarter of a Q6_K half-block), quantizes
-// the matching x to int8 itself (one scale per 8 or 16 values, kept in float, with the exact
-// float sum for Q4_K's min term) and multiplies 4 codes a dp4a. A lane does the same chunk of
-// 4 rows, so the x quantization is shared by 4 rows and each lane has 4 rows' loads in flight.
+// (16 bytes of Q4_K codes, or 8 positions of each quarter of a Q6_K half-block) and multiplies
+// 4 codes a dp4a with x in int8, one scale per run of 8 values (and the float sum of the run
+// for Q4_K's min term). x comes quantized by the RMSNorm that wrote it (QuantizedX), or the
+// lane quantizes its chunk of x itself (the other inputs). A lane does the same chunk of 4
+// rows, so each lane has 4 rows' loads in flight and shares its x among them.
 #include <algorithm>
 #include <span>
 #include <stdexcept>
