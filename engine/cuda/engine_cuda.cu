@@ -211,19 +211,19 @@ CudaEngine::CudaEngine(const Model& model, const EngineOptions& options)
     }
     gemm_bytes = cuda::gemm_workspace_bytes(b, max_cols, max_elements);
   }
-  activation_bytes += gemm_bytes;
 
   // Everything must fit before anything is allocated.
   size_t free_bytes = 0, total_bytes = 0;
   cuda::device_memory_info(free_bytes, total_bytes);
-  const size_t needed = placer.total() + kv_bytes + activation_bytes;
+  const size_t needed = placer.total() + kv_bytes + activation_bytes + gemm_bytes;
   if (needed > free_bytes) {
     throw std::runtime_error(
         "the model does not fit on " + d.name + ": it needs " + std::to_string(mib(needed)) +
         " MiB (weights " + std::to_string(mib(placer.total())) + " MiB, KV cache " +
         std::to_string(mib(kv_bytes)) + " MiB for " + std::to_string(n_seq_) + " x " +
         std::to_string(n_ctx_) + " positions, activations " +
-        std::to_string(mib(activation_bytes)) + " MiB), the device has " +
+        std::to_string(mib(activation_bytes)) + " MiB, prefill GEMM workspace " +
+        std::to_string(mib(gemm_bytes)) + " MiB), the device has " +
         std::to_string(mib(free_bytes)) + " MiB free of " + std::to_string(mib(total_bytes)) +
         " MiB (lower -c, --n-seq or --batch)");
   }
@@ -253,7 +253,7 @@ CudaEngine::CudaEngine(const Model& model, const EngineOptions& options)
   d.k_cache = d.kv.as<uint16_t>();
   d.v_cache = d.k_cache + c.n_layers * d.layer_halves;
 
-  d.activations = cuda::DeviceBuffer(activation_bytes - gemm_bytes, "activations and scratch");
+  d.activations = cuda::DeviceBuffer(activation_bytes, "activations and scratch");
   auto* cursor = d.activations.as<std::byte>();
   float* q8_values = nullptr;
   float** float_buffers[] = {&d.x,
