@@ -24,7 +24,7 @@ namespace kiln {
 namespace {
 
 constexpr char kMagic[8] = {'K', 'I', 'L', 'N', 'P', 'N', 'L', '\0'};
-constexpr uint32_t kFormatVersion = 1;
+constexpr uint32_t kFormatVersion = 2;  // 2: the model's path after the entries
 constexpr size_t kHugePage = size_t{2} << 20;
 constexpr size_t kMatrixAlign = 4096;
 
@@ -32,13 +32,15 @@ struct PanelCacheHeader {
   char magic[8];
   uint32_t version;
   uint32_t n_matrices;
-  uint64_t model_size;       // bytes of the model file
-  int64_t model_mtime_ns;    // its modification time
-  uint64_t model_head_hash;  // FNV-1a of its bytes before the tensor data
-  uint64_t data_offset;      // first panel byte, 2 MiB aligned
-  uint64_t file_size;        // bytes of this file
+  uint64_t model_size;        // bytes of the model file
+  int64_t model_mtime_ns;     // its modification time
+  uint64_t model_head_hash;   // FNV-1a of its bytes before the tensor data
+  uint64_t data_offset;       // first panel byte, 2 MiB aligned
+  uint64_t file_size;         // bytes of this file
+  uint32_t model_path_bytes;  // the model's absolute path, after the entries (not terminated)
+  uint32_t reserved;
 };
-static_assert(sizeof(PanelCacheHeader) == 56);
+static_assert(sizeof(PanelCacheHeader) == 64);
 
 struct PanelCacheEntry {
   uint32_t type;  // GgmlType
@@ -66,7 +68,19 @@ std::string mib(size_t bytes) { return std::to_string((bytes + (1 << 19)) >> 20)
 struct Expected {
   PanelCacheHeader header{};
   std::vector<PanelCacheEntry> entries;
+  std::string model_path;  // absolute
 };
+
+// Modification time of a stat'd file in nanoseconds.
+int64_t mtime_ns(const struct stat& st) {
+  return int64_t{st.st_mtim.tv_sec} * 1'000'000'000 + st.st_mtim.tv_nsec;
+}
+
+std::string absolute_path(const std::filesystem::path& p) {
+  std::error_code ec;
+  const std::filesystem::path a = std::filesystem::absolute(p, ec);
+  return (ec ? p : a).lexically_normal().string();
+}
 
 Expected expected_layout(const gguf::File& model, std::span<const kernels::WeightMatrix> matrices) {
   struct stat st {};
@@ -80,11 +94,14 @@ Expected expected_layout(const gguf::File& model, std::span<const kernels::Weigh
   h.version = kFormatVersion;
   h.n_matrices = static_cast<uint32_t>(matrices.size());
   h.model_size = model.file_size();
-  h.model_mtime_ns = int64_t{st.st_mtim.tv_sec} * 1'000'000'000 + st.st_mtim.tv_nsec;
+  h.model_mtime_ns = mtime_ns(st);
   h.model_head_hash =
       fnv1a(model.bytes().first(std::min<uint64_t>(model.data_offset(), model.bytes().size())));
-  h.data_offset =
-      align_up(sizeof(PanelCacheHeader) + matrices.size() * sizeof(PanelCacheEntry), kHugePage);
+  e.model_path = absolute_path(model.path());
+  h.model_path_bytes = static_cast<uint32_t>(e.model_path.size());
+  h.data_offset = align_up(
+      sizeof(PanelCacheHeader) + matrices.size() * sizeof(PanelCacheEntry) + e.model_path.size(),
+      kHugePage);
   size_t offset = h.data_offset;
   for (const kernels::WeightMatrix& w : matrices) {
     PanelCacheEntry en{};
@@ -130,12 +147,13 @@ std::vector<std::span<const std::byte>> check(const gguf::MappedFile& file, cons
                                               ThreadPool& pool) {
   const std::span<const std::byte> bytes = file.bytes();
   const size_t table = sizeof(PanelCacheHeader) + e.entries.size() * sizeof(PanelCacheEntry);
-  if (bytes.size() != e.header.file_size || bytes.size() < table) return {};
+  if (bytes.size() != e.header.file_size || bytes.size() < table + e.model_path.size()) return {};
   if (std::memcmp(bytes.data(), &e.header, sizeof e.header) != 0) return {};
   if (!e.entries.empty() && std::memcmp(bytes.data() + sizeof e.header, e.entries.data(),
                                         e.entries.size() * sizeof(PanelCacheEntry)) != 0) {
     return {};
   }
+  if (std::memcmp(bytes.data() + table, e.model_path.data(), e.model_path.size()) != 0) return {};
   std::vector<std::span<const std::byte>> panels;
   std::vector<std::byte> blocks, first;
   for (size_t i = 0; i < matrices.size(); ++i) {
@@ -188,6 +206,41 @@ void remove_abandoned_temporaries(const std::filesystem::path& path) {
   }
 }
 
+// Removes the cache files in `dir` (other than `keep`) that no kiln can use again: made from a
+// model file that is gone, or that has changed since (any reader would pack it again). Files
+// of other format versions, and anything unreadable, are left alone. Runs when a file is
+// packed, so the folder holds about one file per model in use.
+void remove_stale_caches(const std::filesystem::path& dir, const std::filesystem::path& keep) {
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    const std::filesystem::path& p = entry.path();
+    if (p.extension() != ".panels" || p == keep) continue;
+    const int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) continue;
+    PanelCacheHeader h{};
+    std::string model_path;
+    bool readable = ::pread(fd, &h, sizeof h, 0) == static_cast<ssize_t>(sizeof h) &&
+                    std::memcmp(h.magic, kMagic, sizeof kMagic) == 0 &&
+                    h.version == kFormatVersion && h.model_path_bytes > 0 &&
+                    h.model_path_bytes <= 65536 && h.n_matrices <= (1u << 20);
+    if (readable) {
+      model_path.resize(h.model_path_bytes);
+      const off_t at =
+          static_cast<off_t>(sizeof h + size_t{h.n_matrices} * sizeof(PanelCacheEntry));
+      readable = ::pread(fd, model_path.data(), model_path.size(), at) ==
+                 static_cast<ssize_t>(model_path.size());
+    }
+    ::close(fd);
+    if (!readable) continue;
+    struct stat st {};
+    const bool stale =
+        ::stat(model_path.c_str(), &st) != 0
+            ? errno == ENOENT || errno == ENOTDIR
+            : static_cast<uint64_t>(st.st_size) != h.model_size || mtime_ns(st) != h.model_mtime_ns;
+    if (stale) std::filesystem::remove(p, ec);
+  }
+}
+
 // Packs the matrices into a new cache file at `path`: written under a temporary name in the
 // same folder, synced, then renamed over `path`.
 void write_cache(const std::filesystem::path& path, const Expected& e, const gguf::File& model,
@@ -196,6 +249,7 @@ void write_cache(const std::filesystem::path& path, const Expected& e, const ggu
   std::filesystem::create_directories(path.parent_path(), ec);
   if (ec) fail_write(path.parent_path(), "cannot create the folder: " + ec.message());
   remove_abandoned_temporaries(path);
+  remove_stale_caches(path.parent_path(), path);
   TempFile tmp;
   // PID-N: unique among processes and among the engines of one process.
   static std::atomic<unsigned> serial{0};
@@ -222,6 +276,8 @@ void write_cache(const std::filesystem::path& path, const Expected& e, const ggu
   auto* out = static_cast<std::byte*>(tmp.map);
   std::memcpy(out, &e.header, sizeof e.header);
   std::memcpy(out + sizeof e.header, e.entries.data(), e.entries.size() * sizeof(PanelCacheEntry));
+  std::memcpy(out + sizeof e.header + e.entries.size() * sizeof(PanelCacheEntry),
+              e.model_path.data(), e.model_path.size());
   std::vector<std::byte> blocks;
   for (size_t i = 0; i < matrices.size(); ++i) {
     const kernels::WeightMatrix& w = matrices[i];
@@ -257,10 +313,7 @@ std::filesystem::path default_panel_cache_dir() {
 
 std::filesystem::path panel_cache_file(const std::filesystem::path& dir,
                                        const std::filesystem::path& model_path) {
-  std::error_code ec;
-  std::filesystem::path absolute = std::filesystem::absolute(model_path, ec);
-  if (ec) absolute = model_path;
-  const std::string key = absolute.lexically_normal().string();
+  const std::string key = absolute_path(model_path);
   char hash[17];
   std::snprintf(hash, sizeof hash, "%016llx",
                 static_cast<unsigned long long>(fnv1a(std::as_bytes(std::span(key)))));

@@ -10,14 +10,17 @@
 // page cache between processes like the model itself.
 //
 // Layout of a cache file (little-endian):
-//   PanelCacheHeader | n_matrices x PanelCacheEntry | zero padding to data_offset
+//   PanelCacheHeader | n_matrices x PanelCacheEntry | the model's absolute path |
+//   zero padding to data_offset
 //   (2 MiB aligned, so 2 MiB folios of the page cache map the panels whole) | panels,
 //   each matrix at its entry's offset (4 KiB aligned)
 // A file is used only when it was made from this very model file (size, modification time
 // and a hash of its header and tensor table) with this build's packing (each matrix's
 // type, shape and packed_panels_layout(), and its first panel packed again on load and
 // compared byte for byte). Anything else is packed again into a new file, written under a
-// temporary name and renamed into place, so a reader never sees a partial file.
+// temporary name and renamed into place, so a reader never sees a partial file. Packing
+// also removes the folder's files whose model is gone or has changed since (nothing could
+// use them again), so the folder holds about one file per model in use.
 #pragma once
 
 #include <cstddef>

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -843,6 +844,48 @@ TEST(EnginePanelCache, StaleOrDamagedFilesArePackedAgain) {
   EXPECT_EQ(fs::file_size(cache), size);
   fs::remove_all(dir);
   fs::remove(tiny.path);
+}
+
+// Packing a model's file also removes the folder's files whose model is gone or has changed
+// since (nothing could use them again); a file of a model still there, and files that are
+// not ours, stay.
+TEST(EnginePanelCache, PackingRemovesTheFilesOfModelsGoneOrChanged) {
+  if (!has_panels(GgmlType::Q4_K)) GTEST_SKIP() << "no pre-packed panels on this CPU";
+  const TinySpec spec = panel_spec(GgmlType::Q4_K);
+  const fs::path dir = temp_path("panel_cache_evict");
+  fs::remove_all(dir);
+  const TinyModel gone = write_tiny_model(spec, "panel_evict_gone.gguf", 1);
+  const TinyModel changed = write_tiny_model(spec, "panel_evict_changed.gguf", 2);
+  const TinyModel kept = write_tiny_model(spec, "panel_evict_kept.gguf", 3);
+  for (const TinyModel* m : {&gone, &changed, &kept}) {
+    const Model model = Model::load(m->path);
+    EXPECT_TRUE(run_with_panel_cache(model, dir, spec.vocab).created);
+    ASSERT_TRUE(fs::exists(kiln::panel_cache_file(dir, m->path)));
+  }
+  const fs::path foreign = dir / "not-ours.panels", other = dir / "notes.txt";
+  std::ofstream(foreign) << "some other program's file";
+  std::ofstream(other) << "x";
+
+  fs::remove(gone.path);
+  fs::last_write_time(changed.path, fs::last_write_time(changed.path) + std::chrono::seconds(5));
+  const TinyModel fresh = write_tiny_model(spec, "panel_evict_fresh.gguf", 4);
+  {
+    const Model model = Model::load(fresh.path);
+    EXPECT_TRUE(run_with_panel_cache(model, dir, spec.vocab).created);
+  }
+  EXPECT_FALSE(fs::exists(kiln::panel_cache_file(dir, gone.path))) << "its model is gone";
+  EXPECT_FALSE(fs::exists(kiln::panel_cache_file(dir, changed.path))) << "its model changed";
+  EXPECT_TRUE(fs::exists(kiln::panel_cache_file(dir, kept.path)));
+  EXPECT_TRUE(fs::exists(kiln::panel_cache_file(dir, fresh.path)));
+  EXPECT_TRUE(fs::exists(foreign));
+  EXPECT_TRUE(fs::exists(other));
+  {
+    // The kept model's file is still used as it is.
+    const Model model = Model::load(kept.path);
+    EXPECT_FALSE(run_with_panel_cache(model, dir, spec.vocab).created);
+  }
+  fs::remove_all(dir);
+  for (const TinyModel* m : {&changed, &kept, &fresh}) fs::remove(m->path);
 }
 
 TEST(EnginePanelCache, AFolderThatCannotBeWrittenLeavesTheBlocksAndSaysWhy) {
