@@ -129,4 +129,4 @@ stamp done
 # One block to read first in the reply's output tail.
 echo "== summary"
 grep -h -E "PASSED|FAILED  \]" "$out/kernels_test.log" "$out/engine_test.log" 2>/dev/null
-grep -h -E "^(pp512|tg128)" "$out"/bench_3b*.txt 2>/dev/null
+grep -H -E "^(pp512|tg128)" "$out"/bench_3b*.txt 2>/dev/null
