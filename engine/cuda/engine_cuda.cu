@@ -363,10 +363,11 @@ void CudaEngine::run_forward(const Batch& batch) {
                                     ? cuda::MatmulPath::kMatVec
                                     : cuda::MatmulPath::kAuto;
   // The norms write an int8 copy of xb where the int8 kernel will read it (a lone token).
-  const cuda::QuantizedX xb_q8 =
-      path == cuda::MatmulPath::kAuto && n <= cuda::kMatVecInt8MaxTokens && dim % 8 == 0
-          ? d.xb_q8
-          : cuda::QuantizedX{};
+  const cuda::QuantizedX xb_q8 = path == cuda::MatmulPath::kAuto &&
+                                         n <= cuda::kMatVecInt8MaxTokens &&
+                                         dim <= cuda::kRmsnormInt8MaxWidth
+                                     ? d.xb_q8
+                                     : cuda::QuantizedX{};
   // Prefill of one sequence takes the tiled kernel; decode batches (what graphs hold) the split.
   const bool tiled = single_seq && n > cuda::kMatVecMaxTokens && cuda::can_tile_attention(shape);
   const int32_t seq0 = batch.entries[0].seq;

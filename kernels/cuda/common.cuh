@@ -103,6 +103,12 @@ __device__ __forceinline__ uint16_t float_to_half_bits(float f) {
   return __half_as_ushort(__float2half_rn(f));
 }
 
+// Four int8 values (as ints in -128..127) in one little-endian word, a first: a dp4a operand.
+__device__ __forceinline__ uint32_t pack_int8x4(int a, int b, int c, int d) {
+  return (static_cast<uint32_t>(a) & 0xFFu) | ((static_cast<uint32_t>(b) & 0xFFu) << 8) |
+         ((static_cast<uint32_t>(c) & 0xFFu) << 16) | (static_cast<uint32_t>(d) << 24);
+}
+
 // A 16-bit load from a 2-byte aligned address (block fields).
 KILN_HOST_DEVICE uint16_t load_u16(const uint8_t* p) {
   return *reinterpret_cast<const uint16_t*>(p);

@@ -194,11 +194,26 @@ void matmul_silu_mul(const kernels::WeightMatrix& w, std::span<const float> x,
   d_y.download(y.first(m * w.rows));
 }
 
+// Device buffers (guarded) for a norm's int8 copy of n values, and the copy back.
+struct Int8Output {
+  GuardedOutput q, d, sum;
+  explicit Int8Output(size_t n) : q(n), d(n / 8 * sizeof(float)), sum(n / 8 * sizeof(float)) {}
+  QuantizedX view() const { return {q.as<int8_t>(), d.as<float>(), sum.as<float>()}; }
+  void download(size_t n, Int8Rows& out) const {
+    out.q.resize(n);
+    out.d.resize(n / 8);
+    out.sum.resize(n / 8);
+    q.download(std::span(out.q));
+    d.download(std::span(out.d));
+    sum.download(std::span(out.sum));
+  }
+};
+
 // The input of the fused projections: x itself, or rmsnorm(x) * norm_weight with its int8
 // copy (what the forward's norms hand the int8 kernel).
 struct ProjectionInput {
-  DeviceBuffer x, norm, normed, q8_values, q8_scales, q8_sums;
-  QuantizedX q8;
+  DeviceBuffer x, norm, normed;
+  std::optional<Int8Output> q8_copy;
   ProjectionInput(std::span<const float> host_x, std::span<const float> norm_weight, size_t m,
                   size_t cols)
       : x(upload(host_x.first(m * cols))) {
@@ -206,16 +221,14 @@ struct ProjectionInput {
     require(norm_weight.size() == cols, "the norm weight's length differs from the rows'");
     norm = upload(norm_weight);
     normed = DeviceBuffer(m * cols * sizeof(float), "the normed rows");
-    q8_values = DeviceBuffer(m * cols, "int8 rows");
-    q8_scales = DeviceBuffer(m * cols / 8 * sizeof(float), "int8 scales");
-    q8_sums = DeviceBuffer(m * cols / 8 * sizeof(float), "int8 sums");
-    q8 = {q8_values.as<int8_t>(), q8_scales.as<float>(), q8_sums.as<float>()};
+    q8_copy.emplace(m * cols);
     launch_rmsnorm(x.as<float>(), norm.as<float>(), 1e-5f, cols, m, nullptr, normed.as<float>(),
-                   nullptr, q8);
+                   nullptr, q8_copy->view());
   }
   const float* rows() const {
     return normed.data() != nullptr ? normed.as<float>() : x.as<float>();
   }
+  QuantizedX q8() const { return q8_copy ? q8_copy->view() : QuantizedX{}; }
 };
 
 void matmul_qkv(const kernels::WeightMatrix& wq, const kernels::WeightMatrix& wk,
@@ -242,7 +255,7 @@ void matmul_qkv(const kernels::WeightMatrix& wq, const kernels::WeightMatrix& wk
   };
   launch_matmul_qkv(dm(0), dm(1), dm(2), in.rows(), m, d_y[0].as<float>(), d_y[1].as<float>(),
                     d_y[2].as<float>(), {gemm.data(), gemm.size()}, nullptr, MatmulPath::kAuto,
-                    in.q8);
+                    in.q8());
   for (int i = 0; i < 3; ++i) d_y[i].download(outs[i].first(m * ws[i]->rows));
 }
 
@@ -264,24 +277,9 @@ void matmul_swiglu(const kernels::WeightMatrix& w_gate, const kernels::WeightMat
   launch_matmul_swiglu({w_gate.type, d_g.data(), w_gate.rows, w_gate.cols},
                        {w_up.type, d_u.data(), w_up.rows, w_up.cols}, in.rows(), m,
                        gate_out.as<float>(), d_y.as<float>(), {gemm.data(), gemm.size()}, nullptr,
-                       MatmulPath::kAuto, in.q8);
+                       MatmulPath::kAuto, in.q8());
   d_y.download(y.first(m * w_up.rows));
 }
-
-// Device buffers (guarded) for a norm's int8 copy of n values, and the copy back.
-struct Int8Output {
-  GuardedOutput q, d, sum;
-  explicit Int8Output(size_t n) : q(n), d(n / 8 * sizeof(float)), sum(n / 8 * sizeof(float)) {}
-  QuantizedX view() const { return {q.as<int8_t>(), d.as<float>(), sum.as<float>()}; }
-  void download(size_t n, Int8Rows& out) const {
-    out.q.resize(n);
-    out.d.resize(n / 8);
-    out.sum.resize(n / 8);
-    q.download(std::span(out.q));
-    d.download(std::span(out.d));
-    sum.download(std::span(out.sum));
-  }
-};
 
 void rmsnorm(std::span<const float> x, std::span<const float> weight, float eps,
              std::span<float> out, Int8Rows* q8) {

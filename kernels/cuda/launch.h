@@ -116,7 +116,8 @@ void launch_dequantize_rows(GgmlType type, const void* src, size_t n, const int3
 // out (n_rows, n) = x[row] / sqrt(mean(x[row]^2) + eps) * weight (n,), where x[row] is row
 // k of x, or row row_ids[k] when row_ids is not null (packing the rows that want logits).
 // With q8.q set, the output rows are also written quantized for the int8 matrix-vector kernel
-// (n a multiple of 8, at most 16,384).
+// (n a multiple of 8, at most kRmsnormInt8MaxWidth; std::invalid_argument otherwise).
+inline constexpr size_t kRmsnormInt8MaxWidth = 16384;
 void launch_rmsnorm(const float* x, const float* weight, float eps, size_t n, size_t n_rows,
                     const int32_t* row_ids, float* out, cudaStream_t stream,
                     const QuantizedX& q8 = {});

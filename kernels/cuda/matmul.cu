@@ -584,7 +584,7 @@ void launch_matmul_impl(const DeviceMatrix& w, const float* x, const float* silu
       path = MatmulPath::kMatVecFloat;
     } else if (matvec_override == "mma") {
       path = MatmulPath::kMatVec;
-    } else if (has_int8_matvec(w.type) && m <= kMatVecInt8MaxTokens && silu_gate == nullptr) {
+    } else if (silu_gate == nullptr && int8_takes({&w}, m)) {
       path = MatmulPath::kMatVecInt8;
     } else if (m == 1 && silu_gate == nullptr) {
       // One token of the other types: the warp-per-row float kernel read 1.3-2.1 TB/s on an

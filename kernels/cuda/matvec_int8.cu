@@ -22,11 +22,6 @@ namespace kiln::cuda {
 
 namespace {
 
-__device__ __forceinline__ uint32_t pack_int8x4(int a, int b, int c, int d) {
-  return (static_cast<uint32_t>(a) & 0xFFu) | ((static_cast<uint32_t>(b) & 0xFFu) << 8) |
-         ((static_cast<uint32_t>(c) & 0xFFu) << 16) | (static_cast<uint32_t>(d) << 24);
-}
-
 // n (a multiple of 4) floats -> int8 with one scale: q = round(x / d), d = max|x| / 127.
 // Returns d; *sum gets the float sum of the n values.
 template <int N>

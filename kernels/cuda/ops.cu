@@ -98,10 +98,8 @@ __global__ void __launch_bounds__(kNormThreads)
         sum += __shfl_xor_sync(0xffffffffu, sum, 1);
         if (ok) {
           const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-          const uint32_t word = (static_cast<uint32_t>(__float2int_rn(f.x * inv)) & 0xFFu) |
-                                ((static_cast<uint32_t>(__float2int_rn(f.y * inv)) & 0xFFu) << 8) |
-                                ((static_cast<uint32_t>(__float2int_rn(f.z * inv)) & 0xFFu) << 16) |
-                                (static_cast<uint32_t>(__float2int_rn(f.w * inv)) << 24);
+          const uint32_t word = pack_int8x4(__float2int_rn(f.x * inv), __float2int_rn(f.y * inv),
+                                            __float2int_rn(f.z * inv), __float2int_rn(f.w * inv));
           const size_t at = static_cast<size_t>(k) * n + 4 * static_cast<size_t>(idx);
           *reinterpret_cast<uint32_t*>(q8.q + at) = word;
           if (idx % 2 == 0) {
@@ -290,8 +288,11 @@ void launch_dequantize_rows(GgmlType type, const void* src, size_t n, const int3
   KILN_CUDA_CHECK_LAUNCH();
 }
 
-void check_int8_output(const QuantizedX& q8, size_t n) {
-  if (q8.q != nullptr && (n % 8 != 0 || n > 4 * kNormVecs * kNormThreads)) {
+static_assert(kRmsnormInt8MaxWidth == 4 * kNormVecs * kNormThreads,
+              "the int8 copy is written from the row held in registers");
+
+static void check_int8_output(const QuantizedX& q8, size_t n) {
+  if (q8.q != nullptr && (n % 8 != 0 || n > kRmsnormInt8MaxWidth)) {
     throw std::invalid_argument(
         "rmsnorm: the int8 copy needs a width that is a multiple of 8, "
         "at most 16384; got " +
@@ -302,12 +303,7 @@ void check_int8_output(const QuantizedX& q8, size_t n) {
 void launch_rmsnorm(const float* x, const float* weight, float eps, size_t n, size_t n_rows,
                     const int32_t* row_ids, float* out, cudaStream_t stream, const QuantizedX& q8) {
   if (n_rows == 0) return;
-  if (q8.q != nullptr && (n % 8 != 0 || n > 4 * kNormVecs * kNormThreads)) {
-    throw std::invalid_argument(
-        "rmsnorm: int8 output needs a width that is a multiple of 8, at "
-        "most 16384; got " +
-        std::to_string(n));
-  }
+  check_int8_output(q8, n);
   // x is only written when a residual is given.
   rmsnorm_kernel<<<static_cast<unsigned>(n_rows), kNormThreads, 0, stream>>>(
       const_cast<float*>(x), nullptr, weight, eps, static_cast<int>(n), row_ids, out, q8);
