@@ -24,7 +24,8 @@ namespace kiln {
 namespace {
 
 constexpr char kMagic[8] = {'K', 'I', 'L', 'N', 'P', 'N', 'L', '\0'};
-constexpr uint32_t kFormatVersion = 2;  // 2: the model's path after the entries
+// 2: the model's path after the entries; 3: Q4_K panels of the blocks' size (6-bit scales).
+constexpr uint32_t kFormatVersion = 3;
 constexpr size_t kHugePage = size_t{2} << 20;
 constexpr size_t kMatrixAlign = 4096;
 

@@ -822,23 +822,32 @@ struct KPacked;
 
 template <>
 struct KPacked<block_q4_K> {
-  // scales, mins [8][16] u8, d, dmin [16] fp16, then codes [32][16 rows][4]: vector 8j + k
-  // holds qs[32j + 4k, +4) of each row; its low nibbles are group 16j + k, its high nibbles
-  // group 16j + 8 + k. The small fields first: the kernel reads scale 0 right after the first
-  // codes, and the super-block then streams from DRAM ascending (see KPacked<block_q6_K>).
-  static constexpr size_t kScales = 0, kMins = 128, kD = 256, kDmin = 288, kCodes = 320;
-  static constexpr size_t kBytes = 2368;
+  // The block's own 144 bytes a row, so a pass over the panels reads what a pass over the
+  // blocks would (with the 6-bit scales and mins as bytes, 2368 bytes a super-block, decode
+  // read 2.8% more):
+  //   low [8][16] u8: scale & 15 | (min & 15) << 4 of sub-block s, row r;
+  //   high [16] u32: row r's top two bits of scale s at bits 2s, 2s + 1, of min s at 16 + 2s;
+  //   d, dmin [16] fp16;
+  //   codes [32][16 rows][4]: vector 8j + k holds qs[32j + 4k, +4) of each row; its low
+  //   nibbles are group 16j + k, its high nibbles group 16j + 8 + k.
+  // The small fields first: the kernel reads scale 0 right after the first codes, and the
+  // super-block then streams from DRAM ascending (see KPacked<block_q6_K>).
+  static constexpr size_t kLow = 0, kHigh = 128, kD = 192, kDmin = 224, kCodes = 256;
+  static constexpr size_t kBytes = 2304;
   static void pack(const block_q4_K& b, int r, uint8_t* sb) {
     for (int j = 0; j < 4; ++j) {
       for (int k = 0; k < 8; ++k)
         std::memcpy(sb + kCodes + (8 * j + k) * 64 + 4 * r, b.qs + 32 * j + 4 * k, 4);
     }
+    uint32_t high = 0;
     for (int s = 0; s < 8; ++s) {
       int scale, min;
       scale_min_k4(s, b.scales, scale, min);
-      sb[kScales + 16 * s + r] = static_cast<uint8_t>(scale);
-      sb[kMins + 16 * s + r] = static_cast<uint8_t>(min);
+      sb[kLow + 16 * s + r] = static_cast<uint8_t>((scale & 15) | (min & 15) << 4);
+      high |= static_cast<uint32_t>(scale >> 4) << (2 * s) | static_cast<uint32_t>(min >> 4)
+                                                                 << (16 + 2 * s);
     }
+    std::memcpy(sb + kHigh + 4 * r, &high, 4);
     std::memcpy(sb + kD + 2 * r, &b.d, 2);
     std::memcpy(sb + kDmin + 2 * r, &b.dmin, 2);
   }
@@ -846,12 +855,24 @@ struct KPacked<block_q4_K> {
     const __m512i v = load512(sb + kCodes + (8 * (g / 16) + g % 8) * 64);
     return _mm512_and_si512((g / 8) % 2 != 0 ? _mm512_srli_epi16(v, 4) : v, _mm512_set1_epi8(0x0F));
   }
+  // Bits `bit`, bit + 1 of each row's high word moved to bits 4, 5 (the rest cleared).
+  static __m512i top_bits(const uint8_t* sb, int bit) {
+    const __m512i high = load512(sb + kHigh);
+    const __m512i moved = bit >= 4 ? _mm512_srl_epi32(high, _mm_cvtsi32_si128(bit - 4))
+                                   : _mm512_sll_epi32(high, _mm_cvtsi32_si128(4 - bit));
+    return _mm512_and_si512(moved, _mm512_set1_epi32(0x30));
+  }
+  static __m512i low_bytes(const uint8_t* sb, int s) {
+    return _mm512_cvtepu8_epi32(load128(sb + kLow + 16 * s));
+  }
   static __m512i scale(const uint8_t* sb, int s) {
-    return _mm512_cvtepu8_epi32(load128(sb + kScales + 16 * s));
+    return _mm512_or_si512(_mm512_and_si512(low_bytes(sb, s), _mm512_set1_epi32(15)),
+                           top_bits(sb, 2 * s));
   }
   // Groups 2q and 2q + 1 share sub-block q's min.
   static __m512i min_pair(const uint8_t* sb, int q) {
-    const __m512i m = _mm512_cvtepu8_epi32(load128(sb + kMins + 16 * q));
+    const __m512i m =
+        _mm512_or_si512(_mm512_srli_epi32(low_bytes(sb, q), 4), top_bits(sb, 16 + 2 * q));
     return _mm512_or_si512(m, _mm512_slli_epi32(m, 16));
   }
   static __m512 d(const uint8_t* sb) { return _mm512_cvtph_ps(load256(sb + kD)); }
