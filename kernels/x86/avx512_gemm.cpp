@@ -811,8 +811,8 @@ void l_packed_gemm(size_t cols, const uint8_t* packed, int n_rows, const std::by
 //
 // As the legacy ones above: packed once at load, as compact as the blocks (Q4_K: nibbles,
 // 6-bit scales and mins as 4 + 2 bits, exactly the blocks' bytes; Q6_K: nibbles plus a plane
-// of top bit pairs, int8 scales, 1% more), one 16-row super-block after another; the integer sums are k_tile's and the
-// float steps too, so the results are the GEMM's bit for bit.
+// of top bit pairs, int8 scales, 1% more), one 16-row super-block after another; the integer
+// sums are k_tile's and the float steps too, so the results are the GEMM's bit for bit.
 //
 // Per type: kBytes (one 16-row super-block, a multiple of 64), pack (row r of a block into
 // it), and for the kernel codes (group g: 4 columns of each row, unsigned), scale (sub-block
