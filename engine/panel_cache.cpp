@@ -26,6 +26,9 @@ namespace {
 constexpr char kMagic[8] = {'K', 'I', 'L', 'N', 'P', 'N', 'L', '\0'};
 // 2: the model's path after the entries; 3: Q4_K panels of the blocks' size (6-bit scales).
 constexpr uint32_t kFormatVersion = 3;
+// Formats from this one on share the header, the entries and the model's path (only panel
+// layouts changed), so a file of any of them names its model.
+constexpr uint32_t kFirstFormatWithModelPath = 2;
 constexpr size_t kHugePage = size_t{2} << 20;
 constexpr size_t kMatrixAlign = 4096;
 
@@ -208,9 +211,12 @@ void remove_abandoned_temporaries(const std::filesystem::path& path) {
 }
 
 // Removes the cache files in `dir` (other than `keep`) that no kiln can use again: made from a
-// model file that is gone, or that has changed since (any reader would pack it again). Files
-// of other format versions, and anything unreadable, are left alone. Runs when a file is
-// packed, so the folder holds about one file per model in use.
+// model file that is gone, or that has changed since (any reader would pack it again), by
+// this format or an older one that records the model's path (so upgrading kiln does not
+// leave the old files of deleted models behind for good). A file of an older format whose
+// model is still there stays (an older kiln may use it), as do newer formats, files without
+// a path and anything unreadable. Runs when a file is packed, so the folder holds about one
+// file per model in use.
 void remove_stale_caches(const std::filesystem::path& dir, const std::filesystem::path& keep) {
   std::error_code ec;
   for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
@@ -222,8 +228,9 @@ void remove_stale_caches(const std::filesystem::path& dir, const std::filesystem
     std::string model_path;
     bool readable = ::pread(fd, &h, sizeof h, 0) == static_cast<ssize_t>(sizeof h) &&
                     std::memcmp(h.magic, kMagic, sizeof kMagic) == 0 &&
-                    h.version == kFormatVersion && h.model_path_bytes > 0 &&
-                    h.model_path_bytes <= 65536 && h.n_matrices <= (1u << 20);
+                    h.version >= kFirstFormatWithModelPath && h.version <= kFormatVersion &&
+                    h.model_path_bytes > 0 && h.model_path_bytes <= 65536 &&
+                    h.n_matrices <= (1u << 20);
     if (readable) {
       model_path.resize(h.model_path_bytes);
       const off_t at =

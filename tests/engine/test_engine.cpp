@@ -865,6 +865,21 @@ TEST(EnginePanelCache, PackingRemovesTheFilesOfModelsGoneOrChanged) {
   const fs::path foreign = dir / "not-ours.panels", other = dir / "notes.txt";
   std::ofstream(foreign) << "some other program's file";
   std::ofstream(other) << "x";
+  // Files of other format versions (the version is the uint32 after the 8-byte magic): an
+  // older format (2) of a model that will be gone is removed like a current one; an older
+  // format of a model still there stays (an older kiln may use it); a newer format stays.
+  const auto copy_as_version = [&](const fs::path& model, const std::string& name,
+                                   uint32_t version) {
+    const fs::path copy = dir / name;
+    fs::copy_file(kiln::panel_cache_file(dir, model), copy);
+    std::fstream f(copy, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(8);
+    f.write(reinterpret_cast<const char*>(&version), sizeof version);
+    return copy;
+  };
+  const fs::path old_gone = copy_as_version(gone.path, "older-build-gone.panels", 2);
+  const fs::path old_kept = copy_as_version(kept.path, "older-build-kept.panels", 2);
+  const fs::path newer_gone = copy_as_version(gone.path, "newer-build-gone.panels", 99);
 
   fs::remove(gone.path);
   fs::last_write_time(changed.path, fs::last_write_time(changed.path) + std::chrono::seconds(5));
@@ -879,6 +894,9 @@ TEST(EnginePanelCache, PackingRemovesTheFilesOfModelsGoneOrChanged) {
   EXPECT_TRUE(fs::exists(kiln::panel_cache_file(dir, fresh.path)));
   EXPECT_TRUE(fs::exists(foreign));
   EXPECT_TRUE(fs::exists(other));
+  EXPECT_FALSE(fs::exists(old_gone)) << "an older format's file of a model that is gone";
+  EXPECT_TRUE(fs::exists(old_kept)) << "an older format's file of a model still there";
+  EXPECT_TRUE(fs::exists(newer_gone)) << "a newer format is not ours to judge";
   {
     // The kept model's file is still used as it is.
     const Model model = Model::load(kept.path);
