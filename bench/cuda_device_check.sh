@@ -6,11 +6,12 @@
 #
 #   bash bench/cuda_device_check.sh BIN_DIR VOCAB.gguf [steps]
 #
-# steps: any of tests,engine,bench,profile,kernels,serve (default: all but profile, in that
-# order). serve starts `kiln serve --device cuda` on a synthetic model of the default model's
+# steps: any of tests,engine,bench,profile,profile_prefill,kernels,serve (default: all but the
+# profiles, in that order). serve starts `kiln serve --device cuda` on a synthetic model of the default model's
 # shape and vocabulary and sends a chat completion, a streamed one and 4 concurrent ones.
 # profile runs Nsight Compute over the first kernels of one decode step of the 3B model
-# (per-kernel duration and DRAM throughput). Each step has its own time limit so one hung
+# (per-kernel duration and DRAM throughput), profile_prefill the same over the first kernels of
+# a 512-token prompt. Each step has its own time limit so one hung
 # step leaves the others' results.
 set -uo pipefail
 bin=${1:?usage: cuda_device_check.sh BIN_DIR VOCAB.gguf [steps]}
@@ -23,6 +24,14 @@ mkdir -p "$out" "$work"
 threads=$(nproc)
 has() { [[ ",$steps," == *",$1,"* ]]; }
 stamp() { echo "== $(date -u +%H:%M:%S) $*"; }
+
+ncu_summary() {  # kernel, duration, DRAM and memory throughput per launch
+  awk '/Context [0-9]/ {name=$0; sub(/^ +(void )?/, "", name); gsub(/\(anonymous namespace\)::/, "", name);
+                          sub(/\([^()]*\) \(/, " (", name);
+                          sub(/, Context.*/, "", name)}
+       /DRAM Throughput/ {dram=$NF} /Memory Throughput/ && $2 == "Throughput" {mem=$NF}
+       /Duration/ {print $NF, $(NF-1), "dram%", dram, "mem%", mem, name}' "$1" | head -60
+}
 
 stamp device
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_version --format=csv |
@@ -59,14 +68,16 @@ if has bench; then
     tee "$out/bench_3b.txt"
   timeout 120 "$bin/kiln" bench -m "$model" --device cuda -p 0 -n 128 -r ${KILN_BENCH_REPS:-3} --decode-batch 8 2>&1 |
     tee "$out/bench_3b_b8.txt"
-  for kernel in mma float; do
-    echo "-- the same decode with KILN_CUDA_MATVEC=$kernel (the $kernel matrix-vector kernel):"
-    KILN_CUDA_MATVEC=$kernel timeout 120 "$bin/kiln" bench -m "$model" --device cuda -p 0 -n 128 \
-      -r ${KILN_BENCH_REPS:-3} 2>&1 | tee "$out/bench_3b_$kernel.txt" | grep -E "tg128|bound"
+  # Variants of the same decode in the same call (the machine's speed is only comparable within
+  # one call): KILN_CUDA_VARIANTS="NAME=VAR=VALUE ..." (default: without programmatic dependent
+  # launch, and with the tensor-core matrix-vector kernel instead of the int8 one).
+  for variant in ${KILN_CUDA_VARIANTS:-no-pdl=KILN_CUDA_PDL=0 mma=KILN_CUDA_MATVEC=mma}; do
+    name=${variant%%=*}
+    setting=${variant#*=}
+    echo "-- the same with $setting ($name):"
+    env "$setting" timeout 120 "$bin/kiln" bench -m "$model" --device cuda -p 512 -n 128 \
+      -r ${KILN_BENCH_REPS:-3} 2>&1 | tee "$out/bench_3b_$name.txt" | grep -E "pp512|tg128|bound"
   done
-  echo "-- the same decode with KILN_CUDA_INT8_X=inline (int8 kernel quantizing x itself):"
-  KILN_CUDA_INT8_X=inline timeout 120 "$bin/kiln" bench -m "$model" --device cuda -p 0 -n 128 \
-    -r ${KILN_BENCH_REPS:-3} 2>&1 | tee "$out/bench_3b_inline.txt" | grep -E "tg128|bound"
 fi
 
 if has profile; then
@@ -76,11 +87,18 @@ if has profile; then
     --section SpeedOfLight "$bin/kiln" bench -m "$model" --device cuda -p 0 -n 2 -r 1 \
     >"$out/ncu.txt" 2>&1
   echo "ncu rc=$?"
-  awk '/Context [0-9]/ {name=$0; sub(/^ +(void )?/, "", name); gsub(/\(anonymous namespace\)::/, "", name);
-                          sub(/\([^()]*\) \(/, " (", name);
-                          sub(/, Context.*/, "", name)}
-       /DRAM Throughput/ {dram=$NF} /Memory Throughput/ && $2 == "Throughput" {mem=$NF}
-       /Duration/ {print $NF, $(NF-1), "dram%", dram, "mem%", mem, name}' "$out/ncu.txt" | head -60
+  ncu_summary "$out/ncu.txt"
+fi
+
+if has profile_prefill; then
+  stamp profile prefill
+  ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
+  # The first kernels of a 512-token prompt: the embedding, then layer 0 (and part of layer 1).
+  timeout 180 "$ncu_bin" --clock-control none -c "${KILN_NCU_PREFILL_KERNELS:-30}" \
+    --section SpeedOfLight "$bin/kiln" bench -m "$model" --device cuda -p 512 -n 0 -r 1 \
+    >"$out/ncu_prefill.txt" 2>&1
+  echo "ncu rc=$?"
+  ncu_summary "$out/ncu_prefill.txt"
 fi
 
 if has kernels; then

@@ -18,6 +18,7 @@
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/dequant.cuh"
 #include "kernels/cuda/gemm.h"
+#include "kernels/cuda/mma.cuh"
 
 namespace kiln::cuda {
 
@@ -31,6 +32,7 @@ size_t align_workspace(size_t n) {
 // ---- 1 and 2: fp16 copies of the operands, eight elements (one 16-byte store) per thread.
 
 __global__ void floats_to_halves_kernel(const float* x, size_t n8, half* out) {
+  begin_kernel();
   const size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n8) return;
   const float4 a = reinterpret_cast<const float4*>(x)[2 * i];
@@ -49,6 +51,7 @@ __global__ void floats_to_halves_kernel(const float* x, size_t n8, half* out) {
 template <GgmlType T>
 __global__ void dequantize_to_halves_kernel(const uint8_t* w, size_t row_bytes, int rows, int cols,
                                             half* out) {
+  begin_kernel();
   const size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int chunks = cols / 8;
   if (i >= static_cast<size_t>(rows) * chunks) return;
@@ -80,39 +83,13 @@ constexpr size_t gemm_shared_bytes() {
   return static_cast<size_t>(kGemmStages) * (BM + kGemmN) * kGemmStride * sizeof(half);
 }
 
-__device__ __forceinline__ void cp_async_16(void* shared, const void* global, bool valid) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(shared));
-  const int bytes = valid ? 16 : 0;  // 0: the 16 bytes are zero-filled (rows past the edge)
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(global), "r"(bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const half* p) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(p));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(s));
-}
-
-__device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
-                                          uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-      "{%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 // BM tokens x 128 rows per block; warp (wm, wn) owns BM/2 tokens x 32 rows: MI = BM/32
 // m16 tiles by 4 n8 tiles.
 template <int BM>
 __global__ void __launch_bounds__(kGemmThreads)
     hgemm_kernel(const half* __restrict__ a, const half* __restrict__ b, int m, int n, int k,
                  float* __restrict__ c, size_t ldc) {
+  begin_kernel();
   constexpr int MI = BM / 32, NJ = 4;
   extern __shared__ __align__(16) unsigned char gemm_shared[];
   half* as = reinterpret_cast<half*>(gemm_shared);                      // [stage][BM][stride]
@@ -200,7 +177,7 @@ __global__ void __launch_bounds__(kGemmThreads)
 #pragma unroll
       for (int i = 0; i < MI; ++i) {
 #pragma unroll
-        for (int j = 0; j < NJ; ++j) mma_16816(acc[i][j], af[i], bf[j][0], bf[j][1]);
+        for (int j = 0; j < NJ; ++j) mma_m16n8k16(acc[i][j], af[i], bf[j][0], bf[j][1]);
       }
     }
   }
@@ -222,16 +199,6 @@ __global__ void __launch_bounds__(kGemmThreads)
   }
 }
 
-int multiprocessors() {
-  static const int count = [] {
-    int device = 0, sms = 0;
-    KILN_CUDA_CHECK(cudaGetDevice(&device));
-    KILN_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    return sms;
-  }();
-  return count;
-}
-
 template <int BM>
 void launch_hgemm(const half* a, const half* b, int m, int n, int k, float* c, size_t ldc,
                   cudaStream_t stream) {
@@ -243,8 +210,7 @@ void launch_hgemm(const half* a, const half* b, int m, int n, int k, float* c, s
   }();
   (void)configured;
   const dim3 grid(ceil_div(n, kGemmN), ceil_div(m, BM));
-  hgemm_kernel<BM><<<grid, kGemmThreads, shared, stream>>>(a, b, m, n, k, c, ldc);
-  KILN_CUDA_CHECK_LAUNCH();
+  launch_kernel(hgemm_kernel<BM>, grid, kGemmThreads, shared, stream, a, b, m, n, k, c, ldc);
 }
 
 }  // namespace
@@ -274,25 +240,24 @@ void launch_gemm_dequantized(const DeviceMatrix& w, const float* x, size_t m, fl
 
   constexpr int kThreads = 256;
   const size_t x8 = m * w.cols / 8;
-  floats_to_halves_kernel<<<ceil_div(x8, kThreads), kThreads, 0, stream>>>(x, x8, x_half);
-  KILN_CUDA_CHECK_LAUNCH();
+  launch_kernel(floats_to_halves_kernel, ceil_div(x8, kThreads), kThreads, 0, stream, x, x8,
+                x_half);
 
   const size_t rb = row_bytes(w.type, w.cols);
   const int k = static_cast<int>(w.cols), mi = static_cast<int>(m);
   // BM = 128 (more arithmetic per shared-memory read) when that still fills every
   // multiprocessor, else 64 (twice the blocks).
-  const bool wide =
-      ceil_div(m, 128) * ceil_div(chunk_rows, kGemmN) >= static_cast<unsigned>(multiprocessors());
+  const bool wide = ceil_div(m, 128) * ceil_div(chunk_rows, kGemmN) >=
+                    static_cast<unsigned>(multiprocessor_count());
   for (size_t r0 = 0; r0 < w.rows; r0 += chunk_rows) {
     const size_t rows = std::min(chunk_rows, w.rows - r0);
     const auto* src = static_cast<const uint8_t*>(w.data) + r0 * rb;
     dispatch_weight_type(w.type, "CUDA matmul", [&](auto t) {
       constexpr GgmlType T = decltype(t)::value;
       const size_t n8 = rows * w.cols / 8;
-      dequantize_to_halves_kernel<T><<<ceil_div(n8, kThreads), kThreads, 0, stream>>>(
-          src, rb, static_cast<int>(rows), k, w_half);
+      launch_kernel(dequantize_to_halves_kernel<T>, ceil_div(n8, kThreads), kThreads, 0, stream,
+                    src, rb, static_cast<int>(rows), k, w_half);
     });
-    KILN_CUDA_CHECK_LAUNCH();
     const int n = static_cast<int>(rows);
     if (wide) {
       launch_hgemm<128>(x_half, w_half, mi, n, k, y + r0, w.rows, stream);

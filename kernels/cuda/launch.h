@@ -188,8 +188,9 @@ void launch_attention_split(const float* q, const uint16_t* k_cache, const uint1
                             const AttentionShape& shape, float* scratch, float* out,
                             cudaStream_t stream);
 // Prefill: flash-attention over tiles of queries and keys with the causal mask and an online
-// softmax. All n queries must belong to one sequence (seq[0]); head_dim a multiple of 32, at
-// most 256 (can_tile_attention).
+// softmax, on the tensor cores for head_dim 64 and 128 (Q and the weights as fp16 hi + lo
+// pairs, fp32 accumulation), else in float arithmetic. All n queries must belong to one
+// sequence (seq[0]); head_dim a multiple of 32, at most 256 (can_tile_attention).
 bool can_tile_attention(const AttentionShape& shape);
 void launch_attention_tiled(const float* q, const uint16_t* k_cache, const uint16_t* v_cache,
                             int32_t seq, const int32_t* pos, size_t n, const AttentionShape& shape,

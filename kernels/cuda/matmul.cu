@@ -23,6 +23,7 @@
 #include "kernels/cuda/dequant.cuh"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/launch.h"
+#include "kernels/cuda/mma.cuh"
 
 namespace kiln::cuda {
 
@@ -34,6 +35,7 @@ template <GgmlType T, int NT>
 __global__ void __launch_bounds__(kMatVecWarps* kWarpSize)
     matvec_kernel(const uint8_t* w, size_t row_bytes, int rows, int cols, const float* x, int m,
                   float* y) {
+  begin_kernel();
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   const int row = blockIdx.x * kMatVecWarps + warp;
   if (row >= rows) return;
@@ -80,25 +82,6 @@ __global__ void __launch_bounds__(kMatVecWarps* kWarpSize)
 constexpr int kMmaRows = 16;      // weight rows per block (the mma's M)
 constexpr int kMmaTokens = 8;     // tokens per pass (the mma's N)
 constexpr int kMmaMaxWarps = 16;  // warps per block splitting K
-
-__device__ __forceinline__ void mma_m16n8k16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
-                                             uint32_t a3, uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-      "{%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ uint32_t half2_bits(__half2 h) {
-  return *reinterpret_cast<const uint32_t*>(&h);
-}
-__device__ __forceinline__ __half2 bits_half2(uint32_t u) {
-  return *reinterpret_cast<const __half2*>(&u);
-}
-__device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
-  return half2_bits(__floats2half2_rn(lo, hi));
-}
 
 // B registers: the activations of one token at positions e..e+3 (a 16-byte load), or zeros.
 // The load is unconditional (inactive lanes read position 0 of a valid row) and the zeros a
@@ -354,6 +337,7 @@ template <GgmlType T>
 __global__ void __launch_bounds__(kMmaMaxWarps* kWarpSize)
     matvec_mma_kernel(const uint8_t* w, size_t row_bytes, int rows, int cols, const float* x, int m,
                       const float* silu_gate, float* y) {
+  begin_kernel();
   __shared__ float partial[kMmaMaxWarps][kMmaTokens][kMmaRows];
   const int n_warps = blockDim.x / kWarpSize;
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
@@ -429,6 +413,7 @@ template <GgmlType T>
 __global__ void __launch_bounds__(kTileThreads)
     matmul_tc_kernel(const uint8_t* w, size_t row_bytes, int rows, int cols, const float* x, int m,
                      float* y) {
+  begin_kernel();
   using namespace nvcuda;
   __shared__ __align__(128) half xs[kTileM][kTileK + kTilePad];
   __shared__ __align__(128) half ws[kTileN][kTileK + kTilePad];
@@ -615,23 +600,23 @@ void launch_matmul_impl(const DeviceMatrix& w, const float* x, const float* silu
     constexpr GgmlType T = decltype(t)::value;
     if (path == MatmulPath::kMatVec) {
       const int warps = matvec_mma_warps(w.rows, matvec_mma_k_steps<T>(cols));
-      matvec_mma_kernel<T><<<ceil_div(w.rows, kMmaRows), warps * kWarpSize, 0, stream>>>(
-          data, rb, rows, cols, x, mi, silu_gate, y);
+      launch_kernel(matvec_mma_kernel<T>, ceil_div(w.rows, kMmaRows), warps * kWarpSize, 0, stream,
+                    data, rb, rows, cols, x, mi, silu_gate, y);
     } else if (path == MatmulPath::kMatVecFloat) {
       const unsigned blocks = ceil_div(w.rows, kMatVecWarps);
       if (m == 1) {
-        matvec_kernel<T, 1>
-            <<<blocks, kMatVecWarps * kWarpSize, 0, stream>>>(data, rb, rows, cols, x, mi, y);
+        launch_kernel(matvec_kernel<T, 1>, blocks, kMatVecWarps * kWarpSize, 0, stream, data, rb,
+                      rows, cols, x, mi, y);
       } else {
-        matvec_kernel<T, 8>
-            <<<blocks, kMatVecWarps * kWarpSize, 0, stream>>>(data, rb, rows, cols, x, mi, y);
+        launch_kernel(matvec_kernel<T, 8>, blocks, kMatVecWarps * kWarpSize, 0, stream, data, rb,
+                      rows, cols, x, mi, y);
       }
     } else {
       const dim3 grid(ceil_div(w.rows, kTileN), ceil_div(m, kTileM));
-      matmul_tc_kernel<T><<<grid, kTileThreads, 0, stream>>>(data, rb, rows, cols, x, mi, y);
+      launch_kernel(matmul_tc_kernel<T>, grid, kTileThreads, 0, stream, data, rb, rows, cols, x, mi,
+                    y);
     }
   });
-  KILN_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace

@@ -25,6 +25,7 @@ unsigned flat_blocks(size_t n) {
 template <GgmlType T>
 __global__ void dequantize_rows_kernel(const uint8_t* src, size_t row_bytes, int n,
                                        const int32_t* row_ids, int n_rows, float* out) {
+  begin_kernel();
   const int chunks = n / 8;
   const size_t total = static_cast<size_t>(chunks) * n_rows;
   for (size_t item = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; item < total;
@@ -49,6 +50,7 @@ constexpr int kNormVecs = 4;  // float4s per thread held in registers: rows up t
 __global__ void __launch_bounds__(kNormThreads)
     rmsnorm_kernel(float* x, const float* residual, const float* weight, float eps, int n,
                    const int32_t* row_ids, float* out, QuantizedX q8) {
+  begin_kernel();
   __shared__ float red[32];
   const int k = blockIdx.x;
   const size_t src_row = row_ids != nullptr ? static_cast<size_t>(row_ids[k]) : k;
@@ -127,6 +129,7 @@ __global__ void __launch_bounds__(kNormThreads)
 }
 
 __global__ void softmax_kernel(float* x, int n) {
+  begin_kernel();
   __shared__ float red[32];
   float* xr = x + static_cast<size_t>(blockIdx.x) * n;
   float max = -INFINITY;
@@ -145,6 +148,7 @@ __global__ void softmax_kernel(float* x, int n) {
 
 // Fused SwiGLU: out = gate / (1 + exp(-gate)) * up.
 __global__ void silu_mul_kernel(const float* gate, const float* up, float* out, size_t n) {
+  begin_kernel();
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<size_t>(gridDim.x) * blockDim.x) {
     const float g = gate[i];
@@ -153,6 +157,7 @@ __global__ void silu_mul_kernel(const float* gate, const float* up, float* out, 
 }
 
 __global__ void add_kernel(float* x, const float* y, size_t n) {
+  begin_kernel();
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<size_t>(gridDim.x) * blockDim.x) {
     x[i] += y[i];
@@ -162,6 +167,7 @@ __global__ void add_kernel(float* x, const float* y, size_t n) {
 // Angles in double, as the CPU: at positions in the thousands a float exponent loses bits.
 __global__ void rope_angles_kernel(const int32_t* pos, int n_rows, int rope_dim, float freq_base,
                                    const float* freq_factors, float* cos_out, float* sin_out) {
+  begin_kernel();
   const int half = rope_dim / 2;
   const int total = n_rows * half;
   for (int item = blockIdx.x * blockDim.x + threadIdx.x; item < total;
@@ -186,6 +192,7 @@ __device__ __forceinline__ void rotate_pair(float& a, float& b, float c, float s
 // One thread per rotated pair (row k, head h, pair i): (x[2i], x[2i+1]) rotated by theta_i.
 __global__ void rope_normal_kernel(float* x, int n_rows, int n_heads, int head_dim, int rope_dim,
                                    const float* cos, const float* sin) {
+  begin_kernel();
   const int half = rope_dim / 2;
   const int total = n_rows * n_heads * half;
   for (int item = blockIdx.x * blockDim.x + threadIdx.x; item < total;
@@ -200,6 +207,7 @@ __global__ void rope_normal_kernel(float* x, int n_rows, int n_heads, int head_d
 __global__ void kv_append_kernel(const float* k, const float* v, const int32_t* seq,
                                  const int32_t* pos, int n_rows, int kv_dim, int n_ctx,
                                  uint16_t* k_cache, uint16_t* v_cache) {
+  begin_kernel();
   const int total = n_rows * kv_dim;
   for (int item = blockIdx.x * blockDim.x + threadIdx.x; item < total;
        item += gridDim.x * blockDim.x) {
@@ -218,6 +226,7 @@ __global__ void rope_kv_append_kernel(float* q, const float* k, const float* v, 
                                       const float* cos, const float* sin, const int32_t* seq,
                                       const int32_t* pos, int n_ctx, uint16_t* k_cache,
                                       uint16_t* v_cache) {
+  begin_kernel();
   const int half_head = head_dim / 2, half_rope = rope_dim / 2;
   const int q_pairs = n_heads * half_head, kv_pairs = n_kv_heads * half_head;
   const int per_row = q_pairs + 2 * kv_pairs;
@@ -285,7 +294,6 @@ void launch_dequantize_rows(GgmlType type, const void* src, size_t n, const int3
                                                                    rb, static_cast<int>(n), row_ids,
                                                                    static_cast<int>(n_rows), out);
   });
-  KILN_CUDA_CHECK_LAUNCH();
 }
 
 static_assert(kRmsnormInt8MaxWidth == 4 * kNormVecs * kNormThreads,
@@ -305,37 +313,33 @@ void launch_rmsnorm(const float* x, const float* weight, float eps, size_t n, si
   if (n_rows == 0) return;
   check_int8_output(q8, n);
   // x is only written when a residual is given.
-  rmsnorm_kernel<<<static_cast<unsigned>(n_rows), kNormThreads, 0, stream>>>(
-      const_cast<float*>(x), nullptr, weight, eps, static_cast<int>(n), row_ids, out, q8);
-  KILN_CUDA_CHECK_LAUNCH();
+  launch_kernel(rmsnorm_kernel, static_cast<unsigned>(n_rows), kNormThreads, 0, stream,
+                const_cast<float*>(x), nullptr, weight, eps, static_cast<int>(n), row_ids, out, q8);
 }
 
 void launch_add_rmsnorm(float* x, const float* residual, const float* weight, float eps, size_t n,
                         size_t n_rows, float* out, cudaStream_t stream, const QuantizedX& q8) {
   if (n_rows == 0) return;
   check_int8_output(q8, n);
-  rmsnorm_kernel<<<static_cast<unsigned>(n_rows), kNormThreads, 0, stream>>>(
-      x, residual, weight, eps, static_cast<int>(n), nullptr, out, q8);
-  KILN_CUDA_CHECK_LAUNCH();
+  launch_kernel(rmsnorm_kernel, static_cast<unsigned>(n_rows), kNormThreads, 0, stream, x, residual,
+                weight, eps, static_cast<int>(n), nullptr, out, q8);
 }
 
 void launch_softmax(float* x, size_t n, size_t n_rows, cudaStream_t stream) {
   if (n_rows == 0 || n == 0) return;
-  softmax_kernel<<<static_cast<unsigned>(n_rows), kRowThreads, 0, stream>>>(x, static_cast<int>(n));
-  KILN_CUDA_CHECK_LAUNCH();
+  launch_kernel(softmax_kernel, static_cast<unsigned>(n_rows), kRowThreads, 0, stream, x,
+                static_cast<int>(n));
 }
 
 void launch_silu_mul(const float* gate, const float* up, float* out, size_t n,
                      cudaStream_t stream) {
   if (n == 0) return;
-  silu_mul_kernel<<<flat_blocks(n), kFlatThreads, 0, stream>>>(gate, up, out, n);
-  KILN_CUDA_CHECK_LAUNCH();
+  launch_kernel(silu_mul_kernel, flat_blocks(n), kFlatThreads, 0, stream, gate, up, out, n);
 }
 
 void launch_add(float* x, const float* y, size_t n, cudaStream_t stream) {
   if (n == 0) return;
-  add_kernel<<<flat_blocks(n), kFlatThreads, 0, stream>>>(x, y, n);
-  KILN_CUDA_CHECK_LAUNCH();
+  launch_kernel(add_kernel, flat_blocks(n), kFlatThreads, 0, stream, x, y, n);
 }
 
 void launch_rope_angles(const int32_t* pos, size_t n_rows, size_t rope_dim, float freq_base,
@@ -343,20 +347,18 @@ void launch_rope_angles(const int32_t* pos, size_t n_rows, size_t rope_dim, floa
                         cudaStream_t stream) {
   const size_t total = n_rows * (rope_dim / 2);
   if (total == 0) return;
-  rope_angles_kernel<<<flat_blocks(total), kFlatThreads, 0, stream>>>(
-      pos, static_cast<int>(n_rows), static_cast<int>(rope_dim), freq_base, freq_factors, cos_out,
-      sin_out);
-  KILN_CUDA_CHECK_LAUNCH();
+  launch_kernel(rope_angles_kernel, flat_blocks(total), kFlatThreads, 0, stream, pos,
+                static_cast<int>(n_rows), static_cast<int>(rope_dim), freq_base, freq_factors,
+                cos_out, sin_out);
 }
 
 void launch_rope_normal(float* x, size_t n_rows, size_t n_heads, size_t head_dim, size_t rope_dim,
                         const float* cos, const float* sin, cudaStream_t stream) {
   const size_t total = n_rows * n_heads * (rope_dim / 2);
   if (total == 0) return;
-  rope_normal_kernel<<<flat_blocks(total), kFlatThreads, 0, stream>>>(
-      x, static_cast<int>(n_rows), static_cast<int>(n_heads), static_cast<int>(head_dim),
-      static_cast<int>(rope_dim), cos, sin);
-  KILN_CUDA_CHECK_LAUNCH();
+  launch_kernel(rope_normal_kernel, flat_blocks(total), kFlatThreads, 0, stream, x,
+                static_cast<int>(n_rows), static_cast<int>(n_heads), static_cast<int>(head_dim),
+                static_cast<int>(rope_dim), cos, sin);
 }
 
 void launch_rope_kv_append(float* q, const float* k, const float* v, size_t n_rows, size_t n_heads,
@@ -368,11 +370,10 @@ void launch_rope_kv_append(float* q, const float* k, const float* v, size_t n_ro
   if (head_dim % 2 != 0 || rope_dim > head_dim) {
     throw std::invalid_argument("rope_kv_append: head_dim must be even and >= rope_dim");
   }
-  rope_kv_append_kernel<<<flat_blocks(total), kFlatThreads, 0, stream>>>(
-      q, k, v, static_cast<int>(n_rows), static_cast<int>(n_heads), static_cast<int>(n_kv_heads),
-      static_cast<int>(head_dim), static_cast<int>(rope_dim), cos, sin, seq, pos,
-      static_cast<int>(n_ctx), k_cache, v_cache);
-  KILN_CUDA_CHECK_LAUNCH();
+  launch_kernel(rope_kv_append_kernel, flat_blocks(total), kFlatThreads, 0, stream, q, k, v,
+                static_cast<int>(n_rows), static_cast<int>(n_heads), static_cast<int>(n_kv_heads),
+                static_cast<int>(head_dim), static_cast<int>(rope_dim), cos, sin, seq, pos,
+                static_cast<int>(n_ctx), k_cache, v_cache);
 }
 
 void launch_kv_append(const float* k, const float* v, const int32_t* seq, const int32_t* pos,
@@ -380,10 +381,9 @@ void launch_kv_append(const float* k, const float* v, const int32_t* seq, const 
                       uint16_t* v_cache, cudaStream_t stream) {
   const size_t total = n_rows * kv_dim;
   if (total == 0) return;
-  kv_append_kernel<<<flat_blocks(total), kFlatThreads, 0, stream>>>(
-      k, v, seq, pos, static_cast<int>(n_rows), static_cast<int>(kv_dim), static_cast<int>(n_ctx),
-      k_cache, v_cache);
-  KILN_CUDA_CHECK_LAUNCH();
+  launch_kernel(kv_append_kernel, flat_blocks(total), kFlatThreads, 0, stream, k, v, seq, pos,
+                static_cast<int>(n_rows), static_cast<int>(kv_dim), static_cast<int>(n_ctx),
+                k_cache, v_cache);
 }
 
 size_t dequantize_rows_bytes(GgmlType type, size_t n, size_t n_rows) {
