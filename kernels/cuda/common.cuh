@@ -62,9 +62,9 @@ __device__ __forceinline__ void begin_kernel() {
 
 // Where launch_kernel uses programmatic dependent launch, on devices of compute capability
 // 9.0 or later: by default only in launches captured into a CUDA graph (the decode steps,
-// where kernels of a few microseconds follow each other: 546 vs 507 tokens/s on an H100); a
-// prompt's launches ran 6% slower with it (13.6k vs 14.5k tokens/s). KILN_CUDA_PDL=0 turns it
-// off, =all uses it for every launch (to measure either).
+// where kernels of a few microseconds follow each other: decode 6-8% faster on an H100); a
+// prompt's launches ran 6-9% slower with it (19.8k vs 21.7k tokens/s). KILN_CUDA_PDL=0 turns
+// it off, =all uses it for every launch (to measure either).
 enum class DependentLaunch { kOff, kGraphs, kAll };
 inline DependentLaunch dependent_launch_mode() {
   static const DependentLaunch mode = [] {
