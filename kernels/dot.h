@@ -114,7 +114,11 @@ inline constexpr size_t kSmallMaxTokens = 3;
 // The AVX-512 VNNI panel kernel, or fn == nullptr (type not covered, build without the
 // flags, or a CPU without AVX-512 F/BW/VL/VNNI). Ignores the ISA limit below.
 GemmKernel gemm_kernel_avx512(GgmlType type);
-// The GEMM panel kernel matmul uses for many activation rows, within the ISA limit.
+// The AVX2 panel kernel (K types only; no few-token twin or pre-packed panels, so decode
+// stays on the dot kernels), or fn == nullptr (other types, no AVX2 build or CPU).
+GemmKernel gemm_kernel_avx2(GgmlType type);
+// The GEMM panel kernel matmul uses for many activation rows, within the ISA limit: the
+// AVX-512 one where the CPU has it, else the AVX2 one.
 GemmKernel gemm_kernel(GgmlType type);
 
 // The widest instruction set the kernels may use. Starts from the KILN_ISA environment

@@ -57,7 +57,11 @@ void quantize_act_row(ActFormat format, std::span<const float> x, std::span<std:
 }
 
 GemmKernel gemm_kernel(GgmlType type) {
-  if (isa_limit() >= Isa::Avx512) return gemm_kernel_avx512(type);
+  if (isa_limit() >= Isa::Avx512) {
+    const GemmKernel simd = gemm_kernel_avx512(type);
+    if (simd.fn != nullptr) return simd;
+  }
+  if (isa_limit() >= Isa::Avx2) return gemm_kernel_avx2(type);
   return {};
 }
 

@@ -110,6 +110,7 @@ inline void tile_end(const __m512 (&acc)[NT], float* y, size_t y_stride, __mmask
   for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * y_stride, mask, acc[t]);
 }
 #include "kernels/x86/avx512_unpack.h"
+#include "kernels/x86/k_block_codes.h"
 #include "kernels/x86/simd_unpack.h"
 inline __m512i load512(const void* p) { return _mm512_load_si512(p); }
 inline __m512i broadcast32(const void* p) {
@@ -216,108 +217,18 @@ inline void set_min_pairs(KPanel& p, int r, const int min16[16]) {
   }
 }
 
-// 6-bit scale and min of sub-block s (ggml's get_scale_min_k4).
-inline void scale_min_k4(int s, const uint8_t* q, int& scale, int& min) {
-  if (s < 4) {
-    scale = q[s] & 63;
-    min = q[s + 4] & 63;
-  } else {
-    scale = (q[s + 4] & 0xF) | ((q[s - 4] >> 6) << 4);
-    min = (q[s + 4] >> 4) | ((q[s] >> 6) << 4);
-  }
-}
-
-// The 6-bit scales and mins (min16 of groups 2s and 2s + 1 is min s), d and dmin of a Q4_K or
-// Q5_K block, for row r of the panel.
+// Row r of the panel from one block: its codes (row-major, transposed into the panel later)
+// and its scales, mins, d and dmin (k_block_codes.h).
 template <typename Block>
-inline void pack_scales_k4(const Block& b, int r, KPanel& p) {
-  int min16[16];
-  for (int s = 0; s < 8; ++s) {
-    int scale, min;
-    scale_min_k4(s, b.scales, scale, min);
-    p.scales[s][r] = scale;
-    min16[2 * s] = min16[2 * s + 1] = min;
-  }
-  set_min_pairs(p, r, min16);
-  p.d[r] = half_to_float(b.d);
-  p.dmin[r] = half_to_float(b.dmin);
-}
-
-template <typename Block>
-struct KPack;
-
-template <>
-struct KPack<block_q4_K> {
-  static constexpr int kSubBlocks = 8;
-  static void pack(const block_q4_K& b, int r, uint8_t* codes, KPanel& p) {
-    const __m256i low_mask = _mm256_set1_epi8(0x0F);
-    for (int j = 0; j < 4; ++j) {
-      const __m256i q = load256(b.qs + 32 * j);
-      _mm256_store_si256(reinterpret_cast<__m256i*>(codes + 64 * j), _mm256_and_si256(q, low_mask));
-      _mm256_store_si256(reinterpret_cast<__m256i*>(codes + 64 * j + 32),
-                         _mm256_and_si256(_mm256_srli_epi16(q, 4), low_mask));
-    }
-    pack_scales_k4(b, r, p);
-  }
-};
-
-template <>
-struct KPack<block_q5_K> {
-  static constexpr int kSubBlocks = 8;
-  static void pack(const block_q5_K& b, int r, uint8_t* codes, KPanel& p) {
-    const __m256i low_mask = _mm256_set1_epi8(0x0F);
-    const __m256i one = _mm256_set1_epi8(1);
-    __m256i high_bits = load256(b.qh);
-    for (int j = 0; j < 4; ++j) {
-      // Bit s of qh[l] is the fifth bit of element l of sub-block s (here s = 2j, 2j + 1).
-      const __m256i q = load256(b.qs + 32 * j);
-      const __m256i bit_low = _mm256_slli_epi16(_mm256_and_si256(high_bits, one), 4);
-      const __m256i bit_high =
-          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(high_bits, 1), one), 4);
-      high_bits = _mm256_srli_epi16(high_bits, 2);
-      _mm256_store_si256(reinterpret_cast<__m256i*>(codes + 64 * j),
-                         _mm256_or_si256(_mm256_and_si256(q, low_mask), bit_low));
-      _mm256_store_si256(
-          reinterpret_cast<__m256i*>(codes + 64 * j + 32),
-          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), low_mask), bit_high));
-    }
-    pack_scales_k4(b, r, p);
-  }
-};
-
-template <>
-struct KPack<block_q6_K> {
-  static constexpr int kSubBlocks = 16;
-  static void pack(const block_q6_K& b, int r, uint8_t* codes, KPanel& p) {
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
-    const __m256i m2 = _mm256_set1_epi8(0x03);
-    const __m256i m2_shifted = _mm256_set1_epi8(0x0C);
-    const __m256i m2_high = _mm256_set1_epi8(0x30);
-    for (int h = 0; h < 2; ++h) {
-      const __m256i qh = load256(b.qh + 32 * h);
-      const __m256i ql_a = load256(b.ql + 64 * h);
-      const __m256i ql_b = load256(b.ql + 64 * h + 32);
-      const __m256i q[4] = {_mm256_or_si256(_mm256_and_si256(ql_a, m4),
-                                            _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4)),
-                            _mm256_or_si256(_mm256_and_si256(ql_b, m4),
-                                            _mm256_slli_epi16(_mm256_and_si256(qh, m2_shifted), 2)),
-                            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql_a, 4), m4),
-                                            _mm256_and_si256(qh, m2_high)),
-                            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql_b, 4), m4),
-                                            _mm256_and_si256(_mm256_srli_epi16(qh, 2), m2_high))};
-      for (int k = 0; k < 4; ++k) {
-        _mm256_store_si256(reinterpret_cast<__m256i*>(codes + 128 * h + 32 * k), q[k]);
-      }
-    }
-    // Codes are q + 32: the offset returns as a min term 32 * scale with dmin = d.
-    int min16[16];
-    for (int s = 0; s < 16; ++s) {
-      p.scales[s][r] = b.scales[s];
-      min16[s] = 32 * b.scales[s];
-    }
-    set_min_pairs(p, r, min16);
-    p.d[r] = half_to_float(b.d);
-    p.dmin[r] = p.d[r];
+struct KPack {
+  static constexpr int kSubBlocks = KCodes<Block>::kSubBlocks;
+  static void pack(const Block& b, int r, uint8_t* codes, KPanel& p) {
+    KCodes<Block>::codes(b, codes);
+    const KScales k = KCodes<Block>::scales(b);
+    for (int s = 0; s < kSubBlocks; ++s) p.scales[s][r] = k.scale[s];
+    set_min_pairs(p, r, k.min16);
+    p.d[r] = k.d;
+    p.dmin[r] = k.dmin;
   }
 };
 

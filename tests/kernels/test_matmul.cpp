@@ -13,9 +13,11 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "kernel_test_util.h"
+#include "kernels/blocks.h"
 #include "kernels/dot.h"
 #include "kernels/matmul.h"
 #include "kernels/quants.h"
@@ -278,12 +280,11 @@ const GgmlType kGemmTypes[] = {GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, G
 
 class GemmTest : public ::testing::TestWithParam<GgmlType> {};
 
-// One panel call with y rows spaced wider than the panel: the gaps and the cells after the
-// last row must keep their sentinel.
-void check_panel(const GemmKernel& kernel, GgmlType type, int n_rows, size_t cols, size_t m,
-                 std::mt19937& rng) {
-  const auto w = random_weights(type, static_cast<size_t>(n_rows), cols, rng);
-  const auto x = random_activations(m * cols, rng);
+// One panel call on weights w (n_rows rows of cols) and activations x (m rows) with y rows
+// spaced wider than the panel: every output near the float64 reference, and the gaps and the
+// cells after the last row keep their sentinel.
+void check_panel_on(const GemmKernel& kernel, GgmlType type, int n_rows, size_t cols, size_t m,
+                    std::span<const std::byte> w, std::span<const float> x) {
   const size_t stride = act_row_bytes(kernel.act, cols);
   std::vector<std::byte> act(m * stride);
   std::vector<std::vector<float>> seen;
@@ -317,21 +318,80 @@ void check_panel(const GemmKernel& kernel, GgmlType type, int n_rows, size_t col
   for (size_t i = m * y_stride; i < y.size(); ++i) ASSERT_EQ(y[i], kSentinel) << "wrote past y";
 }
 
-TEST_P(GemmTest, PanelMatchesReferenceOverAwkwardShapes) {
-  const GgmlType type = GetParam();
-  const GemmKernel kernel = gemm_kernel_avx512(type);
-  if (kernel.fn == nullptr) GTEST_SKIP() << "no AVX-512 VNNI GEMM for this type on this build/CPU";
+void check_panel(const GemmKernel& kernel, GgmlType type, int n_rows, size_t cols, size_t m,
+                 std::mt19937& rng) {
+  const auto w = random_weights(type, static_cast<size_t>(n_rows), cols, rng);
+  const auto x = random_activations(m * cols, rng);
+  check_panel_on(kernel, type, n_rows, cols, m, w, x);
+}
+
+// Every token count up to two tiles and more, partial panels, and K past one repacked chunk.
+void check_awkward_shapes(const GemmKernel& kernel, GgmlType type) {
   EXPECT_EQ(kernel.act, dot_kernel_portable(type).act);
   std::mt19937 rng(11);
   const size_t block = traits(type).block_elements;
   // The second size spans more than one repacked K chunk (1024 columns), with a remainder.
   const size_t big = block == 256 ? 5 * 256 : 33 * 32;
   for (size_t m = 1; m <= 17; ++m) {
-    for (int n_rows : {1, 7, 16}) check_panel(kernel, type, n_rows, block * (m % 3 + 1), m, rng);
+    for (int n_rows : {1, 7, 9, 16}) check_panel(kernel, type, n_rows, block * (m % 3 + 1), m, rng);
   }
   check_panel(kernel, type, 16, big, 9, rng);
   check_panel(kernel, type, 5, big, 17, rng);
   check_panel(kernel, type, 16, big, 24, rng);
+}
+
+TEST_P(GemmTest, PanelMatchesReferenceOverAwkwardShapes) {
+  const GgmlType type = GetParam();
+  const GemmKernel kernel = gemm_kernel_avx512(type);
+  if (kernel.fn == nullptr) GTEST_SKIP() << "no AVX-512 VNNI GEMM for this type on this build/CPU";
+  check_awkward_shapes(kernel, type);
+}
+
+// The AVX2 panels (K types only) over the same shapes.
+TEST_P(GemmTest, Avx2PanelMatchesReferenceOverAwkwardShapes) {
+  const GgmlType type = GetParam();
+  const GemmKernel kernel = gemm_kernel_avx2(type);
+  if (kernel.fn == nullptr) {
+    const bool k_type = type == GgmlType::Q4_K || type == GgmlType::Q5_K || type == GgmlType::Q6_K;
+    EXPECT_FALSE(k_type && __builtin_cpu_supports("avx2"))
+        << "no AVX2 GEMM for " << type_name(type);
+    GTEST_SKIP() << "no AVX2 GEMM for this type on this build/CPU";
+  }
+  EXPECT_STREQ(kernel.isa, "avx2");
+  check_awkward_shapes(kernel, type);
+}
+
+// The AVX2 panels add the int16 pair sums of several groups before widening, exact only
+// within the bound worked out in avx2_gemm.cpp: every code at its maximum against every
+// activation at +-127 is that bound's worst case (an overflow would wrap to a wrong sign).
+template <typename Block>
+void fill_max_codes(std::vector<std::byte>& w, size_t rows, size_t rb) {
+  std::fill(w.begin(), w.end(), std::byte{0xFF});  // codes, scales and mins at their maximum
+  for (size_t r = 0; r < rows; ++r) {
+    for (size_t b = 0; b < rb / sizeof(Block); ++b) {
+      auto* block = reinterpret_cast<Block*>(w.data() + r * rb) + b;
+      block->d = 0x3C00;  // 1.0 (0xFFFF would be a NaN)
+      if constexpr (!std::is_same_v<Block, kiln::kernels::block_q6_K>) block->dmin = 0x3800;
+    }
+  }
+}
+
+TEST(Gemm, Avx2PanelsExactAtTheirInt16Bound) {
+  for (GgmlType type : {GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K}) {
+    const GemmKernel kernel = gemm_kernel_avx2(type);
+    if (kernel.fn == nullptr) GTEST_SKIP() << "no AVX2 GEMM on this build/CPU";
+    constexpr int kRows = 16;
+    const size_t cols = 2 * 256, rb = row_bytes(type, cols), m = 6;
+    std::vector<std::byte> w(kRows * rb);
+    if (type == GgmlType::Q4_K) fill_max_codes<kiln::kernels::block_q4_K>(w, kRows, rb);
+    if (type == GgmlType::Q5_K) fill_max_codes<kiln::kernels::block_q5_K>(w, kRows, rb);
+    if (type == GgmlType::Q6_K) fill_max_codes<kiln::kernels::block_q6_K>(w, kRows, rb);
+    std::vector<float> x(m * cols);  // +-127 once quantized
+    for (size_t t = 0; t < m; ++t) {
+      std::fill_n(x.begin() + static_cast<ptrdiff_t>(t * cols), cols, t % 2 == 0 ? 1.0f : -1.0f);
+    }
+    check_panel_on(kernel, type, kRows, cols, m, w, x);
+  }
 }
 
 // m random activation rows of `cols` elements, quantized into `format` one after another.
@@ -543,7 +603,9 @@ TEST(Gemm, IsaLimitSelectsKernels) {
   }
   {
     const ScopedIsaLimit limit(Isa::Avx2);
-    EXPECT_EQ(gemm_kernel(GgmlType::Q4_K).fn, nullptr);
+    EXPECT_EQ(gemm_kernel(GgmlType::Q4_K).fn, gemm_kernel_avx2(GgmlType::Q4_K).fn);
+    EXPECT_EQ(gemm_kernel(GgmlType::Q8_0).fn, nullptr);     // the AVX2 panels are the K types'
+    EXPECT_EQ(gemm_kernel(GgmlType::Q4_K).small, nullptr);  // decode stays on the dot kernels
     if (dot_kernel_avx2(GgmlType::Q4_K).fn != nullptr) {
       EXPECT_STREQ(dot_kernel(GgmlType::Q4_K).isa, "avx2");
     }
