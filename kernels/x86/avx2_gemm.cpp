@@ -1,5 +1,5 @@
 // AVX2 GEMM panels for prompt processing on CPUs without AVX-512 VNNI: the K types (Q4_K,
-// Q5_K, Q6_K), the prompt's weights in the common K-quant mixes.
+// Q5_K, Q6_K) and the legacy 32-element types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0).
 //
 // The plan of the AVX-512 panels (avx512_gemm.cpp) at half the width: each K chunk of 8
 // weight rows is repacked so that one 256-bit vector holds 4 consecutive codes of each row
@@ -11,8 +11,12 @@
 // widens and scales them together. Per 32 products that is 1 + 1 / kSum16 multiplies,
 // where the per-row dot kernels (avx2_dot.cpp) spend 2. The int16 sums are exact: a pair is
 // at most 2 * c * 128 for codes up to c, so kSum16 pairs fit while 2 c 128 kSum16 < 2^15
-// (Q4_K: c = 15, 8; Q5_K: 31, 4; Q6_K: 63, 2), and everything after is int32 and exact, so
-// results differ from the dot kernels' only by float rounding order.
+// (Q4_K, Q4_0, Q4_1: c = 15, 8; Q5_K, Q5_0, Q5_1: 31, 4; Q6_K: 63, 2), and everything after is
+// int32 and exact, so results differ from the dot kernels' only by float rounding order.
+// Q8_0's codes stay signed (q + 128 would saturate the pairs) and go in as
+// |q| * (a * sign(q)), one group at a time. The legacy types' per-block float step (d, and the
+// offset or min term through the activation block's sum, as in the AVX-512 panels) serves 8
+// rows per instruction, where the dot kernels spend one per row.
 // 16-row panels (kGemmPanelRows) run as two 8-row halves.
 //
 // Compiled only when the build targets AVX2+FMA+F16C; gemm_kernel_avx2 also checks the
@@ -33,7 +37,7 @@
 namespace kiln::kernels {
 namespace {
 
-#include "kernels/x86/k_block_codes.h"
+#include "kernels/x86/gemm_block_codes.h"
 #include "kernels/x86/simd_unpack.h"
 
 constexpr int kHalfRows = 8;      // one int32 lane of a 256-bit vector per weight row
@@ -160,6 +164,107 @@ void k_tile(const KPanel8* panel, int nb, const std::byte* act, size_t act_strid
   for (int t = 0; t < NT; ++t) _mm256_maskstore_ps(y + t * y_stride, mask, acc[t]);
 }
 
+// ---- Legacy 32-element types ------------------------------------------------------------
+
+struct alignas(32) LPanel8 {
+  uint8_t codes[QK8_0 / 4][kHalfRows][4];
+  float d[kHalfRows];
+  float c[kHalfRows];  // coefficient of the activation block's s = da sum(a): m, or -offset d
+};
+
+template <typename Block>
+inline constexpr bool kSignedCodes = std::is_same_v<Block, block_q8_0>;
+template <typename Block>
+inline constexpr int kOffset = kSignedCodes<Block> ? 0 : LCodes<Block>::kOffset;
+template <typename Block>
+inline constexpr int kLSum16 =
+    kSignedCodes<Block>                                                      ? 1
+    : std::is_same_v<Block, block_q4_0> || std::is_same_v<Block, block_q4_1> ? 8
+                                                                             : 4;
+
+template <typename Block>
+inline void pack_row(const Block& b, int r, uint8_t* codes, LPanel8& p) {
+  __m256i v = LCodes<Block>::codes(b);
+  if constexpr (kSignedCodes<Block>) v = _mm256_xor_si256(v, _mm256_set1_epi8(-128));  // q again
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes), v);
+  p.d[r] = half_to_float(b.d);
+  if constexpr (requires { b.m; }) {
+    p.c[r] = half_to_float(b.m);
+  } else {
+    p.c[r] = -static_cast<float>(kOffset<Block>) * p.d[r];
+  }
+}
+
+template <typename Block, int NT>
+void l_tile(const LPanel8* panel, int nb, const std::byte* act, size_t act_stride, size_t kb0,
+            float* y, size_t y_stride, __m256i mask, bool first) {
+  constexpr int kSum = kLSum16<Block>;
+  const __m256i ones = _mm256_set1_epi16(1);
+  const block_q8_act* a[NT];
+  __m256 acc[NT];
+  for (int t = 0; t < NT; ++t) {
+    a[t] = reinterpret_cast<const block_q8_act*>(act + static_cast<size_t>(t) * act_stride) + kb0;
+    acc[t] = first ? _mm256_setzero_ps() : _mm256_maskload_ps(y + t * y_stride, mask);
+  }
+  for (int i = 0; i < nb; ++i) {
+    const LPanel8& p = panel[i];
+    __m256i sum[NT];
+    for (int t = 0; t < NT; ++t) sum[t] = _mm256_setzero_si256();
+    for (int g0 = 0; g0 < QK8_0 / 4; g0 += kSum) {
+      __m256i pairs[NT];
+      for (int g = 0; g < kSum; ++g) {
+        const __m256i w = _mm256_load_si256(reinterpret_cast<const __m256i*>(p.codes[g0 + g]));
+        const __m256i w_abs = kSignedCodes<Block> ? _mm256_abs_epi8(w) : w;
+        for (int t = 0; t < NT; ++t) {
+          __m256i x = broadcast32(a[t][i].qs + 4 * (g0 + g));
+          if constexpr (kSignedCodes<Block>) x = _mm256_sign_epi8(x, w);
+          const __m256i prod = _mm256_maddubs_epi16(w_abs, x);
+          pairs[t] = g == 0 ? prod : _mm256_add_epi16(pairs[t], prod);
+        }
+      }
+      for (int t = 0; t < NT; ++t)
+        sum[t] = _mm256_add_epi32(sum[t], _mm256_madd_epi16(pairs[t], ones));
+    }
+    const __m256 d = _mm256_load_ps(p.d);
+    const __m256 c = _mm256_load_ps(p.c);
+    for (int t = 0; t < NT; ++t) {
+      const __m256 da = _mm256_set1_ps(a[t][i].d), s = _mm256_set1_ps(a[t][i].s);
+      if constexpr (kOffset<Block> != 0) {  // acc += d (da sum - offset s)
+        const __m256 inner =
+            _mm256_fmadd_ps(da, _mm256_cvtepi32_ps(sum[t]),
+                            _mm256_mul_ps(_mm256_set1_ps(-static_cast<float>(kOffset<Block>)), s));
+        acc[t] = _mm256_fmadd_ps(d, inner, acc[t]);
+      } else {  // acc += d da sum + c s
+        acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, da), _mm256_cvtepi32_ps(sum[t]), acc[t]);
+        acc[t] = _mm256_fmadd_ps(c, s, acc[t]);
+      }
+    }
+  }
+  for (int t = 0; t < NT; ++t) _mm256_maskstore_ps(y + t * y_stride, mask, acc[t]);
+}
+
+// ---- The panel driver, shared by both families -----------------------------------------
+
+template <typename Block>
+struct Family {  // the K types
+  using Panel = KPanel8;
+  template <int NT>
+  static void tile(const Panel* panel, int nb, const std::byte* act, size_t act_stride, size_t kb0,
+                   float* y, size_t y_stride, __m256i mask, bool first) {
+    k_tile<Block, NT>(panel, nb, act, act_stride, kb0, y, y_stride, mask, first);
+  }
+};
+template <typename Block>
+requires requires { LCodes<Block>::kOffset; }
+struct Family<Block> {
+  using Panel = LPanel8;
+  template <int NT>
+  static void tile(const Panel* panel, int nb, const std::byte* act, size_t act_stride, size_t kb0,
+                   float* y, size_t y_stride, __m256i mask, bool first) {
+    l_tile<Block, NT>(panel, nb, act, act_stride, kb0, y, y_stride, mask, first);
+  }
+};
+
 // run(std::integral_constant<int, N>) for the N in 1..kMax equal to n.
 template <int kMax, typename Run>
 inline void with_token_count(size_t n, Run&& run) {
@@ -169,54 +274,61 @@ inline void with_token_count(size_t n, Run&& run) {
   (std::make_integer_sequence<int, kMax>{});
 }
 
-// One 8-row half (n_rows 1..8) of a panel: each K chunk repacked, then every token tile.
+// One 8-row half (n_rows 1..8) of a panel: each K chunk repacked (codes row by row, then
+// transposed 8 dwords of each row at a time), then every token tile.
 template <typename Block>
-void k_gemm_half(size_t cols, const std::byte* w, size_t w_row_bytes, int n_rows,
-                 const std::byte* act, size_t act_stride, size_t m, float* y, size_t y_stride) {
-  KPanel8 panel[kChunkBlocks];
+void gemm_half(size_t cols, const std::byte* w, size_t w_row_bytes, int n_rows,
+               const std::byte* act, size_t act_stride, size_t m, float* y, size_t y_stride) {
+  using Panel = typename Family<Block>::Panel;
+  constexpr int kBlockCols = sizeof(Panel::codes) / kHalfRows;  // a block's codes
+  constexpr int kChunk = kChunkCols / kBlockCols;
+  Panel panel[kChunk];
   alignas(32) uint8_t row_codes[kHalfRows][kChunkCols];
-  const size_t n_blocks = cols / QK_K;
+  const size_t n_blocks = cols / kBlockCols;
   alignas(32) int32_t lanes[kHalfRows];
   for (int r = 0; r < kHalfRows; ++r) lanes[r] = r < n_rows ? -1 : 0;
   const __m256i mask = _mm256_load_si256(reinterpret_cast<const __m256i*>(lanes));
-  for (size_t kb0 = 0; kb0 < n_blocks; kb0 += kChunkBlocks) {
-    const int nb = static_cast<int>(min_size(kChunkBlocks, n_blocks - kb0));
+  for (size_t kb0 = 0; kb0 < n_blocks; kb0 += kChunk) {
+    const int nb = static_cast<int>(min_size(kChunk, n_blocks - kb0));
     if (n_rows < kHalfRows) {
-      std::memset(static_cast<void*>(panel), 0, sizeof(KPanel8) * nb);
+      std::memset(static_cast<void*>(panel), 0, sizeof(Panel) * nb);
       for (int r = n_rows; r < kHalfRows; ++r) std::memset(row_codes[r], 0, sizeof(row_codes[r]));
     }
     for (int r = 0; r < n_rows; ++r) {
       const auto* blocks = reinterpret_cast<const Block*>(w + static_cast<size_t>(r) * w_row_bytes);
-      for (int i = 0; i < nb; ++i) pack_row(blocks[kb0 + i], r, row_codes[r] + i * QK_K, panel[i]);
+      for (int i = 0; i < nb; ++i) {
+        pack_row(blocks[kb0 + i], r, row_codes[r] + i * kBlockCols, panel[i]);
+      }
     }
     for (int i = 0; i < nb; ++i) {
-      for (int q = 0; q < QK_K / 32; ++q) {  // 8 dwords (32 codes) of each row at a time
+      for (int q = 0; q < kBlockCols / 32; ++q) {
         uint8_t* dst[8];
         for (int j = 0; j < 8; ++j) dst[j] = &panel[i].codes[8 * q + j][0][0];
-        transpose_8x8(&row_codes[0][i * QK_K + 32 * q], kChunkCols, dst);
+        transpose_8x8(&row_codes[0][i * kBlockCols + 32 * q], kChunkCols, dst);
       }
     }
     const bool first = kb0 == 0;
     size_t t0 = 0;
     for (; t0 + kTile <= m; t0 += kTile) {
-      k_tile<Block, kTile>(panel, nb, act + t0 * act_stride, act_stride, kb0, y + t0 * y_stride,
-                           y_stride, mask, first);
+      Family<Block>::template tile<kTile>(panel, nb, act + t0 * act_stride, act_stride, kb0,
+                                          y + t0 * y_stride, y_stride, mask, first);
     }
     with_token_count<kTile - 1>(m - t0, [&](auto nt) {
-      k_tile<Block, decltype(nt)::value>(panel, nb, act + t0 * act_stride, act_stride, kb0,
-                                         y + t0 * y_stride, y_stride, mask, first);
+      Family<Block>::template tile<decltype(nt)::value>(panel, nb, act + t0 * act_stride,
+                                                        act_stride, kb0, y + t0 * y_stride,
+                                                        y_stride, mask, first);
     });
   }
 }
 
 // GemmPanelFn: rows 0..7 of the panel, then 8..n_rows - 1.
 template <typename Block>
-void k_gemm_panel(size_t cols, const std::byte* w, size_t w_row_bytes, int n_rows,
-                  const std::byte* act, size_t act_stride, size_t m, float* y, size_t y_stride) {
+void gemm_panel(size_t cols, const std::byte* w, size_t w_row_bytes, int n_rows,
+                const std::byte* act, size_t act_stride, size_t m, float* y, size_t y_stride) {
   for (int r0 = 0; r0 < n_rows; r0 += kHalfRows) {
     const int rows = n_rows - r0 < kHalfRows ? n_rows - r0 : kHalfRows;
-    k_gemm_half<Block>(cols, w + static_cast<size_t>(r0) * w_row_bytes, w_row_bytes, rows, act,
-                       act_stride, m, y + r0, y_stride);
+    gemm_half<Block>(cols, w + static_cast<size_t>(r0) * w_row_bytes, w_row_bytes, rows, act,
+                     act_stride, m, y + r0, y_stride);
   }
 }
 
@@ -236,11 +348,21 @@ GemmKernel gemm_kernel_avx2(GgmlType type) {
   constexpr const char* isa = "avx2";
   switch (type) {
     case GgmlType::Q4_K:
-      return {ActFormat::Q8_K, k_gemm_panel<block_q4_K>, isa};
+      return {ActFormat::Q8_K, gemm_panel<block_q4_K>, isa};
     case GgmlType::Q5_K:
-      return {ActFormat::Q8_K, k_gemm_panel<block_q5_K>, isa};
+      return {ActFormat::Q8_K, gemm_panel<block_q5_K>, isa};
     case GgmlType::Q6_K:
-      return {ActFormat::Q8_K, k_gemm_panel<block_q6_K>, isa};
+      return {ActFormat::Q8_K, gemm_panel<block_q6_K>, isa};
+    case GgmlType::Q4_0:
+      return {ActFormat::Q8_act, gemm_panel<block_q4_0>, isa};
+    case GgmlType::Q4_1:
+      return {ActFormat::Q8_act, gemm_panel<block_q4_1>, isa};
+    case GgmlType::Q5_0:
+      return {ActFormat::Q8_act, gemm_panel<block_q5_0>, isa};
+    case GgmlType::Q5_1:
+      return {ActFormat::Q8_act, gemm_panel<block_q5_1>, isa};
+    case GgmlType::Q8_0:
+      return {ActFormat::Q8_act, gemm_panel<block_q8_0>, isa};
     default:
       return {};
   }

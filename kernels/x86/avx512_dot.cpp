@@ -15,8 +15,8 @@
 // once and returns nothing on a CPU without the instructions.
 #include "kernels/dot.h"
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && \
-    defined(__AVX512VNNI__) && defined(__F16C__)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && \
+    defined(__AVX512VL__) && defined(__AVX512VNNI__) && defined(__F16C__)
 // GCC 12's AVX-512 intrinsics pass _mm512_undefined_*() as the merge source of unmasked
 // operations, which -W(maybe-)uninitialized reports (thousands of times) once they are inlined
 // in loops: a false positive, gone in GCC 13.
@@ -237,9 +237,9 @@ KILN_TILE_DISPATCH_8(dot_q8_0, dot_legacy_tile, block_q8_0)
 bool cpu_has_avx512_vnni() {
   static const bool supported =
       __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
-      __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx2") &&
-      __builtin_cpu_supports("fma");
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("f16c") &&
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return supported;
 }
 

@@ -21,8 +21,8 @@
 // running CPU once and returns nothing on a CPU without them.
 #include "kernels/dot.h"
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && \
-    defined(__AVX512VNNI__) && defined(__F16C__)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && \
+    defined(__AVX512VL__) && defined(__AVX512VNNI__) && defined(__F16C__)
 // GCC 12's AVX-512 intrinsics pass _mm512_undefined_*() as the merge source of unmasked
 // operations, which -W(maybe-)uninitialized reports (thousands of times) once they are inlined
 // in loops: a false positive, gone in GCC 13.
@@ -110,7 +110,7 @@ inline void tile_end(const __m512 (&acc)[NT], float* y, size_t y_stride, __mmask
   for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * y_stride, mask, acc[t]);
 }
 #include "kernels/x86/avx512_unpack.h"
-#include "kernels/x86/k_block_codes.h"
+#include "kernels/x86/gemm_block_codes.h"
 #include "kernels/x86/simd_unpack.h"
 inline __m512i load512(const void* p) { return _mm512_load_si512(p); }
 inline __m512i broadcast32(const void* p) {
@@ -218,7 +218,7 @@ inline void set_min_pairs(KPanel& p, int r, const int min16[16]) {
 }
 
 // Row r of the panel from one block: its codes (row-major, transposed into the panel later)
-// and its scales, mins, d and dmin (k_block_codes.h).
+// and its scales, mins, d and dmin (gemm_block_codes.h).
 template <typename Block>
 struct KPack {
   static constexpr int kSubBlocks = KCodes<Block>::kSubBlocks;
@@ -331,43 +331,6 @@ struct alignas(64) LPanel {
   float c[kRows];  // coefficient of the activation block's s = da * sum(a)
 };
 
-template <typename Block>
-struct LPack;
-
-// codes(b): the block's 32 codes as the few-token kernels use them, q + kOffset (unsigned);
-// the panels' c (the coefficient of the activation block's s) is m, or -kOffset d.
-template <>
-struct LPack<block_q8_0> {
-  static constexpr int kOffset = 128;
-  static __m256i codes(const block_q8_0& b) {
-    return _mm256_xor_si256(load256(b.qs), _mm256_set1_epi8(-128));  // q + 128
-  }
-};
-template <>
-struct LPack<block_q4_0> {
-  static constexpr int kOffset = 8;
-  static __m256i codes(const block_q4_0& b) { return unpack_nibbles_32(b.qs); }
-};
-template <>
-struct LPack<block_q4_1> {
-  static constexpr int kOffset = 0;
-  static __m256i codes(const block_q4_1& b) { return unpack_nibbles_32(b.qs); }
-};
-template <>
-struct LPack<block_q5_0> {
-  static constexpr int kOffset = 16;
-  static __m256i codes(const block_q5_0& b) {
-    return _mm256_or_si256(unpack_nibbles_32(b.qs), expand_high_bits_32(b.qh));
-  }
-};
-template <>
-struct LPack<block_q5_1> {
-  static constexpr int kOffset = 0;
-  static __m256i codes(const block_q5_1& b) {
-    return _mm256_or_si256(unpack_nibbles_32(b.qs), expand_high_bits_32(b.qh));
-  }
-};
-
 // kOffset: codes are q + kOffset (c = -kOffset d), so the offset folds into one FMA per
 // block as d (da sum - kOffset s); 0: a separate min term c s (Q4_1, Q5_1).
 template <int kOffset, int NT>
@@ -398,8 +361,8 @@ template <typename Block>
 inline auto l_tiles(size_t act_stride, size_t y_stride, __mmask16 mask) {
   return [=](auto nt, const LPanel* panel, int nb, size_t kb0, bool first, const std::byte* a,
              float* yt) {
-    l_tile<LPack<Block>::kOffset, decltype(nt)::value>(panel, nb, a, act_stride, kb0, yt, y_stride,
-                                                       mask, first);
+    l_tile<LCodes<Block>::kOffset, decltype(nt)::value>(panel, nb, a, act_stride, kb0, yt, y_stride,
+                                                        mask, first);
   };
 }
 
@@ -452,7 +415,7 @@ inline void gather_rows_16x16B(const PanelRows& rows, size_t at, __m512i out[4])
 template <typename Block>
 inline void l_fill_panel(const PanelRows& rows, size_t block, LPanel& p) {
   constexpr bool kFifth = std::is_same_v<Block, block_q5_0> || std::is_same_v<Block, block_q5_1>;
-  constexpr int kOffset = LPack<Block>::kOffset;
+  constexpr int kOffset = LCodes<Block>::kOffset;
   const size_t base = block * sizeof(Block);
   // The block's head: fp16 d, then fp16 m (Q4_1, Q5_1), then the fifth bits qh (Q5_0, Q5_1).
   static_assert(offsetof(Block, d) == 0);
@@ -666,7 +629,7 @@ template <typename Block, int NT>
 void l_packed_tile(const uint8_t* panel, size_t kb0, size_t nb, const std::byte* act,
                    size_t act_stride, float* y, size_t y_stride, __mmask16 mask, bool first) {
   using L = LPairLayout<Block>;
-  constexpr int kOffset = LPack<Block>::kOffset;
+  constexpr int kOffset = LCodes<Block>::kOffset;
   const block_q8_act* a[NT];
   __m512 acc[NT];
   tile_begin(act, act_stride, kb0, y, y_stride, mask, first, a, acc);
@@ -1119,7 +1082,7 @@ inline __m256i reduce_4_pairs(const __m512i v[4]) {
 template <typename Block, int NT>
 void l_small_tile(const RowSet<Block>& rows, size_t n_blocks, const std::byte* act,
                   size_t act_stride, float* y, size_t y_stride) {
-  constexpr int kOffset = LPack<Block>::kOffset;
+  constexpr int kOffset = LCodes<Block>::kOffset;
   constexpr size_t kGroups = 8;  // per chunk: 64 blocks (2048 columns) of a row in one run
   constexpr size_t kEvery = 64 / sizeof(Block) > 0 ? 64 / sizeof(Block) : 1;
   const block_q8_act* a[NT];
@@ -1166,7 +1129,7 @@ void l_small_tile(const RowSet<Block>& rows, size_t n_blocks, const std::byte* a
             }
             if (b % kEvery == 0) prefetch_ahead(blocks + b);
             head[b][r] = head32(blocks[b]);
-            const __m256i codes = LPack<Block>::codes(blocks[b]);
+            const __m256i codes = LCodes<Block>::codes(blocks[b]);
             for (int t = 0; t < NT; ++t) {
               part[t][k] =
                   _mm256_dpbusd_epi32(_mm256_setzero_si256(), codes, load256(a[t][i0 + b].qs));
@@ -1414,8 +1377,8 @@ void small_panel(size_t cols, const std::byte* w, size_t w_row_bytes, int n_rows
 bool cpu_has_avx512_vnni() {
   static const bool supported =
       __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
-      __builtin_cpu_supports("f16c");
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("f16c");
   return supported;
 }
 

@@ -347,45 +347,52 @@ TEST_P(GemmTest, PanelMatchesReferenceOverAwkwardShapes) {
   check_awkward_shapes(kernel, type);
 }
 
-// The AVX2 panels (K types only) over the same shapes.
+// The AVX2 panels over the same shapes.
 TEST_P(GemmTest, Avx2PanelMatchesReferenceOverAwkwardShapes) {
   const GgmlType type = GetParam();
   const GemmKernel kernel = gemm_kernel_avx2(type);
   if (kernel.fn == nullptr) {
-    const bool k_type = type == GgmlType::Q4_K || type == GgmlType::Q5_K || type == GgmlType::Q6_K;
-    EXPECT_FALSE(k_type && __builtin_cpu_supports("avx2"))
-        << "no AVX2 GEMM for " << type_name(type);
-    GTEST_SKIP() << "no AVX2 GEMM for this type on this build/CPU";
+    EXPECT_FALSE(__builtin_cpu_supports("avx2")) << "no AVX2 GEMM for " << type_name(type);
+    GTEST_SKIP() << "no AVX2 GEMM on this build/CPU";
   }
   EXPECT_STREQ(kernel.isa, "avx2");
   check_awkward_shapes(kernel, type);
 }
 
 // The AVX2 panels add the int16 pair sums of several groups before widening, exact only
-// within the bound worked out in avx2_gemm.cpp: every code at its maximum against every
-// activation at +-127 is that bound's worst case (an overflow would wrap to a wrong sign).
+// within the bound worked out in avx2_gemm.cpp: every code at its largest magnitude against
+// every activation at +-127 is that bound's worst case (an overflow would wrap to a wrong
+// sign). Q8_0's largest magnitude is q = -128.
 template <typename Block>
 void fill_max_codes(std::vector<std::byte>& w, size_t rows, size_t rb) {
-  std::fill(w.begin(), w.end(), std::byte{0xFF});  // codes, scales and mins at their maximum
+  constexpr bool kQ8 = std::is_same_v<Block, kiln::kernels::block_q8_0>;
+  std::fill(w.begin(), w.end(), std::byte{kQ8 ? uint8_t{0x80} : uint8_t{0xFF}});
   for (size_t r = 0; r < rows; ++r) {
     for (size_t b = 0; b < rb / sizeof(Block); ++b) {
       auto* block = reinterpret_cast<Block*>(w.data() + r * rb) + b;
-      block->d = 0x3C00;  // 1.0 (0xFFFF would be a NaN)
-      if constexpr (!std::is_same_v<Block, kiln::kernels::block_q6_K>) block->dmin = 0x3800;
+      block->d = 0x3C00;                                              // 1.0 (0xFFFF would be a NaN)
+      if constexpr (requires { block->dmin; }) block->dmin = 0x3800;  // 0.5
+      if constexpr (requires { block->m; }) block->m = 0x3800;
     }
   }
 }
 
 TEST(Gemm, Avx2PanelsExactAtTheirInt16Bound) {
-  for (GgmlType type : {GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K}) {
+  namespace kk = kiln::kernels;
+  for (GgmlType type : kGemmTypes) {
     const GemmKernel kernel = gemm_kernel_avx2(type);
     if (kernel.fn == nullptr) GTEST_SKIP() << "no AVX2 GEMM on this build/CPU";
     constexpr int kRows = 16;
     const size_t cols = 2 * 256, rb = row_bytes(type, cols), m = 6;
     std::vector<std::byte> w(kRows * rb);
-    if (type == GgmlType::Q4_K) fill_max_codes<kiln::kernels::block_q4_K>(w, kRows, rb);
-    if (type == GgmlType::Q5_K) fill_max_codes<kiln::kernels::block_q5_K>(w, kRows, rb);
-    if (type == GgmlType::Q6_K) fill_max_codes<kiln::kernels::block_q6_K>(w, kRows, rb);
+    if (type == GgmlType::Q4_K) fill_max_codes<kk::block_q4_K>(w, kRows, rb);
+    if (type == GgmlType::Q5_K) fill_max_codes<kk::block_q5_K>(w, kRows, rb);
+    if (type == GgmlType::Q6_K) fill_max_codes<kk::block_q6_K>(w, kRows, rb);
+    if (type == GgmlType::Q4_0) fill_max_codes<kk::block_q4_0>(w, kRows, rb);
+    if (type == GgmlType::Q4_1) fill_max_codes<kk::block_q4_1>(w, kRows, rb);
+    if (type == GgmlType::Q5_0) fill_max_codes<kk::block_q5_0>(w, kRows, rb);
+    if (type == GgmlType::Q5_1) fill_max_codes<kk::block_q5_1>(w, kRows, rb);
+    if (type == GgmlType::Q8_0) fill_max_codes<kk::block_q8_0>(w, kRows, rb);
     std::vector<float> x(m * cols);  // +-127 once quantized
     for (size_t t = 0; t < m; ++t) {
       std::fill_n(x.begin() + static_cast<ptrdiff_t>(t * cols), cols, t % 2 == 0 ? 1.0f : -1.0f);
@@ -604,7 +611,7 @@ TEST(Gemm, IsaLimitSelectsKernels) {
   {
     const ScopedIsaLimit limit(Isa::Avx2);
     EXPECT_EQ(gemm_kernel(GgmlType::Q4_K).fn, gemm_kernel_avx2(GgmlType::Q4_K).fn);
-    EXPECT_EQ(gemm_kernel(GgmlType::Q8_0).fn, nullptr);     // the AVX2 panels are the K types'
+    EXPECT_EQ(gemm_kernel(GgmlType::Q8_0).fn, gemm_kernel_avx2(GgmlType::Q8_0).fn);
     EXPECT_EQ(gemm_kernel(GgmlType::Q4_K).small, nullptr);  // decode stays on the dot kernels
     if (dot_kernel_avx2(GgmlType::Q4_K).fn != nullptr) {
       EXPECT_STREQ(dot_kernel(GgmlType::Q4_K).isa, "avx2");

@@ -1,6 +1,8 @@
-// The K super-blocks (Q4_K, Q5_K, Q6_K) as the GEMM panels read them, shared by the AVX-512
-// (avx512_gemm.cpp) and AVX2 (avx2_gemm.cpp) panels: a row's 256 codes in element order,
-// unsigned, and its integer scales and mins, so that
+// Weight blocks as the GEMM panels read them, shared by the AVX-512 (avx512_gemm.cpp) and AVX2
+// (avx2_gemm.cpp) panels.
+//
+// The K super-blocks (Q4_K, Q5_K, Q6_K): a row's 256 codes in element order, unsigned, and its
+// integer scales and mins, so that
 //   dot(row, a) = d da sum_sb scale_sb (codes . a)_sb - dmin da sum_g min16_g bsum_g
 // (g: the 16-element groups of block_q8_K's bsums). Q6_K's -32 offset is a min term with
 // min16 = 32 scale and dmin = d.
@@ -120,5 +122,43 @@ struct KCodes<block_q6_K> {
     k.d = half_to_float(b.d);
     k.dmin = k.d;
     return k;
+  }
+};
+
+// The legacy 32-element blocks. codes(b): the block's 32 codes as the panels use them, q +
+// kOffset (unsigned); the panels' c (the coefficient of the activation block's s = da sum(a))
+// is m, or -kOffset d.
+template <typename Block>
+struct LCodes;
+
+template <>
+struct LCodes<block_q8_0> {
+  static constexpr int kOffset = 128;
+  static __m256i codes(const block_q8_0& b) {
+    return _mm256_xor_si256(load256(b.qs), _mm256_set1_epi8(-128));  // q + 128
+  }
+};
+template <>
+struct LCodes<block_q4_0> {
+  static constexpr int kOffset = 8;
+  static __m256i codes(const block_q4_0& b) { return unpack_nibbles_32(b.qs); }
+};
+template <>
+struct LCodes<block_q4_1> {
+  static constexpr int kOffset = 0;
+  static __m256i codes(const block_q4_1& b) { return unpack_nibbles_32(b.qs); }
+};
+template <>
+struct LCodes<block_q5_0> {
+  static constexpr int kOffset = 16;
+  static __m256i codes(const block_q5_0& b) {
+    return _mm256_or_si256(unpack_nibbles_32(b.qs), expand_high_bits_32(b.qh));
+  }
+};
+template <>
+struct LCodes<block_q5_1> {
+  static constexpr int kOffset = 0;
+  static __m256i codes(const block_q5_1& b) {
+    return _mm256_or_si256(unpack_nibbles_32(b.qs), expand_high_bits_32(b.qh));
   }
 };
