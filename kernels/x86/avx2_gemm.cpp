@@ -43,7 +43,6 @@ namespace {
 constexpr int kHalfRows = 8;      // one int32 lane of a 256-bit vector per weight row
 constexpr int kTile = 4;          // tokens per register tile (16 registers)
 constexpr int kChunkCols = 1024;  // columns repacked at a time, as in the AVX-512 panels
-constexpr int kChunkBlocks = kChunkCols / QK_K;
 
 // Local helpers only (this file has its own target flags; see simd_unpack.h).
 inline size_t min_size(size_t a, size_t b) { return a < b ? a : b; }
