@@ -388,7 +388,7 @@ template <int HD>
 inline constexpr int kFlashStride = HD + 8;
 // Two stages of a K and a V tile.
 template <int HD>
-inline constexpr size_t kFlashSmemBytes = 2 * 2 * kFlashKeys* kFlashStride<HD> * sizeof(uint16_t);
+inline constexpr size_t kFlashSmemBytes = kFlashStride<HD> * sizeof(uint16_t) * 4 * kFlashKeys;
 
 template <int HD>
 __global__ void __launch_bounds__(kFlashThreads)
@@ -513,8 +513,8 @@ __global__ void __launch_bounds__(kFlashThreads)
         base_max[r] = new_max == -INFINITY ? 0.0f : new_max;  // a row with nothing visible yet
         alpha[r] = exp2f(run_max[r] - base_max[r]);           // 0 on the first visible tile
         run_max[r] = new_max;
-        run_sum[r] *=
-            alpha[r];  // this lane's share of the row sum, reduced over the quad at the end
+        // This lane's share of the row sum (reduced over the quad at the end).
+        run_sum[r] *= alpha[r];
       }
 #pragma unroll
       for (int j = 0; j < kFlashKeys / 8; ++j) {
@@ -674,12 +674,6 @@ void launch_attention_tiled(const float* q, const uint16_t* k_cache, const uint1
         std::to_string(shape.head_dim));
   }
   if (n == 0) return;
-  const size_t smem = tiled_smem_bytes(static_cast<int>(shape.head_dim));
-  if (smem > 48 * 1024) {
-    KILN_CUDA_CHECK(cudaFuncSetAttribute(attention_tiled_kernel,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(smem)));
-  }
   if (shape.head_dim == 64) {
     launch_attention_flash<64>(q, k_cache, v_cache, seq, pos, n, shape, out, stream);
     return;
@@ -687,6 +681,12 @@ void launch_attention_tiled(const float* q, const uint16_t* k_cache, const uint1
   if (shape.head_dim == 128) {
     launch_attention_flash<128>(q, k_cache, v_cache, seq, pos, n, shape, out, stream);
     return;
+  }
+  const size_t smem = tiled_smem_bytes(static_cast<int>(shape.head_dim));
+  if (smem > 48 * 1024) {
+    KILN_CUDA_CHECK(cudaFuncSetAttribute(attention_tiled_kernel,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(smem)));
   }
   const float scale = 1.0f / sqrtf(static_cast<float>(shape.head_dim));
   const dim3 grid(ceil_div(n, kTileQueries), static_cast<unsigned>(shape.n_heads));
