@@ -23,6 +23,10 @@ its panel cache (the same weights pre-packed once into a file of their own, memo
 With --rounds N both engines run N times per model, alternating which goes first, and the
 row gives medians and the median of the N rounds' ratios: this machine's memory bandwidth
 swings by 2x within seconds, so one run of each can compare two different machines.
+--avx2-only measures both as on a CPU without AVX-512 (what the brief describes): kiln under
+KILN_ISA=avx2, llama.cpp from its AVX2-only build (`bash tools/install_peer.sh --avx2-only`).
+Give it a kiln built with -DKILN_NATIVE=OFF: with -march=native the compiler may use AVX-512
+inside kiln's AVX2 files on a CPU that has it, which flatters them.
 """
 from __future__ import annotations
 
@@ -198,12 +202,28 @@ def main(argv=None):
                     help="run both engines this many times per model, alternating which goes "
                          "first; the table gives the medians and the median of the rounds' ratios "
                          "(this machine's memory bandwidth swings within seconds)")
+    ap.add_argument("--avx2-only", action="store_true",
+                    help="both engines restricted to AVX2 (kiln: KILN_ISA=avx2; llama.cpp: the "
+                         "build of tools/install_peer.sh --avx2-only)")
     args = ap.parse_args(argv)
+    if args.avx2_only:
+        cache = pathlib.Path(os.environ.get("KILN_CACHE", pathlib.Path.home() / ".cache/kiln"))
+        peer = cache / "llama-avx2"
+        if not (peer / "llama_cpp").is_dir():
+            sys.exit(f"error: no AVX2-only llama.cpp in {peer}: run bash tools/install_peer.sh "
+                     "--avx2-only first")
+        sys.path.insert(0, str(peer))  # the spawned llama.cpp children inherit the path
+        os.environ["KILN_ISA"] = "avx2"
     if args.prepare:
         prepare(args.kiln)
     models = [pathlib.Path(m) for m in (args.model or DEFAULT_MODELS)]
 
     import llama_cpp
+    if args.avx2_only:
+        info = llama_cpp.llama_print_system_info().decode()
+        if "AVX512" in info:
+            sys.exit(f"error: {llama_cpp.__file__} was built with AVX-512: {info}")
+        print("AVX2 only: kiln under KILN_ISA=avx2, llama.cpp " + info.strip())
     print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs; threads {args.t}; "
           f"llama-cpp-python {llama_cpp.__version__}; pp{args.p} tg{args.n}"
           + (f" @ d{args.depth}" if args.depth else "") + f", {args.r} repetitions"
