@@ -30,7 +30,6 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
-#include <utility>
 
 #include "kernels/blocks.h"
 
@@ -50,6 +49,44 @@ inline __m256i broadcast32(const void* p) {
   int32_t v;
   std::memcpy(&v, p, 4);
   return _mm256_set1_epi32(v);
+}
+
+// A tile's start: token t's activation blocks from block kb0 on, and its running sums (zero
+// where the chunk starts them, else what y holds, for the rows in `mask`). tile_end stores them.
+template <typename ActBlock, int NT>
+inline void tile_begin(const std::byte* act, size_t act_stride, size_t kb0, const float* y,
+                       size_t y_stride, __m256i mask, bool first, const ActBlock* (&a)[NT],
+                       __m256 (&acc)[NT]) {
+  for (int t = 0; t < NT; ++t) {
+    a[t] = reinterpret_cast<const ActBlock*>(act + static_cast<size_t>(t) * act_stride) + kb0;
+    acc[t] = first ? _mm256_setzero_ps() : _mm256_maskload_ps(y + t * y_stride, mask);
+  }
+}
+template <int NT>
+inline void tile_end(const __m256 (&acc)[NT], float* y, size_t y_stride, __m256i mask) {
+  for (int t = 0; t < NT; ++t) _mm256_maskstore_ps(y + t * y_stride, mask, acc[t]);
+}
+
+// sum[t] += the products of groups g .. g + kSum - 1 (4 codes of each row) with token t's
+// activations: vpmaddubsw pair sums added in int16, then widened by one vpmaddwd with `scale`
+// (the rows' sub-block scale in both int16 halves, or ones). kSigned: codes are int8 q, taken
+// as |q| * (a * sign(q)).
+template <bool kSigned, int kSum, int NT, typename ActBlock>
+inline void add_groups(const uint8_t (*codes)[kHalfRows][4], int g, const ActBlock* const (&a)[NT],
+                       int i, __m256i scale, __m256i (&sum)[NT]) {
+  __m256i pairs[NT];
+  for (int k = 0; k < kSum; ++k) {
+    const __m256i w = _mm256_load_si256(reinterpret_cast<const __m256i*>(codes[g + k]));
+    const __m256i w_abs = kSigned ? _mm256_abs_epi8(w) : w;
+    for (int t = 0; t < NT; ++t) {
+      __m256i x = broadcast32(a[t][i].qs + 4 * (g + k));
+      if constexpr (kSigned) x = _mm256_sign_epi8(x, w);
+      const __m256i prod = _mm256_maddubs_epi16(w_abs, x);
+      pairs[t] = k == 0 ? prod : _mm256_add_epi16(pairs[t], prod);
+    }
+  }
+  for (int t = 0; t < NT; ++t)
+    sum[t] = _mm256_add_epi32(sum[t], _mm256_madd_epi16(pairs[t], scale));
 }
 
 // One super-block of an 8-row half panel.
@@ -113,17 +150,14 @@ inline void pack_row(const Block& b, int r, uint8_t* codes, KPanel8& p) {
 // NT tokens over nb super-blocks of a packed chunk: y[t * y_stride + r] (+)= the rows' dots,
 // for the rows in `mask`; first: the chunk starts the sums.
 template <typename Block, int NT>
-void k_tile(const KPanel8* panel, int nb, const std::byte* act, size_t act_stride, size_t kb0,
-            float* y, size_t y_stride, __m256i mask, bool first) {
+void panel_tile(const KPanel8* panel, int nb, const std::byte* act, size_t act_stride, size_t kb0,
+                float* y, size_t y_stride, __m256i mask, bool first) {
   constexpr int kSubBlocks = KCodes<Block>::kSubBlocks;
   constexpr int kGroups = QK_K / 4 / kSubBlocks;  // 4-code groups per sub-block
   constexpr int kSum = kSum16<Block>;
   const block_q8_K* a[NT];
   __m256 acc[NT];
-  for (int t = 0; t < NT; ++t) {
-    a[t] = reinterpret_cast<const block_q8_K*>(act + static_cast<size_t>(t) * act_stride) + kb0;
-    acc[t] = first ? _mm256_setzero_ps() : _mm256_maskload_ps(y + t * y_stride, mask);
-  }
+  tile_begin(act, act_stride, kb0, y, y_stride, mask, first, a, acc);
   for (int i = 0; i < nb; ++i) {
     const KPanel8& p = panel[i];
     __m256i sum[NT];
@@ -131,17 +165,7 @@ void k_tile(const KPanel8* panel, int nb, const std::byte* act, size_t act_strid
     for (int s = 0; s < kSubBlocks; ++s) {
       const __m256i scale = _mm256_load_si256(reinterpret_cast<const __m256i*>(p.scales[s]));
       for (int g0 = 0; g0 < kGroups; g0 += kSum) {
-        __m256i pairs[NT];
-        for (int g = 0; g < kSum; ++g) {
-          const int group = s * kGroups + g0 + g;
-          const __m256i w = _mm256_load_si256(reinterpret_cast<const __m256i*>(p.codes[group]));
-          for (int t = 0; t < NT; ++t) {
-            const __m256i prod = _mm256_maddubs_epi16(w, broadcast32(a[t][i].qs + 4 * group));
-            pairs[t] = g == 0 ? prod : _mm256_add_epi16(pairs[t], prod);
-          }
-        }
-        for (int t = 0; t < NT; ++t)
-          sum[t] = _mm256_add_epi32(sum[t], _mm256_madd_epi16(pairs[t], scale));
+        add_groups<false, kSum>(p.codes, s * kGroups + g0, a, i, scale, sum);
       }
     }
     const __m256 d = _mm256_load_ps(p.d);
@@ -160,7 +184,7 @@ void k_tile(const KPanel8* panel, int nb, const std::byte* act, size_t act_strid
       acc[t] = _mm256_fnmadd_ps(_mm256_mul_ps(dmin, da), _mm256_cvtepi32_ps(min_sum), acc[t]);
     }
   }
-  for (int t = 0; t < NT; ++t) _mm256_maskstore_ps(y + t * y_stride, mask, acc[t]);
+  tile_end(acc, y, y_stride, mask);
 }
 
 // ---- Legacy 32-element types ------------------------------------------------------------
@@ -195,34 +219,19 @@ inline void pack_row(const Block& b, int r, uint8_t* codes, LPanel8& p) {
 }
 
 template <typename Block, int NT>
-void l_tile(const LPanel8* panel, int nb, const std::byte* act, size_t act_stride, size_t kb0,
-            float* y, size_t y_stride, __m256i mask, bool first) {
+void panel_tile(const LPanel8* panel, int nb, const std::byte* act, size_t act_stride, size_t kb0,
+                float* y, size_t y_stride, __m256i mask, bool first) {
   constexpr int kSum = kLSum16<Block>;
   const __m256i ones = _mm256_set1_epi16(1);
   const block_q8_act* a[NT];
   __m256 acc[NT];
-  for (int t = 0; t < NT; ++t) {
-    a[t] = reinterpret_cast<const block_q8_act*>(act + static_cast<size_t>(t) * act_stride) + kb0;
-    acc[t] = first ? _mm256_setzero_ps() : _mm256_maskload_ps(y + t * y_stride, mask);
-  }
+  tile_begin(act, act_stride, kb0, y, y_stride, mask, first, a, acc);
   for (int i = 0; i < nb; ++i) {
     const LPanel8& p = panel[i];
     __m256i sum[NT];
     for (int t = 0; t < NT; ++t) sum[t] = _mm256_setzero_si256();
     for (int g0 = 0; g0 < QK8_0 / 4; g0 += kSum) {
-      __m256i pairs[NT];
-      for (int g = 0; g < kSum; ++g) {
-        const __m256i w = _mm256_load_si256(reinterpret_cast<const __m256i*>(p.codes[g0 + g]));
-        const __m256i w_abs = kSignedCodes<Block> ? _mm256_abs_epi8(w) : w;
-        for (int t = 0; t < NT; ++t) {
-          __m256i x = broadcast32(a[t][i].qs + 4 * (g0 + g));
-          if constexpr (kSignedCodes<Block>) x = _mm256_sign_epi8(x, w);
-          const __m256i prod = _mm256_maddubs_epi16(w_abs, x);
-          pairs[t] = g == 0 ? prod : _mm256_add_epi16(pairs[t], prod);
-        }
-      }
-      for (int t = 0; t < NT; ++t)
-        sum[t] = _mm256_add_epi32(sum[t], _mm256_madd_epi16(pairs[t], ones));
+      add_groups<kSignedCodes<Block>, kSum>(p.codes, g0, a, i, ones, sum);
     }
     const __m256 d = _mm256_load_ps(p.d);
     const __m256 c = _mm256_load_ps(p.c);
@@ -239,46 +248,24 @@ void l_tile(const LPanel8* panel, int nb, const std::byte* act, size_t act_strid
       }
     }
   }
-  for (int t = 0; t < NT; ++t) _mm256_maskstore_ps(y + t * y_stride, mask, acc[t]);
+  tile_end(acc, y, y_stride, mask);
 }
 
 // ---- The panel driver, shared by both families -----------------------------------------
 
+// The half panel of a block type: the legacy types' (those with LCodes) or the K types'.
 template <typename Block>
-struct Family {  // the K types
-  using Panel = KPanel8;
-  template <int NT>
-  static void tile(const Panel* panel, int nb, const std::byte* act, size_t act_stride, size_t kb0,
-                   float* y, size_t y_stride, __m256i mask, bool first) {
-    k_tile<Block, NT>(panel, nb, act, act_stride, kb0, y, y_stride, mask, first);
-  }
-};
-template <typename Block>
-requires requires { LCodes<Block>::kOffset; }
-struct Family<Block> {
-  using Panel = LPanel8;
-  template <int NT>
-  static void tile(const Panel* panel, int nb, const std::byte* act, size_t act_stride, size_t kb0,
-                   float* y, size_t y_stride, __m256i mask, bool first) {
-    l_tile<Block, NT>(panel, nb, act, act_stride, kb0, y, y_stride, mask, first);
-  }
-};
-
-// run(std::integral_constant<int, N>) for the N in 1..kMax equal to n.
-template <int kMax, typename Run>
-inline void with_token_count(size_t n, Run&& run) {
-  [&]<int... N>(std::integer_sequence<int, N...>) {
-    ((n == static_cast<size_t>(N + 1) ? run(std::integral_constant<int, N + 1>{}) : void()), ...);
-  }
-  (std::make_integer_sequence<int, kMax>{});
+using PanelOf = std::conditional_t < requires {
+  LCodes<Block>::kOffset;
 }
+, LPanel8, KPanel8 > ;
 
 // One 8-row half (n_rows 1..8) of a panel: each K chunk repacked (codes row by row, then
 // transposed 8 dwords of each row at a time), then every token tile.
 template <typename Block>
 void gemm_half(size_t cols, const std::byte* w, size_t w_row_bytes, int n_rows,
                const std::byte* act, size_t act_stride, size_t m, float* y, size_t y_stride) {
-  using Panel = typename Family<Block>::Panel;
+  using Panel = PanelOf<Block>;
   constexpr int kBlockCols = sizeof(Panel::codes) / kHalfRows;  // a block's codes
   constexpr int kChunk = kChunkCols / kBlockCols;
   Panel panel[kChunk];
@@ -309,14 +296,15 @@ void gemm_half(size_t cols, const std::byte* w, size_t w_row_bytes, int n_rows,
     const bool first = kb0 == 0;
     size_t t0 = 0;
     for (; t0 + kTile <= m; t0 += kTile) {
-      Family<Block>::template tile<kTile>(panel, nb, act + t0 * act_stride, act_stride, kb0,
-                                          y + t0 * y_stride, y_stride, mask, first);
+      panel_tile<Block, kTile>(panel, nb, act + t0 * act_stride, act_stride, kb0, y + t0 * y_stride,
+                               y_stride, mask, first);
     }
-    with_token_count<kTile - 1>(m - t0, [&](auto nt) {
-      Family<Block>::template tile<decltype(nt)::value>(panel, nb, act + t0 * act_stride,
-                                                        act_stride, kb0, y + t0 * y_stride,
-                                                        y_stride, mask, first);
-    });
+    if (t0 < m) {  // the last 1..3 tokens
+      with_tile_size<1, kTile - 1>(static_cast<int>(m - t0), [&](auto nt) {
+        panel_tile<Block, decltype(nt)::value>(panel, nb, act + t0 * act_stride, act_stride, kb0,
+                                               y + t0 * y_stride, y_stride, mask, first);
+      });
+    }
   }
 }
 
