@@ -19,6 +19,10 @@
 // rows per instruction, where the dot kernels spend one per row.
 // 16-row panels (kGemmPanelRows) run as two 8-row halves.
 //
+// Decode: the same sums from panels pre-packed at load (every type but Q5_K; see "Pre-packed
+// K panels" below), read directly for a lone token, where the per-row dot kernels are bound
+// by arithmetic on such a CPU.
+//
 // Compiled only when the build targets AVX2+FMA+F16C; gemm_kernel_avx2 also checks the
 // running CPU once.
 #include "kernels/dot.h"
@@ -50,6 +54,7 @@ inline __m256i broadcast32(const void* p) {
   std::memcpy(&v, p, 4);
   return _mm256_set1_epi32(v);
 }
+inline void store(void* p, __m256i v) { _mm256_store_si256(static_cast<__m256i*>(p), v); }
 
 // A tile's start: token t's activation blocks from block kb0 on, and its running sums (zero
 // where the chunk starts them, else what y holds, for the rows in `mask`). tile_end stores them.
@@ -260,6 +265,29 @@ using PanelOf = std::conditional_t < requires {
 }
 , LPanel8, KPanel8 > ;
 
+// Every token tile over nb blocks of a repacked chunk that starts at block kb0.
+template <typename Block, typename Panel>
+void run_tiles(const Panel* panel, int nb, const std::byte* act, size_t act_stride, size_t kb0,
+               size_t m, float* y, size_t y_stride, __m256i mask) {
+  const bool first = kb0 == 0;
+  size_t t0 = 0;
+  for (; t0 + kTile <= m; t0 += kTile) {
+    panel_tile<Block, kTile>(panel, nb, act + t0 * act_stride, act_stride, kb0, y + t0 * y_stride,
+                             y_stride, mask, first);
+  }
+  if (t0 < m) {  // the last 1..3 tokens
+    with_tile_size<1, kTile - 1>(static_cast<int>(m - t0), [&](auto nt) {
+      panel_tile<Block, decltype(nt)::value>(panel, nb, act + t0 * act_stride, act_stride, kb0,
+                                             y + t0 * y_stride, y_stride, mask, first);
+    });
+  }
+}
+
+// Lanes of the rows < n_rows (of 8).
+inline __m256i row_mask(int n_rows) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n_rows), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
 // One 8-row half (n_rows 1..8) of a panel: each K chunk repacked (codes row by row, then
 // transposed 8 dwords of each row at a time), then every token tile.
 template <typename Block>
@@ -271,9 +299,7 @@ void gemm_half(size_t cols, const std::byte* w, size_t w_row_bytes, int n_rows,
   Panel panel[kChunk];
   alignas(32) uint8_t row_codes[kHalfRows][kChunkCols];
   const size_t n_blocks = cols / kBlockCols;
-  alignas(32) int32_t lanes[kHalfRows];
-  for (int r = 0; r < kHalfRows; ++r) lanes[r] = r < n_rows ? -1 : 0;
-  const __m256i mask = _mm256_load_si256(reinterpret_cast<const __m256i*>(lanes));
+  const __m256i mask = row_mask(n_rows);
   for (size_t kb0 = 0; kb0 < n_blocks; kb0 += kChunk) {
     const int nb = static_cast<int>(min_size(kChunk, n_blocks - kb0));
     if (n_rows < kHalfRows) {
@@ -293,18 +319,7 @@ void gemm_half(size_t cols, const std::byte* w, size_t w_row_bytes, int n_rows,
         transpose_8x8(&row_codes[0][i * kBlockCols + 32 * q], kChunkCols, dst);
       }
     }
-    const bool first = kb0 == 0;
-    size_t t0 = 0;
-    for (; t0 + kTile <= m; t0 += kTile) {
-      panel_tile<Block, kTile>(panel, nb, act + t0 * act_stride, act_stride, kb0, y + t0 * y_stride,
-                               y_stride, mask, first);
-    }
-    if (t0 < m) {  // the last 1..3 tokens
-      with_tile_size<1, kTile - 1>(static_cast<int>(m - t0), [&](auto nt) {
-        panel_tile<Block, decltype(nt)::value>(panel, nb, act + t0 * act_stride, act_stride, kb0,
-                                               y + t0 * y_stride, y_stride, mask, first);
-      });
-    }
+    run_tiles<Block>(panel, nb, act, act_stride, kb0, m, y, y_stride, mask);
   }
 }
 
@@ -316,6 +331,405 @@ void gemm_panel(size_t cols, const std::byte* w, size_t w_row_bytes, int n_rows,
     const int rows = n_rows - r0 < kHalfRows ? n_rows - r0 : kHalfRows;
     gemm_half<Block>(cols, w + static_cast<size_t>(r0) * w_row_bytes, w_row_bytes, rows, act,
                      act_stride, m, y + r0, y_stride);
+  }
+}
+
+// ---- Pre-packed K panels (decode) ------------------------------------------------------
+//
+// Without VNNI a lone token's dot products are bound by arithmetic, not memory: the per-row
+// AVX2 dot kernels read Q4_K at ~35 GB/s from the L3 as from DRAM (kiln-kernel-bench
+// matvec/q4_K under KILN_ISA=avx2). These panels are packed once at load (like the AVX-512
+// ones) so that a token's products go through the same int16 pair sums and one widening
+// vpmaddwd per sub-block as the GEMM above, with each activation broadcast serving 16 rows.
+// One 16-row super-block after another, both 8-row halves side by side in every 64-byte line,
+// the small fields first so a super-block streams ascending. A lone token reads them
+// directly (packed_row); more tokens unpack each chunk into the GEMM's KPanel8 and run its
+// tiles, so every m gives the GEMM's results bit for bit.
+template <typename Block>
+struct KPacked8;
+
+// Pair of the int16 lanes (v, v) per row from 8 bytes (one per row), zero-extended.
+inline __m256i dup_u8_pairs(const uint8_t* p) {
+  const __m256i control = _mm256_setr_epi8(0, -1, 0, -1, 1, -1, 1, -1, 2, -1, 2, -1, 3, -1, 3, -1,
+                                           4, -1, 4, -1, 5, -1, 5, -1, 6, -1, 6, -1, 7, -1, 7, -1);
+  int64_t v;
+  std::memcpy(&v, p, 8);
+  return _mm256_shuffle_epi8(_mm256_set1_epi64x(v), control);
+}
+
+template <>
+struct KPacked8<block_q4_K> {
+  // 2368 bytes a 16-row super-block (the blocks' 2304 with scales and mins as bytes: +2.8%,
+  // for 2 instructions a sub-block where the 6-bit fields would take 7):
+  //   scales, mins [2 halves][8 sub-blocks][8 rows] u8; d, dmin [16 rows] fp16;
+  //   codes [32][2 halves][8 rows][4]: vector 8c + k holds qs[32c + 4k, +4) of each row; its
+  //   low nibbles are group 16c + k (sub-block 2c), its high nibbles group 16c + 8 + k.
+  static constexpr size_t kScales = 0, kMins = 128, kD = 256, kDmin = 288, kCodes = 320;
+  static constexpr size_t kBytes = 2368;
+  static void pack(const block_q4_K& b, int r, uint8_t* sb) {
+    const int h = r / kHalfRows, rr = r % kHalfRows;
+    for (int c = 0; c < 4; ++c) {
+      for (int k = 0; k < 8; ++k) {
+        std::memcpy(sb + kCodes + 64 * (8 * c + k) + 32 * h + 4 * rr, b.qs + 32 * c + 4 * k, 4);
+      }
+    }
+    for (int s = 0; s < 8; ++s) {
+      int scale, min;
+      scale_min_k4(s, b.scales, scale, min);
+      sb[kScales + 64 * h + 8 * s + rr] = static_cast<uint8_t>(scale);
+      sb[kMins + 64 * h + 8 * s + rr] = static_cast<uint8_t>(min);
+    }
+    std::memcpy(sb + kD + 2 * r, &b.d, 2);
+    std::memcpy(sb + kDmin + 2 * r, &b.dmin, 2);
+  }
+  // Half h as the GEMM's KPanel8 (what pack_row and the transpose make of the blocks).
+  static void unpack(const uint8_t* sb, int h, KPanel8& p) {
+    const __m256i low_mask = _mm256_set1_epi8(0x0F);
+    for (int c = 0; c < 4; ++c) {
+      for (int k = 0; k < 8; ++k) {
+        const __m256i v = load256(sb + kCodes + 64 * (8 * c + k) + 32 * h);
+        store(p.codes[16 * c + k], _mm256_and_si256(v, low_mask));
+        store(p.codes[16 * c + 8 + k], _mm256_and_si256(_mm256_srli_epi16(v, 4), low_mask));
+      }
+    }
+    for (int s = 0; s < 8; ++s) {
+      store(p.scales[s], dup_u8_pairs(sb + kScales + 64 * h + 8 * s));
+      store(p.mins[s], dup_u8_pairs(sb + kMins + 64 * h + 8 * s));  // min16 2s, 2s + 1: min s
+    }
+    _mm256_store_ps(p.d, _mm256_cvtph_ps(load128(sb + kD + 16 * h)));
+    _mm256_store_ps(p.dmin, _mm256_cvtph_ps(load128(sb + kDmin + 16 * h)));
+  }
+  // sum[h] = sum_s scale_s (codes . a)_s of each row of half h (panel_tile's integers).
+  static void sums(const uint8_t* sb, const block_q8_K& a, __m256i (&sum)[2]) {
+    const __m256i low_mask = _mm256_set1_epi8(0x0F);
+    sum[0] = sum[1] = _mm256_setzero_si256();
+    for (int c = 0; c < 4; ++c) {  // sub-blocks 2c (low nibbles) and 2c + 1 (high)
+      __m256i even[2], odd[2];
+      for (int k = 0; k < 8; ++k) {
+        const __m256i x_even = broadcast32(a.qs + 4 * (16 * c + k));
+        const __m256i x_odd = broadcast32(a.qs + 4 * (16 * c + 8 + k));
+        for (int h = 0; h < 2; ++h) {
+          const __m256i v = load256(sb + kCodes + 64 * (8 * c + k) + 32 * h);
+          const __m256i pe = _mm256_maddubs_epi16(_mm256_and_si256(v, low_mask), x_even);
+          const __m256i po =
+              _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), low_mask), x_odd);
+          even[h] = k == 0 ? pe : _mm256_add_epi16(even[h], pe);
+          odd[h] = k == 0 ? po : _mm256_add_epi16(odd[h], po);
+        }
+      }
+      for (int h = 0; h < 2; ++h) {
+        const uint8_t* scales = sb + kScales + 64 * h + 16 * c;
+        sum[h] = _mm256_add_epi32(sum[h], _mm256_madd_epi16(even[h], dup_u8_pairs(scales)));
+        sum[h] = _mm256_add_epi32(sum[h], _mm256_madd_epi16(odd[h], dup_u8_pairs(scales + 8)));
+      }
+    }
+  }
+  static __m256i min_pair(const uint8_t* sb, int h, int q) {
+    return dup_u8_pairs(sb + kMins + 64 * h + 8 * q);
+  }
+  static __m256 d(const uint8_t* sb, int h) { return _mm256_cvtph_ps(load128(sb + kD + 16 * h)); }
+  static __m256 dmin(const uint8_t* sb, int h) {
+    return _mm256_cvtph_ps(load128(sb + kDmin + 16 * h));
+  }
+};
+
+template <>
+struct KPacked8<block_q6_K> {
+  // 3392 bytes a 16-row super-block (the blocks' 3360, padded to 64):
+  //   scales [2 halves][8 pairs q][8 rows][2] int8: sub-blocks 2q, 2q + 1 of each row;
+  //   d [16 rows] fp16, 32 bytes of padding;
+  //   codes, for element half n and k = 0..7 three vectors of [2 halves][8 rows][4]: ql[64n +
+  //   4k, +4), ql[64n + 32 + 4k, +4) and qh[32n + 4k, +4) of each row. Group 32n + 8i + k
+  //   (sub-block 8n + 2i + k / 4) is the low (i = 0, 1) or high (i = 2, 3) nibbles of the
+  //   first (i even) or second ql vector, with bits 2i, 2i + 1 of the qh vector on top.
+  static constexpr size_t kScales = 0, kD = 256, kCodes = 320;
+  static constexpr size_t kBytes = 3392;
+  static constexpr size_t code_offset(int n, int k, int v, int h) {
+    return kCodes + 192 * (8 * n + k) + 64 * v + 32 * h;
+  }
+  static void pack(const block_q6_K& b, int r, uint8_t* sb) {
+    const int h = r / kHalfRows, rr = r % kHalfRows;
+    for (int n = 0; n < 2; ++n) {
+      for (int k = 0; k < 8; ++k) {
+        std::memcpy(sb + code_offset(n, k, 0, h) + 4 * rr, b.ql + 64 * n + 4 * k, 4);
+        std::memcpy(sb + code_offset(n, k, 1, h) + 4 * rr, b.ql + 64 * n + 32 + 4 * k, 4);
+        std::memcpy(sb + code_offset(n, k, 2, h) + 4 * rr, b.qh + 32 * n + 4 * k, 4);
+      }
+    }
+    for (int s = 0; s < 16; ++s) {
+      sb[kScales + 128 * h + 16 * (s / 2) + 2 * rr + s % 2] = static_cast<uint8_t>(b.scales[s]);
+    }
+    std::memcpy(sb + kD + 2 * r, &b.d, 2);
+  }
+  // Code vector (q + 32, unsigned) of group 32n + 8i + k of half h.
+  static __m256i codes(const uint8_t* sb, int n, int i, int k, int h) {
+    const __m256i ql = load256(sb + code_offset(n, k, i % 2, h));
+    const __m256i low =
+        _mm256_and_si256(i >= 2 ? _mm256_srli_epi16(ql, 4) : ql, _mm256_set1_epi8(0x0F));
+    const __m256i qh = load256(sb + code_offset(n, k, 2, h));
+    const __m256i top = i == 0   ? _mm256_slli_epi16(qh, 4)
+                        : i == 1 ? _mm256_slli_epi16(qh, 2)
+                        : i == 2 ? qh
+                                 : _mm256_srli_epi16(qh, 2);
+    return _mm256_or_si256(low, _mm256_and_si256(top, _mm256_set1_epi8(0x30)));
+  }
+  // int16 (scale 2q, scale 2q + 1) of each row of half h.
+  static __m256i scale_pair(const uint8_t* sb, int h, int q) {
+    return _mm256_cvtepi8_epi16(load128(sb + kScales + 128 * h + 16 * q));
+  }
+  // (scale s, scale s) of each row, from scale_pair(q = s / 2).
+  static __m256i scale_dup(__m256i pair, int s) {
+    return s % 2 == 0 ? _mm256_blend_epi16(pair, _mm256_slli_epi32(pair, 16), 0xAA)
+                      : _mm256_blend_epi16(_mm256_srli_epi32(pair, 16), pair, 0xAA);
+  }
+  static void unpack(const uint8_t* sb, int h, KPanel8& p) {
+    for (int n = 0; n < 2; ++n) {
+      for (int i = 0; i < 4; ++i) {
+        for (int k = 0; k < 8; ++k) store(p.codes[32 * n + 8 * i + k], codes(sb, n, i, k, h));
+      }
+    }
+    for (int q = 0; q < 8; ++q) {
+      const __m256i pair = scale_pair(sb, h, q);
+      store(p.scales[2 * q], scale_dup(pair, 0));
+      store(p.scales[2 * q + 1], scale_dup(pair, 1));
+      store(p.mins[q], _mm256_slli_epi16(pair, 5));  // min16 = 32 scale
+    }
+    _mm256_store_ps(p.d, d(sb, h));
+    _mm256_store_ps(p.dmin, d(sb, h));
+  }
+  static void sums(const uint8_t* sb, const block_q8_K& a, __m256i (&sum)[2]) {
+    sum[0] = sum[1] = _mm256_setzero_si256();
+    for (int n = 0; n < 2; ++n) {
+      for (int i = 0; i < 4; ++i) {  // sub-blocks 8n + 2i (k < 4) and 8n + 2i + 1
+        __m256i pair_scales[2];
+        for (int h = 0; h < 2; ++h) pair_scales[h] = scale_pair(sb, h, 4 * n + i);
+        for (int k = 0; k < 8; k += 2) {  // kSum16 = 2 groups in int16
+          const int g = 32 * n + 8 * i + k;
+          const __m256i x0 = broadcast32(a.qs + 4 * g), x1 = broadcast32(a.qs + 4 * g + 4);
+          for (int h = 0; h < 2; ++h) {
+            const __m256i pairs =
+                _mm256_add_epi16(_mm256_maddubs_epi16(codes(sb, n, i, k, h), x0),
+                                 _mm256_maddubs_epi16(codes(sb, n, i, k + 1, h), x1));
+            sum[h] = _mm256_add_epi32(sum[h],
+                                      _mm256_madd_epi16(pairs, scale_dup(pair_scales[h], k / 4)));
+          }
+        }
+      }
+    }
+  }
+  static __m256i min_pair(const uint8_t* sb, int h, int q) {
+    return _mm256_slli_epi16(scale_pair(sb, h, q), 5);
+  }
+  static __m256 d(const uint8_t* sb, int h) { return _mm256_cvtph_ps(load128(sb + kD + 16 * h)); }
+  static __m256 dmin(const uint8_t* sb, int h) { return d(sb, h); }
+};
+
+template <typename Block>
+size_t packed_bytes(size_t cols) {
+  return cols / QK_K * KPacked8<Block>::kBytes;
+}
+
+// GemmPackFn: rows 0..n_rows - 1 of w into one packed 16-row panel (absent rows zero).
+template <typename Block>
+void pack_panel(size_t cols, const std::byte* w, size_t w_row_bytes, int n_rows, std::byte* panel) {
+  const size_t n_blocks = cols / QK_K;
+  auto* out = reinterpret_cast<uint8_t*>(panel);
+  std::memset(out, 0, packed_bytes<Block>(cols));
+  for (int r = 0; r < n_rows; ++r) {
+    const auto* blocks = reinterpret_cast<const Block*>(w + static_cast<size_t>(r) * w_row_bytes);
+    for (size_t i = 0; i < n_blocks; ++i) {
+      KPacked8<Block>::pack(blocks[i], r, out + i * KPacked8<Block>::kBytes);
+    }
+  }
+}
+
+// One token over a whole packed panel, both halves at once: panel_tile's integer sums and
+// float steps for NT = 1, so y is the GEMM's bit for bit.
+template <typename Block>
+void packed_row(size_t cols, const uint8_t* panel, int n_rows, const block_q8_K* a, float* y) {
+  using P = KPacked8<Block>;
+  const __m256i mask[2] = {row_mask(n_rows), row_mask(n_rows - kHalfRows)};
+  __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+  for (size_t i = 0; i < cols / QK_K; ++i) {
+    const uint8_t* sb = panel + i * P::kBytes;
+    __m256i sum[2];
+    P::sums(sb, a[i], sum);
+    __m256i min_sum[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+    for (int q = 0; q < 8; ++q) {
+      const __m256i bsums = broadcast32(a[i].bsums + 2 * q);
+      for (int h = 0; h < 2; ++h) {
+        min_sum[h] = _mm256_add_epi32(min_sum[h], _mm256_madd_epi16(P::min_pair(sb, h, q), bsums));
+      }
+    }
+    const __m256 da = _mm256_set1_ps(a[i].d);
+    for (int h = 0; h < 2; ++h) {  // acc += d da main - dmin da min
+      acc[h] = _mm256_fmadd_ps(_mm256_mul_ps(P::d(sb, h), da), _mm256_cvtepi32_ps(sum[h]), acc[h]);
+      acc[h] = _mm256_fnmadd_ps(_mm256_mul_ps(P::dmin(sb, h), da), _mm256_cvtepi32_ps(min_sum[h]),
+                                acc[h]);
+    }
+  }
+  _mm256_maskstore_ps(y, mask[0], acc[0]);
+  _mm256_maskstore_ps(y + kHalfRows, mask[1], acc[1]);
+}
+
+// ---- Pre-packed legacy panels (decode) ---------------------------------------------------
+//
+// As the K panels above, for the 32-element types: one 16-row block after another, each
+// exactly the 16 blocks' bytes, both 8-row halves side by side:
+//   d [16 rows] fp16; m [16] fp16 (Q4_1, Q5_1);
+//   fifth bits [2 halves][8 rows][4] (Q5_0, Q5_1): bit g of byte e is element 4g + e's;
+//   codes: Q8_0 [8 groups][2 halves][8 rows][4] int8 q; the nibble types [4][2][8][4]:
+//   vector k holds qs[4k, +4) of each row, its low nibbles group k, its high group k + 4.
+// Records are not 64-byte aligned (18-34 bytes a row); the panel is padded to 64.
+template <typename Block>
+struct LPacked8 {
+  static constexpr bool kSigned = kSignedCodes<Block>;
+  static constexpr bool kMin = requires(const Block& b) { b.m; };
+  static constexpr bool kFifth = requires(const Block& b) { b.qh; };
+  static constexpr size_t kD = 0, kM = 32, kFifthBits = kM + (kMin ? 32 : 0);
+  static constexpr size_t kCodes = kFifthBits + (kFifth ? 64 : 0);
+  static constexpr size_t kBytes = kCodes + (kSigned ? 512 : 256);  // one 16-row block
+
+  static void pack(const Block& b, int r, uint8_t* rec) {
+    const int h = r / kHalfRows, rr = r % kHalfRows;
+    std::memcpy(rec + kD + 2 * r, &b.d, 2);
+    if constexpr (kMin) std::memcpy(rec + kM + 2 * r, &b.m, 2);
+    if constexpr (kSigned) {
+      for (int g = 0; g < 8; ++g)
+        std::memcpy(rec + kCodes + 64 * g + 32 * h + 4 * rr, b.qs + 4 * g, 4);
+    } else {
+      for (int k = 0; k < 4; ++k)
+        std::memcpy(rec + kCodes + 64 * k + 32 * h + 4 * rr, b.qs + 4 * k, 4);
+    }
+    if constexpr (kFifth) {
+      uint32_t qh;
+      std::memcpy(&qh, b.qh, 4);
+      for (int e = 0; e < 4; ++e) {
+        uint8_t bits = 0;
+        for (int g = 0; g < 8; ++g) bits |= static_cast<uint8_t>(((qh >> (4 * g + e)) & 1) << g);
+        rec[kFifthBits + 32 * h + 4 * rr + e] = bits;
+      }
+    }
+  }
+  // Code vector of group g, half h: q (Q8_0) or q + offset (unsigned).
+  static __m256i codes(const uint8_t* rec, int g, int h) {
+    if constexpr (kSigned) {
+      return load256(rec + kCodes + 64 * g + 32 * h);
+    } else {
+      const __m256i v = load256(rec + kCodes + 64 * (g % 4) + 32 * h);
+      __m256i c = _mm256_and_si256(g < 4 ? v : _mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0F));
+      if constexpr (kFifth) {
+        const __m256i f = load256(rec + kFifthBits + 32 * h);
+        const __m256i bit = g <= 4 ? _mm256_slli_epi16(f, 4 - g) : _mm256_srli_epi16(f, g - 4);
+        c = _mm256_or_si256(c, _mm256_and_si256(bit, _mm256_set1_epi8(0x10)));
+      }
+      return c;
+    }
+  }
+  static __m256 d(const uint8_t* rec, int h) { return _mm256_cvtph_ps(load128(rec + kD + 16 * h)); }
+  // LPanel8::c: m, or -offset d (computed as pack_row does).
+  static __m256 c(const uint8_t* rec, int h) {
+    if constexpr (kMin) return _mm256_cvtph_ps(load128(rec + kM + 16 * h));
+    return _mm256_mul_ps(_mm256_set1_ps(-static_cast<float>(kOffset<Block>)), d(rec, h));
+  }
+  static void unpack(const uint8_t* rec, int h, LPanel8& p) {
+    for (int g = 0; g < 8; ++g) store(p.codes[g], codes(rec, g, h));
+    _mm256_store_ps(p.d, d(rec, h));
+    _mm256_store_ps(p.c, c(rec, h));
+  }
+};
+
+template <typename Block>
+size_t l_packed_bytes(size_t cols) {
+  return (cols / QK8_0 * LPacked8<Block>::kBytes + 63) / 64 * 64;
+}
+
+template <typename Block>
+void l_pack_panel(size_t cols, const std::byte* w, size_t w_row_bytes, int n_rows,
+                  std::byte* panel) {
+  const size_t n_blocks = cols / QK8_0;
+  auto* out = reinterpret_cast<uint8_t*>(panel);
+  std::memset(out, 0, l_packed_bytes<Block>(cols));
+  for (int r = 0; r < n_rows; ++r) {
+    const auto* blocks = reinterpret_cast<const Block*>(w + static_cast<size_t>(r) * w_row_bytes);
+    for (size_t i = 0; i < n_blocks; ++i) {
+      LPacked8<Block>::pack(blocks[i], r, out + i * LPacked8<Block>::kBytes);
+    }
+  }
+}
+
+// One token over a whole packed legacy panel, both halves at once (panel_tile's steps, NT 1).
+template <typename Block>
+void l_packed_row(size_t cols, const uint8_t* panel, int n_rows, const block_q8_act* a, float* y) {
+  using P = LPacked8<Block>;
+  constexpr int kSum = kLSum16<Block>;
+  const __m256i ones = _mm256_set1_epi16(1);
+  const __m256i mask[2] = {row_mask(n_rows), row_mask(n_rows - kHalfRows)};
+  __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+  for (size_t i = 0; i < cols / QK8_0; ++i) {
+    const uint8_t* rec = panel + i * P::kBytes;
+    __m256i sum[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+    for (int g0 = 0; g0 < QK8_0 / 4; g0 += kSum) {
+      __m256i pairs[2];
+      for (int k = 0; k < kSum; ++k) {
+        const __m256i x = broadcast32(a[i].qs + 4 * (g0 + k));
+        for (int h = 0; h < 2; ++h) {
+          const __m256i w = P::codes(rec, g0 + k, h);
+          const __m256i prod =
+              P::kSigned ? _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w))
+                         : _mm256_maddubs_epi16(w, x);
+          pairs[h] = k == 0 ? prod : _mm256_add_epi16(pairs[h], prod);
+        }
+      }
+      for (int h = 0; h < 2; ++h)
+        sum[h] = _mm256_add_epi32(sum[h], _mm256_madd_epi16(pairs[h], ones));
+    }
+    const __m256 da = _mm256_set1_ps(a[i].d), s = _mm256_set1_ps(a[i].s);
+    for (int h = 0; h < 2; ++h) {
+      const __m256 d = P::d(rec, h);
+      if constexpr (kOffset<Block> != 0) {  // acc += d (da sum - offset s)
+        const __m256 inner =
+            _mm256_fmadd_ps(da, _mm256_cvtepi32_ps(sum[h]),
+                            _mm256_mul_ps(_mm256_set1_ps(-static_cast<float>(kOffset<Block>)), s));
+        acc[h] = _mm256_fmadd_ps(d, inner, acc[h]);
+      } else {  // acc += d da sum + c s
+        acc[h] = _mm256_fmadd_ps(_mm256_mul_ps(d, da), _mm256_cvtepi32_ps(sum[h]), acc[h]);
+        acc[h] = _mm256_fmadd_ps(P::c(rec, h), s, acc[h]);
+      }
+    }
+  }
+  _mm256_maskstore_ps(y, mask[0], acc[0]);
+  _mm256_maskstore_ps(y + kHalfRows, mask[1], acc[1]);
+}
+
+// GemmPackedFn: one token from the packed panel directly; more tokens through the GEMM's
+// tiles, each chunk of each half unpacked once.
+template <typename Block>
+void packed_panel(size_t cols, const std::byte* panel, int n_rows, const std::byte* act,
+                  size_t act_stride, size_t m, float* y, size_t y_stride) {
+  constexpr bool kLegacy = requires { LCodes<Block>::kOffset; };
+  using P = std::conditional_t<kLegacy, LPacked8<Block>, KPacked8<Block>>;
+  using Panel = PanelOf<Block>;
+  constexpr size_t kBlockCols = kLegacy ? QK8_0 : QK_K;
+  const auto* p = reinterpret_cast<const uint8_t*>(panel);
+  if (m == 1) {
+    if constexpr (kLegacy) {
+      l_packed_row<Block>(cols, p, n_rows, reinterpret_cast<const block_q8_act*>(act), y);
+    } else {
+      packed_row<Block>(cols, p, n_rows, reinterpret_cast<const block_q8_K*>(act), y);
+    }
+    return;
+  }
+  constexpr int kChunk = kChunkCols / kBlockCols;
+  Panel chunk[kChunk];
+  const size_t n_blocks = cols / kBlockCols;
+  for (int h = 0; h * kHalfRows < n_rows; ++h) {
+    const __m256i mask = row_mask(n_rows - h * kHalfRows);
+    for (size_t kb0 = 0; kb0 < n_blocks; kb0 += kChunk) {
+      const int nb = static_cast<int>(min_size(kChunk, n_blocks - kb0));
+      for (int i = 0; i < nb; ++i) P::unpack(p + (kb0 + i) * P::kBytes, h, chunk[i]);
+      run_tiles<Block>(chunk, nb, act, act_stride, kb0, m, y + h * kHalfRows, y_stride, mask);
+    }
   }
 }
 
@@ -334,22 +748,81 @@ GemmKernel gemm_kernel_avx2(GgmlType type) {
   if (!cpu_has_avx2_fma_f16c()) return {};
   constexpr const char* isa = "avx2";
   switch (type) {
+    // Every type but Q5_K has pre-packed panels, which serve decode (packed_fast_alone).
+    // `small` is the GEMM itself, for the engine's batching contract: weights without panels
+    // decode on the dot kernels, as the twin is not fast alone.
     case GgmlType::Q4_K:
-      return {ActFormat::Q8_K, gemm_panel<block_q4_K>, isa};
+      return {ActFormat::Q8_K,
+              gemm_panel<block_q4_K>,
+              isa,
+              gemm_panel<block_q4_K>,
+              false,
+              packed_bytes<block_q4_K>,
+              pack_panel<block_q4_K>,
+              packed_panel<block_q4_K>,
+              true};
     case GgmlType::Q5_K:
       return {ActFormat::Q8_K, gemm_panel<block_q5_K>, isa};
     case GgmlType::Q6_K:
-      return {ActFormat::Q8_K, gemm_panel<block_q6_K>, isa};
+      return {ActFormat::Q8_K,
+              gemm_panel<block_q6_K>,
+              isa,
+              gemm_panel<block_q6_K>,
+              false,
+              packed_bytes<block_q6_K>,
+              pack_panel<block_q6_K>,
+              packed_panel<block_q6_K>,
+              true};
     case GgmlType::Q4_0:
-      return {ActFormat::Q8_act, gemm_panel<block_q4_0>, isa};
+      return {ActFormat::Q8_act,
+              gemm_panel<block_q4_0>,
+              isa,
+              gemm_panel<block_q4_0>,
+              false,
+              l_packed_bytes<block_q4_0>,
+              l_pack_panel<block_q4_0>,
+              packed_panel<block_q4_0>,
+              true};
     case GgmlType::Q4_1:
-      return {ActFormat::Q8_act, gemm_panel<block_q4_1>, isa};
+      return {ActFormat::Q8_act,
+              gemm_panel<block_q4_1>,
+              isa,
+              gemm_panel<block_q4_1>,
+              false,
+              l_packed_bytes<block_q4_1>,
+              l_pack_panel<block_q4_1>,
+              packed_panel<block_q4_1>,
+              true};
     case GgmlType::Q5_0:
-      return {ActFormat::Q8_act, gemm_panel<block_q5_0>, isa};
+      return {ActFormat::Q8_act,
+              gemm_panel<block_q5_0>,
+              isa,
+              gemm_panel<block_q5_0>,
+              false,
+              l_packed_bytes<block_q5_0>,
+              l_pack_panel<block_q5_0>,
+              packed_panel<block_q5_0>,
+              true};
     case GgmlType::Q5_1:
-      return {ActFormat::Q8_act, gemm_panel<block_q5_1>, isa};
+      return {ActFormat::Q8_act,
+              gemm_panel<block_q5_1>,
+              isa,
+              gemm_panel<block_q5_1>,
+              false,
+              l_packed_bytes<block_q5_1>,
+              l_pack_panel<block_q5_1>,
+              packed_panel<block_q5_1>,
+              true};
     case GgmlType::Q8_0:
-      return {ActFormat::Q8_act, gemm_panel<block_q8_0>, isa};
+      return {ActFormat::Q8_act,
+              gemm_panel<block_q8_0>,
+              isa,
+              gemm_panel<block_q8_0>,
+              false,
+              l_packed_bytes<block_q8_0>,
+              l_pack_panel<block_q8_0>,
+              packed_panel<block_q8_0>,
+              true};
     default:
       return {};
   }

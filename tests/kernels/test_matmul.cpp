@@ -452,11 +452,7 @@ TEST_P(GemmTest, SmallPanelIsBitIdenticalToGemm) {
 
 // Pre-packed panels must give the GEMM's results bit for bit for every m (so packing at load
 // changes no logits), and the packer must stay inside its panel.
-TEST_P(GemmTest, PackedPanelIsBitIdenticalToGemm) {
-  const GgmlType type = GetParam();
-  const GemmKernel kernel = gemm_kernel_avx512(type);
-  if (kernel.pack == nullptr)
-    GTEST_SKIP() << "no pre-packed panels for this type on this build/CPU";
+void check_packed_like_gemm(const GemmKernel& kernel, GgmlType type) {
   ASSERT_NE(kernel.packed, nullptr);
   std::mt19937 rng(14);
   const size_t block = traits(type).block_elements;
@@ -488,8 +484,9 @@ TEST_P(GemmTest, PackedPanelIsBitIdenticalToGemm) {
               continue;
             }
             ASSERT_EQ(std::bit_cast<uint32_t>(y_packed[i]), std::bit_cast<uint32_t>(y_gemm[i]))
-                << type_name(type) << " rows " << n_rows << " cols " << cols << " m " << m
-                << " row " << r << " token " << t << ": " << y_packed[i] << " vs " << y_gemm[i];
+                << kernel.isa << " " << type_name(type) << " rows " << n_rows << " cols " << cols
+                << " m " << m << " row " << r << " token " << t << ": " << y_packed[i] << " vs "
+                << y_gemm[i];
           }
         }
       }
@@ -497,17 +494,25 @@ TEST_P(GemmTest, PackedPanelIsBitIdenticalToGemm) {
   }
 }
 
+TEST_P(GemmTest, PackedPanelIsBitIdenticalToGemm) {
+  const GgmlType type = GetParam();
+  bool any = false;
+  for (const GemmKernel& kernel : {gemm_kernel_avx512(type), gemm_kernel_avx2(type)}) {
+    if (kernel.pack == nullptr) continue;
+    any = true;
+    SCOPED_TRACE(kernel.isa);
+    check_packed_like_gemm(kernel, type);
+  }
+  if (!any) GTEST_SKIP() << "no pre-packed panels for this type on this build/CPU";
+}
+
 // matmul and matmul_group given a weight's packed panels give what they give from its
 // blocks alone, for every m, batch policy and thread count (the panels stand in for the
 // GEMM and its twin; the dot kernels stay where they were).
-TEST_P(GemmTest, MatmulReadsPackedPanelsLikeTheBlocks) {
-  const GgmlType type = GetParam();
+void check_matmul_reads_packed_panels(GgmlType type) {
   const size_t block = traits(type).block_elements;
   const size_t cols = block == 256 ? 3 * 256 : 19 * 32;
   const size_t rows = 50;
-  if (packed_panels_bytes(type, rows, cols) == 0) {
-    GTEST_SKIP() << "no pre-packed panels for this type on this build/CPU";
-  }
   std::mt19937 rng(15);
   const auto data = random_weights(type, rows, cols, rng);
   for (int threads : {1, 2, 3}) {
@@ -554,6 +559,19 @@ TEST_P(GemmTest, MatmulReadsPackedPanelsLikeTheBlocks) {
   const WeightMatrix short_panels{type, data, rows, cols,
                                   std::span<const std::byte>(data).first(64)};
   EXPECT_THROW(packed_panel_kernel(short_panels, ActPrecision::int8), std::invalid_argument);
+}
+
+TEST_P(GemmTest, MatmulReadsPackedPanelsLikeTheBlocks) {
+  const GgmlType type = GetParam();
+  bool any = false;
+  for (Isa isa : {Isa::Avx512, Isa::Avx2}) {
+    const ScopedIsaLimit limit(isa);
+    if (packed_panels_bytes(type, 50, 768) == 0) continue;
+    any = true;
+    SCOPED_TRACE(gemm_kernel(type).isa);
+    check_matmul_reads_packed_panels(type);
+  }
+  if (!any) GTEST_SKIP() << "no pre-packed panels for this type on this build/CPU";
 }
 
 TEST_P(GemmTest, MatmulAgreesOnEveryIsaPath) {
@@ -612,7 +630,10 @@ TEST(Gemm, IsaLimitSelectsKernels) {
     const ScopedIsaLimit limit(Isa::Avx2);
     EXPECT_EQ(gemm_kernel(GgmlType::Q4_K).fn, gemm_kernel_avx2(GgmlType::Q4_K).fn);
     EXPECT_EQ(gemm_kernel(GgmlType::Q8_0).fn, gemm_kernel_avx2(GgmlType::Q8_0).fn);
-    EXPECT_EQ(gemm_kernel(GgmlType::Q4_K).small, nullptr);  // decode stays on the dot kernels
+    // Pre-packed panels for every type but Q5_K (which decodes on the dot kernels).
+    EXPECT_EQ(gemm_kernel(GgmlType::Q4_K).pack != nullptr,
+              gemm_kernel(GgmlType::Q4_K).fn != nullptr);
+    EXPECT_EQ(gemm_kernel(GgmlType::Q5_K).pack, nullptr);
     if (dot_kernel_avx2(GgmlType::Q4_K).fn != nullptr) {
       EXPECT_STREQ(dot_kernel(GgmlType::Q4_K).isa, "avx2");
     }
