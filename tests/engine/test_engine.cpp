@@ -377,7 +377,11 @@ TEST(EngineLongContext, SplitAndTiledAttentionMatchOracleAndEachOther) {
   }
   EXPECT_LT(worst_ref, 2e-2);
   EXPECT_LT(worst_tiled_ref, 2e-2);
-  EXPECT_LT(worst_pair, 1e-3);
+  // Lone rows and prompt pieces also take different matmul kernels (dot products against
+  // GEMM panels), whose float rounding orders differ: worst pair 7.9e-4 with the AVX-512 and
+  // portable kernels, 1.4e-3 under KILN_ISA=avx2; an error in the split's merge would be of
+  // the order of the oracle bound or more.
+  EXPECT_LT(worst_pair, 2e-3);
   fs::remove(tiny.path);
 }
 
