@@ -293,29 +293,46 @@ void check_panel_on(const GemmKernel& kernel, GgmlType type, int n_rows, size_t 
     quantize_act_row(kernel.act, row, std::span(act).subspan(t * stride, stride));
     seen.push_back(activation_as_seen(kernel.act, row));
   }
-  constexpr float kSentinel = -5.5e6f;
-  const size_t y_stride = static_cast<size_t>(n_rows) + 3;
-  std::vector<float> y(m * y_stride + 16, kSentinel);
-  const size_t rb = row_bytes(type, cols);
-  kernel.fn(cols, w.data(), rb, n_rows, act.data(), stride, m, y.data(), y_stride);
-  std::vector<float> w_deq(cols);
-  for (int r = 0; r < n_rows; ++r) {
-    dequantize_row(type, std::span(w).subspan(static_cast<size_t>(r) * rb, rb), w_deq);
+  // The GEMM from the blocks, then (where the kernel has them) from pre-packed panels.
+  std::vector<std::byte> panel_storage;
+  std::byte* panel = nullptr;
+  if (kernel.pack != nullptr) {
+    panel_storage.resize(kernel.packed_bytes(cols) + 64);
+    const size_t pad = (64 - reinterpret_cast<uintptr_t>(panel_storage.data()) % 64) % 64;
+    panel = panel_storage.data() + pad;
+    kernel.pack(cols, w.data(), row_bytes(type, cols), n_rows, panel);
+  }
+  for (const bool packed : {false, true}) {
+    if (packed && panel == nullptr) break;
+    SCOPED_TRACE(packed ? "pre-packed panel" : "GEMM");
+    constexpr float kSentinel = -5.5e6f;
+    const size_t y_stride = static_cast<size_t>(n_rows) + 3;
+    std::vector<float> y(m * y_stride + 16, kSentinel);
+    const size_t rb = row_bytes(type, cols);
+    if (packed) {
+      kernel.packed(cols, panel, n_rows, act.data(), stride, m, y.data(), y_stride);
+    } else {
+      kernel.fn(cols, w.data(), rb, n_rows, act.data(), stride, m, y.data(), y_stride);
+    }
+    std::vector<float> w_deq(cols);
+    for (int r = 0; r < n_rows; ++r) {
+      dequantize_row(type, std::span(w).subspan(static_cast<size_t>(r) * rb, rb), w_deq);
+      for (size_t t = 0; t < m; ++t) {
+        const auto ref = reference_dot(w_deq, seen[t]);
+        const float got = y[t * y_stride + static_cast<size_t>(r)];
+        ASSERT_TRUE(std::isfinite(got));
+        ASSERT_NEAR(got, ref.value, tolerance(ref))
+            << type_name(type) << " rows " << n_rows << " cols " << cols << " m " << m << " row "
+            << r << " token " << t;
+      }
+    }
     for (size_t t = 0; t < m; ++t) {
-      const auto ref = reference_dot(w_deq, seen[t]);
-      const float got = y[t * y_stride + static_cast<size_t>(r)];
-      ASSERT_TRUE(std::isfinite(got));
-      ASSERT_NEAR(got, ref.value, tolerance(ref))
-          << type_name(type) << " rows " << n_rows << " cols " << cols << " m " << m << " row " << r
-          << " token " << t;
+      for (size_t r = static_cast<size_t>(n_rows); r < y_stride; ++r) {
+        ASSERT_EQ(y[t * y_stride + r], kSentinel) << "wrote outside the panel, token " << t;
+      }
     }
+    for (size_t i = m * y_stride; i < y.size(); ++i) ASSERT_EQ(y[i], kSentinel) << "wrote past y";
   }
-  for (size_t t = 0; t < m; ++t) {
-    for (size_t r = static_cast<size_t>(n_rows); r < y_stride; ++r) {
-      ASSERT_EQ(y[t * y_stride + r], kSentinel) << "wrote outside the panel, token " << t;
-    }
-  }
-  for (size_t i = m * y_stride; i < y.size(); ++i) ASSERT_EQ(y[i], kSentinel) << "wrote past y";
 }
 
 void check_panel(const GemmKernel& kernel, GgmlType type, int n_rows, size_t cols, size_t m,
@@ -397,7 +414,8 @@ TEST(Gemm, Avx2PanelsExactAtTheirInt16Bound) {
     for (size_t t = 0; t < m; ++t) {
       std::fill_n(x.begin() + static_cast<ptrdiff_t>(t * cols), cols, t % 2 == 0 ? 1.0f : -1.0f);
     }
-    check_panel_on(kernel, type, kRows, cols, m, w, x);
+    // m = 1: the pre-packed panels' lone-token kernel; 6: the GEMM's tiles.
+    for (size_t tokens : {size_t{1}, m}) check_panel_on(kernel, type, kRows, cols, tokens, w, x);
   }
 }
 
