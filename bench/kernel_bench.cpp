@@ -284,7 +284,7 @@ void register_benchmarks() {
   benchmark::RegisterBenchmark("matvec/q8_0/49152x576", bench_matvec, GgmlType::Q8_0, 49152, 576)
       ->UseRealTime();
   for (GgmlType type : {GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q5_0, GgmlType::Q8_0}) {
-    for (size_t m : {1, 8}) {
+    for (size_t m : {1, 2, 3, 8}) {
       for (size_t rows : {256, 5632}) {
         const std::string name = "matvec_packed/" + lower_name(type) + "/" + std::to_string(m) +
                                  "tok/" + std::to_string(rows) + "x2048";

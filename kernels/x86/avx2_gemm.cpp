@@ -399,28 +399,38 @@ struct KPacked8<block_q4_K> {
     _mm256_store_ps(p.d, _mm256_cvtph_ps(load128(sb + kD + 16 * h)));
     _mm256_store_ps(p.dmin, _mm256_cvtph_ps(load128(sb + kDmin + 16 * h)));
   }
-  // sum[h] = sum_s scale_s (codes . a)_s of each row of half h (panel_tile's integers).
-  static void sums(const uint8_t* sb, const block_q8_K& a, __m256i (&sum)[2]) {
+  // sum[h][t] = sum_s scale_s (codes . a_t)_s of each row of half h0 + h (panel_tile's
+  // integers).
+  template <int H, int NT>
+  static void sums(const uint8_t* sb, int h0, const block_q8_K* const (&a)[NT],
+                   __m256i (&sum)[H][NT]) {
     const __m256i low_mask = _mm256_set1_epi8(0x0F);
-    sum[0] = sum[1] = _mm256_setzero_si256();
-    for (int c = 0; c < 4; ++c) {  // sub-blocks 2c (low nibbles) and 2c + 1 (high)
-      __m256i even[2], odd[2];
+    for (int h = 0; h < H; ++h) {
+      for (int t = 0; t < NT; ++t) sum[h][t] = _mm256_setzero_si256();
+    }
+    // Sub-block s = 2c + j: the low (j = 0) or high nibbles of vectors 8c .. 8c + 7, one
+    // sub-block at a time so its int16 sums of H halves x NT tokens fit the registers.
+    for (int s = 0; s < 8; ++s) {
+      const int c = s / 2, j = s % 2;
+      __m256i part[H][NT];
+#pragma GCC unroll 8
       for (int k = 0; k < 8; ++k) {
-        const __m256i x_even = broadcast32(a.qs + 4 * (16 * c + k));
-        const __m256i x_odd = broadcast32(a.qs + 4 * (16 * c + 8 + k));
-        for (int h = 0; h < 2; ++h) {
-          const __m256i v = load256(sb + kCodes + 64 * (8 * c + k) + 32 * h);
-          const __m256i pe = _mm256_maddubs_epi16(_mm256_and_si256(v, low_mask), x_even);
-          const __m256i po =
-              _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), low_mask), x_odd);
-          even[h] = k == 0 ? pe : _mm256_add_epi16(even[h], pe);
-          odd[h] = k == 0 ? po : _mm256_add_epi16(odd[h], po);
+        __m256i x[NT];
+        for (int t = 0; t < NT; ++t) x[t] = broadcast32(a[t]->qs + 4 * (16 * c + 8 * j + k));
+        for (int h = 0; h < H; ++h) {
+          const __m256i v = load256(sb + kCodes + 64 * (8 * c + k) + 32 * (h0 + h));
+          const __m256i code = _mm256_and_si256(j == 0 ? v : _mm256_srli_epi16(v, 4), low_mask);
+          for (int t = 0; t < NT; ++t) {
+            const __m256i prod = _mm256_maddubs_epi16(code, x[t]);
+            part[h][t] = k == 0 ? prod : _mm256_add_epi16(part[h][t], prod);
+          }
         }
       }
-      for (int h = 0; h < 2; ++h) {
-        const uint8_t* scales = sb + kScales + 64 * h + 16 * c;
-        sum[h] = _mm256_add_epi32(sum[h], _mm256_madd_epi16(even[h], dup_u8_pairs(scales)));
-        sum[h] = _mm256_add_epi32(sum[h], _mm256_madd_epi16(odd[h], dup_u8_pairs(scales + 8)));
+      for (int h = 0; h < H; ++h) {
+        const __m256i scale = dup_u8_pairs(sb + kScales + 64 * (h0 + h) + 8 * s);
+        for (int t = 0; t < NT; ++t) {
+          sum[h][t] = _mm256_add_epi32(sum[h][t], _mm256_madd_epi16(part[h][t], scale));
+        }
       }
     }
   }
@@ -497,21 +507,31 @@ struct KPacked8<block_q6_K> {
     _mm256_store_ps(p.d, d(sb, h));
     _mm256_store_ps(p.dmin, d(sb, h));
   }
-  static void sums(const uint8_t* sb, const block_q8_K& a, __m256i (&sum)[2]) {
-    sum[0] = sum[1] = _mm256_setzero_si256();
+  template <int H, int NT>
+  static void sums(const uint8_t* sb, int h0, const block_q8_K* const (&a)[NT],
+                   __m256i (&sum)[H][NT]) {
+    for (int h = 0; h < H; ++h) {
+      for (int t = 0; t < NT; ++t) sum[h][t] = _mm256_setzero_si256();
+    }
     for (int n = 0; n < 2; ++n) {
       for (int i = 0; i < 4; ++i) {  // sub-blocks 8n + 2i (k < 4) and 8n + 2i + 1
-        __m256i pair_scales[2];
-        for (int h = 0; h < 2; ++h) pair_scales[h] = scale_pair(sb, h, 4 * n + i);
+        __m256i pair_scales[H];
+        for (int h = 0; h < H; ++h) pair_scales[h] = scale_pair(sb, h0 + h, 4 * n + i);
         for (int k = 0; k < 8; k += 2) {  // kSum16 = 2 groups in int16
           const int g = 32 * n + 8 * i + k;
-          const __m256i x0 = broadcast32(a.qs + 4 * g), x1 = broadcast32(a.qs + 4 * g + 4);
-          for (int h = 0; h < 2; ++h) {
-            const __m256i pairs =
-                _mm256_add_epi16(_mm256_maddubs_epi16(codes(sb, n, i, k, h), x0),
-                                 _mm256_maddubs_epi16(codes(sb, n, i, k + 1, h), x1));
-            sum[h] = _mm256_add_epi32(sum[h],
-                                      _mm256_madd_epi16(pairs, scale_dup(pair_scales[h], k / 4)));
+          __m256i x0[NT], x1[NT];
+          for (int t = 0; t < NT; ++t) {
+            x0[t] = broadcast32(a[t]->qs + 4 * g);
+            x1[t] = broadcast32(a[t]->qs + 4 * g + 4);
+          }
+          for (int h = 0; h < H; ++h) {
+            const __m256i c0 = codes(sb, n, i, k, h0 + h), c1 = codes(sb, n, i, k + 1, h0 + h);
+            const __m256i scale = scale_dup(pair_scales[h], k / 4);
+            for (int t = 0; t < NT; ++t) {
+              const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(c0, x0[t]),
+                                                     _mm256_maddubs_epi16(c1, x1[t]));
+              sum[h][t] = _mm256_add_epi32(sum[h][t], _mm256_madd_epi16(pairs, scale));
+            }
           }
         }
       }
@@ -543,33 +563,52 @@ void pack_panel(size_t cols, const std::byte* w, size_t w_row_bytes, int n_rows,
   }
 }
 
-// One token over a whole packed panel, both halves at once: panel_tile's integer sums and
-// float steps for NT = 1, so y is the GEMM's bit for bit.
-template <typename Block>
-void packed_row(size_t cols, const uint8_t* panel, int n_rows, const block_q8_K* a, float* y) {
+// NT tokens over a whole packed panel, halves h0 .. h0 + H - 1 at once (the activation
+// broadcasts serve H halves): panel_tile's integer sums and float steps, so y is the GEMM's
+// bit for bit.
+template <typename Block, int H, int NT>
+__attribute__((noinline)) void packed_tile(size_t cols, const uint8_t* panel, int n_rows, int h0,
+                                           const std::byte* act, size_t act_stride, float* y,
+                                           size_t y_stride) {
   using P = KPacked8<Block>;
-  const __m256i mask[2] = {row_mask(n_rows), row_mask(n_rows - kHalfRows)};
-  __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+  __m256 acc[H][NT];
+  for (int h = 0; h < H; ++h) {
+    for (int t = 0; t < NT; ++t) acc[h][t] = _mm256_setzero_ps();
+  }
   for (size_t i = 0; i < cols / QK_K; ++i) {
     const uint8_t* sb = panel + i * P::kBytes;
-    __m256i sum[2];
-    P::sums(sb, a[i], sum);
-    __m256i min_sum[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+    const block_q8_K* a[NT];
+    for (int t = 0; t < NT; ++t) {
+      a[t] = reinterpret_cast<const block_q8_K*>(act + static_cast<size_t>(t) * act_stride) + i;
+    }
+    __m256i sum[H][NT];
+    P::template sums<H, NT>(sb, h0, a, sum);
+    __m256i min_sum[H][NT];
     for (int q = 0; q < 8; ++q) {
-      const __m256i bsums = broadcast32(a[i].bsums + 2 * q);
-      for (int h = 0; h < 2; ++h) {
-        min_sum[h] = _mm256_add_epi32(min_sum[h], _mm256_madd_epi16(P::min_pair(sb, h, q), bsums));
+      for (int h = 0; h < H; ++h) {
+        const __m256i min_pair = P::min_pair(sb, h0 + h, q);
+        for (int t = 0; t < NT; ++t) {
+          const __m256i m = _mm256_madd_epi16(min_pair, broadcast32(a[t]->bsums + 2 * q));
+          min_sum[h][t] = q == 0 ? m : _mm256_add_epi32(min_sum[h][t], m);
+        }
       }
     }
-    const __m256 da = _mm256_set1_ps(a[i].d);
-    for (int h = 0; h < 2; ++h) {  // acc += d da main - dmin da min
-      acc[h] = _mm256_fmadd_ps(_mm256_mul_ps(P::d(sb, h), da), _mm256_cvtepi32_ps(sum[h]), acc[h]);
-      acc[h] = _mm256_fnmadd_ps(_mm256_mul_ps(P::dmin(sb, h), da), _mm256_cvtepi32_ps(min_sum[h]),
-                                acc[h]);
+    for (int t = 0; t < NT; ++t) {
+      const __m256 da = _mm256_set1_ps(a[t]->d);
+      for (int h = 0; h < H; ++h) {  // acc += d da main - dmin da min
+        acc[h][t] = _mm256_fmadd_ps(_mm256_mul_ps(P::d(sb, h0 + h), da),
+                                    _mm256_cvtepi32_ps(sum[h][t]), acc[h][t]);
+        acc[h][t] = _mm256_fnmadd_ps(_mm256_mul_ps(P::dmin(sb, h0 + h), da),
+                                     _mm256_cvtepi32_ps(min_sum[h][t]), acc[h][t]);
+      }
     }
   }
-  _mm256_maskstore_ps(y, mask[0], acc[0]);
-  _mm256_maskstore_ps(y + kHalfRows, mask[1], acc[1]);
+  for (int h = 0; h < H; ++h) {
+    const __m256i mask = row_mask(n_rows - (h0 + h) * kHalfRows);
+    for (int t = 0; t < NT; ++t) {
+      _mm256_maskstore_ps(y + t * y_stride + (h0 + h) * kHalfRows, mask, acc[h][t]);
+    }
+  }
 }
 
 // ---- Pre-packed legacy panels (decode) ---------------------------------------------------
@@ -658,52 +697,81 @@ void l_pack_panel(size_t cols, const std::byte* w, size_t w_row_bytes, int n_row
   }
 }
 
-// One token over a whole packed legacy panel, both halves at once (panel_tile's steps, NT 1).
-template <typename Block>
-void l_packed_row(size_t cols, const uint8_t* panel, int n_rows, const block_q8_act* a, float* y) {
+// packed_tile for the legacy panels (panel_tile's steps for LPanel8).
+template <typename Block, int H, int NT>
+__attribute__((noinline)) void l_packed_tile(size_t cols, const uint8_t* panel, int n_rows, int h0,
+                                             const std::byte* act, size_t act_stride, float* y,
+                                             size_t y_stride) {
   using P = LPacked8<Block>;
   constexpr int kSum = kLSum16<Block>;
   const __m256i ones = _mm256_set1_epi16(1);
-  const __m256i mask[2] = {row_mask(n_rows), row_mask(n_rows - kHalfRows)};
-  __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+  __m256 acc[H][NT];
+  for (int h = 0; h < H; ++h) {
+    for (int t = 0; t < NT; ++t) acc[h][t] = _mm256_setzero_ps();
+  }
   for (size_t i = 0; i < cols / QK8_0; ++i) {
     const uint8_t* rec = panel + i * P::kBytes;
-    __m256i sum[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+    const block_q8_act* a[NT];
+    for (int t = 0; t < NT; ++t) {
+      a[t] = reinterpret_cast<const block_q8_act*>(act + static_cast<size_t>(t) * act_stride) + i;
+    }
+    __m256i sum[H][NT];
+    for (int h = 0; h < H; ++h) {
+      for (int t = 0; t < NT; ++t) sum[h][t] = _mm256_setzero_si256();
+    }
     for (int g0 = 0; g0 < QK8_0 / 4; g0 += kSum) {
-      __m256i pairs[2];
+      __m256i pairs[H][NT];
       for (int k = 0; k < kSum; ++k) {
-        const __m256i x = broadcast32(a[i].qs + 4 * (g0 + k));
-        for (int h = 0; h < 2; ++h) {
-          const __m256i w = P::codes(rec, g0 + k, h);
-          const __m256i prod =
-              P::kSigned ? _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w))
-                         : _mm256_maddubs_epi16(w, x);
-          pairs[h] = k == 0 ? prod : _mm256_add_epi16(pairs[h], prod);
+        __m256i x[NT];
+        for (int t = 0; t < NT; ++t) x[t] = broadcast32(a[t]->qs + 4 * (g0 + k));
+        for (int h = 0; h < H; ++h) {
+          const __m256i w = P::codes(rec, g0 + k, h0 + h);
+          const __m256i w_abs = P::kSigned ? _mm256_abs_epi8(w) : w;
+          for (int t = 0; t < NT; ++t) {
+            const __m256i prod =
+                _mm256_maddubs_epi16(w_abs, P::kSigned ? _mm256_sign_epi8(x[t], w) : x[t]);
+            pairs[h][t] = k == 0 ? prod : _mm256_add_epi16(pairs[h][t], prod);
+          }
         }
       }
-      for (int h = 0; h < 2; ++h)
-        sum[h] = _mm256_add_epi32(sum[h], _mm256_madd_epi16(pairs[h], ones));
+      for (int h = 0; h < H; ++h) {
+        for (int t = 0; t < NT; ++t) {
+          sum[h][t] = _mm256_add_epi32(sum[h][t], _mm256_madd_epi16(pairs[h][t], ones));
+        }
+      }
     }
-    const __m256 da = _mm256_set1_ps(a[i].d), s = _mm256_set1_ps(a[i].s);
-    for (int h = 0; h < 2; ++h) {
-      const __m256 d = P::d(rec, h);
-      if constexpr (kOffset<Block> != 0) {  // acc += d (da sum - offset s)
-        const __m256 inner =
-            _mm256_fmadd_ps(da, _mm256_cvtepi32_ps(sum[h]),
-                            _mm256_mul_ps(_mm256_set1_ps(-static_cast<float>(kOffset<Block>)), s));
-        acc[h] = _mm256_fmadd_ps(d, inner, acc[h]);
-      } else {  // acc += d da sum + c s
-        acc[h] = _mm256_fmadd_ps(_mm256_mul_ps(d, da), _mm256_cvtepi32_ps(sum[h]), acc[h]);
-        acc[h] = _mm256_fmadd_ps(P::c(rec, h), s, acc[h]);
+    for (int t = 0; t < NT; ++t) {
+      const __m256 da = _mm256_set1_ps(a[t]->d), s = _mm256_set1_ps(a[t]->s);
+      for (int h = 0; h < H; ++h) {
+        const __m256 d = P::d(rec, h0 + h);
+        if constexpr (kOffset<Block> != 0) {  // acc += d (da sum - offset s)
+          const __m256 inner = _mm256_fmadd_ps(
+              da, _mm256_cvtepi32_ps(sum[h][t]),
+              _mm256_mul_ps(_mm256_set1_ps(-static_cast<float>(kOffset<Block>)), s));
+          acc[h][t] = _mm256_fmadd_ps(d, inner, acc[h][t]);
+        } else {  // acc += d da sum + c s
+          acc[h][t] =
+              _mm256_fmadd_ps(_mm256_mul_ps(d, da), _mm256_cvtepi32_ps(sum[h][t]), acc[h][t]);
+          acc[h][t] = _mm256_fmadd_ps(P::c(rec, h0 + h), s, acc[h][t]);
+        }
       }
     }
   }
-  _mm256_maskstore_ps(y, mask[0], acc[0]);
-  _mm256_maskstore_ps(y + kHalfRows, mask[1], acc[1]);
+  for (int h = 0; h < H; ++h) {
+    const __m256i mask = row_mask(n_rows - (h0 + h) * kHalfRows);
+    for (int t = 0; t < NT; ++t) {
+      _mm256_maskstore_ps(y + t * y_stride + (h0 + h) * kHalfRows, mask, acc[h][t]);
+    }
+  }
 }
 
-// GemmPackedFn: one token from the packed panel directly; more tokens through the GEMM's
-// tiles, each chunk of each half unpacked once.
+// Tokens read from the packed panel directly, up to this many; more go through the GEMM's
+// tiles, each chunk of each half unpacked once (TinyLlama decode batches of 2 under
+// KILN_ISA=avx2: unpacked for 2 tokens, 44 tokens/s; from the blocks' dot kernels, 72).
+constexpr size_t kPackedDirectTokens = 8;
+
+// GemmPackedFn: 1 or 2 tokens over both halves at once, 3 one half at a time (the
+// accumulators of both would not fit the 16 registers), more through the tiles.
 template <typename Block>
 void packed_panel(size_t cols, const std::byte* panel, int n_rows, const std::byte* act,
                   size_t act_stride, size_t m, float* y, size_t y_stride) {
@@ -712,12 +780,21 @@ void packed_panel(size_t cols, const std::byte* panel, int n_rows, const std::by
   using Panel = PanelOf<Block>;
   constexpr size_t kBlockCols = kLegacy ? QK8_0 : QK_K;
   const auto* p = reinterpret_cast<const uint8_t*>(panel);
-  if (m == 1) {
+  // Tokens t0 .. t0 + NT - 1 over both halves.
+  const auto direct = [&]<int H>(size_t t0, auto nt) {
+    constexpr int NT = decltype(nt)::value;
+    const std::byte* a = act + t0 * act_stride;
     if constexpr (kLegacy) {
-      l_packed_row<Block>(cols, p, n_rows, reinterpret_cast<const block_q8_act*>(act), y);
+      l_packed_tile<Block, H, NT>(cols, p, n_rows, 0, a, act_stride, y + t0 * y_stride, y_stride);
     } else {
-      packed_row<Block>(cols, p, n_rows, reinterpret_cast<const block_q8_K*>(act), y);
+      packed_tile<Block, H, NT>(cols, p, n_rows, 0, a, act_stride, y + t0 * y_stride, y_stride);
     }
+  };
+  if (m <= kPackedDirectTokens) {
+    size_t t0 = 0;
+    for (; t0 + 2 <= m; t0 += 2)
+      direct.template operator()<2>(t0, std::integral_constant<int, 2>{});
+    if (t0 < m) direct.template operator()<2>(t0, std::integral_constant<int, 1>{});
     return;
   }
   constexpr int kChunk = kChunkCols / kBlockCols;
