@@ -283,7 +283,8 @@ void register_benchmarks() {
       ->UseRealTime();
   benchmark::RegisterBenchmark("matvec/q8_0/49152x576", bench_matvec, GgmlType::Q8_0, 49152, 576)
       ->UseRealTime();
-  for (GgmlType type : {GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q5_0, GgmlType::Q8_0}) {
+  for (GgmlType type :
+       {GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::Q5_0, GgmlType::Q8_0}) {
     for (size_t m : {1, 2, 3, 8}) {
       for (size_t rows : {256, 5632}) {
         const std::string name = "matvec_packed/" + lower_name(type) + "/" + std::to_string(m) +

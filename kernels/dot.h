@@ -114,9 +114,9 @@ inline constexpr size_t kSmallMaxTokens = 3;
 // The AVX-512 VNNI panel kernel, or fn == nullptr (type not covered, build without the
 // flags, or a CPU without AVX-512 F/BW/VL/VNNI). Ignores the ISA limit below.
 GemmKernel gemm_kernel_avx512(GgmlType type);
-// The AVX2 panel kernel, with pre-packed panels for every type but Q5_K (which decode reads:
-// without VNNI a lone token is bound by arithmetic, and the panels halve it), or
-// fn == nullptr (other types, no AVX2 build or CPU).
+// The AVX2 panel kernel, with pre-packed panels for each type (decode reads them: without
+// VNNI a lone token is bound by arithmetic, and the panels halve it), or fn == nullptr (other
+// types, no AVX2 build or CPU).
 GemmKernel gemm_kernel_avx2(GgmlType type);
 // The GEMM panel kernel matmul uses for many activation rows, within the ISA limit: the
 // AVX-512 one where the CPU has it, else the AVX2 one.

@@ -19,9 +19,8 @@
 // rows per instruction, where the dot kernels spend one per row.
 // 16-row panels (kGemmPanelRows) run as two 8-row halves.
 //
-// Decode: the same sums from panels pre-packed at load (every type but Q5_K; see "Pre-packed
-// K panels" below), read directly for a lone token, where the per-row dot kernels are bound
-// by arithmetic on such a CPU.
+// Decode: the same sums from panels pre-packed at load (see "Pre-packed K panels" below), read
+// directly for a lone token, where the per-row dot kernels are bound by arithmetic on such a CPU.
 //
 // Compiled only when the build targets AVX2+FMA+F16C; gemm_kernel_avx2 also checks the
 // running CPU once.
@@ -357,20 +356,31 @@ inline __m256i dup_u8_pairs(const uint8_t* p) {
   return _mm256_shuffle_epi8(_mm256_set1_epi64x(v), control);
 }
 
-template <>
-struct KPacked8<block_q4_K> {
-  // 2368 bytes a 16-row super-block (the blocks' 2304 with scales and mins as bytes: +2.8%,
-  // for 2 instructions a sub-block where the 6-bit fields would take 7):
+// Q4_K and Q5_K: the same nibbles, scales and mins; Q5_K adds a plane of fifth bits.
+template <typename Block>
+struct KPackedNibbles {
+  // 2368 bytes a 16-row Q4_K super-block (the blocks' 2304 with scales and mins as bytes:
+  // +2.8%, for 2 instructions a sub-block where the 6-bit fields would take 7), Q5_K 2880:
   //   scales, mins [2 halves][8 sub-blocks][8 rows] u8; d, dmin [16 rows] fp16;
+  //   Q5_K: fifth bits [8][2 halves][8 rows][4]: vector k holds qh[4k, +4) of each row, bit
+  //   s of a byte belonging to sub-block s (read for every c, so before the codes);
   //   codes [32][2 halves][8 rows][4]: vector 8c + k holds qs[32c + 4k, +4) of each row; its
   //   low nibbles are group 16c + k (sub-block 2c), its high nibbles group 16c + 8 + k.
-  static constexpr size_t kScales = 0, kMins = 128, kD = 256, kDmin = 288, kCodes = 320;
-  static constexpr size_t kBytes = 2368;
-  static void pack(const block_q4_K& b, int r, uint8_t* sb) {
+  static constexpr bool kFifth = std::is_same_v<Block, block_q5_K>;
+  static constexpr int kSum = kSum16<Block>;
+  static constexpr size_t kScales = 0, kMins = 128, kD = 256, kDmin = 288, kFifthBits = 320;
+  static constexpr size_t kCodes = kFifthBits + (kFifth ? 512 : 0);
+  static constexpr size_t kBytes = kCodes + 2048;
+  static void pack(const Block& b, int r, uint8_t* sb) {
     const int h = r / kHalfRows, rr = r % kHalfRows;
     for (int c = 0; c < 4; ++c) {
       for (int k = 0; k < 8; ++k) {
         std::memcpy(sb + kCodes + 64 * (8 * c + k) + 32 * h + 4 * rr, b.qs + 32 * c + 4 * k, 4);
+      }
+    }
+    if constexpr (kFifth) {
+      for (int k = 0; k < 8; ++k) {
+        std::memcpy(sb + kFifthBits + 64 * k + 32 * h + 4 * rr, b.qh + 4 * k, 4);
       }
     }
     for (int s = 0; s < 8; ++s) {
@@ -382,29 +392,41 @@ struct KPacked8<block_q4_K> {
     std::memcpy(sb + kD + 2 * r, &b.d, 2);
     std::memcpy(sb + kDmin + 2 * r, &b.dmin, 2);
   }
+  // Codes of group 16c + 8j + k of half h (sub-block s = 2c + j), from its code vector v.
+  static __m256i code(const uint8_t* sb, __m256i v, int c, int j, int k, int h) {
+    __m256i code = _mm256_and_si256(j == 0 ? v : _mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0F));
+    if constexpr (kFifth) {
+      const int s = 2 * c + j;
+      const __m256i f = load256(sb + kFifthBits + 64 * k + 32 * h);
+      const __m256i bit = s <= 4 ? _mm256_slli_epi16(f, 4 - s) : _mm256_srli_epi16(f, s - 4);
+      code = _mm256_or_si256(code, _mm256_and_si256(bit, _mm256_set1_epi8(0x10)));
+    }
+    return code;
+  }
+  static __m256i codes_vector(const uint8_t* sb, int c, int k, int h) {
+    return load256(sb + kCodes + 64 * (8 * c + k) + 32 * h);
+  }
   // Half h as the GEMM's KPanel8 (what pack_row and the transpose make of the blocks).
   static void unpack(const uint8_t* sb, int h, KPanel8& p) {
-    const __m256i low_mask = _mm256_set1_epi8(0x0F);
     for (int c = 0; c < 4; ++c) {
       for (int k = 0; k < 8; ++k) {
-        const __m256i v = load256(sb + kCodes + 64 * (8 * c + k) + 32 * h);
-        store(p.codes[16 * c + k], _mm256_and_si256(v, low_mask));
-        store(p.codes[16 * c + 8 + k], _mm256_and_si256(_mm256_srli_epi16(v, 4), low_mask));
+        const __m256i v = codes_vector(sb, c, k, h);
+        store(p.codes[16 * c + k], code(sb, v, c, 0, k, h));
+        store(p.codes[16 * c + 8 + k], code(sb, v, c, 1, k, h));
       }
     }
     for (int s = 0; s < 8; ++s) {
       store(p.scales[s], dup_u8_pairs(sb + kScales + 64 * h + 8 * s));
       store(p.mins[s], dup_u8_pairs(sb + kMins + 64 * h + 8 * s));  // min16 2s, 2s + 1: min s
     }
-    _mm256_store_ps(p.d, _mm256_cvtph_ps(load128(sb + kD + 16 * h)));
-    _mm256_store_ps(p.dmin, _mm256_cvtph_ps(load128(sb + kDmin + 16 * h)));
+    _mm256_store_ps(p.d, d(sb, h));
+    _mm256_store_ps(p.dmin, dmin(sb, h));
   }
   // sum[h][t] = sum_s scale_s (codes . a_t)_s of each row of half h0 + h (panel_tile's
-  // integers).
+  // integers: kSum groups added in int16, then widened with the scale).
   template <int H, int NT>
   static void sums(const uint8_t* sb, int h0, const block_q8_K* const (&a)[NT],
                    __m256i (&sum)[H][NT]) {
-    const __m256i low_mask = _mm256_set1_epi8(0x0F);
     for (int h = 0; h < H; ++h) {
       for (int t = 0; t < NT; ++t) sum[h][t] = _mm256_setzero_si256();
     }
@@ -418,19 +440,21 @@ struct KPacked8<block_q4_K> {
           const __m256i x_even = broadcast32(a[0]->qs + 4 * (16 * c + k));
           const __m256i x_odd = broadcast32(a[0]->qs + 4 * (16 * c + 8 + k));
           for (int h = 0; h < H; ++h) {
-            const __m256i v = load256(sb + kCodes + 64 * (8 * c + k) + 32 * (h0 + h));
-            const __m256i pe = _mm256_maddubs_epi16(_mm256_and_si256(v, low_mask), x_even);
-            const __m256i po =
-                _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), low_mask), x_odd);
-            even[h] = k == 0 ? pe : _mm256_add_epi16(even[h], pe);
-            odd[h] = k == 0 ? po : _mm256_add_epi16(odd[h], po);
+            const __m256i v = codes_vector(sb, c, k, h0 + h);
+            const __m256i pe = _mm256_maddubs_epi16(code(sb, v, c, 0, k, h0 + h), x_even);
+            const __m256i po = _mm256_maddubs_epi16(code(sb, v, c, 1, k, h0 + h), x_odd);
+            even[h] = k % kSum == 0 ? pe : _mm256_add_epi16(even[h], pe);
+            odd[h] = k % kSum == 0 ? po : _mm256_add_epi16(odd[h], po);
           }
-        }
-        for (int h = 0; h < H; ++h) {
-          const uint8_t* scales = sb + kScales + 64 * (h0 + h) + 16 * c;
-          sum[h][0] = _mm256_add_epi32(sum[h][0], _mm256_madd_epi16(even[h], dup_u8_pairs(scales)));
-          sum[h][0] =
-              _mm256_add_epi32(sum[h][0], _mm256_madd_epi16(odd[h], dup_u8_pairs(scales + 8)));
+          if (k % kSum == kSum - 1) {
+            for (int h = 0; h < H; ++h) {
+              const uint8_t* scales = sb + kScales + 64 * (h0 + h) + 16 * c;
+              sum[h][0] =
+                  _mm256_add_epi32(sum[h][0], _mm256_madd_epi16(even[h], dup_u8_pairs(scales)));
+              sum[h][0] =
+                  _mm256_add_epi32(sum[h][0], _mm256_madd_epi16(odd[h], dup_u8_pairs(scales + 8)));
+            }
+          }
         }
       }
       return;
@@ -445,18 +469,19 @@ struct KPacked8<block_q4_K> {
         __m256i x[NT];
         for (int t = 0; t < NT; ++t) x[t] = broadcast32(a[t]->qs + 4 * (16 * c + 8 * j + k));
         for (int h = 0; h < H; ++h) {
-          const __m256i v = load256(sb + kCodes + 64 * (8 * c + k) + 32 * (h0 + h));
-          const __m256i code = _mm256_and_si256(j == 0 ? v : _mm256_srli_epi16(v, 4), low_mask);
+          const __m256i w = code(sb, codes_vector(sb, c, k, h0 + h), c, j, k, h0 + h);
           for (int t = 0; t < NT; ++t) {
-            const __m256i prod = _mm256_maddubs_epi16(code, x[t]);
-            part[h][t] = k == 0 ? prod : _mm256_add_epi16(part[h][t], prod);
+            const __m256i prod = _mm256_maddubs_epi16(w, x[t]);
+            part[h][t] = k % kSum == 0 ? prod : _mm256_add_epi16(part[h][t], prod);
           }
         }
-      }
-      for (int h = 0; h < H; ++h) {
-        const __m256i scale = dup_u8_pairs(sb + kScales + 64 * (h0 + h) + 8 * s);
-        for (int t = 0; t < NT; ++t) {
-          sum[h][t] = _mm256_add_epi32(sum[h][t], _mm256_madd_epi16(part[h][t], scale));
+        if (k % kSum == kSum - 1) {
+          for (int h = 0; h < H; ++h) {
+            const __m256i scale = dup_u8_pairs(sb + kScales + 64 * (h0 + h) + 8 * s);
+            for (int t = 0; t < NT; ++t) {
+              sum[h][t] = _mm256_add_epi32(sum[h][t], _mm256_madd_epi16(part[h][t], scale));
+            }
+          }
         }
       }
     }
@@ -469,6 +494,10 @@ struct KPacked8<block_q4_K> {
     return _mm256_cvtph_ps(load128(sb + kDmin + 16 * h));
   }
 };
+template <>
+struct KPacked8<block_q4_K> : KPackedNibbles<block_q4_K> {};
+template <>
+struct KPacked8<block_q5_K> : KPackedNibbles<block_q5_K> {};
 
 template <>
 struct KPacked8<block_q6_K> {
@@ -852,9 +881,9 @@ GemmKernel gemm_kernel_avx2(GgmlType type) {
   if (!cpu_has_avx2_fma_f16c()) return {};
   constexpr const char* isa = "avx2";
   switch (type) {
-    // Every type but Q5_K has pre-packed panels, which serve decode (packed_fast_alone).
-    // `small` is the GEMM itself, for the engine's batching contract: weights without panels
-    // decode on the dot kernels, as the twin is not fast alone.
+    // Pre-packed panels serve decode (packed_fast_alone). `small` is the GEMM itself, for
+    // the engine's batching contract: weights without panels decode on the dot kernels, as
+    // the twin is not fast alone.
     case GgmlType::Q4_K:
       return {ActFormat::Q8_K,
               gemm_panel<block_q4_K>,
@@ -866,7 +895,15 @@ GemmKernel gemm_kernel_avx2(GgmlType type) {
               packed_panel<block_q4_K>,
               true};
     case GgmlType::Q5_K:
-      return {ActFormat::Q8_K, gemm_panel<block_q5_K>, isa};
+      return {ActFormat::Q8_K,
+              gemm_panel<block_q5_K>,
+              isa,
+              gemm_panel<block_q5_K>,
+              false,
+              packed_bytes<block_q5_K>,
+              pack_panel<block_q5_K>,
+              packed_panel<block_q5_K>,
+              true};
     case GgmlType::Q6_K:
       return {ActFormat::Q8_K,
               gemm_panel<block_q6_K>,
