@@ -341,13 +341,13 @@ void gemm_panel(size_t cols, const std::byte* w, size_t w_row_bytes, int n_rows,
 // ones) so that a token's products go through the same int16 pair sums and one widening
 // vpmaddwd per sub-block as the GEMM above, with each activation broadcast serving 16 rows.
 // One 16-row super-block after another, both 8-row halves side by side in every 64-byte line,
-// the small fields first so a super-block streams ascending. A lone token reads them
-// directly (packed_row); more tokens unpack each chunk into the GEMM's KPanel8 and run its
-// tiles, so every m gives the GEMM's results bit for bit.
+// the small fields first so a super-block streams ascending. Up to kPackedDirectTokens
+// tokens read them directly (packed_tile); more unpack each chunk into the GEMM's KPanel8 and
+// run its tiles. Either way every m gives the GEMM's results bit for bit.
 template <typename Block>
 struct KPacked8;
 
-// Pair of the int16 lanes (v, v) per row from 8 bytes (one per row), zero-extended.
+// The int16 pair (v, v) in each row's lane, from 8 bytes v (one per row), zero-extended.
 inline __m256i dup_u8_pairs(const uint8_t* p) {
   const __m256i control = _mm256_setr_epi8(0, -1, 0, -1, 1, -1, 1, -1, 2, -1, 2, -1, 3, -1, 3, -1,
                                            4, -1, 4, -1, 5, -1, 5, -1, 6, -1, 6, -1, 7, -1, 7, -1);
@@ -422,33 +422,32 @@ struct KPackedNibbles {
     _mm256_store_ps(p.d, d(sb, h));
     _mm256_store_ps(p.dmin, dmin(sb, h));
   }
-  // sum[h][t] = sum_s scale_s (codes . a_t)_s of each row of half h0 + h (panel_tile's
+  // sum[h][t] = sum_s scale_s (codes . a_t)_s of each row of half h (panel_tile's
   // integers: kSum groups added in int16, then widened with the scale).
-  template <int H, int NT>
-  static void sums(const uint8_t* sb, int h0, const block_q8_K* const (&a)[NT],
-                   __m256i (&sum)[H][NT]) {
-    for (int h = 0; h < H; ++h) {
+  template <int NT>
+  static void sums(const uint8_t* sb, const block_q8_K* const (&a)[NT], __m256i (&sum)[2][NT]) {
+    for (int h = 0; h < 2; ++h) {
       for (int t = 0; t < NT; ++t) sum[h][t] = _mm256_setzero_si256();
     }
     if constexpr (NT == 1) {
       // Sub-blocks 2c (low nibbles) and 2c + 1 (high) together: each code vector loaded once
       // (6% faster alone than one sub-block at a time, whose registers 2 tokens need).
       for (int c = 0; c < 4; ++c) {
-        __m256i even[H], odd[H];
+        __m256i even[2], odd[2];
 #pragma GCC unroll 8
         for (int k = 0; k < 8; ++k) {
           const __m256i x_even = broadcast32(a[0]->qs + 4 * (16 * c + k));
           const __m256i x_odd = broadcast32(a[0]->qs + 4 * (16 * c + 8 + k));
-          for (int h = 0; h < H; ++h) {
-            const __m256i v = codes_vector(sb, c, k, h0 + h);
-            const __m256i pe = _mm256_maddubs_epi16(code(sb, v, c, 0, k, h0 + h), x_even);
-            const __m256i po = _mm256_maddubs_epi16(code(sb, v, c, 1, k, h0 + h), x_odd);
+          for (int h = 0; h < 2; ++h) {
+            const __m256i v = codes_vector(sb, c, k, h);
+            const __m256i pe = _mm256_maddubs_epi16(code(sb, v, c, 0, k, h), x_even);
+            const __m256i po = _mm256_maddubs_epi16(code(sb, v, c, 1, k, h), x_odd);
             even[h] = k % kSum == 0 ? pe : _mm256_add_epi16(even[h], pe);
             odd[h] = k % kSum == 0 ? po : _mm256_add_epi16(odd[h], po);
           }
           if (k % kSum == kSum - 1) {
-            for (int h = 0; h < H; ++h) {
-              const uint8_t* scales = sb + kScales + 64 * (h0 + h) + 16 * c;
+            for (int h = 0; h < 2; ++h) {
+              const uint8_t* scales = sb + kScales + 64 * h + 16 * c;
               sum[h][0] =
                   _mm256_add_epi32(sum[h][0], _mm256_madd_epi16(even[h], dup_u8_pairs(scales)));
               sum[h][0] =
@@ -460,24 +459,24 @@ struct KPackedNibbles {
       return;
     }
     // Sub-block s = 2c + j: the low (j = 0) or high nibbles of vectors 8c .. 8c + 7, one
-    // sub-block at a time so its int16 sums of H halves x NT tokens fit the registers.
+    // sub-block at a time so its int16 sums of 2 halves x NT tokens fit the registers.
     for (int s = 0; s < 8; ++s) {
       const int c = s / 2, j = s % 2;
-      __m256i part[H][NT];
+      __m256i part[2][NT];
 #pragma GCC unroll 8
       for (int k = 0; k < 8; ++k) {
         __m256i x[NT];
         for (int t = 0; t < NT; ++t) x[t] = broadcast32(a[t]->qs + 4 * (16 * c + 8 * j + k));
-        for (int h = 0; h < H; ++h) {
-          const __m256i w = code(sb, codes_vector(sb, c, k, h0 + h), c, j, k, h0 + h);
+        for (int h = 0; h < 2; ++h) {
+          const __m256i w = code(sb, codes_vector(sb, c, k, h), c, j, k, h);
           for (int t = 0; t < NT; ++t) {
             const __m256i prod = _mm256_maddubs_epi16(w, x[t]);
             part[h][t] = k % kSum == 0 ? prod : _mm256_add_epi16(part[h][t], prod);
           }
         }
         if (k % kSum == kSum - 1) {
-          for (int h = 0; h < H; ++h) {
-            const __m256i scale = dup_u8_pairs(sb + kScales + 64 * (h0 + h) + 8 * s);
+          for (int h = 0; h < 2; ++h) {
+            const __m256i scale = dup_u8_pairs(sb + kScales + 64 * h + 8 * s);
             for (int t = 0; t < NT; ++t) {
               sum[h][t] = _mm256_add_epi32(sum[h][t], _mm256_madd_epi16(part[h][t], scale));
             }
@@ -563,16 +562,15 @@ struct KPacked8<block_q6_K> {
     _mm256_store_ps(p.d, d(sb, h));
     _mm256_store_ps(p.dmin, d(sb, h));
   }
-  template <int H, int NT>
-  static void sums(const uint8_t* sb, int h0, const block_q8_K* const (&a)[NT],
-                   __m256i (&sum)[H][NT]) {
-    for (int h = 0; h < H; ++h) {
+  template <int NT>
+  static void sums(const uint8_t* sb, const block_q8_K* const (&a)[NT], __m256i (&sum)[2][NT]) {
+    for (int h = 0; h < 2; ++h) {
       for (int t = 0; t < NT; ++t) sum[h][t] = _mm256_setzero_si256();
     }
     for (int n = 0; n < 2; ++n) {
       for (int i = 0; i < 4; ++i) {  // sub-blocks 8n + 2i (k < 4) and 8n + 2i + 1
-        __m256i pair_scales[H];
-        for (int h = 0; h < H; ++h) pair_scales[h] = scale_pair(sb, h0 + h, 4 * n + i);
+        __m256i pair_scales[2];
+        for (int h = 0; h < 2; ++h) pair_scales[h] = scale_pair(sb, h, 4 * n + i);
         for (int k = 0; k < 8; k += 2) {  // kSum16 = 2 groups in int16
           const int g = 32 * n + 8 * i + k;
           __m256i x0[NT], x1[NT];
@@ -580,8 +578,8 @@ struct KPacked8<block_q6_K> {
             x0[t] = broadcast32(a[t]->qs + 4 * g);
             x1[t] = broadcast32(a[t]->qs + 4 * g + 4);
           }
-          for (int h = 0; h < H; ++h) {
-            const __m256i c0 = codes(sb, n, i, k, h0 + h), c1 = codes(sb, n, i, k + 1, h0 + h);
+          for (int h = 0; h < 2; ++h) {
+            const __m256i c0 = codes(sb, n, i, k, h), c1 = codes(sb, n, i, k + 1, h);
             const __m256i scale = scale_dup(pair_scales[h], k / 4);
             for (int t = 0; t < NT; ++t) {
               const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(c0, x0[t]),
@@ -619,16 +617,17 @@ void pack_panel(size_t cols, const std::byte* w, size_t w_row_bytes, int n_rows,
   }
 }
 
-// NT tokens over a whole packed panel, halves h0 .. h0 + H - 1 at once (the activation
-// broadcasts serve H halves): panel_tile's integer sums and float steps, so y is the GEMM's
+// NT tokens over a whole packed panel, both halves at once (each activation broadcast
+// serves 16 rows): panel_tile's integer sums and float steps, so y is the GEMM's
 // bit for bit.
-template <typename Block, int H, int NT>
-__attribute__((noinline)) void packed_tile(size_t cols, const uint8_t* panel, int n_rows, int h0,
+// Out of line (one call a panel): each instantiation is compiled, and measured, alone.
+template <typename Block, int NT>
+__attribute__((noinline)) void packed_tile(size_t cols, const uint8_t* panel, int n_rows,
                                            const std::byte* act, size_t act_stride, float* y,
                                            size_t y_stride) {
   using P = KPacked8<Block>;
-  __m256 acc[H][NT];
-  for (int h = 0; h < H; ++h) {
+  __m256 acc[2][NT];
+  for (int h = 0; h < 2; ++h) {
     for (int t = 0; t < NT; ++t) acc[h][t] = _mm256_setzero_ps();
   }
   for (size_t i = 0; i < cols / QK_K; ++i) {
@@ -637,12 +636,12 @@ __attribute__((noinline)) void packed_tile(size_t cols, const uint8_t* panel, in
     for (int t = 0; t < NT; ++t) {
       a[t] = reinterpret_cast<const block_q8_K*>(act + static_cast<size_t>(t) * act_stride) + i;
     }
-    __m256i sum[H][NT];
-    P::template sums<H, NT>(sb, h0, a, sum);
-    __m256i min_sum[H][NT];
+    __m256i sum[2][NT];
+    P::template sums<NT>(sb, a, sum);
+    __m256i min_sum[2][NT];
     for (int q = 0; q < 8; ++q) {
-      for (int h = 0; h < H; ++h) {
-        const __m256i min_pair = P::min_pair(sb, h0 + h, q);
+      for (int h = 0; h < 2; ++h) {
+        const __m256i min_pair = P::min_pair(sb, h, q);
         for (int t = 0; t < NT; ++t) {
           const __m256i m = _mm256_madd_epi16(min_pair, broadcast32(a[t]->bsums + 2 * q));
           min_sum[h][t] = q == 0 ? m : _mm256_add_epi32(min_sum[h][t], m);
@@ -651,18 +650,18 @@ __attribute__((noinline)) void packed_tile(size_t cols, const uint8_t* panel, in
     }
     for (int t = 0; t < NT; ++t) {
       const __m256 da = _mm256_set1_ps(a[t]->d);
-      for (int h = 0; h < H; ++h) {  // acc += d da main - dmin da min
-        acc[h][t] = _mm256_fmadd_ps(_mm256_mul_ps(P::d(sb, h0 + h), da),
-                                    _mm256_cvtepi32_ps(sum[h][t]), acc[h][t]);
-        acc[h][t] = _mm256_fnmadd_ps(_mm256_mul_ps(P::dmin(sb, h0 + h), da),
+      for (int h = 0; h < 2; ++h) {  // acc += d da main - dmin da min
+        acc[h][t] = _mm256_fmadd_ps(_mm256_mul_ps(P::d(sb, h), da), _mm256_cvtepi32_ps(sum[h][t]),
+                                    acc[h][t]);
+        acc[h][t] = _mm256_fnmadd_ps(_mm256_mul_ps(P::dmin(sb, h), da),
                                      _mm256_cvtepi32_ps(min_sum[h][t]), acc[h][t]);
       }
     }
   }
-  for (int h = 0; h < H; ++h) {
-    const __m256i mask = row_mask(n_rows - (h0 + h) * kHalfRows);
+  for (int h = 0; h < 2; ++h) {
+    const __m256i mask = row_mask(n_rows - h * kHalfRows);
     for (int t = 0; t < NT; ++t) {
-      _mm256_maskstore_ps(y + t * y_stride + (h0 + h) * kHalfRows, mask, acc[h][t]);
+      _mm256_maskstore_ps(y + t * y_stride + h * kHalfRows, mask, acc[h][t]);
     }
   }
 }
@@ -754,15 +753,15 @@ void l_pack_panel(size_t cols, const std::byte* w, size_t w_row_bytes, int n_row
 }
 
 // packed_tile for the legacy panels (panel_tile's steps for LPanel8).
-template <typename Block, int H, int NT>
-__attribute__((noinline)) void l_packed_tile(size_t cols, const uint8_t* panel, int n_rows, int h0,
+template <typename Block, int NT>
+__attribute__((noinline)) void l_packed_tile(size_t cols, const uint8_t* panel, int n_rows,
                                              const std::byte* act, size_t act_stride, float* y,
                                              size_t y_stride) {
   using P = LPacked8<Block>;
   constexpr int kSum = kLSum16<Block>;
   const __m256i ones = _mm256_set1_epi16(1);
-  __m256 acc[H][NT];
-  for (int h = 0; h < H; ++h) {
+  __m256 acc[2][NT];
+  for (int h = 0; h < 2; ++h) {
     for (int t = 0; t < NT; ++t) acc[h][t] = _mm256_setzero_ps();
   }
   for (size_t i = 0; i < cols / QK8_0; ++i) {
@@ -771,17 +770,17 @@ __attribute__((noinline)) void l_packed_tile(size_t cols, const uint8_t* panel, 
     for (int t = 0; t < NT; ++t) {
       a[t] = reinterpret_cast<const block_q8_act*>(act + static_cast<size_t>(t) * act_stride) + i;
     }
-    __m256i sum[H][NT];
-    for (int h = 0; h < H; ++h) {
+    __m256i sum[2][NT];
+    for (int h = 0; h < 2; ++h) {
       for (int t = 0; t < NT; ++t) sum[h][t] = _mm256_setzero_si256();
     }
     for (int g0 = 0; g0 < QK8_0 / 4; g0 += kSum) {
-      __m256i pairs[H][NT];
+      __m256i pairs[2][NT];
       for (int k = 0; k < kSum; ++k) {
         __m256i x[NT];
         for (int t = 0; t < NT; ++t) x[t] = broadcast32(a[t]->qs + 4 * (g0 + k));
-        for (int h = 0; h < H; ++h) {
-          const __m256i w = P::codes(rec, g0 + k, h0 + h);
+        for (int h = 0; h < 2; ++h) {
+          const __m256i w = P::codes(rec, g0 + k, h);
           const __m256i w_abs = P::kSigned ? _mm256_abs_epi8(w) : w;
           for (int t = 0; t < NT; ++t) {
             const __m256i prod =
@@ -790,7 +789,7 @@ __attribute__((noinline)) void l_packed_tile(size_t cols, const uint8_t* panel, 
           }
         }
       }
-      for (int h = 0; h < H; ++h) {
+      for (int h = 0; h < 2; ++h) {
         for (int t = 0; t < NT; ++t) {
           sum[h][t] = _mm256_add_epi32(sum[h][t], _mm256_madd_epi16(pairs[h][t], ones));
         }
@@ -798,8 +797,8 @@ __attribute__((noinline)) void l_packed_tile(size_t cols, const uint8_t* panel, 
     }
     for (int t = 0; t < NT; ++t) {
       const __m256 da = _mm256_set1_ps(a[t]->d), s = _mm256_set1_ps(a[t]->s);
-      for (int h = 0; h < H; ++h) {
-        const __m256 d = P::d(rec, h0 + h);
+      for (int h = 0; h < 2; ++h) {
+        const __m256 d = P::d(rec, h);
         if constexpr (kOffset<Block> != 0) {  // acc += d (da sum - offset s)
           const __m256 inner = _mm256_fmadd_ps(
               da, _mm256_cvtepi32_ps(sum[h][t]),
@@ -808,15 +807,15 @@ __attribute__((noinline)) void l_packed_tile(size_t cols, const uint8_t* panel, 
         } else {  // acc += d da sum + c s
           acc[h][t] =
               _mm256_fmadd_ps(_mm256_mul_ps(d, da), _mm256_cvtepi32_ps(sum[h][t]), acc[h][t]);
-          acc[h][t] = _mm256_fmadd_ps(P::c(rec, h0 + h), s, acc[h][t]);
+          acc[h][t] = _mm256_fmadd_ps(P::c(rec, h), s, acc[h][t]);
         }
       }
     }
   }
-  for (int h = 0; h < H; ++h) {
-    const __m256i mask = row_mask(n_rows - (h0 + h) * kHalfRows);
+  for (int h = 0; h < 2; ++h) {
+    const __m256i mask = row_mask(n_rows - h * kHalfRows);
     for (int t = 0; t < NT; ++t) {
-      _mm256_maskstore_ps(y + t * y_stride + (h0 + h) * kHalfRows, mask, acc[h][t]);
+      _mm256_maskstore_ps(y + t * y_stride + h * kHalfRows, mask, acc[h][t]);
     }
   }
 }
@@ -826,8 +825,8 @@ __attribute__((noinline)) void l_packed_tile(size_t cols, const uint8_t* panel, 
 // KILN_ISA=avx2: unpacked for 2 tokens, 44 tokens/s; from the blocks' dot kernels, 72).
 constexpr size_t kPackedDirectTokens = 8;
 
-// GemmPackedFn: 1 or 2 tokens over both halves at once, 3 one half at a time (the
-// accumulators of both would not fit the 16 registers), more through the tiles.
+// GemmPackedFn: up to kPackedDirectTokens tokens two at a time (the int16 sums of both
+// halves for more tokens would not fit the 16 registers), more through the tiles.
 template <typename Block>
 void packed_panel(size_t cols, const std::byte* panel, int n_rows, const std::byte* act,
                   size_t act_stride, size_t m, float* y, size_t y_stride) {
@@ -836,21 +835,20 @@ void packed_panel(size_t cols, const std::byte* panel, int n_rows, const std::by
   using Panel = PanelOf<Block>;
   constexpr size_t kBlockCols = kLegacy ? QK8_0 : QK_K;
   const auto* p = reinterpret_cast<const uint8_t*>(panel);
-  // Tokens t0 .. t0 + NT - 1 over both halves.
-  const auto direct = [&]<int H>(size_t t0, auto nt) {
+  // Tokens t0 .. t0 + NT - 1.
+  const auto direct = [&](size_t t0, auto nt) {
     constexpr int NT = decltype(nt)::value;
     const std::byte* a = act + t0 * act_stride;
     if constexpr (kLegacy) {
-      l_packed_tile<Block, H, NT>(cols, p, n_rows, 0, a, act_stride, y + t0 * y_stride, y_stride);
+      l_packed_tile<Block, NT>(cols, p, n_rows, a, act_stride, y + t0 * y_stride, y_stride);
     } else {
-      packed_tile<Block, H, NT>(cols, p, n_rows, 0, a, act_stride, y + t0 * y_stride, y_stride);
+      packed_tile<Block, NT>(cols, p, n_rows, a, act_stride, y + t0 * y_stride, y_stride);
     }
   };
   if (m <= kPackedDirectTokens) {
     size_t t0 = 0;
-    for (; t0 + 2 <= m; t0 += 2)
-      direct.template operator()<2>(t0, std::integral_constant<int, 2>{});
-    if (t0 < m) direct.template operator()<2>(t0, std::integral_constant<int, 1>{});
+    for (; t0 + 2 <= m; t0 += 2) direct(t0, std::integral_constant<int, 2>{});
+    if (t0 < m) direct(t0, std::integral_constant<int, 1>{});
     return;
   }
   constexpr int kChunk = kChunkCols / kBlockCols;
