@@ -606,15 +606,11 @@ size_t packed_bytes(size_t cols) {
 // GemmPackFn: rows 0..n_rows - 1 of w into one packed 16-row panel (absent rows zero).
 template <typename Block>
 void pack_panel(size_t cols, const std::byte* w, size_t w_row_bytes, int n_rows, std::byte* panel) {
-  const size_t n_blocks = cols / QK_K;
   auto* out = reinterpret_cast<uint8_t*>(panel);
-  std::memset(out, 0, packed_bytes<Block>(cols));
-  for (int r = 0; r < n_rows; ++r) {
-    const auto* blocks = reinterpret_cast<const Block*>(w + static_cast<size_t>(r) * w_row_bytes);
-    for (size_t i = 0; i < n_blocks; ++i) {
-      KPacked8<Block>::pack(blocks[i], r, out + i * KPacked8<Block>::kBytes);
-    }
-  }
+  pack_panel_blocks<Block>(cols / QK_K, w, w_row_bytes, n_rows, panel, packed_bytes<Block>(cols),
+                           [&](const Block& b, int r, size_t i) {
+                             KPacked8<Block>::pack(b, r, out + i * KPacked8<Block>::kBytes);
+                           });
 }
 
 // NT tokens over a whole packed panel, both halves at once (each activation broadcast
@@ -741,15 +737,11 @@ size_t l_packed_bytes(size_t cols) {
 template <typename Block>
 void l_pack_panel(size_t cols, const std::byte* w, size_t w_row_bytes, int n_rows,
                   std::byte* panel) {
-  const size_t n_blocks = cols / QK8_0;
   auto* out = reinterpret_cast<uint8_t*>(panel);
-  std::memset(out, 0, l_packed_bytes<Block>(cols));
-  for (int r = 0; r < n_rows; ++r) {
-    const auto* blocks = reinterpret_cast<const Block*>(w + static_cast<size_t>(r) * w_row_bytes);
-    for (size_t i = 0; i < n_blocks; ++i) {
-      LPacked8<Block>::pack(blocks[i], r, out + i * LPacked8<Block>::kBytes);
-    }
-  }
+  pack_panel_blocks<Block>(cols / QK8_0, w, w_row_bytes, n_rows, panel, l_packed_bytes<Block>(cols),
+                           [&](const Block& b, int r, size_t i) {
+                             LPacked8<Block>::pack(b, r, out + i * LPacked8<Block>::kBytes);
+                           });
 }
 
 // packed_tile for the legacy panels (panel_tile's steps for LPanel8).

@@ -550,35 +550,31 @@ template <typename Block>
 void l_pack_panel(size_t cols, const std::byte* w, size_t w_row_bytes, int n_rows,
                   std::byte* panel) {
   using L = LPairLayout<Block>;
-  const size_t n_blocks = cols / QK8_0;
   auto* out = reinterpret_cast<uint8_t*>(panel);
-  std::memset(out, 0, l_packed_bytes<Block>(cols));
-  for (int r = 0; r < n_rows; ++r) {
-    const auto* blocks = reinterpret_cast<const Block*>(w + static_cast<size_t>(r) * w_row_bytes);
-    for (size_t i = 0; i < n_blocks; ++i) {
-      const Block& b = blocks[i];
-      uint8_t* pair = out + i / 2 * L::kBytes;
-      const size_t h = i % 2;
-      uint8_t* codes = pair + L::kCodes + h * L::P::kCodeVecs * 64 + 4 * r;
-      if constexpr (L::P::kCodeVecs == 8) {
-        for (int k = 0; k < QK8_0; ++k) {
-          codes[k / 4 * 64 + k % 4] = static_cast<uint8_t>(b.qs[k]) ^ 0x80;  // q + 128
-        }
-      } else {
-        for (int k = 0; k < QK8_0 / 2; ++k) codes[k / 4 * 64 + k % 4] = b.qs[k];
+  const auto pack = [&](const Block& b, int r, size_t i) {
+    uint8_t* pair = out + i / 2 * L::kBytes;
+    const size_t h = i % 2;
+    uint8_t* codes = pair + L::kCodes + h * L::P::kCodeVecs * 64 + 4 * r;
+    if constexpr (L::P::kCodeVecs == 8) {
+      for (int k = 0; k < QK8_0; ++k) {
+        codes[k / 4 * 64 + k % 4] = static_cast<uint8_t>(b.qs[k]) ^ 0x80;  // q + 128
       }
-      if constexpr (L::P::kFifth) {
-        uint32_t qh;
-        std::memcpy(&qh, b.qh, 4);
-        uint8_t* fifth = pair + L::kFifth + h * 64 + 4 * r;
-        for (int k = 0; k < QK8_0; ++k) {
-          if ((qh >> k) & 1) fifth[k % 4] |= static_cast<uint8_t>(1 << (k / 4));
-        }
-      }
-      std::memcpy(pair + L::kD + h * 32 + 2 * r, &b.d, 2);
-      if constexpr (L::P::kMin) std::memcpy(pair + L::kM + h * 32 + 2 * r, &b.m, 2);
+    } else {
+      for (int k = 0; k < QK8_0 / 2; ++k) codes[k / 4 * 64 + k % 4] = b.qs[k];
     }
-  }
+    if constexpr (L::P::kFifth) {
+      uint32_t qh;
+      std::memcpy(&qh, b.qh, 4);
+      uint8_t* fifth = pair + L::kFifth + h * 64 + 4 * r;
+      for (int k = 0; k < QK8_0; ++k) {
+        if ((qh >> k) & 1) fifth[k % 4] |= static_cast<uint8_t>(1 << (k / 4));
+      }
+    }
+    std::memcpy(pair + L::kD + h * 32 + 2 * r, &b.d, 2);
+    if constexpr (L::P::kMin) std::memcpy(pair + L::kM + h * 32 + 2 * r, &b.m, 2);
+  };
+  pack_panel_blocks<Block>(cols / QK8_0, w, w_row_bytes, n_rows, panel, l_packed_bytes<Block>(cols),
+                           pack);
 }
 
 // The 8 code vectors of block h of a packed pair, as LPanel stores them: vector g holds
@@ -823,15 +819,11 @@ size_t k_packed_bytes(size_t cols) {
 template <typename Block>
 void k_pack_panel(size_t cols, const std::byte* w, size_t w_row_bytes, int n_rows,
                   std::byte* panel) {
-  const size_t n_blocks = cols / QK_K;
   auto* out = reinterpret_cast<uint8_t*>(panel);
-  std::memset(out, 0, k_packed_bytes<Block>(cols));
-  for (int r = 0; r < n_rows; ++r) {
-    const auto* blocks = reinterpret_cast<const Block*>(w + static_cast<size_t>(r) * w_row_bytes);
-    for (size_t i = 0; i < n_blocks; ++i) {
-      KPacked<Block>::pack(blocks[i], r, out + i * KPacked<Block>::kBytes);
-    }
-  }
+  pack_panel_blocks<Block>(cols / QK_K, w, w_row_bytes, n_rows, panel, k_packed_bytes<Block>(cols),
+                           [&](const Block& b, int r, size_t i) {
+                             KPacked<Block>::pack(b, r, out + i * KPacked<Block>::kBytes);
+                           });
 }
 
 // k_tile over packed super-blocks [kb0, kb0 + nb) of the panel.

@@ -14,6 +14,18 @@
 
 #include "kernels/x86/simd_unpack.h"
 
+// The pre-packed panels' common walk (GemmPackFn): the panel's panel_bytes zeroed (absent
+// rows stay zero), then pack(block, r, i) for block i of each row r < n_rows.
+template <typename Block, typename Pack>
+inline void pack_panel_blocks(size_t n_blocks, const std::byte* w, size_t w_row_bytes, int n_rows,
+                              std::byte* panel, size_t panel_bytes, Pack&& pack) {
+  std::memset(panel, 0, panel_bytes);
+  for (int r = 0; r < n_rows; ++r) {
+    const auto* blocks = reinterpret_cast<const Block*>(w + static_cast<size_t>(r) * w_row_bytes);
+    for (size_t i = 0; i < n_blocks; ++i) pack(blocks[i], r, i);
+  }
+}
+
 // 6-bit scale and min of sub-block s of a Q4_K / Q5_K block (ggml's get_scale_min_k4).
 inline void scale_min_k4(int s, const uint8_t* q, int& scale, int& min) {
   if (s < 4) {
