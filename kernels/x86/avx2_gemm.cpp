@@ -20,7 +20,8 @@
 // 16-row panels (kGemmPanelRows) run as two 8-row halves.
 //
 // Decode: the same sums from panels pre-packed at load (see "Pre-packed K panels" below), read
-// directly for a lone token, where the per-row dot kernels are bound by arithmetic on such a CPU.
+// directly for up to 8 tokens, where the per-row dot kernels are bound by arithmetic on such
+// a CPU.
 //
 // Compiled only when the build targets AVX2+FMA+F16C; gemm_kernel_avx2 also checks the
 // running CPU once.
