@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs, builds and runs every test: ctest and pytest on the Release build,
-# the unit tests again under AddressSanitizer + UndefinedBehaviorSanitizer, and
+# Installs, builds and runs every test: ctest and pytest on the Release build
+# (ctest twice: also with the kernels limited to AVX2), the unit tests again under
+# AddressSanitizer + UndefinedBehaviorSanitizer, and
 # a short libFuzzer run on the GGUF reader. Exits non-zero if anything failed.
 #   KILN_FUZZ_SECONDS (default 30)   KILN_SKIP_SANITIZE=1   KILN_SKIP_FUZZ=1
 set -uo pipefail
