@@ -258,12 +258,17 @@ void panel_tile(const LPanel8* panel, int nb, const std::byte* act, size_t act_s
 
 // ---- The panel driver, shared by both families -----------------------------------------
 
-// The half panel of a block type: the legacy types' (those with LCodes) or the K types'.
+// The legacy 32-element types (those with LCodes), or the K types.
 template <typename Block>
-using PanelOf = std::conditional_t < requires {
+inline constexpr bool kLegacy = requires {
   LCodes<Block>::kOffset;
-}
-, LPanel8, KPanel8 > ;
+};
+// The half panel of a block type.
+template <typename Block>
+using PanelOf = std::conditional_t<kLegacy<Block>, LPanel8, KPanel8>;
+// Columns of one block.
+template <typename Block>
+inline constexpr int kBlockCols = kLegacy<Block> ? QK8_0 : QK_K;
 
 // Every token tile over nb blocks of a repacked chunk that starts at block kb0.
 template <typename Block, typename Panel>
@@ -294,11 +299,10 @@ template <typename Block>
 void gemm_half(size_t cols, const std::byte* w, size_t w_row_bytes, int n_rows,
                const std::byte* act, size_t act_stride, size_t m, float* y, size_t y_stride) {
   using Panel = PanelOf<Block>;
-  constexpr int kBlockCols = sizeof(Panel::codes) / kHalfRows;  // a block's codes
-  constexpr int kChunk = kChunkCols / kBlockCols;
+  constexpr int kChunk = kChunkCols / kBlockCols<Block>;
   Panel panel[kChunk];
   alignas(32) uint8_t row_codes[kHalfRows][kChunkCols];
-  const size_t n_blocks = cols / kBlockCols;
+  const size_t n_blocks = cols / kBlockCols<Block>;
   const __m256i mask = row_mask(n_rows);
   for (size_t kb0 = 0; kb0 < n_blocks; kb0 += kChunk) {
     const int nb = static_cast<int>(min_size(kChunk, n_blocks - kb0));
@@ -309,14 +313,14 @@ void gemm_half(size_t cols, const std::byte* w, size_t w_row_bytes, int n_rows,
     for (int r = 0; r < n_rows; ++r) {
       const auto* blocks = reinterpret_cast<const Block*>(w + static_cast<size_t>(r) * w_row_bytes);
       for (int i = 0; i < nb; ++i) {
-        pack_row(blocks[kb0 + i], r, row_codes[r] + i * kBlockCols, panel[i]);
+        pack_row(blocks[kb0 + i], r, row_codes[r] + i * kBlockCols<Block>, panel[i]);
       }
     }
     for (int i = 0; i < nb; ++i) {
-      for (int q = 0; q < kBlockCols / 32; ++q) {
+      for (int q = 0; q < kBlockCols<Block> / 32; ++q) {
         uint8_t* dst[8];
         for (int j = 0; j < 8; ++j) dst[j] = &panel[i].codes[8 * q + j][0][0];
-        transpose_8x8(&row_codes[0][i * kBlockCols + 32 * q], kChunkCols, dst);
+        transpose_8x8(&row_codes[0][i * kBlockCols<Block> + 32 * q], kChunkCols, dst);
       }
     }
     run_tiles<Block>(panel, nb, act, act_stride, kb0, m, y, y_stride, mask);
@@ -599,21 +603,6 @@ struct KPacked8<block_q6_K> {
   static __m256 dmin(const uint8_t* sb, int h) { return d(sb, h); }
 };
 
-template <typename Block>
-size_t packed_bytes(size_t cols) {
-  return cols / QK_K * KPacked8<Block>::kBytes;
-}
-
-// GemmPackFn: rows 0..n_rows - 1 of w into one packed 16-row panel (absent rows zero).
-template <typename Block>
-void pack_panel(size_t cols, const std::byte* w, size_t w_row_bytes, int n_rows, std::byte* panel) {
-  auto* out = reinterpret_cast<uint8_t*>(panel);
-  pack_panel_blocks<Block>(cols / QK_K, w, w_row_bytes, n_rows, panel, packed_bytes<Block>(cols),
-                           [&](const Block& b, int r, size_t i) {
-                             KPacked8<Block>::pack(b, r, out + i * KPacked8<Block>::kBytes);
-                           });
-}
-
 // NT tokens over a whole packed panel, both halves at once (each activation broadcast
 // serves 16 rows): panel_tile's integer sums and float steps, so y is the GEMM's
 // bit for bit.
@@ -730,21 +719,6 @@ struct LPacked8 {
   }
 };
 
-template <typename Block>
-size_t l_packed_bytes(size_t cols) {
-  return (cols / QK8_0 * LPacked8<Block>::kBytes + 63) / 64 * 64;
-}
-
-template <typename Block>
-void l_pack_panel(size_t cols, const std::byte* w, size_t w_row_bytes, int n_rows,
-                  std::byte* panel) {
-  auto* out = reinterpret_cast<uint8_t*>(panel);
-  pack_panel_blocks<Block>(cols / QK8_0, w, w_row_bytes, n_rows, panel, l_packed_bytes<Block>(cols),
-                           [&](const Block& b, int r, size_t i) {
-                             LPacked8<Block>::pack(b, r, out + i * LPacked8<Block>::kBytes);
-                           });
-}
-
 // packed_tile for the legacy panels (panel_tile's steps for LPanel8).
 template <typename Block, int NT>
 __attribute__((noinline)) void l_packed_tile(size_t cols, const uint8_t* panel, int n_rows,
@@ -813,6 +787,28 @@ __attribute__((noinline)) void l_packed_tile(size_t cols, const uint8_t* panel, 
   }
 }
 
+// ---- Both families: size, packer, kernel ------------------------------------------------
+
+// A block type's packed record (one block of 16 rows).
+template <typename Block>
+using PackedOf = std::conditional_t<kLegacy<Block>, LPacked8<Block>, KPacked8<Block>>;
+// Bytes of one packed 16-row panel: its records, padded to 64 (the legacy records are
+// 18-34 bytes a row; the K records are already multiples of 64).
+template <typename Block>
+size_t packed_bytes(size_t cols) {
+  return (cols / kBlockCols<Block> * PackedOf<Block>::kBytes + 63) / 64 * 64;
+}
+
+// GemmPackFn: rows 0..n_rows - 1 of w into one packed 16-row panel (absent rows zero).
+template <typename Block>
+void pack_panel(size_t cols, const std::byte* w, size_t w_row_bytes, int n_rows, std::byte* panel) {
+  using P = PackedOf<Block>;
+  auto* out = reinterpret_cast<uint8_t*>(panel);
+  pack_panel_blocks<Block>(
+      cols / kBlockCols<Block>, w, w_row_bytes, n_rows, panel, packed_bytes<Block>(cols),
+      [&](const Block& b, int r, size_t i) { P::pack(b, r, out + i * P::kBytes); });
+}
+
 // Tokens read from the packed panel directly, up to this many; more go through the GEMM's
 // tiles, each chunk of each half unpacked once (TinyLlama decode batches of 2 under
 // KILN_ISA=avx2: unpacked for 2 tokens, 44 tokens/s; from the blocks' dot kernels, 72).
@@ -823,16 +819,14 @@ constexpr size_t kPackedDirectTokens = 8;
 template <typename Block>
 void packed_panel(size_t cols, const std::byte* panel, int n_rows, const std::byte* act,
                   size_t act_stride, size_t m, float* y, size_t y_stride) {
-  constexpr bool kLegacy = requires { LCodes<Block>::kOffset; };
-  using P = std::conditional_t<kLegacy, LPacked8<Block>, KPacked8<Block>>;
+  using P = PackedOf<Block>;
   using Panel = PanelOf<Block>;
-  constexpr size_t kBlockCols = kLegacy ? QK8_0 : QK_K;
   const auto* p = reinterpret_cast<const uint8_t*>(panel);
   // Tokens t0 .. t0 + NT - 1.
   const auto direct = [&](size_t t0, auto nt) {
     constexpr int NT = decltype(nt)::value;
     const std::byte* a = act + t0 * act_stride;
-    if constexpr (kLegacy) {
+    if constexpr (kLegacy<Block>) {
       l_packed_tile<Block, NT>(cols, p, n_rows, a, act_stride, y + t0 * y_stride, y_stride);
     } else {
       packed_tile<Block, NT>(cols, p, n_rows, a, act_stride, y + t0 * y_stride, y_stride);
@@ -844,9 +838,9 @@ void packed_panel(size_t cols, const std::byte* panel, int n_rows, const std::by
     if (t0 < m) direct(t0, std::integral_constant<int, 1>{});
     return;
   }
-  constexpr int kChunk = kChunkCols / kBlockCols;
+  constexpr int kChunk = kChunkCols / kBlockCols<Block>;
   Panel chunk[kChunk];
-  const size_t n_blocks = cols / kBlockCols;
+  const size_t n_blocks = cols / kBlockCols<Block>;
   for (int h = 0; h * kHalfRows < n_rows; ++h) {
     const __m256i mask = row_mask(n_rows - h * kHalfRows);
     for (size_t kb0 = 0; kb0 < n_blocks; kb0 += kChunk) {
@@ -866,95 +860,43 @@ bool cpu_has_avx2_fma_f16c() {
   return ok;
 }
 
+// A block type's GemmKernel: the GEMM, and pre-packed panels that serve decode
+// (packed_fast_alone). `small` is the GEMM itself, for the engine's batching contract:
+// weights without panels decode on the dot kernels, as that twin is not fast alone.
+template <typename Block>
+GemmKernel panels_kernel() {
+  return {kLegacy<Block> ? ActFormat::Q8_act : ActFormat::Q8_K,
+          gemm_panel<Block>,
+          "avx2",
+          gemm_panel<Block>,
+          false,
+          packed_bytes<Block>,
+          pack_panel<Block>,
+          packed_panel<Block>,
+          true};
+}
+
 }  // namespace
 
 GemmKernel gemm_kernel_avx2(GgmlType type) {
   if (!cpu_has_avx2_fma_f16c()) return {};
-  constexpr const char* isa = "avx2";
   switch (type) {
-    // Pre-packed panels serve decode (packed_fast_alone). `small` is the GEMM itself, for
-    // the engine's batching contract: weights without panels decode on the dot kernels, as
-    // the twin is not fast alone.
     case GgmlType::Q4_K:
-      return {ActFormat::Q8_K,
-              gemm_panel<block_q4_K>,
-              isa,
-              gemm_panel<block_q4_K>,
-              false,
-              packed_bytes<block_q4_K>,
-              pack_panel<block_q4_K>,
-              packed_panel<block_q4_K>,
-              true};
+      return panels_kernel<block_q4_K>();
     case GgmlType::Q5_K:
-      return {ActFormat::Q8_K,
-              gemm_panel<block_q5_K>,
-              isa,
-              gemm_panel<block_q5_K>,
-              false,
-              packed_bytes<block_q5_K>,
-              pack_panel<block_q5_K>,
-              packed_panel<block_q5_K>,
-              true};
+      return panels_kernel<block_q5_K>();
     case GgmlType::Q6_K:
-      return {ActFormat::Q8_K,
-              gemm_panel<block_q6_K>,
-              isa,
-              gemm_panel<block_q6_K>,
-              false,
-              packed_bytes<block_q6_K>,
-              pack_panel<block_q6_K>,
-              packed_panel<block_q6_K>,
-              true};
+      return panels_kernel<block_q6_K>();
     case GgmlType::Q4_0:
-      return {ActFormat::Q8_act,
-              gemm_panel<block_q4_0>,
-              isa,
-              gemm_panel<block_q4_0>,
-              false,
-              l_packed_bytes<block_q4_0>,
-              l_pack_panel<block_q4_0>,
-              packed_panel<block_q4_0>,
-              true};
+      return panels_kernel<block_q4_0>();
     case GgmlType::Q4_1:
-      return {ActFormat::Q8_act,
-              gemm_panel<block_q4_1>,
-              isa,
-              gemm_panel<block_q4_1>,
-              false,
-              l_packed_bytes<block_q4_1>,
-              l_pack_panel<block_q4_1>,
-              packed_panel<block_q4_1>,
-              true};
+      return panels_kernel<block_q4_1>();
     case GgmlType::Q5_0:
-      return {ActFormat::Q8_act,
-              gemm_panel<block_q5_0>,
-              isa,
-              gemm_panel<block_q5_0>,
-              false,
-              l_packed_bytes<block_q5_0>,
-              l_pack_panel<block_q5_0>,
-              packed_panel<block_q5_0>,
-              true};
+      return panels_kernel<block_q5_0>();
     case GgmlType::Q5_1:
-      return {ActFormat::Q8_act,
-              gemm_panel<block_q5_1>,
-              isa,
-              gemm_panel<block_q5_1>,
-              false,
-              l_packed_bytes<block_q5_1>,
-              l_pack_panel<block_q5_1>,
-              packed_panel<block_q5_1>,
-              true};
+      return panels_kernel<block_q5_1>();
     case GgmlType::Q8_0:
-      return {ActFormat::Q8_act,
-              gemm_panel<block_q8_0>,
-              isa,
-              gemm_panel<block_q8_0>,
-              false,
-              l_packed_bytes<block_q8_0>,
-              l_pack_panel<block_q8_0>,
-              packed_panel<block_q8_0>,
-              true};
+      return panels_kernel<block_q8_0>();
     default:
       return {};
   }
