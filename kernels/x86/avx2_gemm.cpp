@@ -603,6 +603,25 @@ struct KPacked8<block_q6_K> {
   static __m256 dmin(const uint8_t* sb, int h) { return d(sb, h); }
 };
 
+// The direct kernels' ends: a[t] = token t's activation block i; the rows < n_rows of both
+// halves' sums stored.
+template <typename ActBlock, int NT>
+inline void token_blocks(const std::byte* act, size_t act_stride, size_t i,
+                         const ActBlock* (&a)[NT]) {
+  for (int t = 0; t < NT; ++t) {
+    a[t] = reinterpret_cast<const ActBlock*>(act + static_cast<size_t>(t) * act_stride) + i;
+  }
+}
+template <int NT>
+inline void store_halves(const __m256 (&acc)[2][NT], int n_rows, float* y, size_t y_stride) {
+  for (int h = 0; h < 2; ++h) {
+    const __m256i mask = row_mask(n_rows - h * kHalfRows);
+    for (int t = 0; t < NT; ++t) {
+      _mm256_maskstore_ps(y + t * y_stride + h * kHalfRows, mask, acc[h][t]);
+    }
+  }
+}
+
 // NT tokens over a whole packed panel, both halves at once (each activation broadcast
 // serves 16 rows): panel_tile's integer sums and float steps, so y is the GEMM's
 // bit for bit.
@@ -612,16 +631,11 @@ __attribute__((noinline)) void packed_tile(size_t cols, const uint8_t* panel, in
                                            const std::byte* act, size_t act_stride, float* y,
                                            size_t y_stride) {
   using P = KPacked8<Block>;
-  __m256 acc[2][NT];
-  for (int h = 0; h < 2; ++h) {
-    for (int t = 0; t < NT; ++t) acc[h][t] = _mm256_setzero_ps();
-  }
+  __m256 acc[2][NT] = {};
   for (size_t i = 0; i < cols / QK_K; ++i) {
     const uint8_t* sb = panel + i * P::kBytes;
     const block_q8_K* a[NT];
-    for (int t = 0; t < NT; ++t) {
-      a[t] = reinterpret_cast<const block_q8_K*>(act + static_cast<size_t>(t) * act_stride) + i;
-    }
+    token_blocks(act, act_stride, i, a);
     __m256i sum[2][NT];
     P::template sums<NT>(sb, a, sum);
     __m256i min_sum[2][NT];
@@ -644,12 +658,7 @@ __attribute__((noinline)) void packed_tile(size_t cols, const uint8_t* panel, in
       }
     }
   }
-  for (int h = 0; h < 2; ++h) {
-    const __m256i mask = row_mask(n_rows - h * kHalfRows);
-    for (int t = 0; t < NT; ++t) {
-      _mm256_maskstore_ps(y + t * y_stride + h * kHalfRows, mask, acc[h][t]);
-    }
-  }
+  store_halves(acc, n_rows, y, y_stride);
 }
 
 // ---- Pre-packed legacy panels (decode) ---------------------------------------------------
@@ -727,16 +736,11 @@ __attribute__((noinline)) void l_packed_tile(size_t cols, const uint8_t* panel, 
   using P = LPacked8<Block>;
   constexpr int kSum = kLSum16<Block>;
   const __m256i ones = _mm256_set1_epi16(1);
-  __m256 acc[2][NT];
-  for (int h = 0; h < 2; ++h) {
-    for (int t = 0; t < NT; ++t) acc[h][t] = _mm256_setzero_ps();
-  }
+  __m256 acc[2][NT] = {};
   for (size_t i = 0; i < cols / QK8_0; ++i) {
     const uint8_t* rec = panel + i * P::kBytes;
     const block_q8_act* a[NT];
-    for (int t = 0; t < NT; ++t) {
-      a[t] = reinterpret_cast<const block_q8_act*>(act + static_cast<size_t>(t) * act_stride) + i;
-    }
+    token_blocks(act, act_stride, i, a);
     __m256i sum[2][NT];
     for (int h = 0; h < 2; ++h) {
       for (int t = 0; t < NT; ++t) sum[h][t] = _mm256_setzero_si256();
@@ -779,12 +783,7 @@ __attribute__((noinline)) void l_packed_tile(size_t cols, const uint8_t* panel, 
       }
     }
   }
-  for (int h = 0; h < 2; ++h) {
-    const __m256i mask = row_mask(n_rows - h * kHalfRows);
-    for (int t = 0; t < NT; ++t) {
-      _mm256_maskstore_ps(y + t * y_stride + h * kHalfRows, mask, acc[h][t]);
-    }
-  }
+  store_halves(acc, n_rows, y, y_stride);
 }
 
 // ---- Both families: size, packer, kernel ------------------------------------------------
