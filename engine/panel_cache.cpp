@@ -210,14 +210,18 @@ void remove_abandoned_temporaries(const std::filesystem::path& path) {
   }
 }
 
-// Removes the cache files in `dir` (other than `keep`) that no kiln can use again: made from a
-// model file that is gone, or that has changed since (any reader would pack it again), by
-// this format or an older one that records the model's path (so upgrading kiln does not
-// leave the old files of deleted models behind for good). A file of an older format whose
-// model is still there stays (an older kiln may use it), as do newer formats, files without
-// a path and anything unreadable. Runs when a file is packed, so the folder holds about one
-// file per model in use.
-void remove_stale_caches(const std::filesystem::path& dir, const std::filesystem::path& keep) {
+// Removes the cache files in `dir` (other than `keep`, the file now packed for the model at
+// `model_path` with panels of `isa`) that no kiln can use again: made from a model file that
+// is gone, or that has changed since (any reader would pack it again), by this format or an
+// older one that records the model's path (so upgrading kiln does not leave the old files of
+// deleted models behind for good); and the model's own older files of the same ISA (named
+// before file names carried the ISA: `keep` supersedes them). A file of an older format
+// whose model is still there stays (an older kiln may use it), as do the model's files of
+// another ISA (a machine sharing this folder may use them), newer formats, files without a
+// path and anything unreadable. Runs when a file is packed, so the folder holds about one
+// file per model and ISA in use.
+void remove_stale_caches(const std::filesystem::path& dir, const std::filesystem::path& keep,
+                         const std::string& model_path_now, const std::string& isa) {
   std::error_code ec;
   for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
     const std::filesystem::path& p = entry.path();
@@ -225,6 +229,7 @@ void remove_stale_caches(const std::filesystem::path& dir, const std::filesystem
     const int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) continue;
     PanelCacheHeader h{};
+    PanelCacheEntry first{};
     std::string model_path;
     bool readable = ::pread(fd, &h, sizeof h, 0) == static_cast<ssize_t>(sizeof h) &&
                     std::memcmp(h.magic, kMagic, sizeof kMagic) == 0 &&
@@ -237,6 +242,10 @@ void remove_stale_caches(const std::filesystem::path& dir, const std::filesystem
           static_cast<off_t>(sizeof h + size_t{h.n_matrices} * sizeof(PanelCacheEntry));
       readable = ::pread(fd, model_path.data(), model_path.size(), at) ==
                  static_cast<ssize_t>(model_path.size());
+      if (readable && h.n_matrices > 0 &&
+          ::pread(fd, &first, sizeof first, sizeof h) != static_cast<ssize_t>(sizeof first)) {
+        readable = false;
+      }
     }
     ::close(fd);
     if (!readable) continue;
@@ -245,7 +254,11 @@ void remove_stale_caches(const std::filesystem::path& dir, const std::filesystem
         ::stat(model_path.c_str(), &st) != 0
             ? errno == ENOENT || errno == ENOTDIR
             : static_cast<uint64_t>(st.st_size) != h.model_size || mtime_ns(st) != h.model_mtime_ns;
-    if (stale) std::filesystem::remove(p, ec);
+    // "avx2/v1" -> "avx2": the ISA of the file's panels (all its matrices share it).
+    const std::string layout(first.layout, strnlen(first.layout, sizeof first.layout));
+    const bool superseded = h.n_matrices > 0 && model_path == model_path_now && !isa.empty() &&
+                            layout.substr(0, layout.find('/')) == isa;
+    if (stale || superseded) std::filesystem::remove(p, ec);
   }
 }
 
@@ -257,7 +270,7 @@ void write_cache(const std::filesystem::path& path, const Expected& e, const ggu
   std::filesystem::create_directories(path.parent_path(), ec);
   if (ec) fail_write(path.parent_path(), "cannot create the folder: " + ec.message());
   remove_abandoned_temporaries(path);
-  remove_stale_caches(path.parent_path(), path);
+  remove_stale_caches(path.parent_path(), path, e.model_path, kernels::packed_panels_isa());
   TempFile tmp;
   // PID-N: unique among processes and among the engines of one process.
   static std::atomic<unsigned> serial{0};
@@ -325,7 +338,12 @@ std::filesystem::path panel_cache_file(const std::filesystem::path& dir,
   char hash[17];
   std::snprintf(hash, sizeof hash, "%016llx",
                 static_cast<unsigned long long>(fnv1a(std::as_bytes(std::span(key)))));
-  return dir / (model_path.stem().string() + "-" + hash + ".panels");
+  // The ISA in the name: panels of one are no use to the other's kernels, and a folder shared
+  // by machines of both (a home folder on NFS) keeps a file for each instead of packing the
+  // model again at every start on the other kind.
+  const std::string isa = kernels::packed_panels_isa();
+  return dir / (model_path.stem().string() + "-" + hash + (isa.empty() ? "" : "-" + isa) +
+                ".panels");
 }
 
 PanelCache PanelCache::open(const gguf::File& model,

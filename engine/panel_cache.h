@@ -20,7 +20,7 @@
 // compared byte for byte). Anything else is packed again into a new file, written under a
 // temporary name and renamed into place, so a reader never sees a partial file. Packing
 // also removes the folder's files whose model is gone or has changed since (nothing could
-// use them again), so the folder holds about one file per model in use.
+// use them again), so the folder holds about one file per model (and ISA) in use.
 #pragma once
 
 #include <cstddef>
@@ -42,9 +42,10 @@ namespace kiln {
 // $XDG_CACHE_HOME/kiln, else $HOME/.cache/kiln; empty when none of these is set.
 std::filesystem::path default_panel_cache_dir();
 
-// The cache file for the model at `model_path` in `dir`: the model's file stem and a hash
-// of its absolute path (two models of one name in different folders get two files; a
-// model packed again replaces its own file).
+// The cache file for the model at `model_path` in `dir`: the model's file stem, a hash of
+// its absolute path and the ISA of this CPU's panels (two models of one name in different
+// folders get two files, as do AVX-512 and AVX2-only machines sharing the folder; a model
+// packed again replaces its own file).
 std::filesystem::path panel_cache_file(const std::filesystem::path& dir,
                                        const std::filesystem::path& model_path);
 

@@ -69,6 +69,12 @@ std::string packed_panels_layout(GgmlType type) {
   return std::string(gemm.isa) + "/v" + std::to_string(kPackedPanelsVersion);
 }
 
+std::string packed_panels_isa() {
+  // Every ISA with pre-packed panels has them for Q4_K, the first type they were made for.
+  const GemmKernel gemm = gemm_kernel(GgmlType::Q4_K);
+  return gemm.pack != nullptr ? gemm.isa : "";
+}
+
 void pack_panels(const WeightMatrix& w, std::span<std::byte> out, ThreadPool& pool) {
   const size_t needed = packed_panels_bytes(w.type, w.rows, w.cols);
   if (needed == 0) fail(w, "no pre-packed panels for this tensor type on this CPU");

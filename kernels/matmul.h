@@ -43,6 +43,10 @@ size_t packed_panels_bytes(GgmlType type, size_t rows, size_t cols);
 inline constexpr int kPackedPanelsVersion = 1;
 // "ISA/vN" of the panels pack_panels writes for this type on this CPU, "" where it has none.
 std::string packed_panels_layout(GgmlType type);
+// The instruction set whose panels pack_panels writes on this CPU (within the ISA limit):
+// "avx512" or "avx2", "" where no type has pre-packed panels. Panels of one ISA are of no use
+// to the other's kernels, so the engine keeps one panel cache file per ISA.
+std::string packed_panels_isa();
 // Packs w.data into `out` (packed_panels_bytes(...) bytes, 64-byte aligned), 16-row panels
 // shared out across the pool. Throws std::invalid_argument for a type without pre-packed
 // panels or sizes that do not match.

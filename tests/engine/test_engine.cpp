@@ -910,6 +910,58 @@ TEST(EnginePanelCache, PackingRemovesTheFilesOfModelsGoneOrChanged) {
   for (const TinyModel* m : {&changed, &kept, &fresh}) fs::remove(m->path);
 }
 
+// AVX-512 and AVX2 panels differ, so each ISA keeps a file of its own (a folder shared by
+// machines of both kinds must not pack the model again at every start on the other kind);
+// packing removes the model's files of the same ISA under another name (the names before
+// they carried the ISA), never the other ISA's.
+TEST(EnginePanelCache, EachIsaKeepsItsOwnFile) {
+  using kiln::kernels::Isa;
+  struct IsaGuard {
+    Isa saved = kiln::kernels::isa_limit();
+    ~IsaGuard() { kiln::kernels::set_isa_limit(saved); }
+  } guard;
+  const auto isa_panels = [](Isa isa) {
+    kiln::kernels::set_isa_limit(isa);
+    return kiln::kernels::packed_panels_isa();
+  };
+  if (isa_panels(Isa::Avx512) != "avx512" || isa_panels(Isa::Avx2) != "avx2") {
+    GTEST_SKIP() << "needs pre-packed panels of both ISAs (an AVX-512 VNNI CPU)";
+  }
+  const TinySpec spec = panel_spec(GgmlType::Q4_K);
+  const fs::path dir = temp_path("panel_cache_isa");
+  fs::remove_all(dir);
+  const TinyModel tiny = write_tiny_model(spec, "panel_cache_isa.gguf", 5);
+  const Model model = Model::load(tiny.path);
+  const auto pack = [&](Isa isa) {
+    kiln::kernels::set_isa_limit(isa);
+    return std::pair{run_with_panel_cache(model, dir, spec.vocab).created,
+                     kiln::panel_cache_file(dir, tiny.path)};
+  };
+  const auto [created512, file512] = pack(Isa::Avx512);
+  const auto [created2, file2] = pack(Isa::Avx2);
+  EXPECT_TRUE(created512);
+  EXPECT_TRUE(created2);
+  EXPECT_NE(file512, file2);
+  EXPECT_NE(file512.filename().string().find("-avx512.panels"), std::string::npos) << file512;
+  EXPECT_NE(file2.filename().string().find("-avx2.panels"), std::string::npos) << file2;
+  EXPECT_TRUE(fs::exists(file512) && fs::exists(file2));
+  EXPECT_FALSE(pack(Isa::Avx512).first) << "the AVX-512 file is still there and used";
+  EXPECT_FALSE(pack(Isa::Avx2).first);
+
+  // The AVX2 file under the name it had before names carried the ISA, the current one gone:
+  // packing makes the current one and removes the old-named copy, not the AVX-512 file.
+  std::string old_name = file2.filename().string();
+  old_name.erase(old_name.find("-avx2.panels"));
+  const fs::path old_file = dir / (old_name + ".panels");
+  fs::rename(file2, old_file);
+  EXPECT_TRUE(pack(Isa::Avx2).first);
+  EXPECT_TRUE(fs::exists(file2));
+  EXPECT_FALSE(fs::exists(old_file)) << "superseded by " << file2;
+  EXPECT_TRUE(fs::exists(file512)) << "another ISA's file stays";
+  fs::remove_all(dir);
+  fs::remove(tiny.path);
+}
+
 TEST(EnginePanelCache, AFolderThatCannotBeWrittenLeavesTheBlocksAndSaysWhy) {
   if (!has_panels(GgmlType::Q4_K)) GTEST_SKIP() << "no pre-packed panels on this CPU";
   const TinySpec spec = panel_spec(GgmlType::Q4_K);
