@@ -15,6 +15,7 @@
 #include "cli/command.h"
 #include "cli/option_parser.h"
 #include "gguf/gguf.h"
+#include "sampler/json_text.h"
 #include "tokenizer/chat_template.h"
 
 namespace kiln::cli {
@@ -89,6 +90,10 @@ int run_template(Args args) {
       throw std::invalid_argument("--var expects KEY=VALUE, got '" + kv + "'");
     }
     const std::string value = kv.substr(eq + 1);
+    if (json_nesting_depth(value) > kMaxJsonNesting) {
+      throw std::invalid_argument("--var " + kv.substr(0, eq) + ": JSON nested deeper than " +
+                                  std::to_string(kMaxJsonNesting) + " levels");
+    }
     auto parsed = nlohmann::ordered_json::parse(value, nullptr, /*allow_exceptions=*/false);
     vars[kv.substr(0, eq)] = parsed.is_discarded() ? nlohmann::ordered_json(value) : parsed;
   });
@@ -121,8 +126,13 @@ int run_template(Args args) {
   if (!eos) eos = model ? token_text(*model, "tokenizer.ggml.eos_token_id") : "";
 
   nlohmann::ordered_json doc;
+  const std::string messages_text = read_all(*messages_path);
+  if (json_nesting_depth(messages_text) > kMaxJsonNesting) {
+    throw std::invalid_argument("--messages " + *messages_path + ": JSON nested deeper than " +
+                                std::to_string(kMaxJsonNesting) + " levels");
+  }
   try {
-    doc = nlohmann::ordered_json::parse(read_all(*messages_path));
+    doc = nlohmann::ordered_json::parse(messages_text);
   } catch (const nlohmann::json::parse_error& e) {
     throw std::invalid_argument("--messages " + *messages_path + ": invalid JSON: " + e.what());
   }

@@ -90,26 +90,50 @@ GrammarElement Grammar::repeat(GrammarElement item, int min, int max) {
   return sequence(std::move(seq));
 }
 
-std::vector<bool> Grammar::nullable_rules() const {
-  std::vector<bool> nullable(rules_.size(), false);
+template <typename Holds>
+std::vector<bool> Grammar::rules_with_an_alternative(Holds holds) const {
+  std::vector<bool> flags(rules_.size(), false);
   bool changed = true;
   while (changed) {
     changed = false;
     for (size_t r = 0; r < rules_.size(); ++r) {
-      if (nullable[r]) continue;
+      if (flags[r]) continue;
       for (const auto& alt : rules_[r].alternatives) {
-        bool all = std::all_of(alt.begin(), alt.end(), [&](const GrammarElement& e) {
-          return e.kind == GrammarElement::Kind::kRule && nullable[e.index];
-        });
-        if (all) {
-          nullable[r] = true;
+        if (std::all_of(alt.begin(), alt.end(),
+                        [&](const GrammarElement& e) { return holds(e, flags); })) {
+          flags[r] = true;
           changed = true;
           break;
         }
       }
     }
   }
-  return nullable;
+  return flags;
+}
+
+std::vector<bool> Grammar::nullable_rules() const {
+  return rules_with_an_alternative([](const GrammarElement& e, const std::vector<bool>& nullable) {
+    return e.kind == GrammarElement::Kind::kRule && nullable[e.index];
+  });
+}
+
+std::vector<bool> Grammar::productive_rules() const {
+  return rules_with_an_alternative([&](const GrammarElement& e, const std::vector<bool>& prod) {
+    return e.kind == GrammarElement::Kind::kRule ? prod[e.index] : !byte_sets_[e.index].empty();
+  });
+}
+
+bool Grammar::prune_dead_alternatives() {
+  const auto productive = productive_rules();
+  for (Rule& rule : rules_) {
+    std::erase_if(rule.alternatives, [&](const Sequence& alt) {
+      return std::any_of(alt.begin(), alt.end(), [&](const GrammarElement& e) {
+        return e.kind == GrammarElement::Kind::kRule ? !productive[e.index]
+                                                     : byte_sets_[e.index].empty();
+      });
+    });
+  }
+  return root_ >= 0 && static_cast<size_t>(root_) < rules_.size() && productive[root_];
 }
 
 void Grammar::validate() const {

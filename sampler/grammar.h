@@ -94,6 +94,14 @@ class Grammar {
   void validate() const;
   // Which rules can match the empty string.
   std::vector<bool> nullable_rules() const;
+  // Which rules can match some string (a rule without alternatives, or whose every
+  // alternative holds an empty byte set or such a rule, matches nothing).
+  std::vector<bool> productive_rules() const;
+  // Drops the alternatives that can match nothing, so that every prefix the automaton
+  // accepts can be completed: a schema whose optional property allows no value (enum [])
+  // must not let the model write that key and then find no next token. Returns whether
+  // the root still matches something (false: no document satisfies the grammar).
+  bool prune_dead_alternatives();
 
   // GBNF-like text, for debugging and `kiln grammar --print`.
   std::string to_string() const;
@@ -103,6 +111,11 @@ class Grammar {
     std::string name;
     std::vector<Sequence> alternatives;
   };
+  // The rules some alternative of which has only elements for which holds(element, flags)
+  // is true, where flags are this very set (a least fixpoint, from all false).
+  template <typename Holds>
+  std::vector<bool> rules_with_an_alternative(Holds holds) const;
+
   std::vector<Rule> rules_;
   std::vector<ByteSet> byte_sets_;
   std::unordered_map<std::string, int32_t> byte_set_index_;

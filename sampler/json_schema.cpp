@@ -12,6 +12,8 @@
 #include <utility>
 #include <vector>
 
+#include "sampler/json_text.h"
+
 namespace kiln {
 
 using ojson = nlohmann::ordered_json;
@@ -557,6 +559,11 @@ class SchemaCompiler {
   std::shared_ptr<const Grammar> compile_root() {
     GrammarElement e = compile(root_, "#");
     finish(e);
+    if (!g_->prune_dead_alternatives()) {
+      // enum [], false, minLength > maxLength, minimum > maximum, ...: a request with
+      // this schema could never finish; say so now rather than fail mid-generation.
+      throw UnsatisfiableSchema();
+    }
     try {
       g_->validate();
     } catch (const std::invalid_argument& err) {
@@ -1621,6 +1628,10 @@ std::shared_ptr<const Grammar> JsonGrammar::from_schema(const nlohmann::json& sc
 
 std::shared_ptr<const Grammar> JsonGrammar::from_schema_text(std::string_view schema_text,
                                                              const JsonGrammarOptions& options) {
+  if (json_nesting_depth(schema_text) > kMaxJsonNesting) {
+    throw std::invalid_argument("the schema nests arrays and objects deeper than " +
+                                std::to_string(kMaxJsonNesting) + " levels");
+  }
   nlohmann::ordered_json schema;
   try {
     schema = nlohmann::ordered_json::parse(schema_text);

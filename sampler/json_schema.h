@@ -77,6 +77,13 @@ class UnsupportedSchema : public std::invalid_argument {
   std::string path_;
 };
 
+// A schema that no JSON document satisfies (enum [], false, minimum > maximum, a required
+// property that allows nothing, ...): a request with it could never finish.
+class UnsatisfiableSchema : public std::invalid_argument {
+ public:
+  UnsatisfiableSchema() : std::invalid_argument("no JSON document satisfies this schema") {}
+};
+
 struct JsonGrammarOptions {
   int max_indent = 20;  // spaces/tabs allowed after a newline between tokens
 };

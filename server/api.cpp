@@ -6,6 +6,8 @@
 #include <limits>
 #include <random>
 
+#include "sampler/json_text.h"
+
 namespace kiln::server {
 
 namespace {
@@ -61,19 +63,26 @@ double number_in(const json& v, const std::string& param, double lo, double hi) 
 }
 
 int64_t integer_in(const json& v, const std::string& param, int64_t lo, int64_t hi) {
+  const auto out_of_range = [&] {
+    return invalid_request("'" + param + "' must be an integer in [" + std::to_string(lo) + ", " +
+                               std::to_string(hi) + "]",
+                           param);
+  };
   // 3.0 is accepted as 3 (JSON has one number type); 3.5 is not an integer.
   if (v.is_number_float()) {
     const double d = v.get<double>();
-    if (!std::isfinite(d) || d != std::floor(d) || std::fabs(d) > 9.0e15) {
-      throw wrong_type(param, "an integer", v);
+    if (!std::isfinite(d) || d != std::floor(d)) throw wrong_type(param, "an integer", v);
+    // 1e300 is a whole number, just far too big (and beyond int64 for the cast below).
+    constexpr double kTwoTo63 = 9223372036854775808.0;
+    if (d < -kTwoTo63 || d >= kTwoTo63 || d < static_cast<double>(lo) ||
+        d > static_cast<double>(hi)) {
+      throw out_of_range();
     }
   } else if (!v.is_number()) {
     throw wrong_type(param, "an integer", v);
   }
   if (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(hi)) {
-    throw invalid_request("'" + param + "' must be an integer in [" + std::to_string(lo) + ", " +
-                              std::to_string(hi) + "]",
-                          param);
+    throw out_of_range();
   }
   const int64_t i = v.is_number_float() ? static_cast<int64_t>(v.get<double>()) : v.get<int64_t>();
   if (i < lo || i > hi) {
@@ -146,7 +155,8 @@ void parse_common(const json& body, GenerationParams& g) {
     }
   }
   if (const json* v = find(body, "seed")) {
-    g.seed = static_cast<uint64_t>(integer_in(*v, "seed", std::numeric_limits<int64_t>::min() / 2,
+    // Any int64, as OpenAI's API takes; negative seeds are as good as any other.
+    g.seed = static_cast<uint64_t>(integer_in(*v, "seed", std::numeric_limits<int64_t>::min(),
                                               std::numeric_limits<int64_t>::max()));
   }
   // max_completion_tokens is the newer name; it wins when both are given.
@@ -225,6 +235,11 @@ json error_body(std::string_view message, std::string_view type, std::string_vie
 json error_body(const ApiError& e) { return error_body(e.what(), e.type, e.param, e.code); }
 
 json parse_body(std::string_view body) {
+  // Before parsing: a deep value would overflow the stack wherever it is first copied.
+  if (json_nesting_depth(body) > kMaxJsonNesting) {
+    throw invalid_request("the request body nests arrays and objects deeper than " +
+                          std::to_string(kMaxJsonNesting) + " levels");
+  }
   json j;
   try {
     j = json::parse(body);

@@ -74,6 +74,9 @@ std::shared_ptr<const Grammar> schema_grammar(const nlohmann::ordered_json& sche
   } catch (const UnsupportedSchema& e) {
     throw ApiError(400, std::string("response_format: ") + e.what(), "invalid_request_error",
                    std::string(kSchemaParam), "unsupported_schema");
+  } catch (const UnsatisfiableSchema& e) {
+    throw ApiError(400, std::string("response_format: ") + e.what(), "invalid_request_error",
+                   std::string(kSchemaParam), "unsatisfiable_schema");
   } catch (const std::invalid_argument& e) {
     // Malformed schemas (a "type" that is not a type name, a repetition too
     // large to compile, ...).

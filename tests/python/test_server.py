@@ -243,6 +243,44 @@ def test_bad_requests(server, model_id):
     assert status == 400 and err["param"] == "prompt"
 
 
+def test_hostile_bodies_get_400_and_the_server_lives_on(server, model_id, client):
+    # 200 KB nested 100,000 deep: parsed fine, but its first copy overflowed a server
+    # thread's stack (a segfault that took the whole server down).
+    deep = "[" * 100000 + "]" * 100000
+    for raw in ('{"model": "%s", "messages": [{"role": "user", "content": "hi", "name": %s}]}'
+                % (model_id, deep),
+                '{"model": "%s", "messages": [{"role": "user", "content": "hi"}], '
+                '"response_format": {"type": "json_schema", "json_schema": {"name": "x", '
+                '"schema": {"const": %s}}}}' % (model_id, deep)):
+        status, err = error_of(server, None, raw=raw.encode())
+        assert status == 400 and "deeper than 512 levels" in err["message"], err
+    # Schemas no document satisfies: refused up front, not a 500 mid-generation.
+    for schema in ({"enum": []}, False, {"type": "string", "minLength": 3, "maxLength": 1},
+                   {"type": "integer", "minimum": 5, "maximum": 2}):
+        for stream in (False, True):
+            status, err = error_of(server, {
+                "model": model_id, "messages": USER, "stream": stream,
+                "response_format": {"type": "json_schema",
+                                    "json_schema": {"name": "x", "schema": schema}}})
+            assert status == 400 and err["code"] == "unsatisfiable_schema", (schema, err)
+            assert err["param"] == "response_format.json_schema.schema"
+    assert chat(client, model_id, USER, max_tokens=2).choices[0].message.content
+
+
+def test_logprobs_stop_at_the_stop_string(client, model_id):
+    full = chat(client, model_id, USER, temperature=0, max_tokens=24).choices[0].message.content
+    for at in range(2, len(full) - 3, 3):
+        stop = full[at:at + 3]
+        want = full[:full.index(stop)]
+        r = chat(client, model_id, USER, temperature=0, max_tokens=24, stop=stop, logprobs=True)
+        assert r.choices[0].message.content == want
+        tokens = [bytes(t.bytes) for t in r.choices[0].logprobs.content]
+        spelled = b"".join(tokens)
+        assert spelled.startswith(want.encode()), (stop, spelled, want)
+        if tokens:  # only the last token may run into the stop string
+            assert len(spelled) - len(tokens[-1]) < max(len(want.encode()), 1), (stop, spelled)
+
+
 def test_prompt_longer_than_context(server, model_id):
     long = [{"role": "user", "content": "hello " * 1500}]
     for stream in (False, True):  # known before the stream starts: a real status

@@ -10,6 +10,7 @@
 
 #include "sampler/grammar.h"
 #include "sampler/json_schema.h"
+#include "sampler/json_text.h"
 
 namespace kiln {
 namespace {
@@ -137,7 +138,7 @@ TEST(JsonSchema, IntegerBoundsMatchArithmetic) {
     EXPECT_EQ(matches(g, "-0"), 0 >= c.lo && 0 <= c.hi) << c.keywords;
     EXPECT_FALSE(matches(g, "007")) << c.keywords;
   }
-  EXPECT_REJECTS(R"({"type":"integer","minimum":5,"maximum":4})", "5");
+  EXPECT_THROW(compile(R"({"type":"integer","minimum":5,"maximum":4})"), UnsatisfiableSchema);
   auto non_negative = compile(R"({"type":"number","minimum":0})");
   EXPECT_TRUE(matches(non_negative, "0.5e-3"));
   EXPECT_TRUE(matches(non_negative, "12"));
@@ -201,7 +202,7 @@ TEST(JsonSchema, EnumAndConst) {
   EXPECT_ACCEPTS(R"({"const":"x\"y"})", R"("x\"y")");
   // pydantic's Literal["a"]: const and enum together.
   EXPECT_ACCEPTS(R"({"const":"a","enum":["a"],"type":"string"})", R"("a")");
-  EXPECT_REJECTS(R"({"const":"a","enum":["b"]})", R"("a")");
+  EXPECT_THROW(compile(R"({"const":"a","enum":["b"]})"), UnsatisfiableSchema);
   EXPECT_REJECTS(R"({"const":"x\"y"})", R"("xy")");
   // A sibling type filters the values.
   EXPECT_REJECTS(R"({"type":"string","enum":["a",1]})", "1");
@@ -541,6 +542,7 @@ TEST(JsonSchema, RandomPatternsAndSchemasCompileOrAreUnsupported) {
       (void)m.accept_bytes("\"ab\"");
       ++compiled;
     } catch (const UnsupportedSchema&) {
+    } catch (const UnsatisfiableSchema&) {
     } catch (const nlohmann::json::exception&) {
       // invalid UTF-8 from the random bytes cannot even be put in a schema
     }
@@ -573,6 +575,7 @@ TEST(JsonSchema, RandomPatternsAndSchemasCompileOrAreUnsupported) {
       GrammarMatcher m(JsonGrammar::from_schema(schema));
       (void)m.accept_bytes("{\"a\":[1]}");
     } catch (const UnsupportedSchema&) {
+    } catch (const UnsatisfiableSchema&) {
     }
   }
 }
@@ -641,6 +644,68 @@ TEST(JsonSchema, PropertyOrderFollowsTheJsonObjectOrder) {
   auto sorted = JsonGrammar::from_schema(nlohmann::json::parse(text));
   EXPECT_TRUE(matches(sorted, R"({"a":2,"b":1})"));
   EXPECT_FALSE(matches(sorted, R"({"b":1,"a":2})"));
+}
+
+TEST(JsonText, NestingDepthSkipsStrings) {
+  EXPECT_EQ(kiln::json_nesting_depth(""), 0u);
+  EXPECT_EQ(kiln::json_nesting_depth("1"), 0u);
+  EXPECT_EQ(kiln::json_nesting_depth(R"({"a": [1, {"b": []}]})"), 4u);
+  EXPECT_EQ(kiln::json_nesting_depth(R"(["[[[", "\"[[", {}])"), 2u);  // escaped quote
+  EXPECT_EQ(kiln::json_nesting_depth(R"(["\\", [[]]])"), 3u);         // escaped backslash
+  EXPECT_EQ(kiln::json_nesting_depth("]]]]["), 1u);                   // invalid: the parser's job
+}
+
+// A schema nested deeper than any real one is refused before it is parsed (its copies and
+// its compilation recurse once per level: 50,000 levels overflowed the stack).
+TEST(JsonSchema, DeeplyNestedSchemaTextIsRefused) {
+  std::string deep;
+  for (int i = 0; i < 50000; ++i) deep += R"({"type": "array", "items": )";
+  deep += R"({"type": "integer"})" + std::string(50000, '}');
+  try {
+    compile(deep);
+    ADD_FAILURE() << "compiled";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("deeper than 512 levels"), std::string::npos);
+  }
+  std::string ok;
+  for (int i = 0; i < 100; ++i) ok += R"({"type": "array", "items": )";
+  ok += R"({"type": "integer"})" + std::string(100, '}');
+  EXPECT_ACCEPTS(ok, std::string(100, '[') + "1" + std::string(100, ']'));
+}
+
+// A schema no document satisfies is refused when compiled (a request with it could never
+// finish: the server used to fail mid-generation with "the grammar allows no next token").
+TEST(JsonSchema, UnsatisfiableSchemasAreRefused) {
+  for (const char* schema :
+       {R"({"enum": []})", "false", R"({"type": "string", "minLength": 5, "maxLength": 2})",
+        R"({"type": "integer", "minimum": 5, "maximum": 2})",
+        R"({"type": "object", "properties": {"a": {"enum": []}}, "required": ["a"]})",
+        R"({"type": "array", "items": false, "minItems": 1})"}) {
+    try {
+      compile(schema);
+      ADD_FAILURE() << "compiled: " << schema;
+    } catch (const UnsatisfiableSchema&) {
+    }
+  }
+}
+
+// A part of a schema that allows nothing is cut out of the grammar, so the matcher never
+// lets the model start it: every prefix it accepts can still be completed.
+TEST(JsonSchema, BranchesThatAllowNothingAreNeverStarted) {
+  const auto g =
+      compile(R"({"type": "object", "properties": {"a": {"enum": []}, "b": {"type": "integer"}}})");
+  EXPECT_TRUE(matches(g, R"({"b": 1})"));
+  EXPECT_TRUE(matches(g, "{}"));
+  GrammarMatcher m(g);
+  EXPECT_TRUE(m.accept_bytes("{\""));
+  EXPECT_FALSE(m.can_accept("a")) << "key \"a\" has no possible value";
+  EXPECT_TRUE(m.can_accept("b"));
+  const auto items = compile(R"({"type": "array", "items": false})");
+  EXPECT_TRUE(matches(items, "[]"));
+  GrammarMatcher arr(items);
+  EXPECT_TRUE(arr.accept_bytes("["));
+  EXPECT_FALSE(arr.can_accept("1"));
+  EXPECT_FALSE(arr.can_accept(" 1"));
 }
 
 TEST(JsonSchema, JsonObjectMode) {

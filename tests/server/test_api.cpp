@@ -3,6 +3,7 @@
 // documented field lists, not against output captured from this code).
 #include <gtest/gtest.h>
 
+#include <limits>
 #include <string>
 
 #include "server/api.h"
@@ -203,6 +204,27 @@ TEST(Api, OtherRules) {
             "response_format.type");
 }
 
+// Seeds take the whole int64 range, as OpenAI's do; a whole number far too big is out of
+// range, not "not an integer".
+TEST(Api, IntegerRanges) {
+  const int64_t lowest = std::numeric_limits<int64_t>::min();
+  EXPECT_EQ(kiln::server::parse_chat_request(chat({{"seed", lowest}})).gen.seed,
+            static_cast<uint64_t>(lowest));
+  EXPECT_EQ(kiln::server::parse_chat_request(chat({{"seed", -1}})).gen.seed, ~uint64_t{0});
+  EXPECT_EQ(kiln::server::parse_chat_request(chat({{"seed", 1e17}})).gen.seed,
+            uint64_t{100000000000000000});
+  for (const json& big : {json(1e300), json(-1e300), json(9223372036854775808.0)}) {
+    const ApiError e = chat_error(chat({{"max_tokens", big}}));
+    EXPECT_EQ(e.param, "max_tokens");
+    EXPECT_NE(std::string(e.what()).find("must be an integer in [1, 16777216]"), std::string::npos)
+        << e.what();
+    EXPECT_NE(std::string(chat_error(chat({{"seed", big}})).what()).find("must be an integer in"),
+              std::string::npos);
+  }
+  EXPECT_NE(std::string(chat_error(chat({{"max_tokens", 2.5}})).what()).find("an integer"),
+            std::string::npos);
+}
+
 TEST(Api, MalformedBodies) {
   for (const char* body : {"{", "[1,2]", "\"x\"", "", "{\"a\":}"}) {
     try {
@@ -214,6 +236,26 @@ TEST(Api, MalformedBodies) {
     }
   }
   EXPECT_TRUE(kiln::server::parse_body("{\"a\": 1}").is_object());
+}
+
+// A value nested 100,000 deep parses (nlohmann's parser is iterative) but overflowed the
+// stack of the thread that first copied it: the body is refused before parsing.
+TEST(Api, DeeplyNestedBodiesAreRefusedBeforeParsing) {
+  const auto nested = [](size_t depth) {
+    return "{\"model\": \"m\", \"x\": " + std::string(depth, '[') + std::string(depth, ']') + "}";
+  };
+  try {
+    kiln::server::parse_body(nested(100000));
+    ADD_FAILURE() << "accepted";
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.status, 400);
+    EXPECT_NE(std::string(e.what()).find("deeper than 512 levels"), std::string::npos) << e.what();
+  }
+  // The limit counts the body's own object: 511 arrays inside it are fine, 512 are not.
+  EXPECT_NO_THROW(kiln::server::parse_body(nested(511)));
+  EXPECT_THROW(kiln::server::parse_body(nested(512)), ApiError);
+  // Brackets inside strings are text.
+  EXPECT_NO_THROW(kiln::server::parse_body("{\"s\": \"" + std::string(100000, '[') + "\"}"));
 }
 
 TEST(Api, CompletionPrompts) {
