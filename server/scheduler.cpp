@@ -53,7 +53,13 @@ struct Scheduler::Sequence {
   StreamingDetokenizer detokenizer;
   StopStringMatcher stop;
   std::vector<TokenLogprobs> pending_logprobs;  // tokens whose text is still held back
-  std::unique_ptr<GrammarConstraint> grammar;   // response_format, when constrained
+  // Where each pending token's text starts in the detokenized text, and how much of that
+  // text has been sent as content: on a stop string, the tokens that start at or after the
+  // end of the content (the stop string's own) are not part of the answer.
+  std::vector<size_t> pending_starts;
+  size_t text_bytes = 0;
+  size_t content_bytes = 0;
+  std::unique_ptr<GrammarConstraint> grammar;  // response_format, when constrained
 
   bool decoding() const { return prompt_done == job.prompt.size(); }
 };
@@ -403,11 +409,20 @@ void Scheduler::process_token(size_t slot, std::span<const float> logits) {
       }
     }
     seq.pending_logprobs.push_back(std::move(t));
+    seq.pending_starts.push_back(seq.text_bytes);
   }
+  // The detokenizer's text goes through the stop matcher; its length places each token.
+  bool stopped_by_string = false;
+  const auto stop_matcher_push = [&](std::string_view text) {
+    seq.text_bytes += text.size();
+    auto r = seq.stop.push(text);
+    stopped_by_string = stopped_by_string || r.stopped;
+    return r;
+  };
 
   // Ends the text: whatever the detokenizer and the stop matcher still hold.
   const auto finish_with = [&](FinishReason reason) {
-    auto r = seq.stop.push(seq.detokenizer.flush());
+    auto r = stop_matcher_push(seq.detokenizer.flush());
     ev.text += r.text;
     if (r.stopped) {
       ev.finish = FinishReason::kStop;
@@ -420,7 +435,7 @@ void Scheduler::process_token(size_t slot, std::span<const float> logits) {
   if (end_of_turn) {
     finish_with(FinishReason::kStop);
   } else {
-    auto r = seq.stop.push(seq.detokenizer.push(token));
+    auto r = stop_matcher_push(seq.detokenizer.push(token));
     ev.text = std::move(r.text);
     if (r.stopped) {
       ev.finish = FinishReason::kStop;
@@ -433,8 +448,18 @@ void Scheduler::process_token(size_t slot, std::span<const float> logits) {
     }
   }
   if (!ev.text.empty() || ev.finish) {
+    seq.content_bytes += ev.text.size();
+    if (stopped_by_string) {
+      // The stop string is not content, nor are the tokens that spell it.
+      size_t keep = 0;
+      while (keep < seq.pending_starts.size() && seq.pending_starts[keep] < seq.content_bytes) {
+        ++keep;
+      }
+      seq.pending_logprobs.resize(keep);
+    }
     ev.logprobs = std::move(seq.pending_logprobs);
     seq.pending_logprobs.clear();
+    seq.pending_starts.clear();
   }
   const bool finished = ev.finish.has_value();
   if (!ev.text.empty() || finished || !ev.logprobs.empty()) seq.stream->push(std::move(ev));

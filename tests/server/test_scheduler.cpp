@@ -32,6 +32,7 @@ using kiln::server::Scheduler;
 
 struct Result {
   std::string text;
+  std::vector<std::string> logprob_tokens;  // the tokens that came with logprobs, in order
   std::optional<kiln::server::FinishReason> finish;
   std::string error;
   kiln::server::Usage usage;
@@ -48,6 +49,7 @@ Result collect(kiln::server::GenerationStream& s) {
   EXPECT_TRUE(ended) << "stream did not end";
   for (auto& e : events) {
     r.text += e.text;
+    for (const auto& t : e.logprobs) r.logprob_tokens.push_back(t.token);
     if (e.finish) r.finish = e.finish;
     if (!e.error.empty()) r.error = e.error;
   }
@@ -223,6 +225,33 @@ TEST_F(SchedulerTest, StopStringEndsWithoutTheStop) {
   const Result r = collect(*scheduler.submit(j));
   EXPECT_EQ(r.finish, kiln::server::FinishReason::kStop);
   EXPECT_EQ(r.text, full.substr(0, full.find(stop)));
+}
+
+// Logprobs cover the content and nothing of the stop string: the tokens spell the text,
+// except that the last one may run into the stop string (it starts inside the content).
+TEST_F(SchedulerTest, StopStringTokensHaveNoLogprobs) {
+  GenerationJob j = job(10, 3, 16);
+  j.logprobs = true;
+  const std::string full = reference(j);
+  ASSERT_GE(full.size(), 8u);
+  auto engine = make_engine(2, 64);
+  kiln::server::Metrics metrics;
+  Scheduler scheduler(*engine, *tokenizer_, metrics);
+  for (size_t at = 1; at + 2 < full.size(); at += 2) {
+    j.stop = {full.substr(at, 2)};
+    const Result r = collect(*scheduler.submit(j));
+    const std::string content = full.substr(0, full.find(j.stop[0]));
+    ASSERT_EQ(r.text, content) << "stop at " << at;
+    std::string spelled;
+    for (const auto& t : r.logprob_tokens) spelled += t;
+    EXPECT_EQ(spelled.substr(0, content.size()), content) << "stop at " << at;
+    if (!r.logprob_tokens.empty()) {
+      EXPECT_LT(spelled.size() - r.logprob_tokens.back().size(),
+                std::max<size_t>(content.size(), 1))
+          << "stop at " << at << ": tokens past the content: '" << spelled << "' vs '" << content
+          << "'";
+    }
+  }
 }
 
 TEST_F(SchedulerTest, ContextEndIsLength) {
