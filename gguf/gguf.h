@@ -82,7 +82,11 @@ struct TensorInfo {
   uint64_t n_bytes = 0;
   std::span<const std::byte> data;  // view into the mapping
 
-  uint64_t rows() const { return n_elements / ne[0]; }
+  // Rows of ne[0] elements. A tensor with a zero dimension is valid GGUF (ggml allows empty
+  // tensors and the reader accepts them, so `kiln info` still shows such files): it has no
+  // elements and no rows, whatever its other dimensions say. Every command that walks rows
+  // (quantize, the dumps) then simply does nothing for it, instead of dividing by ne[0] == 0.
+  uint64_t rows() const { return n_elements == 0 ? 0 : n_elements / ne[0]; }
   std::string shape_string() const;  // e.g. "[576, 49152]"
 };
 

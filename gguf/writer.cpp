@@ -1,5 +1,9 @@
 #include "gguf/writer.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <memory>
@@ -90,6 +94,52 @@ struct FileCloser {
     if (f) std::fclose(f);
   }
 };
+
+std::string_view file_kind(std::filesystem::file_type t) {
+  using std::filesystem::file_type;
+  switch (t) {
+    case file_type::directory:
+      return "a directory";
+    case file_type::fifo:
+      return "a FIFO";
+    case file_type::character:
+      return "a character device";
+    case file_type::block:
+      return "a block device";
+    case file_type::socket:
+      return "a socket";
+    default:
+      return "not a regular file";
+  }
+}
+
+// The file that writing `path` should replace. The finished file is renamed into place, and
+// rename() replaces whatever directory entry has that name: a FIFO or a device node would be
+// swapped for a regular file (as root, `kiln quantize in.gguf /dev/full Q8_0` replaced the
+// device), and a symbolic link would become a plain file. So anything but a regular file is
+// refused, and a link is followed as the shell's `>` would: the file it points to is replaced
+// and the link stays. Returns the path to replace (the link's target, or `path`).
+std::filesystem::path replaceable_target(const std::filesystem::path& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::file_status link = fs::symlink_status(path, ec);
+  if (!fs::exists(link)) return path;  // a new file (a missing folder fails at create)
+  fs::path target = path;
+  if (fs::is_symlink(link)) {
+    target = fs::canonical(path, ec);
+    if (ec) {
+      throw Error(path.string() + ": is a symbolic link whose target cannot be resolved (" +
+                  ec.message() + "); refusing to replace the link with the output");
+    }
+  }
+  const fs::file_status st = fs::status(target, ec);
+  if (fs::is_regular_file(st)) return target;
+  std::string what = path.string() + ": ";
+  if (target != path) what += "is a symbolic link to " + target.string() + ", which ";
+  what += "is " + std::string(file_kind(st.type())) +
+          "; refusing to replace it with the output (give the path of a new or regular file)";
+  throw Error(what);
+}
 
 }  // namespace
 
@@ -238,9 +288,28 @@ void Writer::write(const std::filesystem::path& path) const {
   }
   header.resize(pad_to(header.size()));
 
-  const std::filesystem::path tmp = path.string() + ".tmp";
-  std::unique_ptr<std::FILE, FileCloser> f(std::fopen(tmp.c_str(), "wb"));
-  if (!f) throw Error(path.string() + ": cannot create: " + std::strerror(errno));
+  // Checked before any work, so a refused output costs nothing (quantizing can take minutes).
+  const std::filesystem::path target = replaceable_target(path);
+  // The temporary file sits next to the file it replaces, so the rename stays on one file system.
+  const std::filesystem::path tmp = target.string() + ".tmp";
+  // A leftover OUT.tmp (an interrupted run) is removed rather than opened: opening it would
+  // follow a link or block on a FIFO. O_EXCL then creates a fresh regular file or fails.
+  std::error_code tmp_ec;
+  if (std::filesystem::symlink_status(tmp, tmp_ec).type() !=
+      std::filesystem::file_type::directory) {
+    ::unlink(tmp.c_str());
+  }
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+  if (fd < 0) {
+    throw Error(path.string() + ": cannot create " + tmp.string() + ": " + std::strerror(errno));
+  }
+  std::unique_ptr<std::FILE, FileCloser> f(::fdopen(fd, "wb"));
+  if (!f) {
+    const int err = errno;
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    throw Error(path.string() + ": cannot create: " + std::strerror(err));
+  }
   auto put = [&](const void* p, size_t n) {
     if (n && std::fwrite(p, 1, n, f.get()) != n) {
       const int err = errno;
@@ -269,9 +338,11 @@ void Writer::write(const std::filesystem::path& path) const {
   }
   f.reset();
   std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
+  std::filesystem::rename(tmp, target, ec);
   if (ec) {
-    std::filesystem::remove(tmp, ec);
+    // The rename's own error for the message: the clean-up must not overwrite it.
+    std::error_code ignored;
+    std::filesystem::remove(tmp, ignored);
     throw Error(path.string() + ": cannot rename the finished file into place: " + ec.message());
   }
 }

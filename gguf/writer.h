@@ -68,7 +68,10 @@ class Writer {
 
   size_t tensor_count() const { return tensors_.size(); }
 
-  // Writes the whole file; throws gguf::Error naming the path on I/O failure.
+  // Writes the whole file; throws gguf::Error naming the path on I/O failure. An existing
+  // `path` must be a regular file, or a symbolic link to one (the link's target is replaced
+  // and the link kept); a directory, FIFO, device or socket is refused before anything is
+  // written.
   void write(const std::filesystem::path& path) const;
 
  private:

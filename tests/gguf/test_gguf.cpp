@@ -2,6 +2,8 @@
 // errors, and a corpus of malformed files that must each be rejected with a
 // gguf::Error naming the byte offset (never a crash, hang or huge allocation).
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cstring>
 #include <filesystem>
@@ -379,6 +381,118 @@ TEST(GgufWriter, RejectsBadTensors) {
   EXPECT_THROW(w.write(path), Error);
   EXPECT_FALSE(std::filesystem::exists(path));
   EXPECT_FALSE(std::filesystem::exists(path.string() + ".tmp"));
+}
+
+// A zero dimension is valid GGUF (ggml allows empty tensors): the file opens, and the tensor
+// has no elements, no bytes and no rows, whatever its other dimensions (rows() used to divide
+// by ne[0], which killed `kiln quantize` with SIGFPE).
+TEST(GgufTensors, ZeroDimensionMeansNoRows) {
+  Bytes b;
+  b.header(3, 0);
+  b.str("empty").pod<uint32_t>(1).pod<uint64_t>(0).pod<uint32_t>(0).pod<uint64_t>(0);
+  b.str("wide").pod<uint32_t>(2).pod<uint64_t>(0).pod<uint64_t>(1ULL << 40);
+  b.pod<uint32_t>(2).pod<uint64_t>(0);  // Q4_0: a zero row length is a multiple of the block
+  b.str("tall").pod<uint32_t>(2).pod<uint64_t>(8).pod<uint64_t>(0).pod<uint32_t>(0);
+  b.pod<uint64_t>(0);
+  b.pad();
+  const File f = File::parse(b.b, "empty.gguf");
+  for (const char* name : {"empty", "wide", "tall"}) {
+    const TensorInfo& t = f.tensor(name);
+    EXPECT_EQ(t.n_elements, 0u) << name;
+    EXPECT_EQ(t.n_bytes, 0u) << name;
+    EXPECT_EQ(t.rows(), 0u) << name;
+  }
+}
+
+// The writer renames its finished file over OUT: anything there but a regular file (or a link
+// to one) is refused before a byte is written, and left as it was.
+class GgufWriterTarget : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = temp_path("writer_target");
+    std::filesystem::remove_all(dir_);
+    std::filesystem::create_directories(dir_);
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  static Writer small_writer() {
+    Writer w;
+    w.set("general.name", MetaValue::string("target"));
+    w.add_tensor("x", GgmlType::F32, {4},
+                 [](std::span<std::byte> out) { std::memset(out.data(), 0, out.size()); });
+    return w;
+  }
+  // write() must throw with every fragment in the message, and leave no OUT.tmp behind.
+  void expect_refused(const std::filesystem::path& path,
+                      std::initializer_list<std::string> fragments) {
+    try {
+      small_writer().write(path);
+      ADD_FAILURE() << "wrote over " << path;
+    } catch (const Error& e) {
+      const std::string m = e.what();
+      for (const auto& f : fragments) EXPECT_NE(m.find(f), std::string::npos) << m;
+      EXPECT_EQ(m.find("Success"), std::string::npos) << m;
+    }
+    for (const auto& entry : std::filesystem::directory_iterator(dir_)) {
+      EXPECT_FALSE(entry.path().string().ends_with(".tmp")) << entry.path();
+    }
+  }
+  std::filesystem::path dir_;
+};
+
+TEST_F(GgufWriterTarget, AFifoIsRefusedAndKept) {
+  const auto fifo = dir_ / "out.gguf";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  expect_refused(fifo, {fifo.string(), "is a FIFO", "refusing to replace it"});
+  EXPECT_TRUE(std::filesystem::is_fifo(std::filesystem::symlink_status(fifo)));
+  // Through a link too: the link and the FIFO both stay.
+  const auto link = dir_ / "link.gguf";
+  std::filesystem::create_symlink(fifo, link);
+  expect_refused(link, {link.string(), "symbolic link to " + fifo.string(), "is a FIFO"});
+  EXPECT_TRUE(std::filesystem::is_symlink(link));
+  EXPECT_TRUE(std::filesystem::is_fifo(std::filesystem::symlink_status(fifo)));
+}
+
+TEST_F(GgufWriterTarget, ADirectoryIsRefusedNamingIt) {
+  const auto sub = dir_ / "models";
+  std::filesystem::create_directory(sub);
+  // The old message was "cannot rename the finished file into place: Success".
+  expect_refused(sub, {sub.string(), "is a directory"});
+  EXPECT_TRUE(std::filesystem::is_directory(sub));
+  EXPECT_TRUE(std::filesystem::is_empty(sub));
+}
+
+TEST_F(GgufWriterTarget, ALinkToARegularFileReplacesTheTargetAndKeepsTheLink) {
+  const auto target = dir_ / "v1.gguf";
+  { std::ofstream(target) << "old contents"; }
+  const auto link = dir_ / "current.gguf";
+  std::filesystem::create_symlink("v1.gguf", link);  // relative, as users make them
+  small_writer().write(link);
+  ASSERT_TRUE(std::filesystem::is_symlink(link));
+  EXPECT_EQ(std::filesystem::read_symlink(link), "v1.gguf");
+  const auto bytes = read_all(target);
+  EXPECT_EQ(File::parse(bytes, "v1.gguf").get_string("general.name"), "target");
+  EXPECT_FALSE(std::filesystem::exists(target.string() + ".tmp"));
+}
+
+TEST_F(GgufWriterTarget, ADanglingLinkIsRefusedAndKept) {
+  const auto link = dir_ / "dangling.gguf";
+  std::filesystem::create_symlink(dir_ / "missing" / "x.gguf", link);
+  expect_refused(link, {link.string(), "symbolic link"});
+  EXPECT_TRUE(std::filesystem::is_symlink(link));
+}
+
+TEST_F(GgufWriterTarget, ALeftoverTmpLinkIsNotFollowed) {
+  // OUT.tmp from an interrupted run, here a link to a file that must not be overwritten.
+  const auto victim = dir_ / "victim.txt";
+  { std::ofstream(victim) << "keep me"; }
+  const auto out = dir_ / "out.gguf";
+  std::filesystem::create_symlink(victim, out.string() + ".tmp");
+  small_writer().write(out);
+  EXPECT_EQ(File::parse(read_all(out), "out.gguf").get_string("general.name"), "target");
+  std::ifstream in(victim);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(text, "keep me");
 }
 
 // The mapping starts 2 MiB aligned (so the page cache's 2 MiB folios can be mapped whole),
