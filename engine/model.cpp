@@ -1,5 +1,8 @@
 #include "engine/model.h"
 
+#include <charconv>
+#include <cmath>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 
@@ -68,6 +71,42 @@ WeightView bind_matrix(const gguf::File& file, const std::string& name, size_t r
   return {t.name, t.type, rows, cols, t.data, {}};
 }
 
+// An optional float hyper-parameter that must be finite and positive: a NaN, an infinity, zero
+// or a negative value makes every logit NaN (rms_norm divides by sqrt(mean + eps); RoPE raises
+// freq_base to fractional powers), which the forward would otherwise produce silently.
+float positive_f32(const gguf::File& file, const std::string& key, float fallback) {
+  const float v = file.get_f32_opt(key).value_or(fallback);
+  if (!std::isfinite(v) || v <= 0.0f) {
+    std::ostringstream value;
+    value << v;
+    throw std::runtime_error(file.path() + ": metadata '" + key + "' is " + value.str() +
+                             ", expected a finite number > 0");
+  }
+  return v;
+}
+
+// Blocks the tensors describe: one more than the highest N of the "blk.N." names, and the
+// number of distinct N (fewer when some block is missing altogether).
+struct BlocksFound {
+  size_t count = 0;    // distinct N
+  size_t highest = 0;  // highest N + 1
+};
+BlocksFound blocks_in_tensors(const gguf::File& file) {
+  std::set<uint64_t> seen;
+  for (const auto& t : file.tensors()) {
+    const std::string_view name = t.name;
+    if (!name.starts_with("blk.")) continue;
+    uint64_t n = 0;
+    const char* begin = name.data() + 4;
+    const auto [end, ec] = std::from_chars(begin, name.data() + name.size(), n);
+    if (ec != std::errc() || end == begin || end == name.data() + name.size() || *end != '.') {
+      continue;
+    }
+    seen.insert(n);
+  }
+  return {seen.size(), seen.empty() ? 0 : static_cast<size_t>(*seen.rbegin()) + 1};
+}
+
 }  // namespace
 
 ModelConfig ModelConfig::from_gguf(const gguf::File& file) {
@@ -81,6 +120,18 @@ ModelConfig ModelConfig::from_gguf(const gguf::File& file) {
   c.n_ctx_train = required_uint(file, "llama.context_length");
   c.dim = required_uint(file, "llama.embedding_length");
   c.n_layers = required_uint(file, "llama.block_count");
+  // Checked against the tensors before anything is sized by it: the layer vector is resized
+  // to n_layers, so a hostile 10^12 would allocate without bound before the first missing
+  // tensor is found. Fewer blocks than the file holds would silently skip layers.
+  if (const BlocksFound found = blocks_in_tensors(file);
+      found.highest != c.n_layers || found.count != c.n_layers) {
+    throw std::runtime_error(file.path() + ": metadata 'llama.block_count' is " +
+                             std::to_string(c.n_layers) + " but the file's tensors hold " +
+                             (found.count == 0
+                                  ? std::string("no blocks (no blk.N.* tensors)")
+                                  : std::to_string(found.count) + " blocks (blk.N.* with N up to " +
+                                        std::to_string(found.highest - 1) + ")"));
+  }
   c.ffn_dim = required_uint(file, "llama.feed_forward_length");
   c.n_heads = required_uint(file, "llama.attention.head_count");
   c.n_kv_heads = file.has("llama.attention.head_count_kv")
@@ -109,8 +160,8 @@ ModelConfig ModelConfig::from_gguf(const gguf::File& file) {
                              " must be even and at most the head dimension " +
                              std::to_string(c.head_dim));
   }
-  c.rope_freq_base = file.get_f32_opt("llama.rope.freq_base").value_or(10000.0f);
-  c.rms_eps = file.get_f32_opt("llama.attention.layer_norm_rms_epsilon").value_or(1e-5f);
+  c.rope_freq_base = positive_f32(file, "llama.rope.freq_base", 10000.0f);
+  c.rms_eps = positive_f32(file, "llama.attention.layer_norm_rms_epsilon", 1e-5f);
   // Position scaling other than Llama 3's frequency factors changes the math.
   if (auto scaling = file.get_string_opt("llama.rope.scaling.type");
       scaling && *scaling != "none") {
@@ -125,6 +176,18 @@ ModelConfig ModelConfig::from_gguf(const gguf::File& file) {
   if (auto v = file.get_uint_opt("llama.vocab_size"); v && *v != c.n_vocab) {
     throw std::runtime_error(file.path() + ": llama.vocab_size " + std::to_string(*v) +
                              " differs from token_embd rows " + std::to_string(c.n_vocab));
+  }
+  // Every row of the output can be sampled, so the tokenizer must have a token for each (a
+  // shorter vocabulary would fail at the first sampled id past its end, mid-generation). A
+  // longer one is left to the engine, which rejects an input id past token_embd's rows.
+  if (file.has("tokenizer.ggml.tokens")) {
+    const uint64_t n_tokens = file.get_array("tokenizer.ggml.tokens").count;
+    if (n_tokens < c.n_vocab) {
+      throw std::runtime_error(file.path() + ": tokenizer.ggml.tokens has " +
+                               std::to_string(n_tokens) + " tokens, fewer than the " +
+                               std::to_string(c.n_vocab) +
+                               " rows of token_embd.weight (and of the output)");
+    }
   }
   return c;
 }

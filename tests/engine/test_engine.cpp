@@ -13,9 +13,11 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <new>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -43,6 +45,8 @@ struct TinySpec {
   std::string arch = "llama";
   std::string skip_tensor;       // leave this tensor out
   std::string bad_shape_tensor;  // write this one with one row too many
+  size_t block_count = 0;        // llama.block_count written, when not 0 (else `layers`)
+  size_t tokenizer_tokens = 0;   // tokenizer.ggml.tokens of this many tokens, when not 0
   GgmlType matrix_type = GgmlType::F32;
   // Quantized matrices: the oracle gets the dequantized values (else the unquantized ones).
   bool oracle_sees_quantized = false;
@@ -70,7 +74,15 @@ TinyModel write_tiny_model(const TinySpec& s, const std::string& file_name, uint
   const std::string a = s.arch + ".";
   w.set(a + "context_length", kiln::gguf::MetaValue::u32(uint32_t(s.ctx)));
   w.set(a + "embedding_length", kiln::gguf::MetaValue::u32(uint32_t(s.dim)));
-  w.set(a + "block_count", kiln::gguf::MetaValue::u32(uint32_t(s.layers)));
+  w.set(a + "block_count",
+        s.block_count > UINT32_MAX
+            ? kiln::gguf::MetaValue::u64(s.block_count)
+            : kiln::gguf::MetaValue::u32(uint32_t(s.block_count ? s.block_count : s.layers)));
+  if (s.tokenizer_tokens) {
+    std::vector<std::string> tokens(s.tokenizer_tokens);
+    for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = "t" + std::to_string(i);
+    w.set("tokenizer.ggml.tokens", kiln::gguf::MetaValue::string_array(std::move(tokens)));
+  }
   w.set(a + "feed_forward_length", kiln::gguf::MetaValue::u32(uint32_t(s.ffn)));
   w.set(a + "attention.head_count", kiln::gguf::MetaValue::u32(uint32_t(s.heads)));
   w.set(a + "attention.head_count_kv", kiln::gguf::MetaValue::u32(uint32_t(s.kv_heads)));
@@ -686,6 +698,60 @@ TEST(EngineLoad, ErrorsNameTheProblem) {
   s.skip_tensor = "output.weight";  // absent output: tied to the embedding, not an error
   const TinyModel tiny = write_tiny_model(s, "tied.gguf");
   EXPECT_TRUE(Model::load(tiny.path).weights().tied_output);
+  fs::remove(tiny.path);
+}
+
+// llama.block_count is checked against the blk.N tensors before anything is sized by it: a
+// hostile 10^12 used to die in the layer vector's resize (std::bad_alloc), and 10^7 took
+// gigabytes and seconds before the first missing tensor was found.
+TEST(EngineLoad, BlockCountMustMatchTheTensors) {
+  TinySpec s;
+  s.block_count = 1000000000000;
+  const auto start = std::chrono::steady_clock::now();
+  expect_load_error(s, "'llama.block_count' is 1000000000000 but the file's tensors hold 2 blocks");
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+  s.block_count = 3;
+  expect_load_error(s, "(blk.N.* with N up to 1)");
+  s.block_count = 1;  // fewer blocks than the file holds would skip layers silently
+  expect_load_error(s, "'llama.block_count' is 1 but the file's tensors hold 2 blocks");
+  s = {};
+  s.layers = 3;
+  s.skip_tensor = "blk.1.attn_norm.weight";  // still 3 blocks: the missing tensor is named
+  expect_load_error(s, "missing tensor 'blk.1.attn_norm.weight'");
+}
+
+// A NaN, infinite, zero or negative epsilon or RoPE base makes every logit NaN: refused at
+// load, naming the key and the value.
+TEST(EngineLoad, HyperParametersMustBeFiniteAndPositive) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  for (float eps : {nan, -1e-5f, 0.0f, inf}) {
+    TinySpec s;
+    s.eps = eps;
+    std::ostringstream v;
+    v << eps;
+    expect_load_error(s, "metadata 'llama.attention.layer_norm_rms_epsilon' is " + v.str() +
+                             ", expected a finite number > 0");
+  }
+  for (float base : {nan, -10000.0f, 0.0f, inf}) {
+    TinySpec s;
+    s.rope_base = base;
+    std::ostringstream v;
+    v << base;
+    expect_load_error(
+        s, "metadata 'llama.rope.freq_base' is " + v.str() + ", expected a finite number > 0");
+  }
+}
+
+// Every row of the output can be sampled, so the tokenizer needs a token for each: a shorter
+// vocabulary is refused at load, not at the first sampled id past its end.
+TEST(EngineLoad, TokenizerMustCoverEveryEmbeddingRow) {
+  TinySpec s;  // 96 rows
+  s.tokenizer_tokens = 50;
+  expect_load_error(s, "tokenizer.ggml.tokens has 50 tokens, fewer than the 96 rows");
+  s.tokenizer_tokens = 96;
+  const TinyModel tiny = write_tiny_model(s, "vocab96.gguf");
+  EXPECT_EQ(Model::load(tiny.path).config().n_vocab, 96u);
   fs::remove(tiny.path);
 }
 
