@@ -189,7 +189,10 @@ int run_info(Args args) {
   auto j = describe(file);
   if (json_out) {
     if (!list_tensors) j.erase("tensors");
-    std::cout << j.dump(2) << "\n";
+    // Names and strings come from the file as bytes and need not be UTF-8 (general.name,
+    // tensor names, tokenizer.ggml.pre, ...): invalid bytes become U+FFFD so the output stays
+    // valid JSON, where the default dump() would throw on the first one.
+    std::cout << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   } else {
     print_text(j, list_tensors);
   }

@@ -1,8 +1,10 @@
 // kiln logits: float32 logits for every position of a prompt, as a .npy file
 // of shape (n_tokens, n_vocab). The diffing tools (tools/compare_logits.py,
 // the numpy reference, llama.cpp) read these.
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -89,9 +91,22 @@ int run_logits(Args args) {
   });
   parser.value({"--prompt-file"}, [&](auto, std::string_view v) {
     const std::string file(v);
+    // A folder opens as a stream and fails only at the first read, with a message that does
+    // not name it; say so up front, and name the path whatever the read error is.
+    std::error_code ec;
+    if (std::filesystem::is_directory(file, ec)) {
+      throw std::invalid_argument("cannot read --prompt-file '" + file + "': it is a directory");
+    }
     std::ifstream in(file, std::ios::binary);
-    if (!in) throw std::invalid_argument("cannot read --prompt-file '" + file + "'");
-    prompt.assign(std::istreambuf_iterator<char>(in), {});
+    if (!in) {
+      throw std::invalid_argument("cannot read --prompt-file '" + file +
+                                  "': " + std::strerror(errno));
+    }
+    try {
+      prompt.assign(std::istreambuf_iterator<char>(in), {});
+    } catch (const std::exception& e) {
+      throw std::invalid_argument("cannot read --prompt-file '" + file + "': " + e.what());
+    }
     have_prompt = true;
   });
   parser.value({"--tokens"}, [&](auto, std::string_view v) { tokens_arg = std::string(v); });

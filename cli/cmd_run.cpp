@@ -1,7 +1,10 @@
 // kiln run: generate a completion for one prompt, streamed to stdout; prompt
 // and generation speed go to stderr.
+#include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -30,7 +33,7 @@ std::string usage() {
          "  -m, --model FILE     GGUF model\n"
          "  -p, --prompt TEXT    the prompt\n"
          "  -n, --n-predict N    tokens to generate at most (128)\n"
-         "  --temp F             sampling temperature; 0 is greedy (0.8)\n"
+         "  --temp F             sampling temperature; 0 (or below 1e-30) is greedy (0.8)\n"
          "  --seed N             random seed (default: from the clock)\n"
          "  -c, --ctx-size N     context size (default: the model's, at most 4096)\n"
          "  --chat               apply the model's chat template to the prompt as one user\n"
@@ -41,6 +44,22 @@ std::string usage() {
 }
 
 using Clock = std::chrono::steady_clock;
+
+constexpr float kMinTemperature = 1e-30f;
+
+// A model whose weights hold NaN or infinities, or whose activations overflow, gives
+// non-finite logits; sampling would then pick an arbitrary token (<unk> again and again) and
+// exit 0. One pass over a row of logits is small next to the forward that made it.
+void check_finite(std::span<const float> logits, size_t position) {
+  for (size_t i = 0; i < logits.size(); ++i) {
+    if (!std::isfinite(logits[i])) {
+      throw std::runtime_error("the model's logits at position " + std::to_string(position) +
+                               " are not finite (token " + std::to_string(i) + ": " +
+                               std::to_string(logits[i]) +
+                               "): its weights or hyper-parameters are broken");
+    }
+  }
+}
 
 int run_run(Args args) {
   ModelOptions m;
@@ -57,18 +76,7 @@ int run_run(Args args) {
     have_prompt = true;
   });
   parser.integer({"-n", "--n-predict"}, n_predict, 0, 1 << 24);
-  parser.value({"--temp"}, [&](auto, std::string_view value) {
-    const std::string v(value);
-    size_t used = 0;
-    try {
-      temperature = std::stof(v, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used != v.size() || !(temperature >= 0.0f)) {
-      throw std::invalid_argument("--temp expects a number >= 0, got '" + v + "'");
-    }
-  });
+  parser.number({"--temp"}, temperature, 0.0f);
   parser.integer({"--seed"}, seed, 0, LONG_MAX);
   parser.flag({"--chat"}, chat);
   parser.text({"--ids-out"}, ids_out);
@@ -76,6 +84,9 @@ int run_run(Args args) {
   if (!parser.parse(args)) return 0;
   m.require_model();
   if (!have_prompt) throw std::invalid_argument("-p PROMPT is required");
+  // Sampling divides the logits by the temperature: below kMinTemperature that overflows to
+  // infinities (1 / 1e-39 is past FLT_MAX), where the limit it approaches is greedy decoding.
+  if (temperature > 0.0f && temperature < kMinTemperature) temperature = 0.0f;
 
   const Model model = Model::load(m.model_path);
   const Tokenizer tokenizer = Tokenizer::from_gguf(model.file());
@@ -105,6 +116,16 @@ int run_run(Args args) {
                                 " tokens to generate do not fit the context size " +
                                 std::to_string(o.n_ctx) + " (raise -c or lower -n)");
   }
+  // Opened before generating, so an unwritable path fails before any text streams (not after
+  // a whole generation whose ids are then lost).
+  std::ofstream ids_file;
+  if (!ids_out.empty()) {
+    ids_file.open(ids_out);
+    if (!ids_file) {
+      throw std::runtime_error("cannot open --ids-out '" + ids_out +
+                               "' for writing: " + std::strerror(errno));
+    }
+  }
   AnyEngine engine(model, o, m.device);
   SamplingParams sp;
   sp.temperature = temperature;
@@ -125,6 +146,7 @@ int run_run(Args args) {
   Batch batch;
   batch.entries.reserve(1);
   for (; generated < n_predict; ++generated) {
+    check_finite(logits, engine.seq_length(0) - 1);
     const TokenId next = sampler.sample(logits, rng.uniform());
     if (!ignore_eos && tokenizer.is_eog(next)) break;
     generated_ids.push_back(next);
@@ -145,11 +167,12 @@ int run_run(Args args) {
   std::fflush(stdout);
   const double gen_s = std::chrono::duration<double>(Clock::now() - t1).count();
   if (!ids_out.empty()) {
-    std::ofstream f(ids_out);
+    std::ofstream& f = ids_file;
     for (size_t i = 0; i < tokens.size(); ++i) f << (i ? " " : "") << tokens[i];
     f << "\n";
     for (size_t i = 0; i < generated_ids.size(); ++i) f << (i ? " " : "") << generated_ids[i];
     f << "\n";
+    f.close();
     if (!f) throw std::runtime_error("failed writing '" + ids_out + "'");
   }
   std::fprintf(stderr, "\nprompt: %zu tokens in %.2f s (%.1f tokens/s)\n", tokens.size(), prompt_s,

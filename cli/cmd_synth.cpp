@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -244,6 +245,11 @@ std::vector<int64_t> parse_chain(std::string_view text) {
 }
 
 std::string read_text_file(const std::string& path) {
+  // A folder opens as a stream and only its reads fail, which would leave the text empty.
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) {
+    throw std::invalid_argument("cannot read " + path + ": it is a directory");
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) throw std::invalid_argument("cannot read " + path);
   std::ostringstream text;
@@ -425,12 +431,12 @@ int run_synth(Args args) {
   parser.integer({"--kv-heads"}, o.kv_heads, 1, 1024);
   parser.integer({"--ffn"}, o.ffn, 1, 1 << 18);
   parser.integer({"--ctx"}, o.ctx, 1, 1 << 24);
-  parser.value({"--rope-base"}, [&o](auto, std::string_view value) {
-    const std::string v(value);
-    try {
-      o.rope_base = std::stof(v);
-    } catch (const std::exception&) {
-      throw std::invalid_argument("--rope-base expects a number, got '" + v + "'");
+  parser.value({"--rope-base"}, [&o](std::string_view option, std::string_view value) {
+    // RoPE raises the base to fractional powers: 0 or a negative base gives NaN logits.
+    o.rope_base = parse_float_option(option, value);
+    if (!(o.rope_base > 0.0f)) {
+      throw std::invalid_argument(std::string(option) + " expects a number > 0, got '" +
+                                  std::string(value) + "'");
     }
   });
   parser.value({"--type"}, [&o](auto, std::string_view t) {

@@ -1,11 +1,44 @@
 #include "cli/option_parser.h"
 
 #include <algorithm>
+#include <cctype>
+#include <charconv>
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <limits>
 #include <stdexcept>
 #include <string>
 
 namespace kiln::cli {
+
+float parse_float_option(std::string_view option, std::string_view value) {
+  const std::string text(value);
+  auto fail = [&](const char* what) {
+    return std::invalid_argument(std::string(option) + " " + what + ", got '" + text + "'");
+  };
+  // strtod rather than std::stof: stof throws out_of_range on underflow, so "1e-39" read as an
+  // error; strtod returns the (sub)normal or zero it rounds to. Leading blanks, which strtod
+  // would skip, and hex floats are not numbers a user means.
+  if (text.empty() || std::isspace(static_cast<unsigned char>(text[0])) ||
+      text.find_first_of("xX") != std::string::npos) {
+    throw fail("expects a number");
+  }
+  char* end = nullptr;
+  const double d = std::strtod(text.c_str(), &end);
+  if (end != text.c_str() + text.size()) throw fail("expects a number");
+  // "inf", "nan" and overflow (strtod gives HUGE_VAL with ERANGE) all land here.
+  if (!std::isfinite(d) || std::fabs(d) > std::numeric_limits<float>::max()) {
+    throw fail("must be a finite number");
+  }
+  return static_cast<float>(d);
+}
+
+std::string format_number(float v) {
+  char buf[32];
+  const auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
+  return ec == std::errc() ? std::string(buf, end) : std::to_string(v);
+}
 
 void OptionParser::flag(std::vector<std::string_view> names, bool& target) {
   options_.push_back({std::move(names), false, [&target](auto, auto) { target = true; }});

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <functional>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -10,6 +11,14 @@
 #include "cli/command.h"
 
 namespace kiln::cli {
+
+// Parses a float option value: the whole text must be one decimal number. Values too small for
+// a float become 0 or a subnormal (1e-39 is a valid temperature, not an error); NaN, the
+// infinities and values too large for a float throw std::invalid_argument saying the option
+// must be a finite number.
+float parse_float_option(std::string_view option, std::string_view value);
+// The shortest text that reads back as `v` ("0", "1e-05").
+std::string format_number(float v);
 
 // Options are matched by exact name; an option that takes a value reads the
 // next argument. -h/--help prints the usage text; anything else unknown is an
@@ -32,6 +41,17 @@ class OptionParser {
   void integer(std::vector<std::string_view> names, Int& target, long min, long max) {
     value(std::move(names), [&target, min, max](std::string_view option, std::string_view v) {
       target = static_cast<Int>(parse_int_option(option, v, min, max));
+    });
+  }
+
+  // A finite number >= min, via parse_float_option.
+  void number(std::vector<std::string_view> names, float& target, float min) {
+    value(std::move(names), [&target, min](std::string_view option, std::string_view v) {
+      target = parse_float_option(option, v);
+      if (!(target >= min)) {
+        throw std::invalid_argument(std::string(option) + " expects a number >= " +
+                                    format_number(min) + ", got '" + std::string(v) + "'");
+      }
     });
   }
 

@@ -342,8 +342,8 @@ std::filesystem::path panel_cache_file(const std::filesystem::path& dir,
   // by machines of both (a home folder on NFS) keeps a file for each instead of packing the
   // model again at every start on the other kind.
   const std::string isa = kernels::packed_panels_isa();
-  return dir / (model_path.stem().string() + "-" + hash + (isa.empty() ? "" : "-" + isa) +
-                ".panels");
+  return dir /
+         (model_path.stem().string() + "-" + hash + (isa.empty() ? "" : "-" + isa) + ".panels");
 }
 
 PanelCache PanelCache::open(const gguf::File& model,
