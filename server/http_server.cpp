@@ -1,16 +1,32 @@
 #include "server/http_server.h"
 
 #include <httplib.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <array>
 #include <atomic>
+#include <cctype>
+#include <cerrno>
+#include <charconv>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
+#include <cstring>
+#include <deque>
 #include <filesystem>
+#include <limits>
 #include <mutex>
 #include <optional>
 #include <random>
+#include <regex>
+#include <system_error>
 #include <thread>
+#include <vector>
 
 #include "engine/engine.h"
 #include "engine/model.h"
@@ -33,11 +49,16 @@ using Clock = std::chrono::steady_clock;
 // noticed this soon (plus one engine step until its slot is free).
 constexpr std::chrono::milliseconds kClientCheck{50};
 
-// What the logger prints for the request this worker thread is answering.
+// What the logger prints for the request this worker thread is answering, and what the
+// connection loop must do after it. Reset by the connection loop when a request's first
+// byte is there, so requests that httplib rejects before any handler runs (414, a bad
+// header) are logged with their own start too.
 struct RequestLog {
   Clock::time_point start = Clock::now();
   size_t prompt_tokens = 0;
   size_t completion_tokens = 0;
+  // Answered before its body was read (an error): the connection cannot be reused.
+  bool close_connection = false;
 };
 thread_local RequestLog t_request_log;
 
@@ -62,6 +83,362 @@ bool constant_time_equal(std::string_view a, std::string_view b) {
   for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
   return diff == 0;
 }
+
+bool iequals(std::string_view a, std::string_view b) {
+  return std::equal(a.begin(), a.end(), b.begin(), b.end(), [](char x, char y) {
+    return std::tolower(static_cast<unsigned char>(x)) ==
+           std::tolower(static_cast<unsigned char>(y));
+  });
+}
+
+// "Authorization: Bearer KEY". The scheme is case-insensitive (RFC 7235 2.1: "bearer KEY"
+// is the same); the key is compared in constant time.
+bool bearer_matches(std::string_view header, std::string_view key) {
+  constexpr std::string_view kScheme = "bearer";
+  if (header.size() <= kScheme.size() || !iequals(header.substr(0, kScheme.size()), kScheme) ||
+      (header[kScheme.size()] != ' ' && header[kScheme.size()] != '\t')) {
+    return false;
+  }
+  header.remove_prefix(kScheme.size());
+  while (!header.empty() && (header.front() == ' ' || header.front() == '\t')) {
+    header.remove_prefix(1);
+  }
+  return constant_time_equal(header, key);
+}
+
+// A request header's value for a response header: httplib has %-decoded it, so it may hold
+// CR/LF; only the characters of a header-name list (tokens, commas, spaces) are kept.
+std::string header_list(std::string_view v) {
+  std::string out;
+  for (char c : v) {
+    if (std::isalnum(static_cast<unsigned char>(c)) ||
+        (c != '\0' && std::strchr("!#$%&'*+-.^_`|~, ", c))) {
+      out += c;
+    }
+  }
+  return out;
+}
+
+// For the log line: a method or path as printed, "-" when httplib never parsed one, and
+// control characters (a %0A in the URL decodes to a newline) escaped.
+std::string loggable(std::string_view v) {
+  if (v.empty()) return "-";
+  std::string out;
+  for (char c : v) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u < 0x20 || u == 0x7f) {
+      char hex[5];
+      std::snprintf(hex, sizeof hex, "\\x%02x", u);
+      out += hex;
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+// Waits up to `timeout` for `events` on `fd`; false on a timeout or an error.
+bool poll_for(int fd, short events, std::chrono::milliseconds timeout) {
+  pollfd p{fd, events, 0};
+  const int ms = static_cast<int>(std::clamp<int64_t>(timeout.count(), 0, 1'000'000'000));
+  int r;
+  do {
+    r = poll(&p, 1, ms);
+  } while (r < 0 && errno == EINTR);
+  return r > 0;
+}
+
+// httplib answers one connection per task from accept to close, keep-alive waits
+// included, so a fixed pool of N threads is taken whole by N idle or slow clients (and
+// /health waits behind them). This pool starts a thread whenever every thread is busy, up
+// to `max_threads`, and keeps it, asleep, from then on.
+class GrowingThreadPool final : public httplib::TaskQueue {
+ public:
+  explicit GrowingThreadPool(size_t max_threads) : max_threads_(max_threads) {}
+  ~GrowingThreadPool() override { shutdown(); }
+  GrowingThreadPool(const GrowingThreadPool&) = delete;
+  GrowingThreadPool& operator=(const GrowingThreadPool&) = delete;
+
+  void enqueue(std::function<void()> fn) override {
+    std::lock_guard lk(mu_);
+    jobs_.push_back(std::move(fn));
+    if (idle_ < jobs_.size() && threads_.size() < max_threads_) {
+      try {
+        threads_.emplace_back([this] { work(); });
+        ++idle_;  // counted idle until it takes a job
+      } catch (const std::system_error&) {
+        // No thread to be had (a limit on threads or memory): the busy ones take the job.
+      }
+    }
+    cv_.notify_one();
+  }
+
+  void shutdown() override {
+    {
+      std::lock_guard lk(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : threads_) {
+      if (t.joinable()) t.join();
+    }
+  }
+
+ private:
+  void work() {
+    std::unique_lock lk(mu_);
+    for (;;) {
+      cv_.wait(lk, [this] { return stopping_ || !jobs_.empty(); });
+      if (jobs_.empty()) return;  // stopping, and nothing left to do
+      std::function<void()> fn = std::move(jobs_.front());
+      jobs_.pop_front();
+      --idle_;
+      lk.unlock();
+      fn();
+      lk.lock();
+      ++idle_;
+    }
+  }
+
+  const size_t max_threads_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> jobs_;
+  std::vector<std::thread> threads_;
+  size_t idle_ = 0;
+  bool stopping_ = false;
+};
+
+// One accepted connection, read through a buffer that lives as long as the connection.
+// httplib 0.11.4's own SocketStream lives for one request and reads ahead 4 KiB, so the
+// bytes of a pipelined next request that it had read were dropped with it. Reading the
+// request line and headers has a deadline for the whole of them (httplib's read timeout
+// is per read: a client sending a byte now and then held its thread forever); a body has
+// a timeout per read and a byte budget (httplib does not limit a chunked body).
+class ConnectionStream final : public httplib::Stream {
+ public:
+  ConnectionStream(int fd, const std::atomic<socket_t>& listening,
+                   std::chrono::milliseconds write_timeout)
+      : fd_(fd), listening_(listening), write_timeout_(write_timeout) {}
+
+  void read_headers_until(Clock::time_point deadline) {
+    deadline_ = deadline;
+    idle_timeout_ = std::chrono::milliseconds::max();
+    budget_ = kUnlimited;
+    timed_out_ = over_budget_ = false;
+  }
+  void read_body(std::chrono::milliseconds idle_timeout, size_t budget) {
+    deadline_ = Clock::time_point::max();
+    idle_timeout_ = idle_timeout;
+    budget_ = budget;
+  }
+  bool buffered() const { return pos_ < end_; }
+  // The last read failed because the client was too slow / sent more than the budget.
+  bool timed_out() const { return timed_out_; }
+  bool over_budget() const { return over_budget_; }
+
+  bool is_readable() const override { return buffered() || poll_for(fd_, POLLIN, {}); }
+  bool is_writable() const override {
+    return poll_for(fd_, POLLOUT, write_timeout_) && !ClientConnection(fd_).closed();
+  }
+
+  ssize_t read(char* ptr, size_t size) override {
+    if (size == 0) return 0;
+    if (budget_ == 0) {
+      over_budget_ = true;
+      return -1;
+    }
+    if (!buffered()) {
+      if (!wait_readable()) return -1;
+      ssize_t n;
+      do {
+        n = recv(fd_, buf_.data(), buf_.size(), 0);
+      } while (n < 0 && errno == EINTR);
+      if (n <= 0) return n;
+      pos_ = 0;
+      end_ = static_cast<size_t>(n);
+    }
+    const size_t n = std::min({size, end_ - pos_, budget_});
+    std::memcpy(ptr, buf_.data() + pos_, n);
+    pos_ += n;
+    if (budget_ != kUnlimited) budget_ -= n;
+    return static_cast<ssize_t>(n);
+  }
+
+  ssize_t write(const char* ptr, size_t size) override {
+    if (!is_writable()) return -1;
+    ssize_t n;
+    do {
+      n = send(fd_, ptr, size, MSG_NOSIGNAL);
+    } while (n < 0 && errno == EINTR);
+    return n;
+  }
+
+  void get_remote_ip_and_port(std::string& ip, int& port) const override {
+    sockaddr_storage addr{};
+    socklen_t len = sizeof addr;
+    if (getpeername(fd_, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+      numeric_endpoint(addr, len, ip, port);
+    }
+  }
+  void get_local_ip_and_port(std::string& ip, int& port) const override {
+    sockaddr_storage addr{};
+    socklen_t len = sizeof addr;
+    if (getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+      numeric_endpoint(addr, len, ip, port);
+    }
+  }
+  socket_t socket() const override { return fd_; }
+
+ private:
+  static constexpr size_t kUnlimited = std::numeric_limits<size_t>::max();
+  // How often a wait looks whether the server is stopping.
+  static constexpr std::chrono::milliseconds kStopCheck{100};
+
+  // As httplib writes them: numeric host, port.
+  static void numeric_endpoint(const sockaddr_storage& addr, socklen_t len, std::string& ip,
+                               int& port) {
+    if (addr.ss_family == AF_INET) {
+      port = ntohs(reinterpret_cast<const sockaddr_in*>(&addr)->sin_port);
+    } else if (addr.ss_family == AF_INET6) {
+      port = ntohs(reinterpret_cast<const sockaddr_in6*>(&addr)->sin6_port);
+    } else {
+      return;
+    }
+    std::array<char, NI_MAXHOST> host{};
+    if (getnameinfo(reinterpret_cast<const sockaddr*>(&addr), len, host.data(), host.size(),
+                    nullptr, 0, NI_NUMERICHOST) == 0) {
+      ip = host.data();
+    }
+  }
+
+  bool wait_readable() {
+    const auto idle_end = idle_timeout_ == std::chrono::milliseconds::max()
+                              ? Clock::time_point::max()
+                              : Clock::now() + idle_timeout_;
+    const auto until = std::min(deadline_, idle_end);
+    while (listening_ != INVALID_SOCKET) {
+      const auto left = std::chrono::ceil<std::chrono::milliseconds>(until - Clock::now());
+      if (left.count() <= 0) {
+        timed_out_ = true;
+        return false;
+      }
+      if (poll_for(fd_, POLLIN, std::min(left, kStopCheck))) return true;
+    }
+    return false;  // the server is stopping
+  }
+
+  const int fd_;
+  const std::atomic<socket_t>& listening_;
+  const std::chrono::milliseconds write_timeout_;
+  Clock::time_point deadline_ = Clock::time_point::max();
+  std::chrono::milliseconds idle_timeout_ = std::chrono::milliseconds::max();
+  size_t budget_ = kUnlimited;
+  bool timed_out_ = false;
+  bool over_budget_ = false;
+  std::array<char, 16 * 1024> buf_;
+  size_t pos_ = 0;
+  size_t end_ = 0;
+};
+
+// The connection stream of the request this worker thread is answering (its handlers find
+// the client's socket here, and the error handler why a read failed).
+thread_local ConnectionStream* t_stream = nullptr;
+
+// httplib's server with our own connection loop (process_and_close_socket is virtual: the
+// SSL server overrides it too). It keeps one ConnectionStream per connection, so pipelined
+// requests are all answered; waits for a next request without httplib's 1 ms polling; and
+// closes a connection whose request was answered before its body was read, after draining
+// what the client still sends, so that the client reads the answer instead of a reset.
+class Listener final : public httplib::Server {
+ public:
+  explicit Listener(const ServerOptions& o)
+      : header_timeout_(o.header_timeout),
+        body_read_timeout_(o.body_read_timeout),
+        // The chunked framing of a body of max_body_bytes, with room to spare.
+        body_budget_(o.max_body_bytes + o.max_body_bytes / 8 + 4096) {}
+
+  static constexpr std::chrono::seconds kWriteTimeout{30};
+
+ private:
+  bool process_and_close_socket(socket_t sock) override {
+    ConnectionStream strm(sock, svr_sock_, kWriteTimeout);
+    t_stream = &strm;
+    bool ret = false;
+    bool linger = false;
+    for (size_t count = keep_alive_max_count_; count > 0 && svr_sock_ != INVALID_SOCKET; --count) {
+      if (!strm.buffered() && !wait_for_request(sock)) break;
+      t_request_log = RequestLog{};
+      strm.read_headers_until(Clock::now() + header_timeout_);
+      bool headers_read = false;
+      bool connection_closed = false;
+      ret = process_request(strm, count == 1, connection_closed, [&](httplib::Request&) {
+        headers_read = true;
+        strm.read_body(body_read_timeout_, body_budget_);
+      });
+      // After a rejected request line or header, a body not read, or a read that failed,
+      // the next bytes are not the start of a request.
+      linger = ret && (!headers_read || t_request_log.close_connection || strm.timed_out() ||
+                       strm.over_budget());
+      if (!ret || connection_closed || linger) break;
+    }
+    t_stream = nullptr;
+    if (linger && svr_sock_ != INVALID_SOCKET) drain(sock);
+    ::shutdown(sock, SHUT_RDWR);
+    ::close(sock);
+    return ret;
+  }
+
+  bool wait_for_request(int sock) const {
+    const auto until = Clock::now() + std::chrono::seconds(keep_alive_timeout_sec_);
+    while (svr_sock_ != INVALID_SOCKET) {
+      const auto left = std::chrono::ceil<std::chrono::milliseconds>(until - Clock::now());
+      if (left.count() <= 0) return false;
+      pollfd p{sock, POLLIN, 0};
+      const int r = poll(&p, 1, static_cast<int>(std::min<int64_t>(left.count(), 100)));
+      if (r > 0) return true;
+      if (r < 0 && errno != EINTR) return false;
+    }
+    return false;
+  }
+
+  // Closing a socket with unread input resets the connection, and a client still sending
+  // (a body over the limit) may then lose the answer it was sent. So: end our side, and
+  // read what the client still sends, for a few seconds at most.
+  static void drain(int sock) {
+    using namespace std::chrono_literals;
+    ::shutdown(sock, SHUT_WR);
+    const auto until = Clock::now() + 3s;
+    std::array<char, 16 * 1024> buf;
+    while (Clock::now() < until && poll_for(sock, POLLIN, 1s)) {
+      if (recv(sock, buf.data(), buf.size(), 0) <= 0) break;
+    }
+  }
+
+  const std::chrono::milliseconds header_timeout_;
+  const std::chrono::milliseconds body_read_timeout_;
+  const size_t body_budget_;
+};
+
+// The routes and the methods each answers (HEAD with GET, OPTIONS everywhere), for 405's
+// Allow header and CORS preflights.
+struct RouteMethods {
+  std::regex pattern;
+  std::vector<std::string> methods;
+
+  bool allows(const std::string& method) const {
+    return std::ranges::find(methods, method) != methods.end() ||
+           (method == "HEAD" && std::ranges::find(methods, "GET") != methods.end());
+  }
+  std::string allow_header() const {
+    std::string out;
+    for (const auto& m : methods) {
+      out += m + ", ";
+      if (m == "GET") out += "HEAD, ";
+    }
+    return out + "OPTIONS";
+  }
+};
 
 // Reads every page of the weights the CPU forward reads once (pre-packed panels where it
 // has them, else the model's blocks; the embedding table), so the first request does not
@@ -97,7 +474,8 @@ struct HttpServer::Impl {
   explicit Impl(ServerOptions o) : options(std::move(o)) {}
 
   ServerOptions options;
-  httplib::Server http;
+  Listener http{options};
+  std::vector<RouteMethods> route_table;
   // The listening socket (set by the socket-options hook), to raise its backlog.
   std::atomic<int> listen_socket{-1};
   std::thread listener;
@@ -117,6 +495,17 @@ struct HttpServer::Impl {
   int64_t created = unix_time();
 
   void routes();
+  // Answers what is decided before the body is read (CORS preflight, API key, route and
+  // method, body framing); Handled when `res` is the answer.
+  httplib::Server::HandlerResponse before_routing(const httplib::Request& req,
+                                                  httplib::Response& res);
+  std::string body_limit_message() const {
+    const size_t b = options.max_body_bytes;
+    return "The request body is larger than the " +
+           (b % (size_t{1} << 20) == 0 ? std::to_string(b >> 20) + " MiB"
+                                       : std::to_string(b) + "-byte") +
+           " limit.";
+  }
   void require_ready() const {
     if (!ready.load()) throw ApiError(503, "Loading model", "unavailable_error");
   }
@@ -237,7 +626,12 @@ void HttpServer::stop() {
 }
 
 void HttpServer::Impl::routes() {
-  http.new_task_queue = [n = 4 * options.parallel + 16] { return new httplib::ThreadPool(n); };
+  // Thread per connection (httplib's design), so the pool must outnumber the clients that
+  // can be connected at once, idle keep-alive and slow ones included: threads are started
+  // as needed and mostly sleep.
+  http.new_task_queue = [n = std::max<size_t>(512, 4 * options.parallel + 16)] {
+    return new GrowingThreadPool(n);
+  };
   // In place of httplib's default (SO_REUSEPORT, which would let a second server bind the
   // same port and take half its connections): SO_REUSEADDR for quick restarts, and the
   // socket kept so start() can raise its backlog.
@@ -247,32 +641,59 @@ void HttpServer::Impl::routes() {
     listen_socket = sock;
   });
   http.set_payload_max_length(options.max_body_bytes);
-  http.set_read_timeout(30);
-  http.set_write_timeout(30);
+  // httplib applies these to each accepted socket (SO_RCVTIMEO, SO_SNDTIMEO); the
+  // connection loop (Listener) times headers and bodies itself. The write timeout is per
+  // write: a stream that lasts minutes is fine, a client that stops reading is not.
+  http.set_read_timeout(std::chrono::duration_cast<std::chrono::seconds>(
+                            std::max(options.header_timeout, options.body_read_timeout)) +
+                        std::chrono::seconds(1));
+  http.set_write_timeout(Listener::kWriteTimeout);
   http.set_keep_alive_timeout(5);
   http.set_keep_alive_max_count(1000);
   http.set_tcp_nodelay(true);
+  // Browsers may call the API from any page (as llama.cpp's server and Ollama allow); the
+  // API key, where there is one, is what protects it.
+  http.set_default_headers({{"Access-Control-Allow-Origin", "*"}});
+
+  route_table = {
+      {std::regex("/health"), {"GET"}},
+      {std::regex("/metrics"), {"GET"}},
+      {std::regex("/v1/models"), {"GET"}},
+      {std::regex(R"(/v1/models/(.+))"), {"GET"}},
+      {std::regex("/v1/chat/completions"), {"POST"}},
+      {std::regex("/v1/completions"), {"POST"}},
+  };
 
   http.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
-    t_request_log = RequestLog{};
-    if (!options.api_key.empty() && req.path != "/health") {
-      const std::string auth = req.get_header_value("Authorization");
-      if (!constant_time_equal(auth, "Bearer " + options.api_key)) {
-        send_error(res, ApiError(401, "Incorrect API key provided.", "invalid_request_error", "",
-                                 "invalid_api_key"));
-        return httplib::Server::HandlerResponse::Handled;
-      }
-    }
-    return httplib::Server::HandlerResponse::Unhandled;
+    return before_routing(req, res);
   });
 
-  http.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
+  http.set_error_handler([this](const httplib::Request& req, httplib::Response& res) {
     if (!res.body.empty() || res.is_chunked_content_provider_) return;
+    // httplib says 400 for any read that failed; say why where the stream knows.
+    if (res.status == 400 && t_stream && t_stream->timed_out()) res.status = 408;
+    if (res.status == 400 && t_stream && t_stream->over_budget()) res.status = 413;
     if (res.status == 404) {
       send_error(res, ApiError(404, "Unknown route: " + req.method + " " + req.path,
                                "invalid_request_error", "", "unknown_url"));
+    } else if (res.status == 408) {
+      send_error(res, ApiError(408,
+                               "The request did not arrive in time: its headers must "
+                               "come within " +
+                                   std::to_string(options.header_timeout.count()) +
+                                   " ms, and a body may pause at most " +
+                                   std::to_string(options.body_read_timeout.count()) + " ms.",
+                               "invalid_request_error"));
     } else if (res.status == 413) {
-      send_error(res, ApiError(413, "The request body is larger than the 8 MiB limit.",
+      send_error(res, ApiError(413, body_limit_message(), "invalid_request_error"));
+    } else if (res.status == 414) {
+      send_error(res, ApiError(414, "The request URL is longer than 8192 bytes.",
+                               "invalid_request_error"));
+    } else if (res.status == 400) {
+      send_error(res, ApiError(400,
+                               "Malformed HTTP request: a bad request line, a header line "
+                               "longer than 8192 bytes, or a body shorter than its "
+                               "Content-Length.",
                                "invalid_request_error"));
     } else {
       const int status = res.status;
@@ -295,10 +716,16 @@ void HttpServer::Impl::routes() {
 
   http.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
     const RequestLog& log = t_request_log;
-    metrics.count_request(res.status);
+    // A stream whose client left (the provider gave up, or a write failed) went out with a
+    // 200 status line, but is logged and counted as the non-streamed case is: nginx's 499.
+    const bool stream_cut =
+        res.is_chunked_content_provider_ && !res.content_provider_success_ && req.method != "HEAD";
+    const int status = stream_cut ? 499 : res.status;
+    metrics.count_request(status);
     const double secs = std::chrono::duration<double>(Clock::now() - log.start).count();
-    std::fprintf(stderr, "%s %s %d prompt=%zu completion=%zu %.3fs\n", req.method.c_str(),
-                 req.path.c_str(), res.status, log.prompt_tokens, log.completion_tokens, secs);
+    std::fprintf(stderr, "%s %s %d prompt=%zu completion=%zu %.3fs\n", loggable(req.method).c_str(),
+                 loggable(req.path).c_str(), status, log.prompt_tokens, log.completion_tokens,
+                 secs);
   });
 
   http.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
@@ -346,6 +773,109 @@ void HttpServer::Impl::routes() {
   });
   http.Post("/v1/completions",
             [this](const httplib::Request& req, httplib::Response& res) { completions(req, res); });
+}
+
+httplib::Server::HandlerResponse HttpServer::Impl::before_routing(const httplib::Request& req,
+                                                                  httplib::Response& res) {
+  using httplib::Server;
+  const bool body_method = req.method == "POST" || req.method == "PUT" || req.method == "PATCH";
+  const bool chunked = req.has_header("Transfer-Encoding");
+  const bool has_length = req.has_header("Content-Length");
+  // Answered without reading the body: if one is coming, the connection ends after the
+  // answer (httplib reads bodies of POST, PUT, PATCH and DELETE only, in routing).
+  const auto answer = [&](const ApiError& e) {
+    send_error(res, e);
+    if (chunked || (has_length && req.get_header_value("Content-Length") != "0")) {
+      t_request_log.close_connection = true;
+    }
+    return Server::HandlerResponse::Handled;
+  };
+  const auto route = std::ranges::find_if(
+      route_table, [&](const RouteMethods& r) { return std::regex_match(req.path, r.pattern); });
+
+  // CORS preflight: before the API key, which a browser never sends with one.
+  if (req.method == "OPTIONS") {
+    const std::string allow =
+        route != route_table.end() ? route->allow_header() : "GET, HEAD, POST, OPTIONS";
+    res.status = 204;
+    res.set_header("Allow", allow);
+    res.set_header("Access-Control-Allow-Methods", allow);
+    std::string headers = "Authorization, Content-Type";
+    if (const std::string asked =
+            header_list(req.get_header_value("Access-Control-Request-Headers"));
+        !asked.empty()) {
+      headers += ", " + asked;
+    }
+    res.set_header("Access-Control-Allow-Headers", headers);
+    res.set_header("Access-Control-Max-Age", "86400");
+    if (chunked || has_length) t_request_log.close_connection = true;
+    return Server::HandlerResponse::Handled;
+  }
+  if (!options.api_key.empty() && req.path != "/health" &&
+      !bearer_matches(req.get_header_value("Authorization"), options.api_key)) {
+    return answer(ApiError(401, "Incorrect API key provided: send \"Authorization: Bearer KEY\".",
+                           "invalid_request_error", "", "invalid_api_key"));
+  }
+  if (route == route_table.end()) {
+    return answer(ApiError(404, "Unknown route: " + req.method + " " + req.path,
+                           "invalid_request_error", "", "unknown_url"));
+  }
+  if (!route->allows(req.method)) {
+    res.set_header("Allow", route->allow_header());
+    return answer(ApiError(405,
+                           "Method " + req.method + " is not allowed for " + req.path +
+                               " (allowed: " + route->allow_header() + ")",
+                           "invalid_request_error", "", "method_not_allowed"));
+  }
+  if (!body_method) {
+    // httplib would not read a body sent with a GET: its bytes must not pass for a request.
+    if (chunked || (has_length && req.get_header_value("Content-Length") != "0")) {
+      t_request_log.close_connection = true;
+    }
+    return Server::HandlerResponse::Unhandled;
+  }
+  // Decided from the headers, before httplib waits for a body: without a length it would
+  // read until the client closes, and over the limit it would read (and drop) it all.
+  if (chunked) {
+    if (has_length) {
+      return answer(ApiError(400,
+                             "The request has both Content-Length and Transfer-Encoding; "
+                             "send one.",
+                             "invalid_request_error"));
+    }
+    if (!iequals(req.get_header_value("Transfer-Encoding"), "chunked")) {
+      return answer(ApiError(400,
+                             "Unsupported Transfer-Encoding '" +
+                                 req.get_header_value("Transfer-Encoding") +
+                                 "': send the body with a Content-Length, or chunked.",
+                             "invalid_request_error"));
+    }
+    return Server::HandlerResponse::Unhandled;  // the stream's budget limits its size
+  }
+  if (!has_length) {
+    return answer(ApiError(411,
+                           "A " + req.method +
+                               " request needs a Content-Length header (or "
+                               "Transfer-Encoding: chunked).",
+                           "invalid_request_error"));
+  }
+  const std::string value = req.get_header_value("Content-Length");
+  uint64_t length = 0;
+  const auto [end, err] = std::from_chars(value.data(), value.data() + value.size(), length);
+  const auto [first, last] = req.headers.equal_range("Content-Length");
+  const bool same_everywhere =
+      std::all_of(first, last, [&](const auto& h) { return h.second == value; });
+  if (err == std::errc::result_out_of_range ||
+      (err == std::errc() && end == value.data() + value.size() && same_everywhere &&
+       length > options.max_body_bytes)) {
+    return answer(ApiError(413, body_limit_message(), "invalid_request_error"));
+  }
+  if (err != std::errc() || end != value.data() + value.size() || !same_everywhere) {
+    return answer(
+        ApiError(400, "Bad Content-Length '" + value + "': it must be one decimal number of bytes.",
+                 "invalid_request_error"));
+  }
+  return Server::HandlerResponse::Unhandled;
 }
 
 GenerationJob HttpServer::Impl::make_job(const GenerationParams& g, std::vector<TokenId> prompt,
@@ -450,8 +980,10 @@ void HttpServer::Impl::respond(const httplib::Request& req, httplib::Response& r
                                ResponseMeta meta, bool chat,
                                std::optional<ReasoningOptions> reasoning) {
   using namespace std::chrono_literals;
-  const auto connection = std::make_shared<const ClientConnection>(
-      req.local_addr, req.local_port, req.remote_addr, req.remote_port);
+  const auto connection =
+      t_stream ? std::make_shared<const ClientConnection>(t_stream->socket())
+               : std::make_shared<const ClientConnection>(req.local_addr, req.local_port,
+                                                          req.remote_addr, req.remote_port);
   const auto logprobs_json = [chat](const std::vector<TokenLogprobs>& t, size_t offset) {
     return chat ? chat_logprobs_json(t) : completion_logprobs_json(t, offset);
   };

@@ -6,6 +6,7 @@
 // only the scheduler's thread calls the engine.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <functional>
 #include <memory>
@@ -35,6 +36,11 @@ struct ServerOptions {
   // n_ctx (from the field above), n_seq (parallel) and max_batch (prefill_chunk + n_seq).
   EngineOptions engine;
   size_t max_body_bytes = size_t{8} << 20;
+  // A request's line and headers must all arrive within this of its first byte: a client
+  // that never finishes them holds one connection thread until then, not 30 s per byte.
+  std::chrono::milliseconds header_timeout{10'000};
+  // The longest pause between the bytes of a request body (from loopback or a LAN).
+  std::chrono::milliseconds body_read_timeout{10'000};
 };
 
 class HttpServer {
