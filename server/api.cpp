@@ -317,6 +317,24 @@ ChatRequest parse_chat_request(const json& body) {
       throw invalid_request("'top_logprobs' requires 'logprobs' to be true", "top_logprobs");
     }
   }
+  // Tool calling is not implemented: a request that offers tools would get plain text where
+  // it expects tool_calls, so it is refused (llama.cpp without --jinja does the same).
+  // tool_choice "none" (and empty lists) ask for no tool call: those are fine.
+  for (const char* name : {"tools", "functions"}) {
+    if (const json* v = find(body, name); v && !v->is_null() && !(v->is_array() && v->empty())) {
+      throw invalid_request(
+          std::string("'") + name + "' is not supported: this server does not do tool calling",
+          name);
+    }
+  }
+  for (const char* name : {"tool_choice", "function_call"}) {
+    if (const json* v = find(body, name);
+        v && !v->is_null() && !(v->is_string() && v->get<std::string>() == "none")) {
+      throw invalid_request(
+          std::string("'") + name + "' is not supported: this server does not do tool calling",
+          name);
+    }
+  }
   if (const json* v = find(body, "enable_thinking")) {
     r.template_vars["enable_thinking"] = boolean(*v, "enable_thinking");
   }
@@ -362,6 +380,18 @@ CompletionRequest parse_completion_request(const json& body) {
   }
   if (const json* v = find(body, "echo")) {
     if (boolean(*v, "echo")) throw invalid_request("'echo' is not supported", "echo");
+  }
+  // Unsupported, so refused rather than ignored: the answer would not be what was asked.
+  if (const json* v = find(body, "suffix"); v && !v->is_null()) {
+    if (!v->is_string()) throw wrong_type("suffix", "a string", *v);
+    if (!v->get<std::string>().empty()) {
+      throw invalid_request("'suffix' (insertion) is not supported", "suffix");
+    }
+  }
+  if (const json* v = find(body, "best_of"); v && !v->is_null()) {
+    if (integer_in(*v, "best_of", 1, 128) != 1) {
+      throw invalid_request("only best_of = 1 is supported", "best_of");
+    }
   }
   return r;
 }
@@ -417,6 +447,23 @@ std::string display_text(std::string_view s) {
 }
 }  // namespace
 
+size_t characters_begun(std::string_view s) {
+  return static_cast<size_t>(std::count_if(s.begin(), s.end(), [](char c) {
+    return (static_cast<unsigned char>(c) & 0xC0) != 0x80;  // not a continuation byte
+  }));
+}
+
+std::string legacy_token_text(std::string_view s) {
+  if (display_text(s) == s) return std::string(s);
+  std::string out = "bytes:";
+  for (const char c : s) {
+    char hex[5];
+    std::snprintf(hex, sizeof hex, "\\x%02x", static_cast<unsigned char>(c));
+    out += hex;
+  }
+  return out;
+}
+
 json chat_logprobs_json(const std::vector<TokenLogprobs>& tokens) {
   json content = json::array();
   for (const auto& t : tokens) {
@@ -433,16 +480,16 @@ json chat_logprobs_json(const std::vector<TokenLogprobs>& tokens) {
   return json{{"content", std::move(content)}, {"refusal", nullptr}};
 }
 
-json completion_logprobs_json(const std::vector<TokenLogprobs>& tokens, size_t text_offset) {
+json completion_logprobs_json(const std::vector<TokenLogprobs>& tokens, size_t& text_offset) {
   json toks = json::array(), lps = json::array(), tops = json::array(), offs = json::array();
   for (const auto& t : tokens) {
-    toks.push_back(display_text(t.token));
+    toks.push_back(legacy_token_text(t.token));
     lps.push_back(t.logprob);
     json top = json::object();
-    for (const auto& [tok, lp] : t.top) top[display_text(tok)] = lp;
+    for (const auto& [tok, lp] : t.top) top[legacy_token_text(tok)] = lp;
     tops.push_back(std::move(top));
     offs.push_back(text_offset);
-    text_offset += t.token.size();
+    text_offset += characters_begun(t.token);
   }
   return json{{"tokens", std::move(toks)},
               {"token_logprobs", std::move(lps)},

@@ -104,14 +104,23 @@ struct TokenLogprobs {
 
 // Chat: {"content": [{"token", "logprob", "bytes", "top_logprobs": [...]}]}
 json chat_logprobs_json(const std::vector<TokenLogprobs>& tokens);
-// Completions (legacy): {"tokens", "token_logprobs", "top_logprobs", "text_offset"}
-json completion_logprobs_json(const std::vector<TokenLogprobs>& tokens, size_t text_offset);
+// Completions (legacy): {"tokens", "token_logprobs", "top_logprobs", "text_offset"}. Offsets
+// count characters (code points, as the clients index text) from the start of the prompt:
+// `text_offset` is where the first token begins, and is advanced past these tokens. A token
+// that is not whole UTF-8 shows as "bytes:\xNN...", as OpenAI writes it (as U+FFFD,
+// different tokens would share one key of top_logprobs).
+json completion_logprobs_json(const std::vector<TokenLogprobs>& tokens, size_t& text_offset);
+// How many characters start in these UTF-8 bytes (the bytes that are not continuations).
+size_t characters_begun(std::string_view s);
+// A token's text for the legacy logprobs: itself when it is whole UTF-8, else "bytes:\xNN..".
+std::string legacy_token_text(std::string_view s);
 
 // Identity of one response (shared by all chunks of a stream).
 struct ResponseMeta {
   std::string id;  // chatcmpl-... / cmpl-...
   int64_t created = 0;
   std::string model;
+  size_t prompt_characters = 0;  // completions: where the legacy text_offset starts
 };
 std::string new_response_id(std::string_view prefix);  // prefix + 24 random alphanumerics
 

@@ -967,6 +967,9 @@ void HttpServer::Impl::completions(const httplib::Request& req, httplib::Respons
       prompt = tokenizer->encode(r.prompt, /*add_special=*/true, /*parse_special=*/true);
     }
     if (prompt.empty()) throw invalid_request("the prompt is empty", "prompt");
+    // The legacy logprobs' text_offset counts from the start of the prompt's text.
+    meta.prompt_characters =
+        characters_begun(r.prompt_is_tokens ? tokenizer->decode(prompt) : r.prompt);
     GenerationJob job = make_job(r.gen, std::move(prompt), "prompt");
     t_request_log.prompt_tokens = job.prompt.size();
     respond(req, res, scheduler->submit(std::move(job)), r.gen, std::move(meta), /*chat=*/false);
@@ -984,7 +987,8 @@ void HttpServer::Impl::respond(const httplib::Request& req, httplib::Response& r
       t_stream ? std::make_shared<const ClientConnection>(t_stream->socket())
                : std::make_shared<const ClientConnection>(req.local_addr, req.local_port,
                                                           req.remote_addr, req.remote_port);
-  const auto logprobs_json = [chat](const std::vector<TokenLogprobs>& t, size_t offset) {
+  // `offset`: the legacy text_offset of the first token, advanced past them.
+  const auto logprobs_json = [chat](const std::vector<TokenLogprobs>& t, size_t& offset) {
     return chat ? chat_logprobs_json(t) : completion_logprobs_json(t, offset);
   };
 
@@ -1018,7 +1022,8 @@ void HttpServer::Impl::respond(const httplib::Request& req, httplib::Response& r
                      "server_error");
     }
     std::optional<json> lp;
-    if (g.logprobs) lp = logprobs_json(logprobs, 0);
+    size_t text_offset = meta.prompt_characters;
+    if (g.logprobs) lp = logprobs_json(logprobs, text_offset);
     if (!chat) {
       send_json(res, 200, text_completion_json(meta, text, *finish, usage, lp));
       return;
@@ -1051,6 +1056,7 @@ void HttpServer::Impl::respond(const httplib::Request& req, httplib::Response& r
   st->chat = chat;
   st->include_usage = g.include_usage;
   st->logprobs = g.logprobs;
+  st->text_offset = st->meta.prompt_characters;
   if (chat) st->splitter.emplace(std::move(reasoning));
   res.set_header("Cache-Control", "no-cache");
   res.set_header("X-Accel-Buffering", "no");
@@ -1094,7 +1100,6 @@ void HttpServer::Impl::respond(const httplib::Request& req, httplib::Response& r
             if (!d.reasoning.empty() || !d.content.empty() || !ev.logprobs.empty()) {
               std::optional<json> lp;
               if (st->logprobs) lp = logprobs_json(ev.logprobs, st->text_offset);
-              st->text_offset += ev.text.size();
               json delta = json::object();
               if (!d.reasoning.empty()) delta["reasoning_content"] = d.reasoning;
               if (!d.content.empty() || d.reasoning.empty()) delta["content"] = d.content;
@@ -1104,7 +1109,6 @@ void HttpServer::Impl::respond(const httplib::Request& req, httplib::Response& r
           } else if (!ev.text.empty() || !ev.logprobs.empty()) {
             std::optional<json> lp;
             if (st->logprobs) lp = logprobs_json(ev.logprobs, st->text_offset);
-            st->text_offset += ev.text.size();
             out +=
                 sse_event(text_chunk_json(st->meta, ev.text, std::nullopt, lp, st->include_usage));
           }

@@ -201,6 +201,10 @@ def test_completions(client, model_id):
     assert r.object == "text_completion" and r.id.startswith("cmpl-")
     assert r.choices[0].finish_reason in ("stop", "length")
     assert len(r.choices[0].logprobs.tokens) == r.usage.completion_tokens
+    # text_offset: characters from the start of the prompt (OpenAI's legacy field).
+    offsets = r.choices[0].logprobs.text_offset
+    assert offsets[0] == len("The capital of France is") and offsets == sorted(offsets)
+    assert len(r.choices[0].logprobs.top_logprobs[0]) == 2
     chunks = list(client.completions.create(model=model_id, prompt="The capital of France is",
                                             max_tokens=6, temperature=0, stream=True))
     assert "".join(c.choices[0].text for c in chunks if c.choices) == r.choices[0].text

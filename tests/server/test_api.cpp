@@ -225,6 +225,28 @@ TEST(Api, IntegerRanges) {
             std::string::npos);
 }
 
+// Parameters the server cannot honour are refused, not ignored.
+TEST(Api, ToolsSuffixAndBestOfAreRefused) {
+  const json tool = {{"type", "function"}, {"function", {{"name", "f"}}}};
+  EXPECT_EQ(chat_error(chat({{"tools", json::array({tool})}})).param, "tools");
+  EXPECT_EQ(chat_error(chat({{"functions", json::array({tool["function"]})}})).param, "functions");
+  EXPECT_EQ(chat_error(chat({{"tool_choice", "required"}})).param, "tool_choice");
+  EXPECT_EQ(chat_error(chat({{"function_call", "auto"}})).param, "function_call");
+  // Asking for no tools is fine.
+  EXPECT_NO_THROW(kiln::server::parse_chat_request(
+      chat({{"tools", json::array()}, {"tool_choice", "none"}, {"functions", nullptr}})));
+  const json prompt = {{"model", "m"}, {"prompt", "x"}};
+  auto with = [&](const char* k, json v) {
+    json b = prompt;
+    b[k] = std::move(v);
+    return b;
+  };
+  EXPECT_EQ(completion_error(with("suffix", " and so on")).param, "suffix");
+  EXPECT_EQ(completion_error(with("best_of", 2)).param, "best_of");
+  EXPECT_NO_THROW(kiln::server::parse_completion_request(with("suffix", "")));
+  EXPECT_NO_THROW(kiln::server::parse_completion_request(with("best_of", 1)));
+}
+
 TEST(Api, MalformedBodies) {
   for (const char* body : {"{", "[1,2]", "\"x\"", "", "{\"a\":}"}) {
     try {
@@ -359,10 +381,30 @@ TEST(Api, LogprobsShapes) {
   EXPECT_EQ(c["content"][0]["bytes"], json({72, 101}));
   EXPECT_EQ(c["content"][0]["top_logprobs"][1]["token"], "Hi");
   EXPECT_EQ(c["content"][1]["bytes"], json({0xC3}));
-  const json l = kiln::server::completion_logprobs_json(toks, 10);
+  size_t offset = 10;  // the prompt's characters
+  const json l = kiln::server::completion_logprobs_json(toks, offset);
   EXPECT_EQ(l["tokens"][0], "He");
+  EXPECT_EQ(l["tokens"][1], "bytes:\\xc3");
   EXPECT_EQ(l["text_offset"], json({10, 12}));
+  EXPECT_EQ(offset, 13u);
   EXPECT_NEAR(l["top_logprobs"][0]["Hi"].get<double>(), -1.5, 1e-6);
+}
+
+// Offsets count characters, not bytes; tokens that are not whole UTF-8 keep distinct keys.
+TEST(Api, LegacyLogprobsCountCharactersAndKeepPartialTokensApart) {
+  std::vector<kiln::server::TokenLogprobs> toks(3);
+  toks[0] = {"\xE6\x97", -0.3f, {{"\xE6\x97", -0.3f}, {"\xE6\x9C", -0.9f}, {"x", -2.0f}}};
+  toks[1] = {"\xA5\xE6\x9C\xAC", -0.2f, {}};  // the end of 日, all of 本
+  toks[2] = {"!", -0.1f, {}};
+  size_t offset = 5;
+  const json l = kiln::server::completion_logprobs_json(toks, offset);
+  EXPECT_EQ(l["text_offset"], json({5, 6, 7}));  // 日 starts in token 0, 本 in token 1
+  EXPECT_EQ(offset, 8u);
+  EXPECT_EQ(l["top_logprobs"][0].size(), 3u) << l["top_logprobs"][0].dump();
+  EXPECT_NEAR(l["top_logprobs"][0]["bytes:\\xe6\\x97"].get<double>(), -0.3, 1e-6);
+  EXPECT_NEAR(l["top_logprobs"][0]["bytes:\\xe6\\x9c"].get<double>(), -0.9, 1e-6);
+  EXPECT_EQ(l["tokens"][1], "bytes:\\xa5\\xe6\\x9c\\xac");
+  EXPECT_EQ(kiln::server::characters_begun("h\xC3\xA9llo"), 5u);
 }
 
 }  // namespace
