@@ -308,6 +308,10 @@ ChatRequest parse_chat_request(const json& body) {
     } catch (const std::invalid_argument& e) {
       throw invalid_request(e.what(), param);
     }
+    // OpenAI's "developer" messages take the place of system messages; chat templates know
+    // only "system" (SmolLM2's would render a "developer" turn and add its default system
+    // prompt besides).
+    if (r.messages.back().role == "developer") r.messages.back().role = "system";
   }
   parse_common(body, r.gen);
   if (const json* v = find(body, "logprobs")) r.gen.logprobs = boolean(*v, "logprobs");

@@ -225,6 +225,15 @@ TEST(Api, IntegerRanges) {
             std::string::npos);
 }
 
+TEST(Api, DeveloperMessagesAreSystemMessages) {
+  const auto r = kiln::server::parse_chat_request(
+      chat({{"messages", json::array({{{"role", "developer"}, {"content", "be brief"}},
+                                      {{"role", "user"}, {"content", "hi"}}})}}));
+  ASSERT_EQ(r.messages.size(), 2u);
+  EXPECT_EQ(r.messages[0].role, "system");
+  EXPECT_EQ(r.messages[0].content, "be brief");
+}
+
 // Parameters the server cannot honour are refused, not ignored.
 TEST(Api, ToolsSuffixAndBestOfAreRefused) {
   const json tool = {{"type", "function"}, {"function", {{"name", "f"}}}};
