@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -24,8 +25,9 @@ namespace kiln {
 namespace {
 
 constexpr char kMagic[8] = {'K', 'I', 'L', 'N', 'P', 'N', 'L', '\0'};
-// 2: the model's path after the entries; 3: Q4_K panels of the blocks' size (6-bit scales).
-constexpr uint32_t kFormatVersion = 3;
+// 2: the model's path after the entries; 3: Q4_K panels of the blocks' size (6-bit scales);
+// 4: a checksum of each matrix's panels in its entry.
+constexpr uint32_t kFormatVersion = 4;
 // Formats from this one on share the header, the entries and the model's path (only panel
 // layouts changed), so a file of any of them names its model.
 constexpr uint32_t kFirstFormatWithModelPath = 2;
@@ -47,8 +49,8 @@ struct PanelCacheHeader {
 static_assert(sizeof(PanelCacheHeader) == 64);
 
 struct PanelCacheEntry {
-  uint32_t type;  // GgmlType
-  uint32_t reserved;
+  uint32_t type;      // GgmlType
+  uint32_t checksum;  // panel_checksum of the panels (0 before format 4)
   uint64_t rows, cols;
   uint64_t offset;  // of the panels in this file, 4 KiB aligned
   uint64_t bytes;   // packed_panels_bytes(type, rows, cols)
@@ -64,6 +66,40 @@ uint64_t fnv1a(std::span<const std::byte> bytes, uint64_t h = 146959810393466560
     h *= 1099511628211ull;
   }
   return h;
+}
+
+// A checksum of a matrix's panels, so that a cache file damaged after it was written (a bad
+// block on the disk, a stray write) is packed again instead of feeding the kernels garbage:
+// the header, the entries and each first panel are compared exactly, but the rest of the
+// panels only through this. Fletcher-style sums over 64-bit words (a changed, zeroed or
+// moved block changes them) in eight independent lanes, so it runs at memory speed.
+uint32_t panel_checksum(std::span<const std::byte> bytes) {
+  constexpr size_t kLanes = 8;
+  uint64_t sum[kLanes] = {}, sum_of_sums[kLanes] = {};
+  const size_t words = bytes.size() / 8;
+  size_t i = 0;
+  for (; i + kLanes <= words; i += kLanes) {
+    for (size_t l = 0; l < kLanes; ++l) {
+      uint64_t w;
+      std::memcpy(&w, bytes.data() + (i + l) * 8, 8);
+      sum[l] += w;
+      sum_of_sums[l] += sum[l];
+    }
+  }
+  for (; i < words; ++i) {
+    uint64_t w;
+    std::memcpy(&w, bytes.data() + i * 8, 8);
+    sum[i % kLanes] += w;
+    sum_of_sums[i % kLanes] += sum[i % kLanes];
+  }
+  uint64_t tail = 0;
+  std::memcpy(&tail, bytes.data() + words * 8, bytes.size() - words * 8);  // < 8 bytes
+  uint64_t h = 14695981039346656037ull ^ tail ^ bytes.size();
+  for (size_t l = 0; l < kLanes; ++l) {
+    h = (h ^ sum[l]) * 1099511628211ull;
+    h = (h ^ sum_of_sums[l]) * 1099511628211ull;
+  }
+  return static_cast<uint32_t>(h ^ (h >> 32));
 }
 
 std::string mib(size_t bytes) { return std::to_string((bytes + (1 << 19)) >> 20) + " MiB"; }
@@ -153,9 +189,16 @@ std::vector<std::span<const std::byte>> check(const gguf::MappedFile& file, cons
   const size_t table = sizeof(PanelCacheHeader) + e.entries.size() * sizeof(PanelCacheEntry);
   if (bytes.size() != e.header.file_size || bytes.size() < table + e.model_path.size()) return {};
   if (std::memcmp(bytes.data(), &e.header, sizeof e.header) != 0) return {};
-  if (!e.entries.empty() && std::memcmp(bytes.data() + sizeof e.header, e.entries.data(),
-                                        e.entries.size() * sizeof(PanelCacheEntry)) != 0) {
-    return {};
+  // The entries as expected but for their checksums, which only the file knows.
+  std::vector<PanelCacheEntry> stored(e.entries.size());
+  if (!stored.empty()) {
+    std::memcpy(stored.data(), bytes.data() + sizeof e.header,
+                stored.size() * sizeof(PanelCacheEntry));
+  }
+  for (size_t i = 0; i < stored.size(); ++i) {
+    PanelCacheEntry en = stored[i];
+    en.checksum = e.entries[i].checksum;
+    if (std::memcmp(&en, &e.entries[i], sizeof en) != 0) return {};
   }
   if (std::memcmp(bytes.data() + table, e.model_path.data(), e.model_path.size()) != 0) return {};
   std::vector<std::span<const std::byte>> panels;
@@ -171,6 +214,15 @@ std::vector<std::span<const std::byte>> check(const gguf::MappedFile& file, cons
     if (std::memcmp(p.data(), first.data(), first.size()) != 0) return {};
     panels.push_back(p);
   }
+  // Every panel through its checksum, the matrices shared out across the pool.
+  std::atomic<size_t> next{0};
+  std::atomic<bool> damaged{false};
+  pool.run([&](int, int) {
+    for (size_t i = next.fetch_add(1); i < panels.size() && !damaged; i = next.fetch_add(1)) {
+      if (panel_checksum(panels[i]) != stored[i].checksum) damaged = true;
+    }
+  });
+  if (damaged) return {};
   return panels;
 }
 
@@ -305,6 +357,10 @@ void write_cache(const std::filesystem::path& path, const Expected& e, const ggu
     read_rows(model, w, w.rows, blocks);
     const PanelCacheEntry& en = e.entries[i];
     kernels::pack_panels({w.type, blocks, w.rows, w.cols}, {out + en.offset, en.bytes}, pool);
+    const uint32_t checksum = panel_checksum({out + en.offset, en.bytes});
+    std::memcpy(
+        out + sizeof e.header + i * sizeof(PanelCacheEntry) + offsetof(PanelCacheEntry, checksum),
+        &checksum, sizeof checksum);
   }
   munmap(tmp.map, size);
   tmp.map = nullptr;

@@ -17,7 +17,8 @@
 // A file is used only when it was made from this very model file (size, modification time
 // and a hash of its header and tensor table) with this build's packing (each matrix's
 // type, shape and packed_panels_layout(), and its first panel packed again on load and
-// compared byte for byte). Anything else is packed again into a new file, written under a
+// compared byte for byte), whose panels still match the checksums written with them (a file
+// damaged on disk since). Anything else is packed again into a new file, written under a
 // temporary name and renamed into place, so a reader never sees a partial file. Packing
 // also removes the folder's files whose model is gone or has changed since (nothing could
 // use them again), so the folder holds about one file per model (and ISA) in use.

@@ -906,6 +906,30 @@ TEST(EnginePanelCache, StaleOrDamagedFilesArePackedAgain) {
     EXPECT_TRUE(r.created) << "byte " << offset << " flipped: " << r.description;
     EXPECT_EQ(r.logits, blocks.logits);
   }
+  // A byte past every first panel (the last of the matrix with the most rows): only the
+  // panels' checksums see it.
+  {
+    std::ifstream f(cache, std::ios::binary);
+    uint32_t n_matrices = 0;
+    f.seekg(12);
+    f.read(reinterpret_cast<char*>(&n_matrices), sizeof n_matrices);
+    uint64_t most_rows = 0, last_byte = 0;
+    for (uint32_t i = 0; i < n_matrices; ++i) {
+      uint64_t rows = 0, offset = 0, bytes = 0;  // entry: type, checksum, rows, cols, offset, bytes
+      f.seekg(64 + 64 * std::streamoff(i) + 8);
+      f.read(reinterpret_cast<char*>(&rows), 8);
+      f.seekg(64 + 64 * std::streamoff(i) + 24);
+      f.read(reinterpret_cast<char*>(&offset), 8);
+      f.read(reinterpret_cast<char*>(&bytes), 8);
+      if (rows > most_rows) most_rows = rows, last_byte = offset + bytes - 1;
+    }
+    ASSERT_TRUE(f && most_rows > 16) << "the model needs a matrix of more than one panel";
+    f.close();
+    flip_byte(cache, last_byte);
+    const CacheRun r = run_with_panel_cache(model, dir, spec.vocab);
+    EXPECT_TRUE(r.created) << "byte " << last_byte << " flipped: " << r.description;
+    EXPECT_EQ(r.logits, blocks.logits);
+  }
   // Cut short.
   fs::resize_file(cache, size / 2);
   const CacheRun r = run_with_panel_cache(model, dir, spec.vocab);
