@@ -8,6 +8,17 @@ import subprocess
 import time
 
 
+def serve(kiln_bin, model, tmp_path_factory, *extra, parallel=4):
+    """The body of a module fixture: `yield from serve(...)` gives the test module one
+    server (aliased "smol") and stops it after the module."""
+    s = KilnServer(kiln_bin, model, tmp_path_factory.mktemp("serve"), "--alias", "smol", *extra,
+                   parallel=parallel)
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
 class KilnServer:
     def __init__(self, kiln_bin, model, tmp_path, *extra, parallel=4):
         self.log_path = pathlib.Path(tmp_path) / "serve.log"

@@ -4,15 +4,12 @@ slot's (running or free) where that holds more, and only the rest of the prompt 
 with the same logits as a cold run, bit for bit."""
 import openai
 import pytest
-from kiln_server import KilnServer
+from kiln_server import KilnServer, serve
 
 
 @pytest.fixture(scope="module")
 def server(kiln_bin, default_model, tmp_path_factory):
-    s = KilnServer(kiln_bin, default_model, tmp_path_factory.mktemp("serve"), "--alias", "smol",
-                   parallel=2)
-    yield s
-    s.stop()
+    yield from serve(kiln_bin, default_model, tmp_path_factory, parallel=2)
 
 
 def cached(server):

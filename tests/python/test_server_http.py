@@ -12,25 +12,19 @@ import socket
 import time
 
 import pytest
-from kiln_server import KilnServer
+from kiln_server import serve
 
 USER = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.fixture(scope="module")
 def server(kiln_bin, default_model, tmp_path_factory):
-    s = KilnServer(kiln_bin, default_model, tmp_path_factory.mktemp("serve"), "--alias", "smol",
-                   parallel=2)
-    yield s
-    s.stop()
+    yield from serve(kiln_bin, default_model, tmp_path_factory, parallel=2)
 
 
 @pytest.fixture(scope="module")
 def keyed(kiln_bin, default_model, tmp_path_factory):
-    s = KilnServer(kiln_bin, default_model, tmp_path_factory.mktemp("serve-key"), "--alias", "smol",
-                   "--api-key", "sekret", parallel=1)
-    yield s
-    s.stop()
+    yield from serve(kiln_bin, default_model, tmp_path_factory, "--api-key", "sekret", parallel=1)
 
 
 def connect(server, timeout=5):
