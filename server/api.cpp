@@ -321,8 +321,8 @@ ChatRequest parse_chat_request(const json& body) {
       throw invalid_request("'top_logprobs' requires 'logprobs' to be true", "top_logprobs");
     }
   }
-  // Tool calling is not implemented: a request that offers tools would get plain text where
-  // it expects tool_calls, so it is refused (llama.cpp without --jinja does the same).
+  // This server answers with text only, never tool_calls: a request that offers tools would
+  // get text where it expects a call, so it is refused (as llama.cpp without --jinja does).
   // tool_choice "none" (and empty lists) ask for no tool call: those are fine.
   for (const char* name : {"tools", "functions"}) {
     if (const json* v = find(body, name); v && !v->is_null() && !(v->is_array() && v->empty())) {
